@@ -1,0 +1,145 @@
+//! The crate's error type: [`Error`] and the [`Result`] alias.
+
+use crate::envelope::EnvelopeError;
+use crate::transport::PublishError;
+
+/// A specialized `Result` whose error defaults to [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in eventbus.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database returned an error (connection, query, constraint).
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+
+    /// The eventbus tables do not exist in the database.
+    #[error(
+        "table {table} does not exist: run `outbox-relay migrate` or `eventbus::migrate(&pool)` first"
+    )]
+    NotMigrated {
+        /// The missing table, as configured.
+        table: String,
+    },
+
+    /// An event could not be serialized to JSON.
+    #[error("cannot serialize event of type `{event_type}`: {source}")]
+    Serialize {
+        /// The CloudEvents type of the event.
+        event_type: String,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An event's payload could not be decoded into the requested type.
+    #[error("cannot decode payload of event type `{event_type}`: {source}")]
+    Deserialize {
+        /// The CloudEvents type of the event.
+        event_type: String,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An event is larger than the configured limit.
+    #[error("event of type `{event_type}` is {size} bytes, more than the limit of {limit} bytes")]
+    EventTooLarge {
+        /// The CloudEvents type of the event.
+        event_type: String,
+        /// Size of the serialized payload in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+
+    /// A CloudEvents envelope is malformed.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+
+    /// Publishing to the broker failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+
+    /// Configuration is invalid (bad URL, bad table name, unknown option).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A handler (user code) returned an error; its transaction was rolled back.
+    #[error("handler failed: {0}")]
+    Handler(#[source] crate::inbox::BoxError),
+
+    /// A backend was requested that was not compiled in.
+    #[error("{what} needs the `{feature}` feature of the eventbus crate")]
+    FeatureDisabled {
+        /// What was requested, e.g. `kafka://` broker URL.
+        what: String,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+}
+
+impl Error {
+    /// Whether this is a unique-constraint violation reported by the database.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => db.is_unique_violation(),
+            _ => false,
+        }
+    }
+
+    /// Whether retrying the same operation later may succeed (connection trouble,
+    /// broker unavailable, serialization conflicts).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(e) => is_transient_sqlx(e),
+            Error::Publish(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// A database error from a statement on `table`: an undefined table becomes
+    /// [`Error::NotMigrated`], which says what to do about it.
+    pub(crate) fn from_table_query(e: sqlx::Error, table: &crate::table::TableName) -> Self {
+        match &e {
+            // 42P01 is PostgreSQL's undefined_table; SQLite and MySQL say it in words.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("42P01")
+                    || db.message().contains("no such table")
+                    || db.message().contains("doesn't exist") =>
+            {
+                Error::NotMigrated {
+                    table: table.to_string(),
+                }
+            }
+            _ => Error::Database(e),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Config(message.into())
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        // 40001 serialization_failure, 40P01 deadlock_detected, 57P01 admin_shutdown,
+        // 08xxx connection exceptions.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c == "40001" || c == "40P01" || c.starts_with("57P") || c.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}

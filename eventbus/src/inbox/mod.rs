@@ -1,0 +1,197 @@
+//! The inbox: effectively-once processing of incoming events. The inbox row and
+//! the handler's own writes commit in one database transaction, so a redelivered
+//! duplicate changes nothing.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::table::TableName;
+
+/// The default inbox table name.
+pub const DEFAULT_TABLE: &str = "eventbus_inbox";
+
+/// A boxed error from user code (handlers).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Records processed message ids per consumer.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn demo(pool: sqlx::PgPool, envelope: eventbus::Envelope) -> eventbus::Result<()> {
+/// use eventbus::{Inbox, Processed};
+///
+/// let inbox = Inbox::new("billing");
+/// let outcome = inbox
+///     .process(&pool, &envelope, |tx| Box::pin(async move {
+///         sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+///             .execute(&mut **tx)
+///             .await?;
+///         Ok::<_, sqlx::Error>(())
+///     }))
+///     .await?;
+/// match outcome {
+///     Processed::Handled(()) => println!("applied"),
+///     Processed::Duplicate => println!("seen before: nothing done"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    table: TableName,
+    consumer: String,
+}
+
+/// What [`Inbox::begin`] found.
+#[derive(Debug)]
+#[must_use = "commit the transaction for the message to count as processed"]
+pub enum Delivery<DB: sqlx::Database> {
+    /// First time seen: do the work in this transaction, then commit it.
+    New(sqlx::Transaction<'static, DB>),
+    /// Already processed by this consumer: do nothing.
+    Duplicate,
+}
+
+/// What [`Inbox::process`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed<T> {
+    /// The handler ran and its writes committed with the inbox row.
+    Handled(T),
+    /// The message had been processed before; the handler did not run.
+    Duplicate,
+}
+
+/// A database the inbox can live in. Implemented for each compiled-in backend.
+#[async_trait::async_trait]
+pub trait InboxDatabase: sqlx::Database {
+    /// Inserts the inbox row unless present; `true` if it was inserted. Waits for
+    /// a concurrent insert of the same id to commit or roll back.
+    async fn try_record(
+        conn: &mut Self::Connection,
+        table: &TableName,
+        consumer: &str,
+        envelope: &Envelope,
+    ) -> Result<bool>;
+
+    /// Deletes up to `batch` entries older than `older_than`; returns how many.
+    async fn delete_older_than(
+        pool: &sqlx::Pool<Self>,
+        table: &TableName,
+        older_than: Duration,
+        batch: i64,
+    ) -> Result<u64>;
+}
+
+impl Inbox {
+    /// The inbox of consumer (group) `consumer`, in table `eventbus_inbox`.
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Inbox {
+            table: default_table(),
+            consumer: consumer.into(),
+        }
+    }
+
+    /// Uses another table (validated; `schema.table` allowed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid name.
+    pub fn table(mut self, table: &str) -> Result<Self> {
+        self.table = TableName::parse(table)?;
+        Ok(self)
+    }
+
+    /// The consumer name ids are recorded under.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Starts processing `envelope`: opens a transaction and records the message.
+    /// Commit the returned transaction after the handler's writes; dropping it
+    /// rolls back and the message counts as unprocessed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotMigrated`] or [`Error::Database`].
+    pub async fn begin<DB: InboxDatabase>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        envelope: &Envelope,
+    ) -> Result<Delivery<DB>> {
+        let mut tx = pool.begin().await?;
+        if DB::try_record(&mut *tx, &self.table, &self.consumer, envelope).await? {
+            Ok(Delivery::New(tx))
+        } else {
+            tx.rollback().await?;
+            Ok(Delivery::Duplicate)
+        }
+    }
+
+    /// Runs `handler` for `envelope` effectively once: the handler's writes and the
+    /// inbox row commit together; a duplicate skips the handler; a handler error
+    /// rolls everything back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Handler`] with the handler's error (nothing committed), or a
+    /// database error.
+    pub async fn process<DB, T, E, F>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        envelope: &Envelope,
+        handler: F,
+    ) -> Result<Processed<T>>
+    where
+        DB: InboxDatabase,
+        E: Into<BoxError>,
+        F: for<'t> FnOnce(&'t mut sqlx::Transaction<'static, DB>) -> BoxFuture<'t, Result<T, E>>,
+    {
+        match self.begin(pool, envelope).await? {
+            Delivery::Duplicate => Ok(Processed::Duplicate),
+            Delivery::New(mut tx) => match handler(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok(Processed::Handled(value))
+                }
+                Err(e) => {
+                    tx.rollback().await?;
+                    Err(Error::Handler(e.into()))
+                }
+            },
+        }
+    }
+
+    /// Deletes entries older than `older_than`, `batch` rows per statement, until
+    /// none are left. Returns the number deleted.
+    ///
+    /// Keep `older_than` well above the longest time a broker may redeliver a
+    /// message, or old duplicates will be processed again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`].
+    pub async fn cleanup<DB: InboxDatabase>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        older_than: Duration,
+        batch: i64,
+    ) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = DB::delete_older_than(pool, &self.table, older_than, batch.max(1)).await?;
+            total += n;
+            if n < batch.max(1) as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+pub(crate) fn default_table() -> TableName {
+    TableName::from_static(DEFAULT_TABLE)
+}

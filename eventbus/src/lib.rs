@@ -1,0 +1,62 @@
+//! # eventbus
+//!
+//! Typed domain events, published atomically with your business data through a
+//! transactional **outbox**, forwarded to Kafka or RabbitMQ by a **relay**, and
+//! consumed effectively once through an **inbox**. Every event travels in a
+//! CloudEvents 1.0 [`Envelope`] with its schema version and trace context.
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn demo() -> eventbus::Result<()> {
+//! use eventbus::{Event, Outbox};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+//! #[event(type = "com.example.order.placed", version = 1, destination = "orders", key = order_id)]
+//! struct OrderPlaced { order_id: String, amount_cents: i64 }
+//!
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/shop").await?;
+//! eventbus::migrate(&pool).await?;
+//!
+//! let outbox = Outbox::new().source("urn:service:orders");
+//! let mut tx = pool.begin().await?;
+//! outbox.publish(&mut tx, &OrderPlaced { order_id: "o-1".into(), amount_cents: 990 }).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! | feature    | default | what it adds |
+//! |------------|---------|--------------|
+//! | `macros`   | yes     | `#[derive(Event)]` |
+//! | `postgres` | yes     | PostgreSQL outbox, inbox, migrations and relay store |
+//! | `kafka`    | no      | Kafka transport (rdkafka; builds librdkafka) |
+//! | `rabbitmq` | no      | RabbitMQ transport (lapin, publisher confirms) |
+//! | `full`     | no      | all of the above |
+
+pub mod envelope;
+mod error;
+pub mod event;
+pub mod inbox;
+pub mod migrate;
+pub mod outbox;
+mod table;
+pub mod transport;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use error::{Error, Result};
+pub use event::Event;
+pub use inbox::{BoxError, Delivery, Inbox, Processed};
+pub use migrate::{migrate, Migrator};
+pub use outbox::{Metadata, Outbox, OutboxEntry, OutboxRecord};
+pub use table::TableName;
+pub use transport::{OutgoingMessage, PublishError, Publisher};
+
+/// Derives [`Event`]; see [`eventbus_macros::Event`] for the attributes.
+#[cfg(feature = "macros")]
+pub use eventbus_macros::Event;
+
+// Re-exported so users and generated code name the same versions.
+pub use schemars;
+pub use uuid;

@@ -1,0 +1,325 @@
+//! The transactional outbox: [`Outbox::publish`] writes events into the outbox
+//! table inside the caller's database transaction.
+//!
+//! The relay later forwards committed rows to the broker. The table layout is a
+//! public contract, described in `docs/outbox-table.md`.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+mod record;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::table::TableName;
+
+pub use record::OutboxRecord;
+
+/// The default outbox table name.
+pub const DEFAULT_TABLE: &str = "eventbus_outbox";
+
+/// The default limit on one event's serialized payload: 1 MiB, Kafka's default
+/// `message.max.bytes` less room for headers.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1_000_000;
+
+/// Writes events into the outbox table within a caller's transaction.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn demo(pool: sqlx::PgPool) -> eventbus::Result<()> {
+/// use eventbus::{Event, Outbox};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// #[event(type = "com.example.order.placed", destination = "orders", key = order_id)]
+/// struct OrderPlaced { order_id: String, amount_cents: i64 }
+///
+/// let outbox = Outbox::new().source("urn:service:orders");
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("INSERT INTO orders (id, amount_cents) VALUES ($1, $2)")
+///     .bind("o-1").bind(1250_i64)
+///     .execute(&mut *tx).await?;
+/// outbox.publish(&mut tx, &OrderPlaced { order_id: "o-1".into(), amount_cents: 1250 }).await?;
+/// tx.commit().await?; // the order and its event exist together, or neither does
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    table: TableName,
+    source: Option<String>,
+    max_event_bytes: usize,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Correlation, causation and trace context attached to an event when it is
+/// published.
+///
+/// ```
+/// use eventbus::{Envelope, Metadata};
+///
+/// let incoming = Envelope::new("urn:svc:a", "com.example.order.placed", b"{}".to_vec());
+/// let meta = Metadata::caused_by(&incoming);
+/// assert_eq!(meta.causation_id.as_deref(), Some(incoming.id.as_str()));
+/// assert_eq!(meta.correlation_id.as_deref(), Some(incoming.id.as_str()));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Shared by every event of one business flow.
+    pub correlation_id: Option<String>,
+    /// The id of the event that caused this one.
+    pub causation_id: Option<String>,
+    /// W3C `traceparent` of the publishing span.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` of the publishing span.
+    pub tracestate: Option<String>,
+    /// Further CloudEvents extension attributes.
+    pub extensions: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Metadata for an event caused by `incoming`: same correlation id (or the
+    /// incoming id when it had none), causation id = incoming id, same trace.
+    pub fn caused_by(incoming: &Envelope) -> Self {
+        Metadata {
+            correlation_id: Some(
+                incoming
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| incoming.id.clone()),
+            ),
+            causation_id: Some(incoming.id.clone()),
+            traceparent: incoming.traceparent.clone(),
+            tracestate: incoming.tracestate.clone(),
+            extensions: BTreeMap::new(),
+        }
+    }
+}
+
+/// One row to insert into the outbox: what [`Outbox::publish`] derives from a
+/// typed event, or what [`Outbox::publish_entries`] takes directly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The event id (CloudEvents `id`).
+    pub event_id: Uuid,
+    /// CloudEvents `source`; `None` lets the relay fill in its configured source.
+    pub source: Option<String>,
+    /// Logical destination (topic / exchange).
+    pub destination: String,
+    /// Ordering key.
+    pub partition_key: String,
+    /// CloudEvents `type`.
+    pub event_type: String,
+    /// Schema version of the payload.
+    pub schema_version: i32,
+    /// CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// Other CloudEvents attributes and extensions, as a JSON object of strings.
+    pub headers: Value,
+    /// The JSON payload, serialized.
+    pub payload: String,
+    /// CloudEvents `time`.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A database the outbox can write to. Implemented for each compiled-in backend.
+#[async_trait::async_trait]
+pub trait OutboxDatabase: sqlx::Database {
+    /// Inserts `entries` into `table` with one statement, on `conn`.
+    async fn insert_entries(
+        conn: &mut Self::Connection,
+        table: &TableName,
+        entries: &[OutboxEntry],
+    ) -> Result<()>;
+}
+
+impl Outbox {
+    /// An outbox writing to the default table `eventbus_outbox`, leaving `source`
+    /// to the relay's configuration.
+    pub fn new() -> Self {
+        Outbox {
+            table: default_table(),
+            source: None,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+
+    /// Sets the CloudEvents `source` (a URI naming this service).
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Uses another table (validated; `schema.table` allowed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid name.
+    pub fn table(mut self, table: &str) -> Result<Self> {
+        self.table = TableName::parse(table)?;
+        Ok(self)
+    }
+
+    /// Sets the largest serialized payload [`publish`](Self::publish) accepts.
+    /// Match it to the broker's limit (Kafka `message.max.bytes`, RabbitMQ
+    /// `max_message_size`).
+    pub fn max_event_bytes(mut self, limit: usize) -> Self {
+        self.max_event_bytes = limit;
+        self
+    }
+
+    /// The table this outbox writes to.
+    pub fn table_name(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Writes `event` into the outbox inside `tx`. It becomes visible to the relay
+    /// when `tx` commits and disappears if `tx` rolls back. Returns the event id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the event does not serialize, [`Error::EventTooLarge`]
+    /// above the size limit, [`Error::NotMigrated`] if the table is missing, or
+    /// [`Error::Database`].
+    pub async fn publish<DB, E>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, DB>,
+        event: &E,
+    ) -> Result<Uuid>
+    where
+        DB: OutboxDatabase,
+        E: Event,
+    {
+        self.publish_with(tx, event, &Metadata::default()).await
+    }
+
+    /// Like [`publish`](Self::publish), with correlation, causation and trace
+    /// context.
+    ///
+    /// # Errors
+    ///
+    /// As for [`publish`](Self::publish).
+    pub async fn publish_with<DB, E>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, DB>,
+        event: &E,
+        meta: &Metadata,
+    ) -> Result<Uuid>
+    where
+        DB: OutboxDatabase,
+        E: Event,
+    {
+        let entry = self.entry(event, meta)?;
+        let id = entry.event_id;
+        DB::insert_entries(&mut **tx, &self.table, std::slice::from_ref(&entry)).await?;
+        Ok(id)
+    }
+
+    /// Writes many events with one statement inside `tx`. Returns their ids in order.
+    ///
+    /// # Errors
+    ///
+    /// As for [`publish`](Self::publish); nothing is written if any event fails.
+    pub async fn publish_all<'e, DB, E>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, DB>,
+        events: impl IntoIterator<Item = &'e E>,
+        meta: &Metadata,
+    ) -> Result<Vec<Uuid>>
+    where
+        DB: OutboxDatabase,
+        E: Event,
+    {
+        let entries = events
+            .into_iter()
+            .map(|e| self.entry(e, meta))
+            .collect::<Result<Vec<_>>>()?;
+        self.publish_entries(tx, &entries).await?;
+        Ok(entries.iter().map(|e| e.event_id).collect())
+    }
+
+    /// Writes prepared entries (of any event types) with one statement inside `tx`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventTooLarge`], [`Error::NotMigrated`] or [`Error::Database`].
+    pub async fn publish_entries<DB>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, DB>,
+        entries: &[OutboxEntry],
+    ) -> Result<()>
+    where
+        DB: OutboxDatabase,
+    {
+        for entry in entries {
+            self.check_size(&entry.event_type, entry.payload.len())?;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        DB::insert_entries(&mut **tx, &self.table, entries).await
+    }
+
+    /// Builds the outbox row for a typed event.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] or [`Error::EventTooLarge`].
+    pub fn entry<E: Event>(&self, event: &E, meta: &Metadata) -> Result<OutboxEntry> {
+        let payload = serde_json::to_string(event).map_err(|source| Error::Serialize {
+            event_type: E::TYPE.to_owned(),
+            source,
+        })?;
+        self.check_size(E::TYPE, payload.len())?;
+        let mut headers = Map::new();
+        let mut put = |name: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                headers.insert(name.to_owned(), Value::String(v.clone()));
+            }
+        };
+        put("correlationid", &meta.correlation_id);
+        put("causationid", &meta.causation_id);
+        put("traceparent", &meta.traceparent);
+        put("tracestate", &meta.tracestate);
+        for (k, v) in &meta.extensions {
+            headers.insert(k.clone(), Value::String(v.clone()));
+        }
+        Ok(OutboxEntry {
+            event_id: Uuid::now_v7(),
+            source: self.source.clone(),
+            destination: E::DESTINATION.to_owned(),
+            partition_key: event.partition_key(),
+            event_type: E::TYPE.to_owned(),
+            schema_version: i32::try_from(E::VERSION).unwrap_or(i32::MAX),
+            subject: event.subject(),
+            headers: Value::Object(headers),
+            payload,
+            created_at: Utc::now(),
+        })
+    }
+
+    fn check_size(&self, event_type: &str, size: usize) -> Result<()> {
+        if size > self.max_event_bytes {
+            return Err(Error::EventTooLarge {
+                event_type: event_type.to_owned(),
+                size,
+                limit: self.max_event_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn default_table() -> TableName {
+    TableName::from_static(DEFAULT_TABLE)
+}

@@ -1,0 +1,144 @@
+//! [`OutboxRecord`]: a committed outbox row as the relay reads it, and its
+//! conversion into a CloudEvents [`Envelope`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::envelope::{dataschema_uri, Envelope, EnvelopeError, JSON_CONTENT_TYPE};
+
+/// One row of the outbox table, read by the relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    /// Position in publication order.
+    pub id: i64,
+    /// CloudEvents `id`.
+    pub event_id: Uuid,
+    /// CloudEvents `source`, if the writer set one.
+    pub source: Option<String>,
+    /// Logical destination.
+    pub destination: String,
+    /// Ordering key.
+    pub partition_key: String,
+    /// Logical partition (a hash of the key).
+    pub partition: i32,
+    /// CloudEvents `type`.
+    pub event_type: String,
+    /// Payload schema version.
+    pub schema_version: i32,
+    /// CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// Other attributes and extensions.
+    pub headers: Value,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// When the row was written.
+    pub created_at: DateTime<Utc>,
+    /// Publish attempts that failed for this row.
+    pub attempts: i32,
+}
+
+impl OutboxRecord {
+    /// Builds the CloudEvent for this row. `default_source` fills a missing
+    /// `source` (rows written by plain SQL from other languages).
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError::InvalidAttribute`] when `headers` is not an object of
+    /// scalar values, or an attribute name is not lowercase alphanumeric.
+    pub fn to_envelope(&self, default_source: &str) -> Result<Envelope, EnvelopeError> {
+        let mut attrs: BTreeMap<String, String> = BTreeMap::new();
+        match &self.headers {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => {
+                            return Err(EnvelopeError::InvalidAttribute {
+                                name: k.clone(),
+                                reason: "outbox header values must be strings".into(),
+                            })
+                        }
+                    };
+                    attrs.insert(k.to_ascii_lowercase(), text);
+                }
+            }
+            Value::Null => {}
+            _ => {
+                return Err(EnvelopeError::InvalidAttribute {
+                    name: "headers".into(),
+                    reason: "outbox `headers` must be a JSON object".into(),
+                })
+            }
+        }
+        let source = self
+            .source
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default_source.to_owned());
+        attrs.insert("specversion".into(), crate::envelope::SPEC_VERSION.into());
+        attrs.insert("id".into(), self.event_id.to_string());
+        attrs.insert("source".into(), source);
+        attrs.insert("type".into(), self.event_type.clone());
+        attrs.insert("partitionkey".into(), self.partition_key.clone());
+        attrs
+            .entry("datacontenttype".into())
+            .or_insert_with(|| JSON_CONTENT_TYPE.into());
+        let version = u32::try_from(self.schema_version).unwrap_or(1);
+        attrs
+            .entry("dataschema".into())
+            .or_insert_with(|| dataschema_uri(&self.event_type, version));
+        if let Some(subject) = &self.subject {
+            attrs.insert("subject".into(), subject.clone());
+        }
+        let mut envelope = Envelope::from_attributes(attrs, self.payload.clone().into_bytes())?;
+        envelope.time = Some(self.created_at);
+        Ok(envelope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> OutboxRecord {
+        OutboxRecord {
+            id: 7,
+            event_id: Uuid::now_v7(),
+            source: None,
+            destination: "orders".into(),
+            partition_key: "o-1".into(),
+            partition: 3,
+            event_type: "com.example.order.placed".into(),
+            schema_version: 2,
+            subject: Some("o-1".into()),
+            headers: serde_json::json!({"correlationid": "c-1", "traceparent": "00-abc-def-01"}),
+            payload: r#"{"order_id":"o-1"}"#.into(),
+            created_at: Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn fills_source_and_dataschema() {
+        let e = record().to_envelope("urn:relay").expect("valid");
+        assert_eq!(e.source, "urn:relay");
+        assert_eq!(e.schema_version(), Some(2));
+        assert_eq!(e.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(e.traceparent.as_deref(), Some("00-abc-def-01"));
+        assert_eq!(e.partition_key.as_deref(), Some("o-1"));
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+    }
+
+    #[test]
+    fn rejects_nested_header_values() {
+        let mut r = record();
+        r.headers = serde_json::json!({"x": {"nested": true}});
+        let err = r.to_envelope("urn:relay").expect_err("invalid");
+        assert!(err.to_string().contains("`x` is invalid"));
+    }
+}

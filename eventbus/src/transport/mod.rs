@@ -1,0 +1,74 @@
+//! Broker transports: the [`Publisher`] trait the relay sends through, and its
+//! implementations per broker (behind the `kafka` and `rabbitmq` features).
+
+use std::fmt;
+
+use crate::envelope::Envelope;
+
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+
+/// An event on its way to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// The broker-level destination: Kafka topic or RabbitMQ exchange.
+    pub destination: String,
+    /// The event; its `partition_key` becomes the Kafka key.
+    pub envelope: Envelope,
+}
+
+/// Where the broker put an acknowledged message, when it says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Kafka partition.
+    pub partition: Option<i32>,
+    /// Kafka offset.
+    pub offset: Option<i64>,
+}
+
+/// Why a publish failed: the relay pauses on [`PublishError::Unavailable`] and
+/// counts an attempt against the row on [`PublishError::Rejected`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The broker as a whole cannot take messages now (down, unreachable, timed
+    /// out). Not the message's fault: retry later without counting an attempt.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused this message (too large, unroutable, not authorized for
+    /// this destination, nacked).
+    #[error("message rejected: {0}")]
+    Rejected(String),
+}
+
+impl PublishError {
+    /// Whether the broker as a whole is unavailable.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, PublishError::Unavailable(_))
+    }
+}
+
+/// Sends events to a broker and waits for its acknowledgement.
+///
+/// Implementations pipeline a batch (send all, then await all acknowledgements)
+/// and report one result per message, in input order. Messages with the same
+/// destination and partition key must reach the broker in input order.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync + fmt::Debug + 'static {
+    /// The OpenTelemetry `messaging.system` name, e.g. `kafka`, `rabbitmq`.
+    fn system(&self) -> &'static str;
+
+    /// Publishes `messages`; one result per message, in the same order.
+    async fn publish_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Vec<Result<Delivered, PublishError>>;
+
+    /// Creates `destination` (topic, exchange) if it does not exist.
+    async fn ensure_destination(&self, destination: &str) -> Result<(), PublishError>;
+}
+
+/// Compile-time check that [`Publisher`] stays object safe.
+fn _publisher_is_object_safe(_: &dyn Publisher) {}

@@ -1,0 +1,178 @@
+//! Helpers for the eventbus integration suites: finding the real services, a
+//! fresh database per test, unique broker names.
+//!
+//! Services come from environment variables (`DATABASE_URL`, `AMQP_URL`,
+//! `KAFKA_BROKERS`). When one is unset and a Docker engine answers, the service is
+//! started with testcontainers; otherwise the test fails and says how to provide it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::sync::OnceCell;
+
+pub mod services;
+
+pub use services::{amqp_url, database_url, kafka_brokers};
+
+/// A name unique to this process and call, for databases, topics, exchanges, queues.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}_{n}", &rand[..10])
+}
+
+/// A database created for one test and dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Pool connected to the fresh database.
+    pub pool: PgPool,
+    /// Its URL (for child processes such as `outbox-relay`).
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database.
+    pub async fn new() -> Self {
+        let admin_url = database_url().await;
+        let name = unique_name("eventbus_test");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at DATABASE_URL: {e}"));
+        admin
+            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .expect("create test database");
+        let url = replace_db_name(&admin_url, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        TestDb {
+            pool,
+            url,
+            name,
+            admin_url,
+        }
+    }
+
+    /// Creates a database with the eventbus tables migrated.
+    pub async fn migrated() -> Self {
+        let db = Self::new().await;
+        eventbus::migrate(&db.pool).await.expect("migrate");
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Drop runs inside the test's runtime; do the async clean-up on a thread
+        // of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = admin
+                        .execute(
+                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `url` with its database path replaced by `name`.
+pub fn replace_db_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Keeps a testcontainers container alive for the whole test process.
+type Held = OnceCell<(String, Option<ContainerAsync<GenericImage>>)>;
+
+pub(crate) async fn from_env_or_container(
+    var: &str,
+    how_to: &str,
+    cell: &'static Held,
+    start: impl std::future::Future<Output = (String, ContainerAsync<GenericImage>)>,
+) -> String {
+    if let Ok(v) = std::env::var(var) {
+        if !v.trim().is_empty() {
+            return v;
+        }
+    }
+    let (url, _) = cell
+        .get_or_init(|| async {
+            if !docker_available() {
+                panic!(
+                    "{var} is not set and no Docker engine is available to start one.\n{how_to}\n\
+                     (`bash scripts/test` starts every service the suite needs.)"
+                );
+            }
+            let (url, container) = start.await;
+            (url, Some(container))
+        })
+        .await;
+    url.clone()
+}
+
+fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub(crate) async fn start_container(
+    image: GenericImage,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (u16, ContainerAsync<GenericImage>) {
+    let mut request = image
+        .with_exposed_port(port.tcp())
+        .with_startup_timeout(std::time::Duration::from_secs(120));
+    for (k, v) in env {
+        request = request.with_env_var(*k, *v);
+    }
+    let container = request.start().await.expect("start test container");
+    let host_port = container
+        .get_host_port_ipv4(port)
+        .await
+        .expect("container port");
+    (host_port, container)
+}
+
+pub(crate) fn wait_stderr(message: &str) -> WaitFor {
+    WaitFor::message_on_stderr(message)
+}
