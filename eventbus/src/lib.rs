@@ -41,6 +41,7 @@ pub mod event;
 pub mod inbox;
 pub mod migrate;
 pub mod outbox;
+pub mod relay;
 mod table;
 pub mod transport;
 

@@ -146,9 +146,9 @@ CREATE TABLE IF NOT EXISTS {t} (
     last_error      text,
     published_at    timestamptz
 );
-CREATE INDEX IF NOT EXISTS {pending} ON {t} (partition, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS {pending} ON {t} (id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS {blocked} ON {t} (partition, partition_key, id)
-    WHERE state = 'failed' OR attempts > 0;
+    WHERE state = 'failed' OR (state = 'pending' AND attempts > 0);
 CREATE INDEX IF NOT EXISTS {published} ON {t} (published_at) WHERE state = 'published';
 CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

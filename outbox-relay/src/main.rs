@@ -1,39 +1,27 @@
-//! `outbox-relay`: the sidecar that moves events from the outbox to the broker.
+//! `outbox-relay`: the sidecar that moves events from the outbox table to Kafka
+//! or RabbitMQ. The logic lives in `eventbus::relay`; this is configuration,
+//! signals, the HTTP listener and operator commands.
+
+mod broker;
+mod config;
+mod http;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use eventbus::relay::{OutboxAdmin, PgRelayStore, Relay};
+use eventbus::Result;
 
-/// Forwards events from the eventbus outbox table to Kafka or RabbitMQ.
+use config::{Common, FileConfig, RunArgs};
+
+/// Forwards events from the eventbus outbox table to Kafka or RabbitMQ, in order
+/// per key, with any number of instances sharing the work.
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version, about)]
 struct Cli {
-    /// PostgreSQL URL of the service database holding the outbox.
-    #[arg(
-        long,
-        env = "EVENTBUS_DATABASE_URL",
-        global = true,
-        hide_env_values = true
-    )]
-    database_url: Option<String>,
-
-    /// Outbox table name (`table` or `schema.table`).
-    #[arg(
-        long,
-        env = "EVENTBUS_OUTBOX_TABLE",
-        global = true,
-        default_value = "eventbus_outbox"
-    )]
-    outbox_table: String,
-
-    /// Inbox table name (`table` or `schema.table`).
-    #[arg(
-        long,
-        env = "EVENTBUS_INBOX_TABLE",
-        global = true,
-        default_value = "eventbus_inbox"
-    )]
-    inbox_table: String,
+    #[command(flatten)]
+    common: Common,
 
     #[command(subcommand)]
     command: Command,
@@ -41,11 +29,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Relay events until SIGTERM or SIGINT.
+    Run(RunArgs),
     /// Create or upgrade the outbox, relay and inbox tables (idempotent).
     Migrate {
         /// Number of logical partitions for a new outbox table.
         #[arg(long, env = "EVENTBUS_PARTITIONS", default_value_t = eventbus::migrate::DEFAULT_PARTITIONS)]
         partitions: u32,
+        /// Inbox table name.
+        #[arg(long, env = "EVENTBUS_INBOX_TABLE", default_value = eventbus::inbox::DEFAULT_TABLE)]
+        inbox_table: String,
+    },
+    /// Print backlog, oldest pending age, relays with their partitions, parked rows.
+    Status,
+    /// Inspect and release events parked after failing all their attempts.
+    Failed {
+        #[command(subcommand)]
+        action: FailedAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FailedAction {
+    /// List parked events.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Give parked events a fresh set of attempts (all when no id is given).
+    Retry {
+        /// Outbox row ids.
+        ids: Vec<i64>,
+    },
+    /// Drop parked events for good, releasing their keys (all when no id is given).
+    Skip {
+        /// Outbox row ids.
+        ids: Vec<i64>,
     },
 }
 
@@ -62,27 +82,122 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("outbox-relay: {e}");
+            eprintln!("outbox-relay: {}", broker::redact(&e.to_string()));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> eventbus::Result<()> {
-    let url = cli.database_url.ok_or_else(|| {
-        eventbus::Error::Config("--database-url (or EVENTBUS_DATABASE_URL) is required".into())
-    })?;
+async fn run(cli: Cli) -> Result<()> {
+    let file = FileConfig::load(cli.common.config.as_deref())?;
     match cli.command {
-        Command::Migrate { partitions } => {
-            let pool = sqlx::PgPool::connect(&url).await?;
+        Command::Run(args) => {
+            let resolved = config::resolve(&cli.common, &args, file)?;
+            relay(resolved).await
+        }
+        Command::Migrate {
+            partitions,
+            inbox_table,
+        } => {
+            let pool = connect(&config::database_url(&cli.common, &file)?).await?;
+            let table = config::table(&cli.common, &file)?;
             eventbus::Migrator::new()
-                .outbox_table(&cli.outbox_table)?
-                .inbox_table(&cli.inbox_table)?
+                .outbox_table(&table.to_string())?
+                .inbox_table(&inbox_table)?
                 .partitions(partitions)?
                 .run(&pool)
                 .await?;
-            eprintln!("outbox-relay: migrations applied");
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Status => {
+            let admin = admin(&cli.common, &file).await?;
+            let s = admin.status().await?;
+            println!("pending: {}", s.pending);
+            println!("oldest pending age: {:.1}s", s.oldest_pending_seconds);
+            println!("failed (parked): {}", s.failed);
+            println!("published (kept): {}", s.published);
+            println!("unowned partitions: {}", s.unowned_partitions);
+            println!("relays:");
+            for (id, name, age, owned) in s.relays {
+                println!("  {id}  {name}  heartbeat {age:.1}s ago  owns {owned} partitions");
+            }
+            Ok(())
+        }
+        Command::Failed { action } => {
+            let admin = admin(&cli.common, &file).await?;
+            match action {
+                FailedAction::List { limit } => {
+                    let rows = admin.failed(limit).await?;
+                    println!("{:>10}  {:<36}  {:<20}  {:<24}  {:>8}  error", "id", "event id", "key", "type", "attempts");
+                    for r in &rows {
+                        println!(
+                            "{:>10}  {:<36}  {:<20}  {:<24}  {:>8}  {}",
+                            r.id,
+                            r.event_id,
+                            r.partition_key,
+                            r.event_type,
+                            r.attempts,
+                            r.last_error.as_deref().unwrap_or("")
+                        );
+                    }
+                    println!("{} parked", rows.len());
+                }
+                FailedAction::Retry { ids } => println!("{} released for retry", admin.retry(&ids).await?),
+                FailedAction::Skip { ids } => println!("{} skipped", admin.skip(&ids).await?),
+            }
             Ok(())
         }
     }
+}
+
+async fn connect(url: &str) -> Result<sqlx::PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await?)
+}
+
+async fn admin(common: &Common, file: &FileConfig) -> Result<OutboxAdmin> {
+    let pool = connect(&config::database_url(common, file)?).await?;
+    Ok(OutboxAdmin::new(pool, config::table(common, file)?))
+}
+
+async fn relay(cfg: config::Resolved) -> Result<()> {
+    let pool = connect(&cfg.database_url).await?;
+    let publisher = broker::connect(&cfg.broker, &cfg.producer).await?;
+    let store = PgRelayStore::new(pool, cfg.relay.table.clone());
+    let relay = Relay::new(Arc::new(store), publisher, cfg.relay)?;
+    let listener = http::bind(cfg.http)
+        .await
+        .map_err(|e| eventbus::Error::Config(format!("cannot listen on {}: {e}", cfg.http)))?;
+    tracing::info!(http = %cfg.http, broker = %broker::redact(&cfg.broker), relay = %relay.id(), "relay starting");
+    let server = tokio::spawn(http::serve(listener, relay.metrics()));
+    let result = relay.run(shutdown_signal()).await;
+    server.abort();
+    result
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested; finishing the in-flight batch");
 }

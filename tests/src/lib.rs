@@ -13,6 +13,9 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
+pub mod kafka;
+pub mod rabbitmq;
+pub mod relay;
 pub mod services;
 
 pub use services::{amqp_url, database_url, kafka_brokers};

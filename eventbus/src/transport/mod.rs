@@ -41,6 +41,11 @@ pub enum PublishError {
     /// this destination, nacked).
     #[error("message rejected: {0}")]
     Rejected(String),
+    /// Not sent at all, to keep per-key order: an earlier message of the same
+    /// destination and key in the batch was rejected. Retry later without
+    /// counting an attempt.
+    #[error("message not sent: {0}")]
+    NotSent(String),
 }
 
 impl PublishError {
@@ -54,7 +59,9 @@ impl PublishError {
 ///
 /// Implementations pipeline a batch (send all, then await all acknowledgements)
 /// and report one result per message, in input order. Messages with the same
-/// destination and partition key must reach the broker in input order.
+/// destination and partition key must reach the broker in input order; when one
+/// is rejected before it left the client, the later ones of its key are not sent
+/// and report [`PublishError::NotSent`].
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync + fmt::Debug + 'static {
     /// The OpenTelemetry `messaging.system` name, e.g. `kafka`, `rabbitmq`.

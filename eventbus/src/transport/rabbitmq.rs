@@ -1,1 +1,1314 @@
-//! RabbitMQ transport (lapin).
+//! RabbitMQ transport (lapin): [`RabbitPublisher`] sends envelopes to durable topic
+//! exchanges with publisher confirms, in the CloudEvents AMQP binary binding, and
+//! [`envelope_from_delivery`] reads them back.
+//!
+//! # Wire format
+//!
+//! The CloudEvents RabbitMQ protocol binding used by Knative eventing-rabbitmq,
+//! binary mode:
+//!
+//! | AMQP | value |
+//! | --- | --- |
+//! | exchange | the destination: a durable `topic` exchange |
+//! | routing key | the CloudEvents `type` |
+//! | body | the payload bytes |
+//! | header `ce-<attr>` (long string) | every attribute except `datacontenttype` |
+//! | headers `traceparent`, `tracestate` | the W3C trace context, when set |
+//! | property `content_type` | `datacontenttype` (`application/json` when unset) |
+//! | property `message_id` | the event `id` |
+//! | property `timestamp` | the event `time`, in whole seconds |
+//! | property `type` | the CloudEvents `type` |
+//! | property `delivery_mode` | `2` (persistent) |
+//! | property `app_id` | [`RabbitPublisherBuilder::app_id`], when set |
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex as StdMutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use lapin::message::BasicReturnMessage;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::protocol::AMQPErrorKind;
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use crate::envelope::{Envelope, EnvelopeError, JSON_CONTENT_TYPE};
+use crate::error::{Error, Result};
+use crate::transport::{Delivered, OutgoingMessage, PublishError, Publisher};
+
+/// lapin, re-exported so that consumers name the same version as
+/// [`envelope_from_delivery`] and [`message_properties`].
+pub use lapin;
+
+/// The prefix of CloudEvents attribute headers in the AMQP binding.
+pub const HEADER_PREFIX: &str = "ce-";
+
+/// The default client-side limit on one message body: 16 MiB.
+///
+/// RabbitMQ 4.x refuses larger messages by default (`max_message_size`; 3.x allowed
+/// 128 MiB) and does so by closing the channel, which fails every other message in
+/// flight on it. Checking first turns that into a [`PublishError::Rejected`] for
+/// the one message.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// The default time allowed to open the TCP connection and finish the AMQP handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default time allowed for the broker to answer: publisher confirms of a
+/// batch, exchange declarations, channel opening.
+pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// AMQP `shortstr` fields (exchange, routing key, most properties, header names)
+/// hold at most this many bytes; lapin silently truncates the length byte of a
+/// longer one, which corrupts the frame and kills the connection.
+const SHORT_STRING_MAX: usize = 255;
+
+/// Idle confirm-mode channels kept per publisher for concurrent batches.
+const MAX_IDLE_CHANNELS: usize = 8;
+
+/// AMQP `delivery_mode` of persistent messages.
+const PERSISTENT: u8 = 2;
+
+/// Options for a [`RabbitPublisher`]; start with [`RabbitPublisher::builder`].
+///
+/// The URL's password never appears in `Debug` output, logs or errors.
+#[derive(Clone)]
+pub struct RabbitPublisherBuilder {
+    url: String,
+    connect_timeout: Duration,
+    broker_timeout: Duration,
+    max_message_size: usize,
+    declare_exchanges: bool,
+    app_id: Option<String>,
+    connection_name: Option<String>,
+}
+
+impl fmt::Debug for RabbitPublisherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitPublisherBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("broker_timeout", &self.broker_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("declare_exchanges", &self.declare_exchanges)
+            .field("app_id", &self.app_id)
+            .field("connection_name", &self.connection_name)
+            .finish()
+    }
+}
+
+impl RabbitPublisherBuilder {
+    /// How long connecting (TCP and AMQP handshake) may take; default
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the broker may take to answer: confirms for a whole batch, an
+    /// exchange declaration, opening a channel; default [`DEFAULT_BROKER_TIMEOUT`].
+    /// Past it, the unanswered messages fail with [`PublishError::Unavailable`].
+    #[must_use]
+    pub fn broker_timeout(mut self, timeout: Duration) -> Self {
+        self.broker_timeout = timeout;
+        self
+    }
+
+    /// The largest message body sent; larger ones fail with
+    /// [`PublishError::Rejected`] without reaching the broker. Default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]; keep it at or below the broker's
+    /// `max_message_size`.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Whether [`Publisher::publish_batch`] declares (once per connection) the
+    /// exchange of each destination it has not declared yet. Default `true`.
+    ///
+    /// When the broker refuses the declaration (no `configure` permission, an
+    /// existing exchange of another kind), an existing exchange of that name is
+    /// used as it is. Turn declaration off when exchanges are managed elsewhere;
+    /// publishing to a missing exchange then fails with [`PublishError::Rejected`].
+    #[must_use]
+    pub fn declare_exchanges(mut self, declare: bool) -> Self {
+        self.declare_exchanges = declare;
+        self
+    }
+
+    /// The AMQP `app_id` property set on every message, e.g. the service name.
+    #[must_use]
+    pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.app_id = Some(app_id.into());
+        self
+    }
+
+    /// The connection name shown in the RabbitMQ management UI.
+    #[must_use]
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = Some(name.into());
+        self
+    }
+
+    /// Connects to the broker and returns the publisher.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`] when the URL is not a valid AMQP URL or `app_id` is too
+    ///   long, or when called outside a tokio runtime;
+    /// - [`Error::Publish`] with [`PublishError::Unavailable`] when the broker
+    ///   cannot be reached or refuses the connection (including bad credentials).
+    pub async fn connect(self) -> Result<RabbitPublisher> {
+        let redacted_url = redact_url(&self.url);
+        let uri = AMQPUri::from_str(&self.url).map_err(|e| {
+            let reason = Secrets::from_url(&self.url).scrub(&e);
+            Error::Config(format!("invalid AMQP URL `{redacted_url}`: {reason}"))
+        })?;
+        if let Some(app_id) = &self.app_id {
+            if app_id.len() > SHORT_STRING_MAX {
+                return Err(Error::Config(format!(
+                    "AMQP app_id is {} bytes, more than the limit of {SHORT_STRING_MAX}",
+                    app_id.len()
+                )));
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config("RabbitPublisher must be created inside a tokio runtime".into())
+        })?;
+        let publisher = RabbitPublisher {
+            secrets: Secrets::from_url(&self.url),
+            uri,
+            redacted_url,
+            runtime,
+            connect_timeout: self.connect_timeout,
+            broker_timeout: self.broker_timeout,
+            max_message_size: self.max_message_size,
+            declare_exchanges: self.declare_exchanges,
+            app_id: self.app_id,
+            connection_name: self.connection_name,
+            link: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            idle: StdMutex::new(Vec::new()),
+            declared: StdMutex::new(HashSet::new()),
+        };
+        {
+            let mut link = publisher.link.lock().await;
+            *link = Some(publisher.open().await?);
+        }
+        Ok(publisher)
+    }
+}
+
+/// Publishes envelopes to RabbitMQ with publisher confirms.
+///
+/// Each destination is a durable `topic` exchange; the routing key is the
+/// CloudEvents `type`, so consumers bind queues with patterns such as
+/// `com.example.order.*`. A message counts as published only when the broker
+/// confirms it; an unroutable message (no queue bound for its routing key) is
+/// returned by the broker and fails with [`PublishError::Rejected`].
+///
+/// A batch is pipelined: every message is sent, then every confirm awaited.
+/// Concurrent batches use separate channels of one connection. When the
+/// connection or a channel dies the publisher reconnects by itself on the next
+/// call; until the broker is back, calls fail with [`PublishError::Unavailable`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> eventbus::Result<()> {
+/// use eventbus::transport::rabbitmq::RabbitPublisher;
+/// use eventbus::{Envelope, OutgoingMessage, Publisher};
+///
+/// let publisher = RabbitPublisher::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .app_id("orders")
+///     .connect()
+///     .await?;
+/// publisher.ensure_destination("orders").await?;
+///
+/// let mut envelope = Envelope::new(
+///     "urn:service:orders",
+///     "com.example.order.placed",
+///     br#"{"order_id":"o-1"}"#.to_vec(),
+/// );
+/// envelope.partition_key = Some("o-1".into());
+/// let batch = [OutgoingMessage { destination: "orders".into(), envelope }];
+/// for result in publisher.publish_batch(&batch).await {
+///     result?; // `Rejected` when no queue is bound for `com.example.order.placed`
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RabbitPublisher {
+    /// Holds the password: never printed.
+    uri: AMQPUri,
+    secrets: Secrets,
+    redacted_url: String,
+    runtime: tokio::runtime::Handle,
+    connect_timeout: Duration,
+    broker_timeout: Duration,
+    max_message_size: usize,
+    declare_exchanges: bool,
+    app_id: Option<String>,
+    connection_name: Option<String>,
+    /// The current connection; replaced when it is found dead.
+    link: Mutex<Option<Link>>,
+    /// Incremented per connection, so channels of an old one are never reused.
+    generation: AtomicU64,
+    idle: StdMutex<Vec<PooledChannel>>,
+    /// Exchanges declared on the current connection.
+    declared: StdMutex<HashSet<String>>,
+}
+
+struct Link {
+    connection: Connection,
+    generation: u64,
+}
+
+struct PooledChannel {
+    channel: Channel,
+    generation: u64,
+}
+
+impl fmt::Debug for RabbitPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitPublisher")
+            .field("url", &self.redacted_url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("broker_timeout", &self.broker_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("declare_exchanges", &self.declare_exchanges)
+            .field("app_id", &self.app_id)
+            .field("connection_name", &self.connection_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of sending one message on a channel.
+enum Attempt {
+    /// Confirmed by the broker.
+    Confirmed,
+    /// Failed for a reason that is not the channel's death.
+    Failed(PublishError),
+    /// The channel died (closed by the broker, connection lost, timed out).
+    ChannelLost(ChannelFailure),
+}
+
+#[derive(Clone)]
+enum ChannelFailure {
+    Lapin(lapin::Error),
+    Timeout,
+    NotConfirmMode,
+}
+
+impl RabbitPublisher {
+    /// Connects with default options; see [`RabbitPublisher::builder`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`RabbitPublisherBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options for a publisher connecting to `url`, e.g.
+    /// `amqp://user:password@host:5672/%2f` (`%2f` is the default vhost `/`).
+    pub fn builder(url: impl Into<String>) -> RabbitPublisherBuilder {
+        RabbitPublisherBuilder {
+            url: url.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            broker_timeout: DEFAULT_BROKER_TIMEOUT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            declare_exchanges: true,
+            app_id: None,
+            connection_name: None,
+        }
+    }
+
+    /// The broker URL with its password replaced by `***`, for display.
+    pub fn url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// Whether the connection is currently open.
+    pub async fn is_connected(&self) -> bool {
+        self.link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|l| l.connection.status().connected())
+    }
+
+    /// Closes the connection gracefully, after the messages already sent. A later
+    /// publish opens a new one.
+    pub async fn close(&self) {
+        lock(&self.idle).clear();
+        if let Some(link) = self.link.lock().await.take() {
+            if link.connection.status().connected() {
+                if let Err(e) = link
+                    .connection
+                    .close(200, "eventbus publisher closed")
+                    .await
+                {
+                    tracing::debug!(url = %self.redacted_url, error = %self.secrets.scrub(&e), "closing RabbitMQ connection failed");
+                }
+            }
+        }
+    }
+
+    /// Opens a new connection.
+    async fn open(&self) -> Result<Link, PublishError> {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        lock(&self.declared).clear();
+        let mut properties = tokio_properties(self.runtime.clone());
+        if let Some(name) = &self.connection_name {
+            properties = properties.with_connection_name(name.clone().into());
+        }
+        let connecting = Connection::connect_uri(self.uri.clone(), properties);
+        let connection = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                return Err(PublishError::Unavailable(format!(
+                    "cannot connect to RabbitMQ at {}: {}",
+                    self.redacted_url,
+                    self.secrets.scrub(&e)
+                )))
+            }
+            Err(_) => {
+                return Err(PublishError::Unavailable(format!(
+                    "cannot connect to RabbitMQ at {}: no answer within {:?}",
+                    self.redacted_url, self.connect_timeout
+                )))
+            }
+        };
+        let url = self.redacted_url.clone();
+        let secrets = self.secrets.clone();
+        connection.on_error(move |e| {
+            tracing::warn!(url = %url, error = %secrets.scrub(&e), "RabbitMQ connection lost; reconnecting on the next publish");
+        });
+        tracing::debug!(url = %self.redacted_url, generation, "connected to RabbitMQ");
+        Ok(Link {
+            connection,
+            generation,
+        })
+    }
+
+    /// A confirm-mode channel: an idle one of the current connection, or a new
+    /// one (reconnecting first when the connection is gone).
+    async fn acquire(&self) -> Result<PooledChannel, PublishError> {
+        let current = self.generation.load(Ordering::Acquire);
+        {
+            let mut idle = lock(&self.idle);
+            while let Some(pooled) = idle.pop() {
+                if pooled.generation == current && pooled.channel.status().connected() {
+                    return Ok(pooled);
+                }
+            }
+        }
+        let mut link = self.link.lock().await;
+        let alive = link
+            .as_ref()
+            .is_some_and(|l| l.connection.status().connected());
+        if !alive {
+            // Dropping a dead connection only releases its resources.
+            *link = None;
+            lock(&self.idle).clear();
+            *link = Some(self.open().await?);
+        }
+        let Some(link) = link.as_ref() else {
+            return Err(PublishError::Unavailable(format!(
+                "no connection to RabbitMQ at {}",
+                self.redacted_url
+            )));
+        };
+        let opening = async {
+            let channel = link.connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        match tokio::time::timeout(self.broker_timeout, opening).await {
+            Ok(Ok(channel)) => Ok(PooledChannel {
+                channel,
+                generation: link.generation,
+            }),
+            Ok(Err(e)) => Err(PublishError::Unavailable(format!(
+                "cannot open a channel to RabbitMQ at {}: {}",
+                self.redacted_url,
+                self.secrets.scrub(&e)
+            ))),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "RabbitMQ at {} did not open a channel within {:?}",
+                self.redacted_url, self.broker_timeout
+            ))),
+        }
+    }
+
+    /// Returns a healthy channel to the pool; a dead one is dropped.
+    fn release(&self, pooled: PooledChannel) {
+        if pooled.channel.status().connected()
+            && pooled.generation == self.generation.load(Ordering::Acquire)
+        {
+            let mut idle = lock(&self.idle);
+            if idle.len() < MAX_IDLE_CHANNELS {
+                idle.push(pooled);
+            }
+        }
+    }
+
+    async fn connection_alive(&self) -> bool {
+        self.is_connected().await
+    }
+
+    /// Checks what the broker would refuse by closing the channel, or what lapin
+    /// cannot encode.
+    fn validate(&self, message: &OutgoingMessage) -> Result<(), PublishError> {
+        let envelope = &message.envelope;
+        check_destination(&message.destination)?;
+        if envelope.data.len() > self.max_message_size {
+            return Err(PublishError::Rejected(format!(
+                "message body is {} bytes, more than the limit of {} bytes (max_message_size)",
+                envelope.data.len(),
+                self.max_message_size
+            )));
+        }
+        check_short("event type (the routing key)", &envelope.event_type)?;
+        check_short("event id (the message_id property)", &envelope.id)?;
+        if let Some(ct) = &envelope.datacontenttype {
+            check_short("datacontenttype (the content_type property)", ct)?;
+        }
+        for (name, _) in envelope.attributes() {
+            if HEADER_PREFIX.len() + name.len() > SHORT_STRING_MAX {
+                return Err(PublishError::Rejected(format!(
+                    "attribute name `{name}` is too long for an AMQP header name ({SHORT_STRING_MAX} bytes)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `items` (indices into `messages`) on `channel`, then awaits every
+    /// confirm. Returns one attempt per item, in order.
+    async fn pipeline(
+        &self,
+        channel: &Channel,
+        messages: &[OutgoingMessage],
+        items: &[usize],
+    ) -> Vec<(usize, Attempt)> {
+        let mut confirms = Vec::with_capacity(items.len());
+        let mut out = Vec::with_capacity(items.len());
+        let mut send_failure = None;
+        for (pos, &i) in items.iter().enumerate() {
+            let message = &messages[i];
+            let envelope = &message.envelope;
+            let sent = channel
+                .basic_publish(
+                    &message.destination,
+                    &envelope.event_type,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &envelope.data,
+                    message_properties(envelope, self.app_id.as_deref()),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => confirms.push((i, confirm)),
+                Err(e) => {
+                    send_failure = Some((pos, e));
+                    break;
+                }
+            }
+        }
+
+        let deadline = tokio::time::Instant::now() + self.broker_timeout;
+        let mut returned: Vec<BasicReturnMessage> = Vec::new();
+        let mut timed_out = false;
+        for (i, confirm) in confirms {
+            if timed_out {
+                out.push((i, Attempt::ChannelLost(ChannelFailure::Timeout)));
+                continue;
+            }
+            let attempt = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Ack(ret))) => {
+                    returned.extend(ret.map(|r| *r));
+                    Attempt::Confirmed
+                }
+                Ok(Ok(Confirmation::Nack(ret))) => {
+                    returned.extend(ret.map(|r| *r));
+                    Attempt::Failed(PublishError::Rejected(
+                        "the broker nacked the message (negative publisher confirm)".into(),
+                    ))
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    Attempt::ChannelLost(ChannelFailure::NotConfirmMode)
+                }
+                Ok(Err(e)) => Attempt::ChannelLost(ChannelFailure::Lapin(e)),
+                Err(_) => {
+                    timed_out = true;
+                    Attempt::ChannelLost(ChannelFailure::Timeout)
+                }
+            };
+            out.push((i, attempt));
+        }
+        if let Some((pos, e)) = send_failure {
+            for &i in &items[pos..] {
+                out.push((i, Attempt::ChannelLost(ChannelFailure::Lapin(e.clone()))));
+            }
+        }
+
+        // lapin hands a returned message to whichever confirm completes next, which
+        // with the broker's `multiple` acks need not be its own: match returns to
+        // messages by what they carry instead.
+        for ret in returned {
+            let id = ret
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ShortString::as_str);
+            let exchange = ret.delivery.exchange.as_str();
+            let routing_key = ret.delivery.routing_key.as_str();
+            let owner = out.iter_mut().find(|(i, attempt)| {
+                let m = &messages[*i];
+                !matches!(attempt, Attempt::Failed(_))
+                    && id == Some(m.envelope.id.as_str())
+                    && m.destination == exchange
+                    && m.envelope.event_type == routing_key
+            });
+            match owner {
+                Some((_, attempt)) => {
+                    *attempt = Attempt::Failed(PublishError::Rejected(format!(
+                        "unroutable: no queue is bound to exchange `{exchange}` for routing key `{routing_key}` (broker returned {} {})",
+                        ret.reply_code, ret.reply_text
+                    )));
+                }
+                None => tracing::warn!(
+                    exchange,
+                    routing_key,
+                    message_id = ?id,
+                    "RabbitMQ returned a message that matches none in the batch"
+                ),
+            }
+        }
+        out
+    }
+
+    fn describe(&self, failure: &ChannelFailure) -> String {
+        match failure {
+            ChannelFailure::Lapin(e) => self.secrets.scrub(e),
+            ChannelFailure::Timeout => format!(
+                "no publisher confirm from RabbitMQ within {:?}",
+                self.broker_timeout
+            ),
+            ChannelFailure::NotConfirmMode => {
+                "the channel is not in confirm mode, so the publish was not confirmed".into()
+            }
+        }
+    }
+
+    /// Resends messages whose channel died one at a time, each on a healthy
+    /// channel, to find the one the broker refuses: that one is
+    /// [`PublishError::Rejected`], the others go through.
+    async fn isolate(
+        &self,
+        messages: &[OutgoingMessage],
+        items: &[usize],
+        results: &mut [Option<Result<Delivered, PublishError>>],
+    ) {
+        for (pos, &i) in items.iter().enumerate() {
+            let pooled = match self.acquire().await {
+                Ok(pooled) => pooled,
+                Err(e) => {
+                    fill(results, &items[pos..], &e);
+                    return;
+                }
+            };
+            let attempt = self
+                .pipeline(&pooled.channel, messages, &[i])
+                .await
+                .pop()
+                .map_or(Attempt::ChannelLost(ChannelFailure::Timeout), |(_, a)| a);
+            match attempt {
+                Attempt::Confirmed => {
+                    results[i] = Some(Ok(Delivered::default()));
+                    self.release(pooled);
+                }
+                Attempt::Failed(e) => {
+                    results[i] = Some(Err(e));
+                    self.release(pooled);
+                }
+                Attempt::ChannelLost(ChannelFailure::Lapin(e)) if is_soft(&e) => {
+                    results[i] = Some(Err(PublishError::Rejected(format!(
+                        "RabbitMQ refused the message and closed the channel: {}",
+                        self.secrets.scrub(&e)
+                    ))));
+                }
+                Attempt::ChannelLost(failure) => {
+                    let e = PublishError::Unavailable(self.describe(&failure));
+                    fill(results, &items[pos..], &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Declares `destination` as a durable topic exchange or, when `passive`,
+    /// only checks that an exchange of that name exists.
+    async fn declare(&self, destination: &str, passive: bool) -> Result<(), PublishError> {
+        check_destination(destination)?;
+        let pooled = self.acquire().await?;
+        let declaring = pooled.channel.exchange_declare(
+            destination,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive,
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        );
+        let what = if passive {
+            "cannot find exchange"
+        } else {
+            "cannot declare topic exchange"
+        };
+        match tokio::time::timeout(self.broker_timeout, declaring).await {
+            Ok(Ok(())) => {
+                lock(&self.declared).insert(destination.to_owned());
+                self.release(pooled);
+                Ok(())
+            }
+            Ok(Err(e)) if is_soft(&e) => Err(PublishError::Rejected(format!(
+                "{what} `{destination}`: {}",
+                self.secrets.scrub(&e)
+            ))),
+            Ok(Err(e)) => Err(PublishError::Unavailable(format!(
+                "{what} `{destination}`: {}",
+                self.secrets.scrub(&e)
+            ))),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "{what} `{destination}`: no answer from RabbitMQ within {:?}",
+                self.broker_timeout
+            ))),
+        }
+    }
+
+    /// Before publishing: declares the exchange, and when the broker refuses
+    /// (no `configure` permission, an existing exchange of another kind) accepts
+    /// any existing exchange of that name.
+    async fn declare_for_publish(&self, destination: &str) -> Result<(), PublishError> {
+        match self.declare(destination, false).await {
+            Err(PublishError::Rejected(reason)) => match self.declare(destination, true).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        exchange = destination,
+                        reason = %reason,
+                        "cannot declare the exchange; publishing to the existing one"
+                    );
+                    Ok(())
+                }
+                Err(PublishError::Rejected(_)) => Err(PublishError::Rejected(reason)),
+                Err(e) => Err(e),
+            },
+            other => other,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for RabbitPublisher {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn publish_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Vec<Result<Delivered, PublishError>> {
+        let mut results: Vec<Option<Result<Delivered, PublishError>>> = vec![None; messages.len()];
+        let mut todo = Vec::with_capacity(messages.len());
+        for (i, message) in messages.iter().enumerate() {
+            match self.validate(message) {
+                Ok(()) => todo.push(i),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+
+        if self.declare_exchanges && !todo.is_empty() {
+            let missing: BTreeSet<&str> = {
+                let declared = lock(&self.declared);
+                todo.iter()
+                    .map(|&i| messages[i].destination.as_str())
+                    .filter(|d| !declared.contains(*d))
+                    .collect()
+            };
+            for destination in missing {
+                match self.declare_for_publish(destination).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_unavailable() => {
+                        fill(&mut results, &todo, &e);
+                        return finish(results);
+                    }
+                    Err(e) => todo.retain(|&i| {
+                        if messages[i].destination == destination {
+                            results[i] = Some(Err(e.clone()));
+                            false
+                        } else {
+                            true
+                        }
+                    }),
+                }
+            }
+        }
+        if todo.is_empty() {
+            return finish(results);
+        }
+
+        let pooled = match self.acquire().await {
+            Ok(pooled) => pooled,
+            Err(e) => {
+                fill(&mut results, &todo, &e);
+                return finish(results);
+            }
+        };
+        let attempts = self.pipeline(&pooled.channel, messages, &todo).await;
+        let mut lost = Vec::new();
+        let mut loss: Option<ChannelFailure> = None;
+        for (i, attempt) in attempts {
+            match attempt {
+                Attempt::Confirmed => results[i] = Some(Ok(Delivered::default())),
+                Attempt::Failed(e) => results[i] = Some(Err(e)),
+                Attempt::ChannelLost(failure) => {
+                    // Prefer the broker's reason for closing the channel over the
+                    // "channel closed" errors of messages sent after it.
+                    let refused = matches!(&failure, ChannelFailure::Lapin(e) if is_soft(e));
+                    let known = matches!(&loss, Some(ChannelFailure::Lapin(e)) if is_soft(e));
+                    if loss.is_none() || (refused && !known) {
+                        loss = Some(failure);
+                    }
+                    lost.push(i);
+                }
+            }
+        }
+        let Some(failure) = loss else {
+            self.release(pooled);
+            return finish(results);
+        };
+        // The channel is unusable: dropping it closes it.
+        drop(pooled);
+        lost.sort_unstable();
+        let channel_refused = matches!(&failure, ChannelFailure::Lapin(e) if is_soft(e));
+        if channel_refused && self.connection_alive().await {
+            // One message made the broker close the channel, failing every
+            // unconfirmed message with it: find that one.
+            tracing::warn!(
+                url = %self.redacted_url,
+                error = %self.describe(&failure),
+                messages = lost.len(),
+                "RabbitMQ closed the channel; resending unconfirmed messages one by one"
+            );
+            self.isolate(messages, &lost, &mut results).await;
+        } else {
+            let e = PublishError::Unavailable(self.describe(&failure));
+            fill(&mut results, &lost, &e);
+        }
+        finish(results)
+    }
+
+    async fn ensure_destination(&self, destination: &str) -> Result<(), PublishError> {
+        self.declare(destination, false).await
+    }
+}
+
+/// lapin connection properties that run its tasks and IO on the current tokio
+/// runtime rather than on executor threads of its own; lapin's defaults when
+/// called outside a tokio runtime.
+///
+/// ```no_run
+/// # async fn demo() -> lapin::Result<()> {
+/// use eventbus::transport::rabbitmq::{connection_properties, lapin};
+///
+/// let connection = lapin::Connection::connect(
+///     "amqp://guest:guest@127.0.0.1:5672/%2f",
+///     connection_properties(),
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub fn connection_properties() -> ConnectionProperties {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio_properties(handle),
+        Err(_) => ConnectionProperties::default(),
+    }
+}
+
+fn tokio_properties(handle: tokio::runtime::Handle) -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::default().with_handle(handle))
+        .with_reactor(tokio_reactor_trait::Tokio)
+}
+
+/// The AMQP properties of `envelope` in the CloudEvents binary binding: the
+/// `ce-` headers, `traceparent`/`tracestate`, `content_type`, `message_id`,
+/// `timestamp`, `type`, persistent `delivery_mode` and, when given, `app_id`.
+///
+/// Useful to consumers that republish an event, e.g. to a dead-letter exchange.
+/// Fields longer than AMQP allows are not checked here; the publisher checks them.
+pub fn message_properties(envelope: &Envelope, app_id: Option<&str>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (name, value) in envelope.binary_headers(HEADER_PREFIX) {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    // What OpenTelemetry messaging instrumentations in other languages read.
+    for (name, value) in [
+        ("traceparent", &envelope.traceparent),
+        ("tracestate", &envelope.tracestate),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+        }
+    }
+    let content_type = envelope
+        .datacontenttype
+        .as_deref()
+        .unwrap_or(JSON_CONTENT_TYPE);
+    let mut properties = BasicProperties::default()
+        .with_content_type(content_type.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(envelope.id.as_str().into())
+        .with_type(envelope.event_type.as_str().into())
+        .with_headers(headers);
+    if let Some(seconds) = envelope
+        .time
+        .and_then(|t| u64::try_from(t.timestamp()).ok())
+    {
+        properties = properties.with_timestamp(seconds);
+    }
+    if let Some(app_id) = app_id {
+        properties = properties.with_app_id(app_id.into());
+    }
+    properties
+}
+
+/// Decodes a message in the CloudEvents AMQP binary binding (as sent by
+/// [`RabbitPublisher`] or any other CloudEvents SDK) into an [`Envelope`].
+///
+/// Attributes come from the `ce-` headers (names case-insensitive), the content
+/// type from the `content_type` property. When no `ce-traceparent`/`ce-tracestate`
+/// header is present, plain `traceparent`/`tracestate` headers are used instead.
+///
+/// ```
+/// use eventbus::transport::rabbitmq::{envelope_from_delivery, message_properties};
+/// use eventbus::Envelope;
+///
+/// let envelope = Envelope::new("urn:svc:orders", "com.example.order.placed", b"{}".to_vec());
+/// let properties = message_properties(&envelope, None);
+/// let back = envelope_from_delivery(&properties, &envelope.data).unwrap();
+/// assert_eq!(back, envelope);
+/// ```
+///
+/// # Errors
+///
+/// [`EnvelopeError`] when a required attribute is missing or invalid, or a `ce-`
+/// header is not a string.
+pub fn envelope_from_delivery(
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<Envelope, EnvelopeError> {
+    let mut headers: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut plain_traceparent = None;
+    let mut plain_tracestate = None;
+    if let Some(table) = properties.headers() {
+        for (name, value) in table {
+            let name = name.as_str();
+            let is_attribute = name
+                .get(..HEADER_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX));
+            if is_attribute {
+                let text = header_text(value).ok_or_else(|| EnvelopeError::InvalidAttribute {
+                    name: name[HEADER_PREFIX.len()..].to_ascii_lowercase(),
+                    reason: "AMQP header value must be a string".into(),
+                })?;
+                headers.push((name, text));
+            } else if name.eq_ignore_ascii_case("traceparent") {
+                plain_traceparent = header_text(value);
+            } else if name.eq_ignore_ascii_case("tracestate") {
+                plain_tracestate = header_text(value);
+            }
+        }
+    }
+    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
+    let mut envelope = Envelope::from_binary(
+        HEADER_PREFIX,
+        headers.iter().map(|(k, v)| (*k, v.as_slice())),
+        content_type,
+        body.to_vec(),
+    )?;
+    if envelope.traceparent.is_none() {
+        envelope.traceparent = plain_traceparent.and_then(|v| String::from_utf8(v).ok());
+        if envelope.tracestate.is_none() {
+            envelope.tracestate = plain_tracestate.and_then(|v| String::from_utf8(v).ok());
+        }
+    }
+    Ok(envelope)
+}
+
+/// The bytes of a string-like header value; numbers and booleans as their text.
+fn header_text(value: &AMQPValue) -> Option<Vec<u8>> {
+    Some(match value {
+        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
+        AMQPValue::Boolean(b) => b.to_string().into_bytes(),
+        AMQPValue::ShortShortInt(n) => n.to_string().into_bytes(),
+        AMQPValue::ShortShortUInt(n) => n.to_string().into_bytes(),
+        AMQPValue::ShortInt(n) => n.to_string().into_bytes(),
+        AMQPValue::ShortUInt(n) => n.to_string().into_bytes(),
+        AMQPValue::LongInt(n) => n.to_string().into_bytes(),
+        AMQPValue::LongUInt(n) => n.to_string().into_bytes(),
+        AMQPValue::LongLongInt(n) => n.to_string().into_bytes(),
+        _ => return None,
+    })
+}
+
+/// Whether `e` is a channel-level refusal by the broker (AMQP soft error, such
+/// as PRECONDITION_FAILED, NOT_FOUND, ACCESS_REFUSED), as opposed to a dead
+/// connection.
+fn is_soft(e: &lapin::Error) -> bool {
+    matches!(e, lapin::Error::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)))
+}
+
+fn check_destination(destination: &str) -> Result<(), PublishError> {
+    if destination.is_empty() {
+        return Err(PublishError::Rejected(
+            "the destination (exchange name) must not be empty".into(),
+        ));
+    }
+    check_short("destination (the exchange name)", destination)
+}
+
+fn check_short(what: &str, value: &str) -> Result<(), PublishError> {
+    if value.len() > SHORT_STRING_MAX {
+        return Err(PublishError::Rejected(format!(
+            "{what} is {} bytes, more than AMQP's limit of {SHORT_STRING_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn fill(
+    results: &mut [Option<Result<Delivered, PublishError>>],
+    items: &[usize],
+    error: &PublishError,
+) {
+    for &i in items {
+        if results[i].is_none() {
+            results[i] = Some(Err(error.clone()));
+        }
+    }
+}
+
+fn finish(
+    results: Vec<Option<Result<Delivered, PublishError>>>,
+) -> Vec<Result<Delivered, PublishError>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(PublishError::Unavailable(
+                    "the message was not sent to RabbitMQ".into(),
+                ))
+            })
+        })
+        .collect()
+}
+
+fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent even if a holder panicked.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The password of a URL, raw and percent-decoded, to scrub from error texts
+/// that might echo it.
+#[derive(Clone, Default)]
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn from_url(url: &str) -> Self {
+        let Some((_, password)) = split_password(url) else {
+            return Secrets::default();
+        };
+        let mut secrets = vec![password.to_owned()];
+        let decoded = percent_decode(password);
+        if decoded != password {
+            secrets.push(decoded);
+        }
+        secrets.retain(|s| !s.is_empty());
+        Secrets(secrets)
+    }
+
+    fn scrub(&self, e: &dyn fmt::Display) -> String {
+        let mut text = e.to_string();
+        for secret in &self.0 {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+///
+/// ```
+/// # use eventbus::transport::rabbitmq::redact_url;
+/// assert_eq!(
+///     redact_url("amqp://app:s3cret@rabbit:5672/%2f"),
+///     "amqp://app:***@rabbit:5672/%2f"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match split_password(url) {
+        Some((start, password)) => {
+            let end = start + password.len();
+            format!("{}***{}", &url[..start], &url[end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The byte offset and text of the password in `scheme://user:password@host…`.
+fn split_password(url: &str) -> Option<(usize, &str)> {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    let start = authority_start + colon + 1;
+    Some((start, &url[start..authority_start + at]))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        let mut e = Envelope::new(
+            "urn:svc:orders",
+            "com.example.order.placed",
+            br#"{"order_id":"o-1"}"#.to_vec(),
+        );
+        e.partition_key = Some("o-1".into());
+        e.subject = Some("o-1".into());
+        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        e.tracestate = Some("congo=t61rcWkgMzE".into());
+        e.correlation_id = Some("c-1".into());
+        e.extensions.insert("tenant".into(), "acme".into());
+        e
+    }
+
+    fn header<'a>(p: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+        p.headers().as_ref()?.inner().get(name)
+    }
+
+    #[test]
+    fn redacts_the_password_only() {
+        let cases = [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            (
+                "amqps://u:p%40ss@host/vh?heartbeat=10",
+                "amqps://u:***@host/vh?heartbeat=10",
+            ),
+            ("amqp://user@host/", "amqp://user@host/"),
+            ("amqp://host:5672/%2f", "amqp://host:5672/%2f"),
+            ("amqp://a:b:c@host", "amqp://a:***@host"),
+            ("not a url", "not a url"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "for {url}");
+        }
+    }
+
+    #[test]
+    fn scrubs_raw_and_decoded_passwords() {
+        let secrets = Secrets::from_url("amqp://u:p%40ss@host/");
+        assert_eq!(secrets.scrub(&"p%40ss and p@ss"), "*** and ***");
+    }
+
+    #[test]
+    fn properties_follow_the_cloudevents_amqp_binding() {
+        let e = sample();
+        let p = message_properties(&e, Some("orders"));
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(
+            p.message_id().as_ref().map(ShortString::as_str),
+            Some(e.id.as_str())
+        );
+        assert_eq!(
+            p.content_type().as_ref().map(ShortString::as_str),
+            Some("application/json")
+        );
+        assert_eq!(p.app_id().as_ref().map(ShortString::as_str), Some("orders"));
+        assert_eq!(
+            p.kind().as_ref().map(ShortString::as_str),
+            Some("com.example.order.placed")
+        );
+        let time = e.time.map(|t| t.timestamp() as u64);
+        assert_eq!(p.timestamp(), &time);
+        for (name, value) in [
+            ("ce-specversion", "1.0"),
+            ("ce-type", "com.example.order.placed"),
+            ("ce-partitionkey", "o-1"),
+            ("ce-tenant", "acme"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ] {
+            assert_eq!(
+                header(&p, name),
+                Some(&AMQPValue::LongString(value.into())),
+                "header {name}"
+            );
+        }
+        assert!(header(&p, "ce-datacontenttype").is_none());
+    }
+
+    #[test]
+    fn delivery_round_trips_to_the_same_envelope() {
+        let e = sample();
+        let p = message_properties(&e, None);
+        assert_eq!(envelope_from_delivery(&p, &e.data).expect("valid"), e);
+    }
+
+    #[test]
+    fn plain_trace_headers_are_a_fallback() {
+        let mut e = sample();
+        let p = message_properties(&e, None);
+        let mut headers = FieldTable::default();
+        for (k, v) in p.headers().as_ref().expect("headers").inner() {
+            if k.as_str() != "ce-traceparent" && k.as_str() != "ce-tracestate" {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        let p = p.with_headers(headers);
+        assert_eq!(envelope_from_delivery(&p, &e.data).expect("valid"), e);
+        e.traceparent = None;
+        e.tracestate = None;
+        let p = message_properties(&e, None);
+        assert_eq!(envelope_from_delivery(&p, &e.data).expect("valid"), e);
+    }
+
+    #[test]
+    fn decoding_names_missing_or_non_string_attributes() {
+        let p = BasicProperties::default();
+        let err = envelope_from_delivery(&p, b"{}").expect_err("no headers");
+        assert!(
+            err.to_string().contains("`specversion` is required"),
+            "{err}"
+        );
+
+        let e = sample();
+        let p = message_properties(&e, None);
+        let mut headers = p.headers().clone().unwrap_or_default();
+        headers.insert(
+            "ce-subject".into(),
+            AMQPValue::FieldTable(FieldTable::default()),
+        );
+        let err = envelope_from_delivery(&p.with_headers(headers), &e.data).expect_err("table");
+        assert!(err.to_string().contains("`subject` is invalid"), "{err}");
+    }
+
+    #[test]
+    fn other_producers_short_strings_and_numbers_are_read() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "ce-specversion".into(),
+            AMQPValue::ShortString("1.0".into()),
+        );
+        headers.insert("CE-ID".into(), AMQPValue::LongString("42".into()));
+        headers.insert("ce-source".into(), AMQPValue::LongString("/x".into()));
+        headers.insert("ce-type".into(), AMQPValue::LongString("t".into()));
+        headers.insert("ce-sequence".into(), AMQPValue::LongLongInt(7));
+        let p = BasicProperties::default()
+            .with_headers(headers)
+            .with_content_type("text/plain".into());
+        let e = envelope_from_delivery(&p, b"hi").expect("valid");
+        assert_eq!(e.id, "42");
+        assert_eq!(e.extensions["sequence"], "7");
+        assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
+        assert_eq!(e.data, b"hi");
+    }
+
+    #[test]
+    fn soft_errors_are_channel_refusals() {
+        use lapin::protocol::{AMQPError, AMQPHardError, AMQPSoftError};
+        let soft = lapin::Error::ProtocolError(AMQPError::new(
+            AMQPSoftError::NOTFOUND.into(),
+            "NOT_FOUND - no exchange 'x'".into(),
+        ));
+        let hard = lapin::Error::ProtocolError(AMQPError::new(
+            AMQPHardError::CONNECTIONFORCED.into(),
+            "CONNECTION_FORCED".into(),
+        ));
+        assert!(is_soft(&soft));
+        assert!(!is_soft(&hard));
+        assert!(!is_soft(&lapin::Error::InvalidChannelState(
+            lapin::ChannelState::Closed
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_a_config_error_without_the_password() {
+        let err = RabbitPublisher::connect("http://user:hunter2@host/")
+            .await
+            .expect_err("bad scheme");
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("invalid AMQP URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn builder_debug_hides_the_password() {
+        let b = RabbitPublisher::builder("amqp://user:hunter2@host/%2f");
+        let text = format!("{b:?}");
+        assert!(text.contains("amqp://user:***@host/%2f"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

@@ -1,0 +1,181 @@
+//! [`RelayConfig`]: batch sizes, intervals, retry policy, retention and the
+//! mapping from logical destinations to broker names.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::table::TableName;
+
+/// What happens to a row once the broker acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Delete it at once (default: cheapest, no table bloat).
+    Delete,
+    /// Mark it `published` and delete it after this long, in batches.
+    Keep(Duration),
+}
+
+/// Settings of a [`Relay`](super::Relay). Start from [`RelayConfig::default`].
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The outbox table.
+    pub table: TableName,
+    /// A name for this relay instance, shown by `status`.
+    pub name: String,
+    /// CloudEvents `source` for rows that have none.
+    pub default_source: String,
+    /// Rows claimed and published per batch.
+    pub batch_size: u32,
+    /// Fallback poll interval when no notification arrives.
+    pub poll_interval: Duration,
+    /// How often the relay heartbeats, renews leases and rebalances.
+    pub heartbeat_interval: Duration,
+    /// Lease length; a crashed relay's partitions are taken over after this.
+    pub lease_ttl: Duration,
+    /// Attempts before a rejected row is parked as `failed`.
+    pub max_attempts: u32,
+    /// First retry delay of a rejected row; doubles per attempt.
+    pub retry_initial: Duration,
+    /// Longest retry delay of a rejected row.
+    pub retry_max: Duration,
+    /// First pause when the broker is unavailable; doubles while it stays so.
+    pub outage_initial: Duration,
+    /// Longest pause when the broker is unavailable.
+    pub outage_max: Duration,
+    /// Rows whose payload is larger are rejected without being sent.
+    pub max_message_bytes: usize,
+    /// What to do with published rows.
+    pub retention: Retention,
+    /// Prefix added to every destination (e.g. `prod.`).
+    pub destination_prefix: String,
+    /// Explicit destination → broker name mapping (applied before the prefix).
+    pub destination_map: HashMap<String, String>,
+    /// Create missing topics/exchanges before first use.
+    pub create_destinations: bool,
+    /// How often backlog statistics are refreshed.
+    pub stats_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            table: crate::outbox::default_table(),
+            name: default_name(),
+            default_source: "urn:eventbus:outbox-relay".into(),
+            batch_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(1000),
+            lease_ttl: Duration::from_secs(5),
+            max_attempts: 5,
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            outage_initial: Duration::from_millis(200),
+            outage_max: Duration::from_secs(10),
+            max_message_bytes: crate::outbox::DEFAULT_MAX_EVENT_BYTES,
+            retention: Retention::Delete,
+            destination_prefix: String::new(),
+            destination_map: HashMap::new(),
+            create_destinations: true,
+            stats_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks the settings for values that cannot work.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::config(m));
+        if self.batch_size == 0 || self.batch_size > 100_000 {
+            return bad("batch_size must be between 1 and 100000");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1");
+        }
+        if self.lease_ttl < self.heartbeat_interval * 2 {
+            return bad("lease_ttl must be at least twice heartbeat_interval");
+        }
+        if self.poll_interval.is_zero() || self.heartbeat_interval.is_zero() {
+            return bad("poll_interval and heartbeat_interval must be positive");
+        }
+        if self.default_source.is_empty() {
+            return bad("default_source must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The broker-level name of a logical destination.
+    pub fn broker_destination(&self, destination: &str) -> String {
+        let mapped = self
+            .destination_map
+            .get(destination)
+            .map_or(destination, String::as_str);
+        format!("{}{mapped}", self.destination_prefix)
+    }
+
+    /// The retry delay after `attempts` failed attempts (exponential, capped).
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
+        exponential(self.retry_initial, self.retry_max, attempts.saturating_sub(1))
+    }
+}
+
+/// `initial * 2^step`, capped at `max`.
+pub(crate) fn exponential(initial: Duration, max: Duration, step: u32) -> Duration {
+    initial
+        .checked_mul(1u32 << step.min(20))
+        .map_or(max, |d| d.min(max))
+}
+
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_and_caps() {
+        let c = RelayConfig {
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            ..RelayConfig::default()
+        };
+        assert_eq!(c.retry_delay(1), Duration::from_millis(100));
+        assert_eq!(c.retry_delay(2), Duration::from_millis(200));
+        assert_eq!(c.retry_delay(4), Duration::from_millis(800));
+        assert_eq!(c.retry_delay(5), Duration::from_secs(1));
+        assert_eq!(c.retry_delay(60), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn destinations_are_mapped_then_prefixed() {
+        let mut c = RelayConfig {
+            destination_prefix: "prod.".into(),
+            ..RelayConfig::default()
+        };
+        c.destination_map.insert("orders".into(), "shop-orders".into());
+        assert_eq!(c.broker_destination("orders"), "prod.shop-orders");
+        assert_eq!(c.broker_destination("payments"), "prod.payments");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let c = RelayConfig {
+            batch_size: 0,
+            ..RelayConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = RelayConfig {
+            lease_ttl: Duration::from_millis(500),
+            ..RelayConfig::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(RelayConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,432 @@
+//! The relay: claims committed outbox rows, publishes them to the broker, waits
+//! for acknowledgement, then deletes (or marks) them — in order per key, with
+//! any number of relay instances sharing the partitions.
+//!
+//! The loop: *claim* a batch from the partitions this relay leases → *check*
+//! each row (decodable, not oversized) → *publish* the batch pipelined → on
+//! acknowledgement *acknowledge* the rows; on a message-specific rejection
+//! record the attempt with exponential backoff (parking the row after
+//! `max_attempts`), on a broker-wide outage pause with backoff without counting
+//! attempts. Every row write is fenced on the partition lease.
+
+#[cfg(feature = "postgres")]
+mod admin;
+mod config;
+mod membership;
+mod metrics;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod store;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::outbox::OutboxRecord;
+use crate::transport::{OutgoingMessage, PublishError, Publisher};
+
+#[cfg(feature = "postgres")]
+pub use admin::{FailedRow, OutboxAdmin, Status};
+pub use config::{RelayConfig, Retention};
+pub use metrics::{RelayMetrics, Snapshot};
+#[cfg(feature = "postgres")]
+pub use postgres::PgRelayStore;
+pub use store::{Rejection, RelayStore};
+
+use membership::Membership;
+
+/// Forwards outbox rows to a broker. Build one with [`Relay::new`], then
+/// [`run`](Relay::run) it until shutdown.
+///
+/// ```no_run
+/// # #[cfg(all(feature = "postgres", feature = "kafka"))]
+/// # async fn demo() -> eventbus::Result<()> {
+/// use std::sync::Arc;
+/// use eventbus::relay::{PgRelayStore, Relay, RelayConfig};
+/// use eventbus::transport::kafka::KafkaPublisher;
+///
+/// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/shop").await?;
+/// let config = RelayConfig::default();
+/// let store = PgRelayStore::new(pool, config.table.clone());
+/// let publisher = KafkaPublisher::builder("127.0.0.1:9092").build()?;
+/// let relay = Relay::new(Arc::new(store), Arc::new(publisher), config)?;
+/// relay.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Relay {
+    id: Uuid,
+    store: Arc<dyn RelayStore>,
+    publisher: Arc<dyn Publisher>,
+    config: Arc<RelayConfig>,
+    metrics: Arc<RelayMetrics>,
+}
+
+impl Relay {
+    /// A relay over `store` publishing through `publisher`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Config`] if `config` does not validate.
+    pub fn new(
+        store: Arc<dyn RelayStore>,
+        publisher: Arc<dyn Publisher>,
+        config: RelayConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Relay {
+            id: Uuid::now_v7(),
+            store,
+            publisher,
+            config: Arc::new(config),
+            metrics: Arc::new(RelayMetrics::default()),
+        })
+    }
+
+    /// This instance's id, as recorded in the membership table.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Live figures, for `/metrics`.
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until `shutdown` completes, then finishes the in-flight batch,
+    /// releases its partitions and deregisters.
+    ///
+    /// Database and broker trouble never ends the loop: the relay logs, backs off
+    /// and carries on. It returns only on shutdown (or a configuration problem
+    /// found at start).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::NotMigrated`] if the outbox tables are missing at start.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let partitions = self.store.partitions().await?;
+        let membership = Arc::new(Membership::new(self.id, partitions));
+        let wake = Arc::new(Notify::new());
+        let stop = Arc::new(Notify::new());
+
+        let listener = tokio::spawn({
+            let store = Arc::clone(&self.store);
+            let wake = Arc::clone(&wake);
+            async move {
+                if let Err(e) = store.listen(wake).await {
+                    tracing::warn!(error = %e, "outbox notifications unavailable; polling only");
+                }
+            }
+        });
+        let heart = tokio::spawn(membership::keep_alive(
+            Arc::clone(&membership),
+            Arc::clone(&self.store),
+            Arc::clone(&self.config),
+            Arc::clone(&self.metrics),
+            Arc::clone(&wake),
+        ));
+
+        let stats = tokio::spawn(watch_backlog(
+            Arc::clone(&membership),
+            Arc::clone(&self.store),
+            Arc::clone(&self.config),
+            Arc::clone(&self.metrics),
+        ));
+
+        let worker = self.work(Arc::clone(&membership), Arc::clone(&wake), Arc::clone(&stop));
+        tokio::pin!(worker);
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut worker => {}
+            () = &mut shutdown => {
+                // Let the current batch finish, then leave.
+                stop.notify_one();
+                worker.await;
+            }
+        }
+        heart.abort();
+        listener.abort();
+        stats.abort();
+        if let Err(e) = self.store.deregister(self.id).await {
+            tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
+        }
+        tracing::info!(relay = %self.id, "relay stopped");
+        Ok(())
+    }
+
+    /// The claim → publish → acknowledge loop.
+    async fn work(&self, membership: Arc<Membership>, wake: Arc<Notify>, stop: Arc<Notify>) {
+        let mut known_destinations: HashSet<String> = HashSet::new();
+        let mut outage_step = 0u32;
+        let mut next_cleanup = Instant::now();
+        loop {
+            // Hand back partitions a rebalance gave to others, between batches so
+            // no batch of theirs is in flight.
+            let to_release = membership.to_release();
+            if !to_release.is_empty() {
+                match self.store.release(self.id, &to_release).await {
+                    Ok(()) => membership.released(&to_release),
+                    Err(e) => tracing::warn!(error = %e, "releasing partitions failed"),
+                }
+            }
+            let owned = membership.usable();
+            let mut full_batch = false;
+            if !owned.is_empty() {
+                match self.store.claim(self.id, &owned, self.config.batch_size).await {
+                    Ok(rows) => {
+                        full_batch = rows.len() as u64 >= u64::from(self.config.batch_size);
+                        if !rows.is_empty() {
+                            match self.relay_batch(rows, &membership, &mut known_destinations).await {
+                                BatchOutcome::Done => outage_step = 0,
+                                BatchOutcome::BrokerDown => {
+                                    let pause = config::exponential(
+                                        self.config.outage_initial,
+                                        self.config.outage_max,
+                                        outage_step,
+                                    );
+                                    outage_step = outage_step.saturating_add(1);
+                                    tracing::warn!(?pause, "broker unavailable; pausing");
+                                    if sleep_or_stop(pause, &stop).await {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
+                        if sleep_or_stop(self.config.poll_interval, &stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Retention::Keep(keep) = self.config.retention {
+                // One relay does the clean-up: whoever owns the lowest partition.
+                if Instant::now() >= next_cleanup && owned.first() == membership.lowest_partition().as_ref() {
+                    next_cleanup = Instant::now() + self.config.poll_interval * 10;
+                    if let Err(e) = self.store.delete_published(keep, 10_000).await {
+                        tracing::warn!(error = %e, "retention clean-up failed");
+                    }
+                }
+            }
+            if full_batch {
+                // More is waiting: go again, unless asked to stop.
+                if stop_requested(&stop) {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = stop.notified() => return,
+            }
+        }
+    }
+
+    /// Publishes one claimed batch and records the outcome of every row.
+    async fn relay_batch(
+        &self,
+        rows: Vec<OutboxRecord>,
+        membership: &Membership,
+        known_destinations: &mut HashSet<String>,
+    ) -> BatchOutcome {
+        let mut rejections: Vec<Rejection> = Vec::new();
+        let mut blocked_keys: HashSet<(i32, String)> = HashSet::new();
+        let mut sendable: Vec<(&OutboxRecord, OutgoingMessage)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if blocked_keys.contains(&(row.partition, row.partition_key.clone())) {
+                continue; // an earlier row of this key failed: keep the order
+            }
+            match self.prepare(row) {
+                Ok(message) => sendable.push((row, message)),
+                Err(reason) => {
+                    blocked_keys.insert((row.partition, row.partition_key.clone()));
+                    rejections.push(self.rejection(row, reason.error, reason.permanent));
+                }
+            }
+        }
+
+        if self.config.create_destinations {
+            for (_, m) in &sendable {
+                if known_destinations.contains(&m.destination) {
+                    continue;
+                }
+                match self.publisher.ensure_destination(&m.destination).await {
+                    Ok(()) => {
+                        known_destinations.insert(m.destination.clone());
+                    }
+                    Err(PublishError::Unavailable(e)) => {
+                        tracing::warn!(destination = %m.destination, error = %e, "broker unavailable");
+                        self.broker_state(false);
+                        return BatchOutcome::BrokerDown;
+                    }
+                    // A destination that cannot be created fails its messages below.
+                    Err(e) => tracing::warn!(destination = %m.destination, error = %e, "cannot create destination"),
+                }
+            }
+        }
+
+        // Fencing: publish only while every lease in the batch is still ours.
+        if !sendable.iter().all(|(row, _)| membership.holds(row.partition)) {
+            tracing::info!("lease expired before publishing; dropping the batch");
+            return BatchOutcome::Done;
+        }
+        let messages: Vec<OutgoingMessage> = sendable.iter().map(|(_, m)| m.clone()).collect();
+        let started = Instant::now();
+        let results = if messages.is_empty() {
+            Vec::new()
+        } else {
+            self.publisher.publish_batch(&messages).await
+        };
+        let latency = started.elapsed();
+
+        let mut acked: Vec<i64> = Vec::with_capacity(results.len());
+        let mut unavailable = false;
+        for ((row, _), result) in sendable.iter().zip(results) {
+            match result {
+                Ok(_) => acked.push(row.id),
+                Err(PublishError::Unavailable(e)) => {
+                    unavailable = true;
+                    tracing::debug!(id = row.id, error = %e, "broker unavailable");
+                }
+                // Stays pending, behind its key's rejected row; no attempt used.
+                Err(PublishError::NotSent(_)) => {}
+                Err(e) => {
+                    blocked_keys.insert((row.partition, row.partition_key.clone()));
+                    rejections.push(self.rejection(row, e.to_string(), false));
+                }
+            }
+        }
+        if !messages.is_empty() {
+            self.metrics.batch(latency);
+        }
+        self.metrics.published(acked.len() as u64);
+        self.metrics.rejected(rejections.len() as u64);
+        self.metrics
+            .parked(rejections.iter().filter(|r| r.park).count() as u64);
+
+        if !acked.is_empty() {
+            if let Err(e) = self.store.acknowledge(self.id, &acked, self.config.retention).await {
+                // The events reached the broker; they will be sent again, and the
+                // consumers' inbox absorbs the duplicates.
+                tracing::warn!(error = %e, rows = acked.len(), "acknowledging published rows failed");
+            }
+        }
+        if !rejections.is_empty() {
+            for r in &rejections {
+                tracing::warn!(id = r.id, parked = r.park, error = %r.error, "event rejected");
+            }
+            if let Err(e) = self.store.reject(self.id, &rejections).await {
+                tracing::warn!(error = %e, "recording rejected rows failed");
+            }
+        }
+        self.broker_state(!unavailable);
+        if unavailable {
+            self.metrics.outage();
+            BatchOutcome::BrokerDown
+        } else {
+            BatchOutcome::Done
+        }
+    }
+
+    /// Checks a row and builds its message; a row that can never be sent is
+    /// refused here without bothering the broker.
+    fn prepare(&self, row: &OutboxRecord) -> std::result::Result<OutgoingMessage, Refusal> {
+        if row.payload.len() > self.config.max_message_bytes {
+            return Err(Refusal {
+                error: format!(
+                    "event is {} bytes, more than max_message_bytes = {}",
+                    row.payload.len(),
+                    self.config.max_message_bytes
+                ),
+                permanent: false,
+            });
+        }
+        let envelope = row
+            .to_envelope(&self.config.default_source)
+            .map_err(|e| Refusal {
+                error: format!("cannot build CloudEvent: {e}"),
+                permanent: true,
+            })?;
+        Ok(OutgoingMessage {
+            destination: self.config.broker_destination(&row.destination),
+            envelope,
+        })
+    }
+
+    fn rejection(&self, row: &OutboxRecord, error: String, permanent: bool) -> Rejection {
+        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        Rejection {
+            id: row.id,
+            park: permanent || attempts >= self.config.max_attempts,
+            retry_in: self.config.retry_delay(attempts),
+            error,
+        }
+    }
+
+    fn broker_state(&self, available: bool) {
+        self.metrics.update_snapshot(|s| s.broker_available = available);
+    }
+}
+
+/// Refreshes the backlog figures every `stats_interval`, in a task of its own so
+/// a slow count never delays heartbeats.
+async fn watch_backlog(
+    membership: Arc<Membership>,
+    store: Arc<dyn RelayStore>,
+    config: Arc<RelayConfig>,
+    metrics: Arc<RelayMetrics>,
+) {
+    let mut ticker = tokio::time::interval(config.stats_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let owned = membership.usable();
+        match store.stats(&owned).await {
+            Ok(fresh) => metrics.update_snapshot(|s| {
+                s.backlog = fresh.backlog;
+                s.oldest_pending_seconds = fresh.oldest_pending_seconds;
+                s.held_back_seconds = fresh.held_back_seconds;
+                s.parked_rows = fresh.parked_rows;
+            }),
+            Err(e) => tracing::debug!(error = %e, "backlog statistics unavailable"),
+        }
+    }
+}
+
+/// Why [`Relay::prepare`] refused a row.
+struct Refusal {
+    error: String,
+    /// Retrying cannot help (park at once).
+    permanent: bool,
+}
+
+enum BatchOutcome {
+    Done,
+    BrokerDown,
+}
+
+/// Sleeps for `d`; `true` if a stop was requested meanwhile.
+async fn sleep_or_stop(d: Duration, stop: &Notify) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => false,
+        () = stop.notified() => true,
+    }
+}
+
+/// Whether a stop was requested, without waiting.
+fn stop_requested(stop: &Notify) -> bool {
+    let notified = stop.notified();
+    tokio::pin!(notified);
+    // `enable` + poll once: a stored permit from `notify_one` completes it.
+    futures::FutureExt::now_or_never(notified).is_some()
+}

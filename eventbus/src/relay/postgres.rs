@@ -1,0 +1,328 @@
+//! The PostgreSQL [`RelayStore`]: lease table, snapshot-safe claiming
+//! (`txid < pg_snapshot_xmin`), fenced acknowledgement and LISTEN/NOTIFY wake-ups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::config::Retention;
+use super::metrics::Snapshot;
+use super::store::{Rejection, RelayStore};
+use crate::error::{Error, Result};
+use crate::outbox::OutboxRecord;
+use crate::table::TableName;
+
+/// The relay's view of a PostgreSQL outbox table.
+#[derive(Debug, Clone)]
+pub struct PgRelayStore {
+    pool: PgPool,
+    table: TableName,
+    sql: Arc<Statements>,
+}
+
+/// SQL text built once per table (names are validated and quoted).
+#[derive(Debug)]
+struct Statements {
+    claim: String,
+    delete: String,
+    mark_published: String,
+    reject: String,
+    stats: String,
+    parked: String,
+    renew: String,
+    acquire: String,
+    release: String,
+    heartbeat: String,
+    live: String,
+    deregister: String,
+    release_all: String,
+    partitions: String,
+    delete_published: String,
+}
+
+impl Statements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted();
+        let p = table.with_suffix("_partitions");
+        let r = table.with_suffix("_relays");
+        // A row may be touched only while this relay ($owner) holds its partition.
+        let fence = format!(
+            "{p}.partition = o.partition AND {p}.owner = $2 AND {p}.lease_expires_at > now()"
+        );
+        Statements {
+            claim: format!(
+                "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, o.partition, \
+                        o.event_type, o.schema_version, o.subject, o.headers, o.payload::text AS payload, \
+                        o.created_at, o.attempts \
+                 FROM {t} o \
+                 WHERE o.state = 'pending' AND o.partition = ANY($1) \
+                   AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+                   AND NOT EXISTS (SELECT 1 FROM {t} b \
+                       WHERE b.partition = o.partition AND b.partition_key = o.partition_key \
+                         AND b.id < o.id \
+                         AND (b.state = 'failed' OR (b.state = 'pending' AND b.attempts > 0))) \
+                   AND EXISTS (SELECT 1 FROM {p} WHERE {fence}) \
+                 ORDER BY o.id LIMIT $3"
+            ),
+            delete: format!("DELETE FROM {t} o USING {p} WHERE o.id = ANY($1) AND {fence}"),
+            mark_published: format!(
+                "UPDATE {t} o SET state = 'published', published_at = now() FROM {p} \
+                 WHERE o.id = ANY($1) AND {fence}"
+            ),
+            reject: format!(
+                "UPDATE {t} o SET attempts = o.attempts + 1, \
+                        state = CASE WHEN u.park THEN 'failed' ELSE 'pending' END, \
+                        next_attempt_at = CASE WHEN u.park THEN NULL \
+                            ELSE now() + u.delay_ms * interval '1 millisecond' END, \
+                        last_error = u.err \
+                 FROM UNNEST($1::int8[], $3::bool[], $4::int8[], $5::text[]) AS u(id, park, delay_ms, err), {p} \
+                 WHERE o.id = u.id AND {fence}"
+            ),
+            stats: format!(
+                "SELECT o.partition, count(*)::int8 AS n, \
+                        extract(epoch FROM now() - min(o.created_at))::float8 AS oldest, \
+                        extract(epoch FROM now() - min(o.created_at) \
+                            FILTER (WHERE o.txid >= pg_snapshot_xmin(pg_current_snapshot())))::float8 AS held \
+                 FROM {t} o WHERE o.state = 'pending' AND o.partition = ANY($1) GROUP BY o.partition"
+            ),
+            parked: format!("SELECT count(*)::int8 FROM {t} WHERE state = 'failed'"),
+            renew: format!(
+                "UPDATE {p} SET lease_expires_at = now() + $3 * interval '1 millisecond' \
+                 WHERE owner = $1 AND partition = ANY($2) RETURNING partition"
+            ),
+            acquire: format!(
+                "UPDATE {p} SET owner = $1, epoch = epoch + 1, \
+                        lease_expires_at = now() + $3 * interval '1 millisecond' \
+                 WHERE partition = ANY($2) AND (owner IS NULL OR lease_expires_at IS NULL \
+                       OR lease_expires_at < now()) \
+                 RETURNING partition"
+            ),
+            release: format!(
+                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL \
+                 WHERE owner = $1 AND partition = ANY($2)"
+            ),
+            release_all: format!(
+                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL WHERE owner = $1"
+            ),
+            heartbeat: format!(
+                "INSERT INTO {r} (relay_id, name) VALUES ($1, $2) \
+                 ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = now(), name = EXCLUDED.name"
+            ),
+            live: format!(
+                "SELECT relay_id FROM {r} \
+                 WHERE heartbeat_at > now() - $1 * interval '1 millisecond' ORDER BY relay_id"
+            ),
+            deregister: format!("DELETE FROM {r} WHERE relay_id = $1"),
+            partitions: format!("SELECT partition FROM {p} ORDER BY partition"),
+            delete_published: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
+                 AND published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
+            ),
+        }
+    }
+}
+
+impl PgRelayStore {
+    /// The relay store for `table` in `pool`'s database.
+    pub fn new(pool: PgPool, table: TableName) -> Self {
+        let sql = Arc::new(Statements::new(&table));
+        PgRelayStore { pool, table, sql }
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        Error::from_table_query(e, &self.table)
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn record(row: &PgRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
+    Ok(OutboxRecord {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        source: row.try_get("source")?,
+        destination: row.try_get("destination")?,
+        partition_key: row.try_get("partition_key")?,
+        partition: row.try_get("partition")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        subject: row.try_get("subject")?,
+        headers: row.try_get("headers")?,
+        payload: row.try_get("payload")?,
+        created_at: row.try_get("created_at")?,
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl RelayStore for PgRelayStore {
+    async fn partitions(&self) -> Result<Vec<i32>> {
+        sqlx::query_scalar(&self.sql.partitions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
+        sqlx::query(&self.sql.heartbeat)
+            .bind(relay)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query_scalar(&self.sql.live)
+            .bind(millis(dead_after))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
+        sqlx::query_scalar(&self.sql.renew)
+            .bind(relay)
+            .bind(partitions)
+            .bind(millis(ttl))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
+        sqlx::query_scalar(&self.sql.acquire)
+            .bind(relay)
+            .bind(partitions)
+            .bind(millis(ttl))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn release(&self, relay: Uuid, partitions: &[i32]) -> Result<()> {
+        sqlx::query(&self.sql.release)
+            .bind(relay)
+            .bind(partitions)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn deregister(&self, relay: Uuid) -> Result<()> {
+        sqlx::query(&self.sql.release_all)
+            .bind(relay)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(&self.sql.deregister)
+            .bind(relay)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn claim(&self, relay: Uuid, partitions: &[i32], limit: u32) -> Result<Vec<OutboxRecord>> {
+        let rows = sqlx::query(&self.sql.claim)
+            .bind(partitions)
+            .bind(relay)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(record)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::Database)
+    }
+
+    async fn acknowledge(&self, relay: Uuid, ids: &[i64], retention: Retention) -> Result<u64> {
+        let sql = match retention {
+            Retention::Delete => &self.sql.delete,
+            Retention::Keep(_) => &self.sql.mark_published,
+        };
+        let done = sqlx::query(sql)
+            .bind(ids)
+            .bind(relay)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> Result<()> {
+        let ids: Vec<i64> = rejections.iter().map(|r| r.id).collect();
+        let park: Vec<bool> = rejections.iter().map(|r| r.park).collect();
+        let delays: Vec<i64> = rejections.iter().map(|r| millis(r.retry_in)).collect();
+        let errors: Vec<&str> = rejections.iter().map(|r| r.error.as_str()).collect();
+        sqlx::query(&self.sql.reject)
+            .bind(&ids)
+            .bind(relay)
+            .bind(&park)
+            .bind(&delays)
+            .bind(&errors)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
+        let rows = sqlx::query(&self.sql.stats)
+            .bind(partitions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut snap = Snapshot::default();
+        for p in partitions {
+            snap.backlog.insert(*p, 0);
+        }
+        for row in rows {
+            let partition: i32 = row.try_get("partition")?;
+            let n: i64 = row.try_get("n")?;
+            let oldest: Option<f64> = row.try_get("oldest")?;
+            let held: Option<f64> = row.try_get("held")?;
+            snap.backlog.insert(partition, u64::try_from(n).unwrap_or(0));
+            snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest.unwrap_or(0.0));
+            snap.held_back_seconds = snap.held_back_seconds.max(held.unwrap_or(0.0));
+        }
+        let parked: i64 = sqlx::query_scalar(&self.sql.parked)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        snap.parked_rows = u64::try_from(parked).unwrap_or(0);
+        Ok(snap)
+    }
+
+    async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
+        let done = sqlx::query(&self.sql.delete_published)
+            .bind(millis(keep))
+            .bind(batch)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(&self.table.channel()).await?;
+        loop {
+            // `try_recv` reconnects by itself and yields `None` after a reconnect,
+            // when notifications may have been lost: wake the relay either way.
+            match listener.try_recv().await {
+                Ok(_) => notify.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox LISTEN connection failed; polling until it is back");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}

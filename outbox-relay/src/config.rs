@@ -1,0 +1,273 @@
+//! Relay settings from three layers: command-line flags, `EVENTBUS_*`
+//! environment variables (both through clap) and an optional TOML file, in that
+//! order of precedence.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use eventbus::relay::{RelayConfig, Retention};
+use eventbus::{Error, Result, TableName};
+use serde::Deserialize;
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Args)]
+pub(crate) struct Common {
+    /// PostgreSQL URL of the database holding the outbox.
+    #[arg(long, env = "EVENTBUS_DATABASE_URL", global = true, hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// Outbox table (`table` or `schema.table`) [default: eventbus_outbox].
+    #[arg(long, env = "EVENTBUS_OUTBOX_TABLE", global = true)]
+    pub(crate) outbox_table: Option<String>,
+
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, short = 'c', env = "EVENTBUS_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// Settings of `outbox-relay run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Broker URL: `kafka://host:port[,host:port]`, `amqp://user:pass@host:port/vhost` or `amqps://…`.
+    #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
+    pub(crate) broker: Option<String>,
+
+    /// Address of the HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9464].
+    #[arg(long, env = "EVENTBUS_HTTP")]
+    pub(crate) http: Option<SocketAddr>,
+
+    /// CloudEvents `source` for rows that have none [default: urn:eventbus:outbox-relay].
+    #[arg(long, env = "EVENTBUS_SOURCE")]
+    pub(crate) source: Option<String>,
+
+    /// Instance name shown by `status` [default: host name and process id].
+    #[arg(long, env = "EVENTBUS_RELAY_NAME")]
+    pub(crate) name: Option<String>,
+
+    /// Rows per batch [default: 1000].
+    #[arg(long, env = "EVENTBUS_BATCH_SIZE")]
+    pub(crate) batch_size: Option<u32>,
+
+    /// Fallback poll interval in milliseconds [default: 1000].
+    #[arg(long, env = "EVENTBUS_POLL_INTERVAL_MS")]
+    pub(crate) poll_interval_ms: Option<u64>,
+
+    /// Lease length in milliseconds; takeover time after a crash [default: 5000].
+    #[arg(long, env = "EVENTBUS_LEASE_TTL_MS")]
+    pub(crate) lease_ttl_ms: Option<u64>,
+
+    /// Attempts before a rejected event is parked [default: 5].
+    #[arg(long, env = "EVENTBUS_MAX_ATTEMPTS")]
+    pub(crate) max_attempts: Option<u32>,
+
+    /// First retry delay of a rejected event in milliseconds, doubling [default: 500].
+    #[arg(long, env = "EVENTBUS_RETRY_INITIAL_MS")]
+    pub(crate) retry_initial_ms: Option<u64>,
+
+    /// Largest event payload in bytes; larger ones are rejected [default: 1000000].
+    #[arg(long, env = "EVENTBUS_MAX_MESSAGE_BYTES")]
+    pub(crate) max_message_bytes: Option<usize>,
+
+    /// Keep published rows this many seconds instead of deleting them at once.
+    #[arg(long, env = "EVENTBUS_KEEP_PUBLISHED_SECS")]
+    pub(crate) keep_published_secs: Option<u64>,
+
+    /// Prefix for every topic/exchange name.
+    #[arg(long, env = "EVENTBUS_DESTINATION_PREFIX")]
+    pub(crate) destination_prefix: Option<String>,
+
+    /// Do not create missing topics/exchanges.
+    #[arg(long, env = "EVENTBUS_NO_CREATE_DESTINATIONS")]
+    pub(crate) no_create_destinations: bool,
+
+    /// Extra producer setting `key=value` (Kafka client properties); repeatable.
+    #[arg(long = "producer-set", value_name = "KEY=VALUE")]
+    pub(crate) producer_set: Vec<String>,
+}
+
+/// The TOML file: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub(crate) database_url: Option<String>,
+    pub(crate) outbox_table: Option<String>,
+    pub(crate) broker: Option<String>,
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) source: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) batch_size: Option<u32>,
+    pub(crate) poll_interval_ms: Option<u64>,
+    pub(crate) lease_ttl_ms: Option<u64>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) retry_initial_ms: Option<u64>,
+    pub(crate) max_message_bytes: Option<usize>,
+    pub(crate) keep_published_secs: Option<u64>,
+    pub(crate) destination_prefix: Option<String>,
+    pub(crate) create_destinations: Option<bool>,
+    /// Logical destination → broker name.
+    #[serde(default)]
+    pub(crate) destinations: HashMap<String, String>,
+    /// Kafka producer properties.
+    #[serde(default)]
+    pub(crate) producer: HashMap<String, String>,
+}
+
+impl FileConfig {
+    /// Reads the file named by `--config`, or an empty configuration.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(e.message().to_owned()))
+    }
+}
+
+/// Everything `run` needs, resolved.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    pub(crate) database_url: String,
+    pub(crate) broker: String,
+    pub(crate) http: SocketAddr,
+    pub(crate) relay: RelayConfig,
+    pub(crate) producer: Vec<(String, String)>,
+}
+
+pub(crate) fn database_url(common: &Common, file: &FileConfig) -> Result<String> {
+    common
+        .database_url
+        .clone()
+        .or_else(|| file.database_url.clone())
+        .ok_or_else(|| {
+            Error::Config("a database URL is required: --database-url or EVENTBUS_DATABASE_URL".into())
+        })
+}
+
+pub(crate) fn table(common: &Common, file: &FileConfig) -> Result<TableName> {
+    let name = common
+        .outbox_table
+        .as_deref()
+        .or(file.outbox_table.as_deref())
+        .unwrap_or(eventbus::outbox::DEFAULT_TABLE);
+    TableName::parse(name)
+}
+
+pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Result<Resolved> {
+    let database_url = database_url(common, &file)?;
+    let broker = run
+        .broker
+        .clone()
+        .or_else(|| file.broker.clone())
+        .ok_or_else(|| Error::Config("a broker URL is required: --broker or EVENTBUS_BROKER".into()))?;
+    let mut relay = RelayConfig {
+        table: table(common, &file)?,
+        ..RelayConfig::default()
+    };
+    if let Some(v) = run.source.clone().or(file.source) {
+        relay.default_source = v;
+    }
+    if let Some(v) = run.name.clone().or(file.name) {
+        relay.name = v;
+    }
+    if let Some(v) = run.batch_size.or(file.batch_size) {
+        relay.batch_size = v;
+    }
+    if let Some(v) = run.poll_interval_ms.or(file.poll_interval_ms) {
+        relay.poll_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = run.lease_ttl_ms.or(file.lease_ttl_ms) {
+        relay.lease_ttl = Duration::from_millis(v);
+        relay.heartbeat_interval = relay.heartbeat_interval.min(relay.lease_ttl / 4);
+    }
+    if let Some(v) = run.max_attempts.or(file.max_attempts) {
+        relay.max_attempts = v;
+    }
+    if let Some(v) = run.retry_initial_ms.or(file.retry_initial_ms) {
+        relay.retry_initial = Duration::from_millis(v);
+    }
+    if let Some(v) = run.max_message_bytes.or(file.max_message_bytes) {
+        relay.max_message_bytes = v;
+    }
+    if let Some(v) = run.keep_published_secs.or(file.keep_published_secs) {
+        relay.retention = Retention::Keep(Duration::from_secs(v));
+    }
+    if let Some(v) = run.destination_prefix.clone().or(file.destination_prefix) {
+        relay.destination_prefix = v;
+    }
+    relay.create_destinations = !run.no_create_destinations && file.create_destinations.unwrap_or(true);
+    relay.destination_map = file.destinations;
+    relay.validate()?;
+
+    let mut producer: Vec<(String, String)> = file.producer.into_iter().collect();
+    for kv in &run.producer_set {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Error::Config(format!("--producer-set expects KEY=VALUE, got `{kv}`"))
+        })?;
+        producer.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(Resolved {
+        database_url,
+        broker,
+        http: run
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+        relay,
+        producer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let err = FileConfig::parse("batch_sise = 10").expect_err("typo must fail");
+        assert!(err.to_string().contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn file_values_fill_what_flags_leave_open() {
+        let file = FileConfig::parse(
+            "database_url = \"postgres://db\"\nbroker = \"kafka://k:9092\"\nbatch_size = 50\n\
+             [destinations]\norders = \"shop.orders\"\n[producer]\n\"linger.ms\" = \"5\"\n",
+        )
+        .expect("valid");
+        let common = Common { database_url: None, outbox_table: None, config: None };
+        let run = RunArgs {
+            broker: None,
+            http: None,
+            source: None,
+            name: None,
+            batch_size: Some(7),
+            poll_interval_ms: None,
+            lease_ttl_ms: None,
+            max_attempts: None,
+            retry_initial_ms: None,
+            max_message_bytes: None,
+            keep_published_secs: None,
+            destination_prefix: None,
+            no_create_destinations: false,
+            producer_set: vec!["acks=all".into()],
+        };
+        let r = resolve(&common, &run, file).expect("resolves");
+        assert_eq!(r.database_url, "postgres://db");
+        assert_eq!(r.relay.batch_size, 7, "flag beats file");
+        assert_eq!(r.relay.broker_destination("orders"), "shop.orders");
+        assert!(r.producer.contains(&("linger.ms".into(), "5".into())));
+        assert!(r.producer.contains(&("acks".into(), "all".into())));
+    }
+}

@@ -1,0 +1,224 @@
+//! Kafka helpers for the integration suites: a publisher with test-friendly
+//! settings, reading a topic back from the beginning without joining a consumer
+//! group, topic metadata, and the Java client's key partitioner.
+
+use std::time::{Duration, Instant};
+
+use eventbus::transport::kafka::rdkafka;
+use eventbus::transport::kafka::{KafkaPublisher, KafkaPublisherBuilder};
+use eventbus::Publisher;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long metadata requests in these helpers may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`KafkaPublisher`] builder for `brokers` with a short linger, ready for
+/// more settings.
+pub fn publisher_builder(brokers: &str) -> KafkaPublisherBuilder {
+    KafkaPublisher::builder(brokers).set("linger.ms", "5")
+}
+
+/// Creates `topic` with `partitions` partitions (no-op if it exists) and returns
+/// a publisher for `brokers` configured with that partition count.
+pub async fn publisher_with_topic(brokers: &str, topic: &str, partitions: u32) -> KafkaPublisher {
+    let publisher = publisher_builder(brokers)
+        .partitions(partitions)
+        .build()
+        .expect("build Kafka publisher");
+    publisher
+        .ensure_destination(topic)
+        .await
+        .unwrap_or_else(|e| panic!("create Kafka topic `{topic}`: {e}"));
+    publisher
+}
+
+/// Consumer settings that suit tansu as well as Kafka: a fresh group id that is
+/// never joined or committed, and short group timeouts in case a caller does
+/// `subscribe` (tansu's coordinator is slow to complete a join otherwise).
+pub fn consumer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", crate::unique_name("eventbus_test_reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "6000");
+    config
+}
+
+/// Reads `topic` from the beginning of every partition (by `assign`, no group
+/// join) until `expected` messages arrived or `timeout` passed, and returns what
+/// it got, each partition's messages in offset order. Callers assert the count.
+///
+/// # Panics
+///
+/// If the consumer cannot be created or the topic's metadata cannot be read.
+pub async fn read_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let config = consumer_config(brokers);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_all_blocking(&config, &topic, expected, timeout))
+        .await
+        .expect("Kafka reader thread")
+}
+
+fn read_all_blocking(
+    config: &ClientConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let deadline = Instant::now() + timeout;
+    let consumer: BaseConsumer = config.create().expect("create Kafka consumer");
+    let partitions = partition_ids(&consumer, topic);
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("add partition to assignment");
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+
+    let mut out = Vec::with_capacity(expected);
+    while out.len() < expected && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => out.push(message.detach()),
+            // Transient (leader moves, a slow broker): keep polling until the
+            // deadline; the caller's count assertion reports what is missing.
+            Some(Err(e)) => eprintln!("reading Kafka topic `{topic}`: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Partition ids of `topic`, waiting up to ten seconds for it to appear.
+fn partition_ids(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .unwrap_or_else(|e| panic!("metadata of Kafka topic `{topic}`: {e}"));
+        let ids: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !ids.is_empty() {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka topic `{topic}` does not exist (or has no partitions)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The number of partitions of `topic`, or `None` if it does not exist.
+///
+/// # Panics
+///
+/// If the cluster does not answer.
+pub async fn partition_count(brokers: &str, topic: &str) -> Option<usize> {
+    let config = consumer_config(brokers);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().expect("create Kafka consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+            .unwrap_or_else(|e| panic!("metadata of Kafka topic `{topic}`: {e}"));
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0)
+    })
+    .await
+    .expect("Kafka metadata thread")
+}
+
+/// The value of header `name` of `message` as text, if present and UTF-8.
+pub fn header(message: &impl Message, name: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+/// The partition the Java client (and librdkafka's `murmur2_random`) picks for
+/// a non-empty `key` among `partitions`: `toPositive(murmur2(key)) % partitions`.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+/// Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`).
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    // Kafka hashes the length as a Java int; keys never come near 2^31 bytes.
+    let mut h = SEED ^ (data.len() as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka_test_vectors() {
+        // From Kafka's UtilsTest.testMurmur2.
+        for (input, hash) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(input.as_bytes()), hash, "{input}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Running a relay inside a test and waiting for the outbox to drain.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus::relay::{PgRelayStore, Relay, RelayConfig, RelayMetrics};
+use eventbus::Publisher;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+/// The event the relay suites publish: `seq` counts up per `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, eventbus::Event)]
+#[event(type = "com.example.test.step", version = 1, destination = "steps", key = key)]
+pub struct Step {
+    /// Ordering key.
+    pub key: String,
+    /// Position within the key.
+    pub seq: u64,
+    /// Padding to reach a realistic size.
+    #[serde(default)]
+    pub pad: String,
+}
+
+/// `count` steps spread over `keys` keys, `seq` rising per key, in publication order.
+pub fn steps(count: u64, keys: u64) -> Vec<Step> {
+    (0..count)
+        .map(|i| Step {
+            key: format!("key-{}", i % keys),
+            seq: i / keys,
+            pad: String::new(),
+        })
+        .collect()
+}
+
+/// Publishes `events` through the default outbox in transactions of `per_tx`.
+pub async fn publish_steps(pool: &PgPool, events: &[Step], per_tx: usize) {
+    let outbox = eventbus::Outbox::new().source("urn:test:relay");
+    for chunk in events.chunks(per_tx.max(1)) {
+        let mut tx = pool.begin().await.expect("begin");
+        outbox
+            .publish_all(&mut tx, chunk, &eventbus::Metadata::default())
+            .await
+            .expect("publish_all");
+        tx.commit().await.expect("commit");
+    }
+}
+
+/// A relay running in a task of the test.
+#[derive(Debug)]
+pub struct RunningRelay {
+    /// Its live figures.
+    pub metrics: Arc<RelayMetrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<eventbus::Result<()>>,
+}
+
+/// A relay config for tests: quick polling and heartbeats, and `prefix` in front
+/// of every destination so each test has its own topics/exchanges.
+pub fn test_config(prefix: &str) -> RelayConfig {
+    RelayConfig {
+        destination_prefix: prefix.to_owned(),
+        poll_interval: Duration::from_millis(200),
+        heartbeat_interval: Duration::from_millis(300),
+        lease_ttl: Duration::from_secs(3),
+        stats_interval: Duration::from_millis(300),
+        ..RelayConfig::default()
+    }
+}
+
+/// Starts a relay over `pool` publishing through `publisher`.
+pub fn spawn_relay(pool: &PgPool, publisher: Arc<dyn Publisher>, config: RelayConfig) -> RunningRelay {
+    let store = PgRelayStore::new(pool.clone(), config.table.clone());
+    let relay = Relay::new(Arc::new(store), publisher, config).expect("valid relay config");
+    let metrics = relay.metrics();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    RunningRelay {
+        metrics,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl RunningRelay {
+    /// Asks the relay to stop and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("relay stops within 30 s")
+            .expect("relay task")
+            .expect("relay ran without error");
+    }
+}
+
+/// Pending rows in the default outbox.
+pub async fn pending(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM eventbus_outbox WHERE state = 'pending'")
+        .fetch_one(pool)
+        .await
+        .expect("count pending")
+}
+
+/// Waits until no row is pending; panics with the count left after `timeout`.
+pub async fn wait_drained(pool: &PgPool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = pending(pool).await;
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} rows still pending after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that, per key, the sequence numbers (first occurrences, duplicates
+/// dropped) rise strictly; returns the number of duplicates seen.
+pub fn assert_per_key_order(received: &[Step]) -> usize {
+    use std::collections::{HashMap, HashSet};
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    let mut seen: HashSet<(&str, u64)> = HashSet::new();
+    let mut duplicates = 0;
+    for s in received {
+        if !seen.insert((s.key.as_str(), s.seq)) {
+            duplicates += 1;
+            continue;
+        }
+        if let Some(prev) = last.insert(s.key.as_str(), s.seq) {
+            assert!(
+                s.seq > prev,
+                "key {} out of order: {} after {}",
+                s.key,
+                s.seq,
+                prev
+            );
+        }
+    }
+    duplicates
+}

@@ -1,0 +1,8 @@
+use eventbus::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+#[event(type = "com.example.order.placed", destination = "orders", key = order_id)]
+struct OrderPlaced(String);
+
+fn main() {}
