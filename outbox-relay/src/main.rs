@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Relay events until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create or upgrade the outbox, relay and inbox tables (idempotent).
     Migrate {
         /// Number of logical partitions for a new outbox table.

@@ -3,7 +3,7 @@
 //! can take "the broker" away without touching the shared server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,6 +266,7 @@ pub fn url_with_host_port(url: &str, host_port: &str) -> String {
 pub struct TcpProxy {
     addr: SocketAddr,
     refusing: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
     cut: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -278,23 +279,35 @@ impl TcpProxy {
             .expect("bind proxy port");
         let addr = listener.local_addr().expect("proxy address");
         let refusing = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
         let (cut, cut_rx) = watch::channel(0_u64);
         let upstream = upstream.to_owned();
         let task = tokio::spawn({
             let refusing = refusing.clone();
+            let open = open.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if refusing.load(Ordering::SeqCst) {
                         drop(client);
                         continue;
                     }
-                    tokio::spawn(proxy(client, upstream.clone(), cut_rx.clone()));
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let open = OpenGuard(open.clone());
+                    let mut cut = cut_rx.clone();
+                    // Only cuts from now on concern this connection.
+                    let _ = cut.borrow_and_update();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        proxy(client, upstream, cut).await;
+                        drop(open);
+                    });
                 }
             }
         });
         TcpProxy {
             addr,
             refusing,
+            open,
             cut,
             task,
         }
@@ -314,9 +327,23 @@ impl TcpProxy {
         self.addr
     }
 
-    /// Closes every connection currently proxied.
-    pub fn cut(&self) {
+    /// Closes every connection currently proxied, and waits (up to 10 s) until
+    /// they are closed: nothing sent after this reaches the broker through them.
+    pub async fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "proxied connections did not close"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// How many connections are proxied now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Closes new connections as soon as they are accepted (the broker is down).
@@ -332,8 +359,17 @@ impl TcpProxy {
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.cut();
+        self.cut.send_modify(|n| *n += 1);
         self.task.abort();
+    }
+}
+
+/// Counts a proxied connection until its task ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -341,7 +377,6 @@ async fn proxy(mut client: TcpStream, upstream: String, mut cut: watch::Receiver
     let Ok(mut server) = TcpStream::connect(&upstream).await else {
         return;
     };
-    let _ = cut.borrow_and_update();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
         _ = cut.changed() => {}

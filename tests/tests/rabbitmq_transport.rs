@@ -495,16 +495,23 @@ async fn oversized_messages_are_rejected_before_reaching_the_broker() {
         .expect("connect");
     let mut big = event("k", 1);
     big.data = vec![b' '; 2048];
-    let mut long_type = event("k", 3);
+    let mut long_type = event("t", 3);
     long_type.event_type = "t".repeat(300);
     let batch = [
-        message(&exchange, event("k", 0)),
+        message(&exchange, event("a", 0)),
         message(&exchange, big),
-        message(&exchange, event("k", 2)),
+        message(&exchange, event("b", 2)),
         message(&exchange, long_type),
+        // Same key as the refused one: held back to keep the key's order.
+        message(&exchange, event("k", 4)),
     ];
     let results = publisher.publish_batch(&batch).await;
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[4], Err(PublishError::NotSent(_))),
+        "{:?}",
+        results[4]
+    );
     assert!(
         matches!(&results[1], Err(PublishError::Rejected(r)) if r.contains("max_message_size")),
         "{:?}",
@@ -542,7 +549,8 @@ async fn publisher_reconnects_after_the_broker_goes_away_and_comes_back() {
 
     // The broker goes away: connections drop, new ones fail.
     proxy.refuse();
-    proxy.cut();
+    proxy.cut().await;
+    assert_eq!(proxy.open_connections(), 0);
     let down: Vec<OutgoingMessage> = (1..4).map(|i| message(&exchange, event("k", i))).collect();
     for attempt in 0..3 {
         let results = publisher.publish_batch(&down).await;

@@ -241,3 +241,30 @@ async fn metrics_and_status_report_the_backlog_falling_to_zero() {
     assert!(status.relays.is_empty(), "a stopped relay deregisters");
     assert_eq!(status.unowned_partitions, 64, "and releases its partitions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source() {
+    let db = TestDb::migrated().await;
+    let (publisher, prefix, topic, brokers) = setup("plain_sql").await;
+    // What a service in another language does: one INSERT, every other column defaulted.
+    sqlx::query(
+        "INSERT INTO eventbus_outbox (destination, partition_key, event_type, payload) \
+         VALUES ('steps', 'k-1', 'com.example.test.step', '{\"key\":\"k-1\",\"seq\":7}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("plain insert");
+    let mut config = test_config(&prefix);
+    config.default_source = "urn:service:legacy-billing".into();
+    let relay = spawn_relay(&db.pool, publisher, config);
+    let messages = read_all(&brokers, &topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(messages.len(), 1);
+    let envelope = envelope_from_message(&messages[0]).expect("a CloudEvent");
+    assert_eq!(envelope.source, "urn:service:legacy-billing");
+    assert_eq!(envelope.partition_key.as_deref(), Some("k-1"));
+    assert!(uuid::Uuid::parse_str(&envelope.id).is_ok(), "defaulted id is a UUID");
+    assert_eq!(envelope.schema_version(), Some(1));
+    let step: Step = serde_json::from_slice(&envelope.data).expect("payload");
+    assert_eq!(step.seq, 7);
+    relay.stop().await;
+}

@@ -71,6 +71,9 @@ const SHORT_STRING_MAX: usize = 255;
 /// Idle confirm-mode channels kept per publisher for concurrent batches.
 const MAX_IDLE_CHANNELS: usize = 8;
 
+/// How many times finding a refused message may reconnect.
+const ISOLATION_RECONNECTS: u32 = 3;
+
 /// AMQP `delivery_mode` of persistent messages.
 const PERSISTENT: u8 = 2;
 
@@ -462,10 +465,6 @@ impl RabbitPublisher {
         }
     }
 
-    async fn connection_alive(&self) -> bool {
-        self.is_connected().await
-    }
-
     /// Checks what the broker would refuse by closing the channel, or what lapin
     /// cannot encode.
     fn validate(&self, message: &OutgoingMessage) -> Result<(), PublishError> {
@@ -503,32 +502,36 @@ impl RabbitPublisher {
     ) -> Vec<(usize, Attempt)> {
         let mut confirms = Vec::with_capacity(items.len());
         let mut out = Vec::with_capacity(items.len());
+        // One deadline for sending and confirming: a blocked connection (broker
+        // resource alarm) stalls the sending, not only the confirms.
+        let deadline = tokio::time::Instant::now() + self.broker_timeout;
         let mut send_failure = None;
         for (pos, &i) in items.iter().enumerate() {
             let message = &messages[i];
             let envelope = &message.envelope;
-            let sent = channel
-                .basic_publish(
-                    &message.destination,
-                    &envelope.event_type,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &envelope.data,
-                    message_properties(envelope, self.app_id.as_deref()),
-                )
-                .await;
-            match sent {
-                Ok(confirm) => confirms.push((i, confirm)),
-                Err(e) => {
-                    send_failure = Some((pos, e));
+            let sending = channel.basic_publish(
+                &message.destination,
+                &envelope.event_type,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &envelope.data,
+                message_properties(envelope, self.app_id.as_deref()),
+            );
+            match tokio::time::timeout_at(deadline, sending).await {
+                Ok(Ok(confirm)) => confirms.push((i, confirm)),
+                Ok(Err(e)) => {
+                    send_failure = Some((pos, ChannelFailure::Lapin(e)));
+                    break;
+                }
+                Err(_) => {
+                    send_failure = Some((pos, ChannelFailure::Timeout));
                     break;
                 }
             }
         }
 
-        let deadline = tokio::time::Instant::now() + self.broker_timeout;
         let mut returned: Vec<BasicReturnMessage> = Vec::new();
         let mut timed_out = false;
         for (i, confirm) in confirms {
@@ -558,9 +561,9 @@ impl RabbitPublisher {
             };
             out.push((i, attempt));
         }
-        if let Some((pos, e)) = send_failure {
+        if let Some((pos, failure)) = send_failure {
             for &i in &items[pos..] {
-                out.push((i, Attempt::ChannelLost(ChannelFailure::Lapin(e.clone()))));
+                out.push((i, Attempt::ChannelLost(failure.clone())));
             }
         }
 
@@ -605,7 +608,8 @@ impl RabbitPublisher {
         match failure {
             ChannelFailure::Lapin(e) => self.secrets.scrub(e),
             ChannelFailure::Timeout => format!(
-                "no publisher confirm from RabbitMQ within {:?}",
+                "RabbitMQ did not take and confirm the messages within {:?} \
+                 (connection blocked by a resource alarm, or broker unresponsive)",
                 self.broker_timeout
             ),
             ChannelFailure::NotConfirmMode => {
@@ -617,46 +621,62 @@ impl RabbitPublisher {
     /// Resends messages whose channel died one at a time, each on a healthy
     /// channel, to find the one the broker refuses: that one is
     /// [`PublishError::Rejected`], the others go through.
+    ///
+    /// The connection itself may die on the way: lapin sends its `channel.close-ok`
+    /// ahead of publish frames still queued for the closed channel, and RabbitMQ
+    /// answers those with a connection-level CHANNEL_ERROR. Reconnecting a few
+    /// times is allowed for that; a broker that stays away makes the rest
+    /// [`PublishError::Unavailable`].
     async fn isolate(
         &self,
         messages: &[OutgoingMessage],
         items: &[usize],
         results: &mut [Option<Result<Delivered, PublishError>>],
     ) {
-        for (pos, &i) in items.iter().enumerate() {
-            let pooled = match self.acquire().await {
-                Ok(pooled) => pooled,
-                Err(e) => {
-                    fill(results, &items[pos..], &e);
-                    return;
+        let mut reconnects_left = ISOLATION_RECONNECTS;
+        let mut pos = 0;
+        while let Some(&i) = items.get(pos) {
+            let attempt = match self.acquire().await {
+                Ok(pooled) => {
+                    let attempt = self
+                        .pipeline(&pooled.channel, messages, &[i])
+                        .await
+                        .pop()
+                        .map_or(Attempt::ChannelLost(ChannelFailure::Timeout), |(_, a)| a);
+                    self.release(pooled);
+                    attempt
                 }
+                Err(e) => Attempt::Failed(e),
             };
-            let attempt = self
-                .pipeline(&pooled.channel, messages, &[i])
-                .await
-                .pop()
-                .map_or(Attempt::ChannelLost(ChannelFailure::Timeout), |(_, a)| a);
-            match attempt {
+            let unavailable = match attempt {
                 Attempt::Confirmed => {
                     results[i] = Some(Ok(Delivered::default()));
-                    self.release(pooled);
+                    pos += 1;
+                    continue;
                 }
-                Attempt::Failed(e) => {
+                Attempt::Failed(e) if !e.is_unavailable() => {
                     results[i] = Some(Err(e));
-                    self.release(pooled);
+                    pos += 1;
+                    continue;
                 }
                 Attempt::ChannelLost(ChannelFailure::Lapin(e)) if is_soft(&e) => {
                     results[i] = Some(Err(PublishError::Rejected(format!(
                         "RabbitMQ refused the message and closed the channel: {}",
                         self.secrets.scrub(&e)
                     ))));
+                    pos += 1;
+                    continue;
                 }
-                Attempt::ChannelLost(failure) => {
-                    let e = PublishError::Unavailable(self.describe(&failure));
-                    fill(results, &items[pos..], &e);
-                    return;
-                }
+                Attempt::Failed(e) => e,
+                Attempt::ChannelLost(failure) => PublishError::Unavailable(self.describe(&failure)),
+            };
+            if reconnects_left == 0 {
+                fill(results, &items[pos..], &unavailable);
+                return;
             }
+            reconnects_left -= 1;
+            // Let the dying connection be noticed, so that `acquire` reconnects.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -735,10 +755,26 @@ impl Publisher for RabbitPublisher {
     ) -> Vec<Result<Delivered, PublishError>> {
         let mut results: Vec<Option<Result<Delivered, PublishError>>> = vec![None; messages.len()];
         let mut todo = Vec::with_capacity(messages.len());
+        // A message refused before sending must not be overtaken by later
+        // messages of its key: those are held back as `NotSent`.
+        let mut refused_keys: BTreeSet<(&str, Option<&str>)> = BTreeSet::new();
         for (i, message) in messages.iter().enumerate() {
+            let key = (
+                message.destination.as_str(),
+                message.envelope.partition_key.as_deref(),
+            );
+            if refused_keys.contains(&key) {
+                results[i] = Some(Err(PublishError::NotSent(
+                    "an earlier event of the same key was rejected".into(),
+                )));
+                continue;
+            }
             match self.validate(message) {
                 Ok(()) => todo.push(i),
-                Err(e) => results[i] = Some(Err(e)),
+                Err(e) => {
+                    refused_keys.insert(key);
+                    results[i] = Some(Err(e));
+                }
             }
         }
 
@@ -805,8 +841,9 @@ impl Publisher for RabbitPublisher {
         // The channel is unusable: dropping it closes it.
         drop(pooled);
         lost.sort_unstable();
-        let channel_refused = matches!(&failure, ChannelFailure::Lapin(e) if is_soft(e));
-        if channel_refused && self.connection_alive().await {
+        // Even if the connection died too (see `isolate`), a refusal must be pinned
+        // on its message: reported as `Unavailable` it would be retried forever.
+        if matches!(&failure, ChannelFailure::Lapin(e) if is_soft(e)) {
             // One message made the broker close the channel, failing every
             // unconfirmed message with it: find that one.
             tracing::warn!(
