@@ -35,6 +35,7 @@
 //! | `rabbitmq` | no      | RabbitMQ transport (lapin, publisher confirms) |
 //! | `full`     | no      | all of the above |
 
+pub mod consumer;
 pub mod envelope;
 mod error;
 pub mod event;

@@ -32,6 +32,7 @@ use crate::transport::{OutgoingMessage, PublishError, Publisher};
 
 #[cfg(feature = "postgres")]
 pub use admin::{FailedRow, OutboxAdmin, Status};
+pub(crate) use config::exponential;
 pub use config::{RelayConfig, Retention};
 pub use metrics::{RelayMetrics, Snapshot};
 #[cfg(feature = "postgres")]
@@ -184,7 +185,7 @@ impl Relay {
                             match self.relay_batch(rows, &membership, &mut known_destinations).await {
                                 BatchOutcome::Done => outage_step = 0,
                                 BatchOutcome::BrokerDown => {
-                                    let pause = config::exponential(
+                                    let pause = exponential(
                                         self.config.outage_initial,
                                         self.config.outage_max,
                                         outage_step,

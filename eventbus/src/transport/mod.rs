@@ -9,6 +9,9 @@ use crate::envelope::Envelope;
 pub mod kafka;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+mod subscription;
+
+pub use subscription::{Received, Settle, Subscriber};
 
 /// An event on its way to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]

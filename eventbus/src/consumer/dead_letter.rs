@@ -1,0 +1,148 @@
+//! Dead letters: what goes to `<destination>.dlq` — the original event with the
+//! reason, attempt count, origin and group as extension attributes — and how a
+//! dead letter is turned back into its original event for re-driving.
+
+use crate::envelope::Envelope;
+use crate::transport::OutgoingMessage;
+
+/// Extension attribute: why the message was dead-lettered.
+pub const REASON: &str = "deadletterreason";
+/// Extension attribute: attempts made before giving up.
+pub const ATTEMPTS: &str = "deadletterattempts";
+/// Extension attribute: the destination the message came from.
+pub const ORIGIN: &str = "deadletterorigin";
+/// Extension attribute: the consumer group that gave up.
+pub const GROUP: &str = "deadlettergroup";
+
+/// The event type of a dead letter whose original was not a CloudEvent.
+pub const UNDECODABLE_TYPE: &str = "eventbus.deadletter.undecodable";
+
+/// The dead-letter destination of `destination`.
+pub fn destination_of(destination: &str) -> String {
+    format!("{destination}.dlq")
+}
+
+/// A dead letter for an event that could not be handled.
+pub(crate) fn for_event(
+    envelope: &Envelope,
+    origin: &str,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> OutgoingMessage {
+    let mut dead = envelope.clone();
+    annotate(&mut dead, origin, group, attempts, reason);
+    OutgoingMessage {
+        destination: destination_of(origin),
+        envelope: dead,
+    }
+}
+
+/// A dead letter for bytes that were not a CloudEvent at all: wrapped, untouched,
+/// in an envelope of type [`UNDECODABLE_TYPE`].
+pub(crate) fn for_body(body: &[u8], origin: &str, group: &str, reason: &str) -> OutgoingMessage {
+    let mut dead = Envelope::new(
+        format!("urn:eventbus:consumer:{group}"),
+        UNDECODABLE_TYPE,
+        body.to_vec(),
+    );
+    dead.datacontenttype = Some("application/octet-stream".into());
+    annotate(&mut dead, origin, group, 1, reason);
+    OutgoingMessage {
+        destination: destination_of(origin),
+        envelope: dead,
+    }
+}
+
+fn annotate(e: &mut Envelope, origin: &str, group: &str, attempts: u32, reason: &str) {
+    e.extensions.insert(REASON.into(), reason.to_owned());
+    e.extensions.insert(ATTEMPTS.into(), attempts.to_string());
+    e.extensions.insert(ORIGIN.into(), origin.to_owned());
+    e.extensions.insert(GROUP.into(), group.to_owned());
+}
+
+/// The original event of a dead letter and the destination it came from, for
+/// re-driving; `None` for an undecodable original or a message that is not a
+/// dead letter.
+///
+/// ```
+/// use eventbus::Envelope;
+/// use eventbus::consumer::dead_letter;
+///
+/// let mut dead = Envelope::new("urn:svc", "com.example.order.placed", b"{}".to_vec());
+/// dead.extensions.insert(dead_letter::ORIGIN.into(), "orders".into());
+/// dead.extensions.insert(dead_letter::REASON.into(), "boom".into());
+/// let (origin, original) = dead_letter::original(&dead).unwrap();
+/// assert_eq!(origin, "orders");
+/// assert!(original.extensions.is_empty());
+/// ```
+pub fn original(dead: &Envelope) -> Option<(String, Envelope)> {
+    if dead.event_type == UNDECODABLE_TYPE {
+        return None;
+    }
+    let origin = dead.extensions.get(ORIGIN)?.clone();
+    let mut e = dead.clone();
+    for key in [REASON, ATTEMPTS, ORIGIN, GROUP] {
+        e.extensions.remove(key);
+    }
+    Some((origin, e))
+}
+
+/// Re-drives dead letters: reads `subscriber` (subscribed to `*.dlq`
+/// destinations) and publishes each original event back to the destination it
+/// came from, until no message arrives for `idle`. Returns how many were
+/// re-driven. Undecodable dead letters are given back untouched and counted in
+/// the second number.
+///
+/// # Errors
+///
+/// [`crate::Error::Publish`] if the broker refuses a re-driven event (that dead
+/// letter is given back and the run stops).
+pub async fn redrive(
+    subscriber: &mut dyn crate::transport::Subscriber,
+    publisher: &dyn crate::transport::Publisher,
+    idle: std::time::Duration,
+) -> crate::Result<(u64, u64)> {
+    let mut redriven = 0;
+    let mut skipped = 0;
+    let mut seen_skipped = std::collections::HashSet::new();
+    loop {
+        let next = tokio::time::timeout(idle, subscriber.next()).await;
+        let message = match next {
+            Err(_) | Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(m))) => m,
+        };
+        let original = message.envelope.as_ref().ok().and_then(original);
+        let Some((origin, envelope)) = original else {
+            // Not something we can put back: leave it for a human.
+            let id = message.envelope.as_ref().map(|e| e.id.clone()).unwrap_or_default();
+            message.settle.release().await?;
+            skipped += 1;
+            if !seen_skipped.insert(id) {
+                break; // it came round again: only such messages are left
+            }
+            continue;
+        };
+        let out = OutgoingMessage {
+            destination: origin,
+            envelope,
+        };
+        match publisher.publish_batch(std::slice::from_ref(&out)).await.pop() {
+            Some(Ok(_)) => {
+                message.settle.ack().await?;
+                redriven += 1;
+            }
+            Some(Err(e)) => {
+                message.settle.release().await?;
+                return Err(e.into());
+            }
+            None => {
+                message.settle.release().await?;
+                break;
+            }
+        }
+    }
+    subscriber.close().await?;
+    Ok((redriven, skipped))
+}

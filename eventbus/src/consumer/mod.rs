@@ -1,0 +1,530 @@
+//! Consumers: typed handlers over a [`Subscriber`], dispatched by CloudEvents
+//! type, in one of three delivery modes, with retries, dead letters and
+//! bounded in-flight work.
+//!
+//! Each message runs in a database transaction handed to the handler through
+//! its [`Context`]; in [`DeliveryMode::EffectivelyOnce`] the inbox row joins the
+//! same transaction, so a redelivered duplicate changes nothing.
+
+mod context;
+pub mod dead_letter;
+mod handler;
+mod metrics;
+mod retry;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::inbox::{BoxError, InboxDatabase};
+use crate::outbox::{Outbox, OutboxDatabase};
+use crate::table::TableName;
+use crate::transport::{OutgoingMessage, PublishError, Publisher, Received, Subscriber};
+
+pub use context::Context;
+pub use metrics::ConsumerMetrics;
+pub use retry::RetryPolicy;
+
+use handler::{Failure, Registry};
+
+/// When the broker is told a message is done, relative to the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Acknowledge first, then handle once: a crash loses the message, never
+    /// repeats it.
+    AtMostOnce,
+    /// Handle, commit, then acknowledge: a crash between commit and
+    /// acknowledgement repeats the handler.
+    AtLeastOnce,
+    /// Like at-least-once, plus an inbox row in the handler's transaction: a
+    /// repeated delivery is recognised and skipped. The default.
+    EffectivelyOnce,
+}
+
+/// What to do with an event type no handler is registered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownTypes {
+    /// Send it to the dead-letter destination (default).
+    DeadLetter,
+    /// Acknowledge and ignore it (a destination shared by many event types).
+    Skip,
+}
+
+/// Builds a [`Consumer`].
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
+/// #               dead_letters: std::sync::Arc<dyn eventbus::Publisher>) -> eventbus::Result<()> {
+/// use eventbus::consumer::{Consumer, DeliveryMode};
+/// use eventbus::Event;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// #[event(type = "com.example.order.placed", destination = "orders", key = order_id)]
+/// struct OrderPlaced { order_id: String, amount_cents: i64 }
+///
+/// let consumer = Consumer::builder("billing")
+///     .mode(DeliveryMode::EffectivelyOnce)
+///     .on(|ctx: eventbus::consumer::Context<sqlx::Postgres>, event: OrderPlaced| async move {
+///         let mut tx = ctx.tx().await?;
+///         sqlx::query("INSERT INTO invoices (order_id, cents) VALUES ($1, $2)")
+///             .bind(&event.order_id).bind(event.amount_cents)
+///             .execute(&mut **tx).await?;
+///         Ok(())
+///     })
+///     .build(pool, subscriber, dead_letters)?;
+/// consumer.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ConsumerBuilder<DB: sqlx::Database> {
+    group: String,
+    mode: DeliveryMode,
+    registry: Registry<DB>,
+    retry: RetryPolicy,
+    unknown: UnknownTypes,
+    max_in_flight: usize,
+    rate_limit: Option<u32>,
+    inbox_table: TableName,
+    outbox: Outbox,
+}
+
+/// A running consumer group member: pulls from its subscriber, runs handlers,
+/// settles messages.
+#[derive(Debug)]
+pub struct Consumer<DB: sqlx::Database> {
+    shared: Arc<Shared<DB>>,
+    subscriber: tokio::sync::Mutex<Box<dyn Subscriber>>,
+}
+
+#[derive(Debug)]
+struct Shared<DB: sqlx::Database> {
+    group: String,
+    mode: DeliveryMode,
+    registry: Registry<DB>,
+    retry: RetryPolicy,
+    unknown: UnknownTypes,
+    max_in_flight: usize,
+    rate_limit: Option<u32>,
+    inbox_table: TableName,
+    outbox: Outbox,
+    pool: sqlx::Pool<DB>,
+    dead_letters: Arc<dyn Publisher>,
+    dead_letter_destinations: tokio::sync::Mutex<HashSet<String>>,
+    metrics: ConsumerMetrics,
+    stopping: Notify,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Consumer<sqlx::Postgres> {
+    /// Starts building a consumer for group `group` (Kafka `group.id`, RabbitMQ
+    /// queue name); also the inbox's consumer name.
+    pub fn builder(group: impl Into<String>) -> ConsumerBuilder<sqlx::Postgres> {
+        ConsumerBuilder::new(group)
+    }
+}
+
+impl<DB> ConsumerBuilder<DB>
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    /// A builder for group `group` on any supported database.
+    pub fn new(group: impl Into<String>) -> Self {
+        ConsumerBuilder {
+            group: group.into(),
+            mode: DeliveryMode::EffectivelyOnce,
+            registry: Registry::default(),
+            retry: RetryPolicy::default(),
+            unknown: UnknownTypes::DeadLetter,
+            max_in_flight: 64,
+            rate_limit: None,
+            inbox_table: crate::inbox::default_table(),
+            outbox: Outbox::new(),
+        }
+    }
+
+    /// The delivery mode (default: effectively once).
+    pub fn mode(mut self, mode: DeliveryMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Registers the handler for event type `E` (and its older versions).
+    pub fn on<E, F, Fut>(mut self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(Context<DB>, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        self.registry.add::<E, F, Fut>(handler);
+        self
+    }
+
+    /// The retry policy (default: 2 immediate, 3 delayed from 1 s).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// What to do with event types that have no handler.
+    pub fn unknown_types(mut self, unknown: UnknownTypes) -> Self {
+        self.unknown = unknown;
+        self
+    }
+
+    /// At most this many messages are unsettled at once (default 64).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// At most this many messages start per second.
+    pub fn rate_limit(mut self, per_second: u32) -> Self {
+        self.rate_limit = (per_second > 0).then_some(per_second);
+        self
+    }
+
+    /// The inbox table (default `eventbus_inbox`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid name.
+    pub fn inbox_table(mut self, table: &str) -> Result<Self> {
+        self.inbox_table = TableName::parse(table)?;
+        Ok(self)
+    }
+
+    /// The outbox that [`Context::publish`] writes follow-up events to.
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// Finishes the consumer: handlers run against `pool`, messages come from
+    /// `subscriber`, dead letters go out through `dead_letters`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if no handler is registered.
+    pub fn build(
+        self,
+        pool: sqlx::Pool<DB>,
+        subscriber: Box<dyn Subscriber>,
+        dead_letters: Arc<dyn Publisher>,
+    ) -> Result<Consumer<DB>> {
+        if self.registry.is_empty() {
+            return Err(Error::config(format!(
+                "consumer `{}` has no handler: register one with `.on(...)`",
+                self.group
+            )));
+        }
+        Ok(Consumer {
+            shared: Arc::new(Shared {
+                group: self.group,
+                mode: self.mode,
+                registry: self.registry,
+                retry: self.retry,
+                unknown: self.unknown,
+                max_in_flight: self.max_in_flight,
+                rate_limit: self.rate_limit,
+                inbox_table: self.inbox_table,
+                outbox: self.outbox,
+                pool,
+                dead_letters,
+                dead_letter_destinations: tokio::sync::Mutex::new(HashSet::new()),
+                metrics: ConsumerMetrics::default(),
+                stopping: Notify::new(),
+                stopped: std::sync::atomic::AtomicBool::new(false),
+            }),
+            subscriber: tokio::sync::Mutex::new(subscriber),
+        })
+    }
+}
+
+/// What handling one message ended in.
+enum Outcome {
+    Handled,
+    Duplicate,
+    DeadLettered,
+    /// Given back to the broker (shutdown during retries).
+    Released,
+}
+
+impl<DB> Consumer<DB>
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    /// Counters of this consumer.
+    pub fn metrics(&self) -> &ConsumerMetrics {
+        &self.shared.metrics
+    }
+
+    /// Consumes until `shutdown` completes; then stops fetching, finishes the
+    /// handlers in flight, settles their messages, gives back the ones not
+    /// started, and leaves the group.
+    ///
+    /// # Errors
+    ///
+    /// Only if closing the subscription fails; message-level trouble is handled
+    /// (retried, dead-lettered) and never ends the loop.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let permits = Arc::new(Semaphore::new(self.shared.max_in_flight));
+        let mut lanes: HashMap<u64, mpsc::UnboundedSender<(Received, tokio::sync::OwnedSemaphorePermit)>> =
+            HashMap::new();
+        let mut workers = tokio::task::JoinSet::new();
+        let pace = self
+            .shared
+            .rate_limit
+            .map(|n| Duration::from_secs_f64(1.0 / f64::from(n)));
+        let mut next_start = tokio::time::Instant::now();
+        let mut subscriber = self.subscriber.lock().await;
+        tokio::pin!(shutdown);
+        loop {
+            // Backpressure: no permit, no fetch.
+            let permit = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            if let Some(pace) = pace {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_start) => {}
+                    () = &mut shutdown => break,
+                }
+                next_start = tokio::time::Instant::now().max(next_start) + pace;
+            }
+            let received = tokio::select! {
+                r = subscriber.next() => r,
+                () = &mut shutdown => break,
+            };
+            let message = match received {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(group = %self.shared.group, error = %e, "receiving failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let lane = message.lane;
+            let sender = lanes.entry(lane).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                workers.spawn(lane_worker(Arc::clone(&self.shared), rx));
+                tx
+            });
+            if let Err(mpsc::error::SendError((message, _))) = sender.send((message, permit)) {
+                // The worker is gone (it panicked): give the message back.
+                let _ = message.settle.release().await;
+                lanes.remove(&lane);
+            }
+        }
+        // Shutdown: workers finish their current message, release the queued ones.
+        self.shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.stopping.notify_waiters();
+        drop(lanes);
+        while workers.join_next().await.is_some() {}
+        subscriber.close().await
+    }
+}
+
+/// Handles one lane's messages one after another, in arrival order.
+async fn lane_worker<DB>(
+    shared: Arc<Shared<DB>>,
+    mut rx: mpsc::UnboundedReceiver<(Received, tokio::sync::OwnedSemaphorePermit)>,
+) where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    while let Some((message, _permit)) = rx.recv().await {
+        if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = message.settle.release().await {
+                tracing::debug!(error = %e, "releasing a message on shutdown failed");
+            }
+            continue;
+        }
+        shared.handle(message).await;
+    }
+}
+
+impl<DB> Shared<DB>
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    /// Handles one message and settles it.
+    async fn handle(&self, message: Received) {
+        let Received {
+            destination,
+            envelope,
+            body,
+            settle,
+            ..
+        } = message;
+        let outcome = match envelope {
+            Err(e) => {
+                let reason = format!("not a CloudEvent: {e}");
+                self.dead_letter(dead_letter::for_body(&body, &destination, &self.group, &reason))
+                    .await
+            }
+            Ok(envelope) => {
+                if self.mode == DeliveryMode::AtMostOnce {
+                    // Acknowledge first: from here on the broker will not repeat it.
+                    if let Err(e) = settle.ack().await {
+                        tracing::warn!(error = %e, "acknowledging failed; skipping the message");
+                        return;
+                    }
+                    let outcome = self.handle_event(&destination, envelope, true).await;
+                    self.metrics.record(&outcome);
+                    return;
+                }
+                self.handle_event(&destination, envelope, false).await
+            }
+        };
+        self.metrics.record(&outcome);
+        let settled = match outcome {
+            Outcome::Released => settle.release().await,
+            _ => settle.ack().await,
+        };
+        if let Err(e) = settled {
+            // It will be delivered again; the inbox absorbs the repeat.
+            tracing::warn!(group = %self.group, error = %e, "settling a message failed");
+        }
+    }
+
+    /// Runs the handler with retries; dead-letters what cannot be handled.
+    async fn handle_event(&self, destination: &str, envelope: Envelope, once: bool) -> Outcome {
+        let Some(registration) = self.registry.get(&envelope.event_type).cloned() else {
+            return match self.unknown {
+                UnknownTypes::Skip => Outcome::Handled,
+                UnknownTypes::DeadLetter => {
+                    let reason = format!("no handler for event type `{}`", envelope.event_type);
+                    self.dead_letter(dead_letter::for_event(&envelope, destination, &self.group, 0, &reason))
+                        .await
+                }
+            };
+        };
+        let version = envelope.schema_version().unwrap_or(1);
+        if version > registration.version {
+            let reason = format!(
+                "unsupported schema version {version} of `{}`: this consumer knows up to {}",
+                envelope.event_type, registration.version
+            );
+            return self
+                .dead_letter(dead_letter::for_event(&envelope, destination, &self.group, 0, &reason))
+                .await;
+        }
+        let mut attempt = 1;
+        loop {
+            let failure = match self.attempt(&registration, &envelope, attempt).await {
+                Ok(outcome) => return outcome,
+                Err(f) => f,
+            };
+            let (reason, permanent) = match failure {
+                Failure::Permanent(r) => (r, true),
+                Failure::Transient(r) => (r, false),
+            };
+            tracing::warn!(group = %self.group, id = %envelope.id, attempt, error = %reason, "handling failed");
+            let delay = if permanent || once {
+                None
+            } else {
+                self.retry.delay_before(attempt + 1)
+            };
+            let Some(delay) = delay else {
+                return self
+                    .dead_letter(dead_letter::for_event(&envelope, destination, &self.group, attempt, &reason))
+                    .await;
+            };
+            self.metrics.retried();
+            attempt += 1;
+            let stopping = self.stopping.notified();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stopping => return Outcome::Released,
+            }
+            if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Outcome::Released;
+            }
+        }
+    }
+
+    /// One attempt: transaction, inbox row (effectively once), handler, commit.
+    async fn attempt(
+        &self,
+        registration: &handler::Registration<DB>,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> std::result::Result<Outcome, Failure> {
+        let transient = |e: Error| Failure::Transient(e.to_string());
+        let mut tx = self.pool.begin().await.map_err(|e| transient(e.into()))?;
+        if self.mode == DeliveryMode::EffectivelyOnce {
+            let fresh = DB::try_record(&mut *tx, &self.inbox_table, &self.group, envelope)
+                .await
+                .map_err(transient)?;
+            if !fresh {
+                let _ = tx.rollback().await;
+                return Ok(Outcome::Duplicate);
+            }
+        }
+        let ctx = Context::new(envelope.clone(), attempt, self.outbox.clone(), tx);
+        let result = (registration.call)(ctx.clone(), envelope).await;
+        let tx = ctx.finish().await;
+        match (result, tx) {
+            (Ok(()), Some(tx)) => {
+                tx.commit().await.map_err(|e| transient(e.into()))?;
+                Ok(Outcome::Handled)
+            }
+            (Ok(()), None) => Err(Failure::Transient("the handler's transaction vanished".into())),
+            (Err(f), tx) => {
+                if let Some(tx) = tx {
+                    let _ = tx.rollback().await;
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Publishes a dead letter, creating the dead-letter destination first. If
+    /// the broker cannot take it, the message is released rather than lost.
+    async fn dead_letter(&self, message: OutgoingMessage) -> Outcome {
+        let reason = message
+            .envelope
+            .extensions
+            .get(dead_letter::REASON)
+            .cloned()
+            .unwrap_or_default();
+        {
+            let mut known = self.dead_letter_destinations.lock().await;
+            if !known.contains(&message.destination) {
+                match self.dead_letters.ensure_destination(&message.destination).await {
+                    Ok(()) => {
+                        known.insert(message.destination.clone());
+                    }
+                    Err(e) => tracing::warn!(destination = %message.destination, error = %e, "cannot create dead-letter destination"),
+                }
+            }
+        }
+        let results = self.dead_letters.publish_batch(std::slice::from_ref(&message)).await;
+        match results.into_iter().next() {
+            Some(Ok(_)) => {
+                tracing::warn!(group = %self.group, id = %message.envelope.id, destination = %message.destination, %reason, "dead-lettered");
+                Outcome::DeadLettered
+            }
+            Some(Err(e)) => {
+                tracing::error!(group = %self.group, error = %e, "dead-lettering failed; giving the message back");
+                if matches!(e, PublishError::Unavailable(_)) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Outcome::Released
+            }
+            None => Outcome::Released,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The receiving side of a transport: a [`Subscriber`] yields [`Received`]
+//! messages, each settled exactly once through its [`Settle`] handle.
+
+use std::fmt;
+
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::error::Result;
+
+/// A message received from the broker and not yet settled.
+#[derive(Debug)]
+pub struct Received {
+    /// Where it came from: the Kafka topic or the RabbitMQ exchange.
+    pub destination: String,
+    /// Its ordering lane. Messages of one lane are handled one at a time, in
+    /// arrival order; different lanes run concurrently. Kafka: the partition.
+    /// RabbitMQ: a hash of the partition key, or `0` for single active consumer.
+    pub lane: u64,
+    /// The decoded CloudEvent, or why the message is not one.
+    pub envelope: std::result::Result<Envelope, EnvelopeError>,
+    /// The raw body, kept to dead-letter messages that do not decode.
+    pub body: Vec<u8>,
+    /// Whether the broker says it delivered this message before.
+    pub redelivered: bool,
+    /// Settles the message with the broker.
+    pub settle: Box<dyn Settle>,
+}
+
+/// Settles one received message with the broker.
+#[async_trait::async_trait]
+pub trait Settle: Send + Sync + fmt::Debug {
+    /// Done with the message (handled, duplicate, or dead-lettered): the broker
+    /// will not deliver it again to this group. Kafka: its offset becomes
+    /// committable. RabbitMQ: `basic.ack`.
+    async fn ack(self: Box<Self>) -> Result<()>;
+
+    /// Not done: deliver it again later (to this or another member of the group).
+    /// Kafka: nothing is committed for it (the lane stops). RabbitMQ:
+    /// `basic.nack` with requeue.
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// A subscription of one consumer group to its destinations.
+///
+/// Implementations bound the number of unsettled messages they hand out
+/// (prefetch, paused partitions) so a slow consumer never buffers without limit.
+#[async_trait::async_trait]
+pub trait Subscriber: Send + fmt::Debug {
+    /// The next message; `None` once the subscription has ended. Errors are
+    /// transient (the implementation reconnects); the caller may call again.
+    async fn next(&mut self) -> Option<Result<Received>>;
+
+    /// Stops fetching, lets already-acknowledged work be committed, and leaves
+    /// the group.
+    async fn close(&mut self) -> Result<()>;
+}
+
+/// Compile-time check that the traits stay object safe.
+fn _object_safe(_: &dyn Settle, _: &dyn Subscriber) {}
