@@ -183,12 +183,13 @@ CREATE TABLE IF NOT EXISTS {relays_table} (
             r#"
 CREATE TABLE IF NOT EXISTS {i} (
     consumer    text NOT NULL,
+    source      text NOT NULL,
     message_id  text NOT NULL,
     event_type  text,
     received_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer, message_id)
+    PRIMARY KEY (consumer, source, message_id)
 );
-CREATE INDEX IF NOT EXISTS {received} ON {i} (received_at);
+CREATE INDEX IF NOT EXISTS {received} ON {i} (consumer, received_at);
 "#,
             i = inbox.quoted(),
             received = inbox.local_with_suffix("_received_at"),

@@ -587,6 +587,36 @@ async fn hold_outage(pool: &PgPool, relay: &RunningRelay, watch: &AttemptWatch, 
     );
 }
 
+/// Waits until the outbox is empty after the broker came back; the failure
+/// says what the relay reports.
+async fn wait_recovered(pool: &PgPool, relay: &RunningRelay) {
+    let timeout = Duration::from_secs(120);
+    let back = Instant::now();
+    loop {
+        let left = pending(pool).await;
+        if left == 0 {
+            eprintln!(
+                "recovered: outbox drained {:?} after the broker came back",
+                back.elapsed()
+            );
+            return;
+        }
+        assert!(
+            back.elapsed() < timeout,
+            "the relay did not recover after the broker came back: {left} rows still pending \
+             after {timeout:?}; published_total {}, broker_available {}, outages counted {:?} \
+             (per-message errors: RUST_LOG=info,eventbus::relay=debug)",
+            relay.metrics.published_total(),
+            relay.metrics.snapshot().broker_available,
+            metric(
+                &relay.metrics.render_prometheus(),
+                "eventbus_relay_broker_outages_total"
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// After recovery: nothing was ever attempted or parked, the outbox is empty,
 /// the relay counted the outage and sees the broker again.
 async fn check_after_outage(pool: &PgPool, relay: &RunningRelay, watch: &AttemptWatch) {
@@ -1088,6 +1118,7 @@ async fn failed_list_retry_skip_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_broker_outage_rabbitmq_pauses_without_burning_attempts() {
+    init_logging();
     let db = TestDb::migrated().await;
     let prefix = format!("{}.", unique_name("outage_amqp"));
     let exchange = format!("{prefix}{}", Step::DESTINATION);
@@ -1116,7 +1147,7 @@ async fn fault_broker_outage_rabbitmq_pauses_without_burning_attempts() {
     hold_outage(&db.pool, &relay, &watch, during).await;
     proxy.accept();
 
-    wait_drained(&db.pool, Duration::from_secs(120)).await;
+    wait_recovered(&db.pool, &relay).await;
     let received = read_queue(
         &mut queue,
         events.len(),
@@ -1134,6 +1165,17 @@ async fn fault_broker_outage_rabbitmq_pauses_without_burning_attempts() {
     relay.stop().await;
     queue.delete().await;
     delete_exchange(&exchange).await;
+}
+
+/// Sends the in-process relay's logs (`RUST_LOG`, default `info`) to the
+/// test's output, shown when it fails.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// The tansu binary: `TANSU_BIN`, else `~/.cargo/bin/tansu`.
@@ -1184,6 +1226,7 @@ async fn start_tansu(dir: &Path) -> (Proc, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_broker_outage_kafka_pauses_without_burning_attempts() {
+    init_logging();
     let dir = log_dir("outage_kafka");
     let (tansu, brokers) = start_tansu(&dir).await;
     let db = TestDb::migrated().await;
@@ -1218,7 +1261,7 @@ async fn fault_broker_outage_kafka_pauses_without_burning_attempts() {
     hold_outage(&db.pool, &relay, &watch, during).await;
     tansu.signal("CONT");
 
-    wait_drained(&db.pool, Duration::from_secs(120)).await;
+    wait_recovered(&db.pool, &relay).await;
     let received = read_topic(
         &brokers,
         &topic,

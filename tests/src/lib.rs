@@ -77,9 +77,9 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Drop runs inside the test's runtime; do the async clean-up on a thread
-        // of its own.
+        // Drop runs inside the test's runtime (maybe a single-threaded one, now
+        // blocked here): do the clean-up on a thread and runtime of its own, and
+        // leave the pool's connections alone — FORCE ends their sessions.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -88,7 +88,6 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
                     let _ = admin
                         .execute(

@@ -130,8 +130,14 @@ async fn handler_failure_rolls_back_and_a_redelivery_is_processed() {
         Error::Handler(source) => assert_eq!(source.to_string(), "payment service declined"),
         other => panic!("expected Error::Handler, got {other:?}"),
     }
-    assert!(err.to_string().contains("payment service declined"), "{err}");
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await, 0);
+    assert!(
+        err.to_string().contains("payment service declined"),
+        "{err}"
+    );
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        0
+    );
     assert_eq!(scalar(&db.pool, "SELECT count(*) FROM effects").await, 0);
 
     let outcome = inbox
@@ -151,7 +157,10 @@ async fn handler_failure_rolls_back_and_a_redelivery_is_processed() {
         .await
         .expect("effects");
     assert_eq!(effects, ["second attempt"]);
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await, 1);
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        1
+    );
 
     // A third delivery is a duplicate and its handler does not run.
     let outcome = inbox
@@ -178,7 +187,10 @@ async fn begin_without_commit_leaves_no_trace() {
         .await
         .expect("handler write");
     drop(tx);
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await, 0);
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        0
+    );
     assert_eq!(scalar(&db.pool, "SELECT count(*) FROM effects").await, 0);
 
     let Delivery::New(mut tx) = inbox.begin(&db.pool, &envelope).await.expect("begin") else {
@@ -189,7 +201,10 @@ async fn begin_without_commit_leaves_no_trace() {
         .await
         .expect("handler write");
     tx.commit().await.expect("commit");
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await, 1);
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        1
+    );
     assert_eq!(scalar(&db.pool, "SELECT count(*) FROM effects").await, 1);
 
     let again = inbox.begin(&db.pool, &envelope).await.expect("begin");
@@ -214,14 +229,20 @@ async fn a_waiting_delivery_takes_over_when_the_first_rolls_back() {
         Arc::new(AtomicUsize::new(0)),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!second.is_finished(), "the second delivery waits for the first");
+    assert!(
+        !second.is_finished(),
+        "the second delivery waits for the first"
+    );
     drop(first); // rolls back: the message is not processed yet
 
     let outcome = second.await.expect("task").expect("process");
     assert_eq!(outcome, Processed::Handled(()));
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(scalar(&db.pool, "SELECT n FROM counters").await, 1);
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await, 1);
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -238,9 +259,14 @@ async fn each_consumer_processes_a_message_once() {
         (&a, Processed::Duplicate),
         (&b, Processed::Duplicate),
     ] {
-        let outcome = count_once(db.pool.clone(), inbox.clone(), envelope.clone(), runs.clone())
-            .await
-            .expect("process");
+        let outcome = count_once(
+            db.pool.clone(),
+            inbox.clone(),
+            envelope.clone(),
+            runs.clone(),
+        )
+        .await
+        .expect("process");
         assert_eq!(outcome, expected, "consumer {}", inbox.consumer());
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2);
@@ -257,16 +283,16 @@ async fn each_consumer_processes_a_message_once() {
 async fn cleanup_deletes_old_entries_in_batches() {
     let db = TestDb::migrated().await;
     sqlx::raw_sql(
-        "INSERT INTO eventbus_inbox (consumer, message_id, event_type, received_at)
-             SELECT 'billing', 'old-' || g, 't', now() - interval '10 days'
+        "INSERT INTO eventbus_inbox (consumer, source, message_id, event_type, received_at)
+             SELECT 'billing', 'urn:test', 'old-' || g, 't', now() - interval '10 days'
              FROM generate_series(1, 2500) AS g;
-         INSERT INTO eventbus_inbox (consumer, message_id, event_type, received_at)
-             SELECT 'billing', 'recent-' || g, 't', now() - interval '6 days'
+         INSERT INTO eventbus_inbox (consumer, source, message_id, event_type, received_at)
+             SELECT 'billing', 'urn:test', 'recent-' || g, 't', now() - interval '6 days'
              FROM generate_series(1, 5) AS g;
-         INSERT INTO eventbus_inbox (consumer, message_id, event_type)
-             SELECT 'billing', 'new-' || g, 't' FROM generate_series(1, 10) AS g;
+         INSERT INTO eventbus_inbox (consumer, source, message_id, event_type)
+             SELECT 'billing', 'urn:test', 'new-' || g, 't' FROM generate_series(1, 10) AS g;
          -- Counts DELETE statements, to see the batches.
-         CREATE TABLE deletes (n int NOT NULL); INSERT INTO deletes VALUES (0);
+         CREATE TABLE deletes (n bigint NOT NULL); INSERT INTO deletes VALUES (0);
          CREATE FUNCTION count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN UPDATE deletes SET n = n + 1; RETURN NULL; END $$;
          CREATE TRIGGER count_delete AFTER DELETE ON eventbus_inbox
@@ -300,7 +326,10 @@ async fn cleanup_deletes_old_entries_in_batches() {
         .await
         .expect("cleanup again");
     assert_eq!(deleted, 0);
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await, 15);
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        15
+    );
 }
 
 #[tokio::test]

@@ -69,8 +69,9 @@ pub enum Processed<T> {
 /// A database the inbox can live in. Implemented for each compiled-in backend.
 #[async_trait::async_trait]
 pub trait InboxDatabase: sqlx::Database {
-    /// Inserts the inbox row unless present; `true` if it was inserted. Waits for
-    /// a concurrent insert of the same id to commit or roll back.
+    /// Inserts the inbox row (consumer, source, id) unless present; `true` if it
+    /// was inserted. Waits for a concurrent insert of the same message to commit
+    /// or roll back. CloudEvents ids are unique per source, hence both.
     async fn try_record(
         conn: &mut Self::Connection,
         table: &TableName,
@@ -78,10 +79,12 @@ pub trait InboxDatabase: sqlx::Database {
         envelope: &Envelope,
     ) -> Result<bool>;
 
-    /// Deletes up to `batch` entries older than `older_than`; returns how many.
+    /// Deletes up to `batch` entries of `consumer` older than `older_than`;
+    /// returns how many.
     async fn delete_older_than(
         pool: &sqlx::Pool<Self>,
         table: &TableName,
+        consumer: &str,
         older_than: Duration,
         batch: i64,
     ) -> Result<u64>;
@@ -166,8 +169,8 @@ impl Inbox {
         }
     }
 
-    /// Deletes entries older than `older_than`, `batch` rows per statement, until
-    /// none are left. Returns the number deleted.
+    /// Deletes this consumer's entries older than `older_than`, `batch` rows per
+    /// statement, until none are left. Returns the number deleted.
     ///
     /// Keep `older_than` well above the longest time a broker may redeliver a
     /// message, or old duplicates will be processed again.
@@ -183,7 +186,8 @@ impl Inbox {
     ) -> Result<u64> {
         let mut total = 0;
         loop {
-            let n = DB::delete_older_than(pool, &self.table, older_than, batch.max(1)).await?;
+            let n = DB::delete_older_than(pool, &self.table, &self.consumer, older_than, batch.max(1))
+                .await?;
             total += n;
             if n < batch.max(1) as u64 {
                 return Ok(total);

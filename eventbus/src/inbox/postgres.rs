@@ -21,12 +21,13 @@ impl InboxDatabase for Postgres {
         // first transaction ends: then it either conflicts (duplicate) or inserts
         // (the first rolled back). Exactly one handler's writes survive.
         let sql = format!(
-            "INSERT INTO {} (consumer, message_id, event_type) VALUES ($1, $2, $3) \
+            "INSERT INTO {} (consumer, source, message_id, event_type) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING",
             table.quoted()
         );
         let done = sqlx::query(&sql)
             .bind(consumer)
+            .bind(&envelope.source)
             .bind(&envelope.id)
             .bind(&envelope.event_type)
             .execute(conn)
@@ -38,17 +39,19 @@ impl InboxDatabase for Postgres {
     async fn delete_older_than(
         pool: &PgPool,
         table: &TableName,
+        consumer: &str,
         older_than: Duration,
         batch: i64,
     ) -> Result<u64> {
         let sql = format!(
             "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} \
-             WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
+             WHERE consumer = $3 AND received_at < now() - make_interval(secs => $1) LIMIT $2)",
             t = table.quoted()
         );
         let done = sqlx::query(&sql)
             .bind(older_than.as_secs_f64())
             .bind(batch)
+            .bind(consumer)
             .execute(pool)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;

@@ -191,7 +191,7 @@ impl Relay {
                                         outage_step,
                                     );
                                     outage_step = outage_step.saturating_add(1);
-                                    tracing::warn!(?pause, "broker unavailable; pausing");
+                                    tracing::info!(?pause, "pausing until the broker is back");
                                     if sleep_or_stop(pause, &stop).await {
                                         return;
                                     }
@@ -291,13 +291,13 @@ impl Relay {
         let latency = started.elapsed();
 
         let mut acked: Vec<i64> = Vec::with_capacity(results.len());
-        let mut unavailable = false;
+        let mut unavailable: Option<String> = None;
         for ((row, _), result) in sendable.iter().zip(results) {
             match result {
                 Ok(_) => acked.push(row.id),
                 Err(PublishError::Unavailable(e)) => {
-                    unavailable = true;
                     tracing::debug!(id = row.id, error = %e, "broker unavailable");
+                    unavailable.get_or_insert(e);
                 }
                 // Stays pending, behind its key's rejected row; no attempt used.
                 Err(PublishError::NotSent(_)) => {}
@@ -330,8 +330,9 @@ impl Relay {
                 tracing::warn!(error = %e, "recording rejected rows failed");
             }
         }
-        self.broker_state(!unavailable);
-        if unavailable {
+        self.broker_state(unavailable.is_none());
+        if let Some(reason) = unavailable {
+            tracing::warn!(%reason, "broker unavailable");
             self.metrics.outage();
             BatchOutcome::BrokerDown
         } else {

@@ -39,6 +39,7 @@ struct Statements {
     heartbeat: String,
     live: String,
     deregister: String,
+    forget_dead: String,
     release_all: String,
     partitions: String,
     delete_published: String,
@@ -56,7 +57,7 @@ impl Statements {
         Statements {
             claim: format!(
                 "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, o.partition, \
-                        o.event_type, o.schema_version, o.subject, o.headers, o.payload::text AS payload, \
+                        o.event_type, o.schema_version, o.subject, o.headers, o.payload, \
                         o.created_at, o.attempts \
                  FROM {t} o \
                  WHERE o.state = 'pending' AND o.partition = ANY($1) \
@@ -118,6 +119,10 @@ impl Statements {
                  WHERE heartbeat_at > now() - $1 * interval '1 millisecond' ORDER BY relay_id"
             ),
             deregister: format!("DELETE FROM {r} WHERE relay_id = $1"),
+            // Crashed relays never deregister: forget them once long dead.
+            forget_dead: format!(
+                "DELETE FROM {r} WHERE heartbeat_at < now() - 10 * $1 * interval '1 millisecond'"
+            ),
             partitions: format!("SELECT partition FROM {p} ORDER BY partition"),
             delete_published: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
@@ -155,7 +160,9 @@ fn record(row: &PgRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
         schema_version: row.try_get("schema_version")?,
         subject: row.try_get("subject")?,
         headers: row.try_get("headers")?,
-        payload: row.try_get("payload")?,
+        // jsonb comes back re-spaced (`{"a": 1}`); send the compact form the
+        // publisher measured and wrote.
+        payload: row.try_get::<serde_json::Value, _>("payload")?.to_string(),
         created_at: row.try_get("created_at")?,
         attempts: row.try_get("attempts")?,
     })
@@ -174,6 +181,11 @@ impl RelayStore for PgRelayStore {
         sqlx::query(&self.sql.heartbeat)
             .bind(relay)
             .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(&self.sql.forget_dead)
+            .bind(millis(dead_after))
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;

@@ -2,7 +2,11 @@ use eventbus::Event;
 use serde::{Deserialize, Serialize};
 
 #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
-#[event(type = "com.example.order.placed", destination = "orders", key = "order_id")]
+#[event(
+    type = "com.example.order.placed",
+    destination = "orders",
+    key = "order_id"
+)]
 struct OrderPlaced {
     order_id: String,
 }

@@ -7,5 +7,7 @@ struct OrderPlaced {
 fn needs_event<E: eventbus::Event>(_: &E) {}
 
 fn main() {
-    needs_event(&OrderPlaced { order_id: "o".into() });
+    needs_event(&OrderPlaced {
+        order_id: "o".into(),
+    });
 }

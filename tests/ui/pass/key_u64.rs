@@ -9,7 +9,10 @@ struct AccountCredited {
 }
 
 fn main() {
-    let event = AccountCredited { account: 42, cents: 100 };
+    let event = AccountCredited {
+        account: 42,
+        cents: 100,
+    };
     assert_eq!(event.partition_key(), "42");
     assert_eq!(event.cents, 100);
 }

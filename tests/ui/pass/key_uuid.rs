@@ -12,7 +12,10 @@ struct PaymentCaptured {
 
 fn main() {
     let id = Uuid::now_v7();
-    let event = PaymentCaptured { payment_id: id, cents: 1 };
+    let event = PaymentCaptured {
+        payment_id: id,
+        cents: 1,
+    };
     assert_eq!(event.partition_key(), id.to_string());
     assert_eq!(event.cents, 1);
 }

@@ -9,12 +9,18 @@ struct OrderPlaced {
 }
 
 fn main() {
-    let event = OrderPlaced { order_id: "o-1".into(), amount_cents: 5 };
+    let event = OrderPlaced {
+        order_id: "o-1".into(),
+        amount_cents: 5,
+    };
     assert_eq!(OrderPlaced::TYPE, "com.example.order.placed");
     assert_eq!(OrderPlaced::VERSION, 3);
     assert_eq!(OrderPlaced::DESTINATION, "orders");
     assert_eq!(event.partition_key(), "o-1");
     assert_eq!(event.subject().as_deref(), Some("o-1"));
-    assert_eq!(OrderPlaced::dataschema(), "urn:eventbus:schema:com.example.order.placed:v3");
+    assert_eq!(
+        OrderPlaced::dataschema(),
+        "urn:eventbus:schema:com.example.order.placed:v3"
+    );
     assert_eq!(event.amount_cents, 5);
 }

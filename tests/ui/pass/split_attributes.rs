@@ -13,5 +13,11 @@ fn main() {
     assert_eq!(OrderShipped::TYPE, "com.example.order.shipped");
     assert_eq!(OrderShipped::VERSION, 2);
     assert_eq!(OrderShipped::DESTINATION, "orders");
-    assert_eq!(OrderShipped { order_id: "o".into() }.partition_key(), "o");
+    assert_eq!(
+        OrderShipped {
+            order_id: "o".into()
+        }
+        .partition_key(),
+        "o"
+    );
 }

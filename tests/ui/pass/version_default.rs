@@ -11,7 +11,10 @@ struct UserRenamed {
 fn main() {
     assert_eq!(UserRenamed::VERSION, 1);
     assert!(UserRenamed::dataschema().ends_with(":v1"));
-    let event = UserRenamed { user_id: "u-1".into(), name: "Ada".into() };
+    let event = UserRenamed {
+        user_id: "u-1".into(),
+        name: "Ada".into(),
+    };
     assert_eq!(event.partition_key(), "u-1");
     assert_eq!(event.name, "Ada");
 }
