@@ -2,7 +2,8 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
-use syn::{Data, DeriveInput, Fields, Ident, LitInt, LitStr, Path};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Expr, ExprLit, Fields, Ident, Lit, LitStr, Path};
 
 /// The attributes of one `#[derive(Event)]`, validated.
 struct EventAttrs {
@@ -24,6 +25,10 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         key,
         krate,
     } = attrs;
+    // Spanned at `key = field`, so a key type without `Display` is reported there.
+    let partition_key = quote::quote_spanned! {key.span()=>
+        ::std::string::ToString::to_string(&self.#key)
+    };
     Ok(quote! {
         const _: () = {
             #[automatically_derived]
@@ -33,27 +38,26 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                 const DESTINATION: &'static str = #destination;
 
                 fn partition_key(&self) -> ::std::string::String {
-                    ::std::string::ToString::to_string(&self.#key)
+                    #partition_key
                 }
             }
         };
     })
 }
 
+/// The attribute names `#[event(...)]` accepts.
+const KNOWN: &[&str] = &["type", "version", "destination", "key", "crate"];
+
 /// Parses every `#[event(...)]` attribute, collecting all errors so the user sees
-/// them in one compile.
+/// them in one compile (a bad value never hides the attributes after it).
 fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
-    let mut errors: Option<syn::Error> = None;
-    let mut push = |e: syn::Error| match &mut errors {
-        Some(all) => all.combine(e),
-        None => errors = Some(e),
-    };
+    let mut errors: Vec<syn::Error> = Vec::new();
 
     let fields = match &input.data {
         Data::Struct(s) => match &s.fields {
             Fields::Named(named) => Some(named),
             _ => {
-                push(syn::Error::new(
+                errors.push(syn::Error::new(
                     input.ident.span(),
                     "#[derive(Event)] needs a struct with named fields",
                 ));
@@ -61,7 +65,7 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
             }
         },
         _ => {
-            push(syn::Error::new(
+            errors.push(syn::Error::new(
                 input.ident.span(),
                 "#[derive(Event)] can only be used on structs with named fields",
             ));
@@ -74,83 +78,77 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
     let mut destination: Option<LitStr> = None;
     let mut key: Option<Ident> = None;
     let mut krate: Option<Path> = None;
-    let mut seen_attr = false;
+    let mut seen: Vec<String> = Vec::new();
+    let mut first_attr: Option<Span> = None;
 
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
-        seen_attr = true;
+        first_attr.get_or_insert_with(|| attr.span());
         let result = attr.parse_nested_meta(|meta| {
-            let dup = |what: &str| meta.error(format!("duplicate `{what}` attribute"));
-            if meta.path.is_ident("type") {
-                let lit: LitStr = meta.value()?.parse()?;
-                validate_type(&lit)?;
-                if ty.replace(lit).is_some() {
-                    return Err(dup("type"));
-                }
-            } else if meta.path.is_ident("version") {
-                let lit: LitInt = meta.value()?.parse()?;
-                let value: u32 = lit.base10_parse().map_err(|_| {
-                    syn::Error::new(lit.span(), "`version` must be a positive integer")
-                })?;
-                if value == 0 {
-                    return Err(syn::Error::new(lit.span(), "`version` starts at 1"));
-                }
-                if version.replace(value).is_some() {
-                    return Err(dup("version"));
-                }
-            } else if meta.path.is_ident("destination") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if lit.value().trim().is_empty() {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        "`destination` must not be empty",
-                    ));
-                }
-                if destination.replace(lit).is_some() {
-                    return Err(dup("destination"));
-                }
-            } else if meta.path.is_ident("key") {
-                let ident: Ident = meta.value()?.parse()?;
-                if key.replace(ident).is_some() {
-                    return Err(dup("key"));
-                }
-            } else if meta.path.is_ident("crate") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if krate.replace(lit.parse()?).is_some() {
-                    return Err(dup("crate"));
-                }
-            } else {
-                return Err(meta.error(
+            let name = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            // Always consume `= value`, so one bad value does not stop the parse.
+            let value: Expr = meta.value()?.parse()?;
+            if !KNOWN.contains(&name.as_str()) {
+                errors.push(meta.error(
                     "unknown `event` attribute; expected one of `type`, `version`, \
                      `destination`, `key`, `crate`",
                 ));
+                return Ok(());
+            }
+            if seen.contains(&name) {
+                errors.push(meta.error(format!("duplicate `{name}` attribute")));
+                return Ok(());
+            }
+            seen.push(name.clone());
+            let result = match name.as_str() {
+                "type" => string(&value, "`type` takes a string, e.g. `type = \"com.example.order.placed\"`")
+                    .and_then(|lit| validate_type(&lit).map(|()| ty = Some(lit))),
+                "version" => positive(&value).map(|v| version = Some(v)),
+                "destination" => string(&value, "`destination` takes a string, e.g. `destination = \"orders\"`")
+                    .and_then(|lit| {
+                        if lit.value().trim().is_empty() {
+                            Err(syn::Error::new(lit.span(), "`destination` must not be empty"))
+                        } else {
+                            destination = Some(lit);
+                            Ok(())
+                        }
+                    }),
+                "key" => field_name(&value).map(|ident| key = Some(ident)),
+                _ => string(&value, "`crate` takes a path in a string, e.g. `crate = \"::eventbus\"`")
+                    .and_then(|lit| lit.parse::<Path>().map(|p| krate = Some(p))),
+            };
+            if let Err(e) = result {
+                errors.push(e);
             }
             Ok(())
         });
         if let Err(e) = result {
-            push(e);
+            errors.push(e);
         }
     }
 
-    if !seen_attr {
-        push(syn::Error::new(
+    match first_attr {
+        None => errors.push(syn::Error::new(
             input.ident.span(),
             "missing #[event(type = \"...\", destination = \"...\", key = field)] attribute",
-        ));
-    } else {
-        let missing = |what: &str| {
-            syn::Error::new(
-                input.ident.span(),
-                format!("missing `{what}` in #[event(...)]"),
-            )
-        };
-        if ty.is_none() {
-            push(missing("type"));
-        }
-        if destination.is_none() {
-            push(missing("destination"));
-        }
-        if key.is_none() {
-            push(missing("key"));
+        )),
+        Some(span) => {
+            let hints = [
+                ("type", "the CloudEvents type, e.g. `type = \"com.example.order.placed\"`"),
+                ("destination", "the topic or exchange, e.g. `destination = \"orders\"`"),
+                ("key", "the field that orders events, e.g. `key = order_id`"),
+            ];
+            for (what, hint) in hints {
+                if !seen.iter().any(|s| s == what) {
+                    errors.push(syn::Error::new(
+                        span,
+                        format!("missing `{what}` in #[event(...)]: {hint}"),
+                    ));
+                }
+            }
         }
     }
 
@@ -160,7 +158,7 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
             .iter()
             .any(|f| f.ident.as_ref().is_some_and(|i| i == key));
         if !exists {
-            push(syn::Error::new(
+            errors.push(syn::Error::new(
                 key.span(),
                 format!(
                     "no field `{key}` on `{}` to use as the ordering key",
@@ -170,8 +168,11 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
         }
     }
 
-    if let Some(errors) = errors {
-        return Err(errors);
+    if let Some(mut all) = errors.first().cloned() {
+        for e in errors.into_iter().skip(1) {
+            all.combine(e);
+        }
+        return Err(all);
     }
     match (ty, destination, key) {
         (Some(ty), Some(destination), Some(key)) => Ok(EventAttrs {
@@ -184,6 +185,43 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
         _ => Err(syn::Error::new(
             Span::call_site(),
             "invalid #[event] attribute",
+        )),
+    }
+}
+
+fn string(value: &Expr, message: &str) -> syn::Result<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.clone()),
+        other => Err(syn::Error::new_spanned(other, message)),
+    }
+}
+
+fn positive(value: &Expr) -> syn::Result<u32> {
+    let message = "`version` must be a positive integer, e.g. `version = 2`";
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => match i.base10_parse::<u32>() {
+            Ok(0) => Err(syn::Error::new(i.span(), "`version` starts at 1")),
+            Ok(v) => Ok(v),
+            Err(_) => Err(syn::Error::new(i.span(), message)),
+        },
+        other => Err(syn::Error::new_spanned(other, message)),
+    }
+}
+
+fn field_name(value: &Expr) -> syn::Result<Ident> {
+    match value {
+        Expr::Path(p) if p.qself.is_none() => p
+            .path
+            .get_ident()
+            .cloned()
+            .ok_or_else(|| syn::Error::new_spanned(p, "`key` takes a field name, e.g. `key = order_id`")),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "`key` takes a field name without quotes, e.g. `key = order_id`",
         )),
     }
 }

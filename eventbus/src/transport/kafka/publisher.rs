@@ -1,0 +1,758 @@
+//! [`KafkaPublisher`]: an idempotent rdkafka producer that pipelines batches,
+//! keeps per-key order behind refused messages, sorts failures into "broker
+//! unavailable" and "message rejected", and creates topics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::{canonical_key, config_error, kafka_headers, Settings};
+use crate::error::{Error, Result};
+use crate::transport::{Delivered, OutgoingMessage, PublishError, Publisher};
+
+/// Partitions of a topic created by [`Publisher::ensure_destination`] unless
+/// [`KafkaPublisherBuilder::partitions`] says otherwise.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
+/// How long admin requests (topic creation, metadata look-ups) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound for the metadata probe that tells a missing topic from an
+/// unreachable broker after a delivery timed out.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause before retrying a message that found the local queue full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Producer settings applied unless overridden with [`KafkaPublisherBuilder::set`].
+const DEFAULTS: &[(&str, &str)] = &[
+    // Retries can neither duplicate nor reorder messages of one partition.
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    // Same key → same partition as the Java client (and Kafka Streams, Connect).
+    ("partitioner", "murmur2_random"),
+    ("message.timeout.ms", "30000"),
+    ("compression.codec", "none"),
+];
+
+/// Publishes envelopes to Kafka through an idempotent rdkafka producer.
+///
+/// Each message uses the CloudEvents Kafka protocol binding in binary mode: the
+/// key is the envelope's `partition_key`, the value is its `data`, every
+/// attribute travels in a `ce_<attribute>` header, the content type in
+/// `content-type`, and the W3C trace context additionally in plain
+/// `traceparent` / `tracestate` headers for OpenTelemetry instrumentations.
+///
+/// A batch is pipelined: every message is handed to the producer before any
+/// acknowledgement is awaited. Failures are reported per message, as
+/// [`PublishError::Unavailable`] when the cluster cannot take messages now and
+/// as [`PublishError::Rejected`] when the broker refuses this message.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> eventbus::Result<()> {
+/// use eventbus::transport::kafka::KafkaPublisher;
+/// use eventbus::{Envelope, OutgoingMessage, Publisher};
+///
+/// let publisher = KafkaPublisher::builder("127.0.0.1:9092")
+///     .set("linger.ms", "5")
+///     .partitions(8)
+///     .build()?;
+/// publisher.ensure_destination("orders").await?;
+///
+/// let mut envelope = Envelope::new("urn:svc:orders", "com.example.order.placed", br#"{"id":1}"#.to_vec());
+/// envelope.partition_key = Some("order-1".into());
+/// let results = publisher
+///     .publish_batch(&[OutgoingMessage { destination: "orders".into(), envelope }])
+///     .await;
+/// for result in results {
+///     let delivered = result?;
+///     println!("partition {:?} offset {:?}", delivered.partition, delivered.offset);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct KafkaPublisher {
+    config: ClientConfig,
+    settings: Settings,
+    producer: RwLock<FutureProducer>,
+    /// Set when the broker fenced the producer's id or epoch: librdkafka keeps
+    /// bumping the epoch without ever reporting a fatal error, so we replace it.
+    fenced: std::sync::atomic::AtomicBool,
+    admin: tokio::sync::OnceCell<AdminClient<DefaultClientContext>>,
+    partitions: u32,
+    replication_factor: u32,
+    /// `message.timeout.ms`; `None` when 0 (librdkafka: no limit).
+    message_timeout: Option<Duration>,
+}
+
+/// Configures a [`KafkaPublisher`]; made by [`KafkaPublisher::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct KafkaPublisherBuilder {
+    settings: Settings,
+    partitions: u32,
+    replication_factor: u32,
+}
+
+impl KafkaPublisher {
+    /// Starts configuring a publisher for the cluster reached through
+    /// `bootstrap_servers` (`host:port[,host:port…]`).
+    pub fn builder(bootstrap_servers: impl Into<String>) -> KafkaPublisherBuilder {
+        let mut settings = Settings::default();
+        settings.insert("bootstrap.servers", bootstrap_servers.into());
+        for (key, value) in DEFAULTS {
+            settings.insert(key, (*value).to_owned());
+        }
+        KafkaPublisherBuilder {
+            settings,
+            partitions: DEFAULT_PARTITIONS,
+            replication_factor: 1,
+        }
+    }
+
+    /// The producer, replaced by a fresh one first if the current one hit a
+    /// fatal error (an idempotent producer that lost its sequence state cannot
+    /// send again).
+    fn producer(&self) -> FutureProducer {
+        let current = self
+            .producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let fenced = self.fenced.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let (code, reason) = match current.client().fatal_error() {
+            Some(fatal) => fatal,
+            None if fenced => (
+                RDKafkaErrorCode::ProducerFenced,
+                "the broker fenced the idempotent producer".to_owned(),
+            ),
+            None => return current,
+        };
+        let mut slot = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Another task may have replaced it while we waited for the lock.
+        if !fenced && slot.client().fatal_error().is_none() {
+            return slot.clone();
+        }
+        match FutureProducer::from_config(&self.config) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    error.code = ?code,
+                    error.message = %self.settings.scrub(&reason),
+                    "Kafka producer unusable (fatal error or fenced); replaced it with a new producer"
+                );
+                *slot = fresh;
+            }
+            Err(e) => tracing::error!(
+                error.message = %self.settings.scrub(&e.to_string()),
+                "Kafka producer hit a fatal error and could not be recreated"
+            ),
+        }
+        slot.clone()
+    }
+
+    async fn admin(&self) -> std::result::Result<&AdminClient<DefaultClientContext>, PublishError> {
+        let admin = self
+            .admin
+            .get_or_try_init(|| async {
+                let mut config = self.config.clone();
+                // The admin client is a producer-type handle: keep it from running
+                // the idempotent producer's id handshake for nothing.
+                config.remove("enable.idempotence");
+                AdminClient::from_config(&config).map_err(|e| {
+                    PublishError::Unavailable(format!(
+                        "cannot create Kafka admin client: {}",
+                        self.settings.scrub(&e.to_string())
+                    ))
+                })
+            })
+            .await?;
+        Ok(admin)
+    }
+
+    /// Hands `message` to the producer, waiting while the local queue is full.
+    async fn enqueue(
+        &self,
+        producer: &FutureProducer,
+        message: &OutgoingMessage,
+    ) -> std::result::Result<DeliveryFuture, PublishError> {
+        let envelope = &message.envelope;
+        let mut record = FutureRecord::<[u8], [u8]>::to(&message.destination)
+            .payload(envelope.data.as_slice())
+            .headers(kafka_headers(envelope));
+        if let Some(key) = &envelope.partition_key {
+            record = record.key(key.as_bytes());
+        }
+        let deadline = self.message_timeout.map(|t| Instant::now() + t);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if deadline.is_none_or(|d| Instant::now() < d) =>
+                {
+                    // The producer's own thread drains the queue as the broker
+                    // acknowledges; retrying this message before the next one
+                    // keeps per-key order.
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err((e, _)) => return Err(classify(&e, &message.destination)),
+            }
+        }
+    }
+
+    /// Decides what a timed-out delivery to `topic` means: a missing (or
+    /// forbidden, or invalid) topic is the message's problem, anything else the
+    /// cluster's.
+    async fn probe_timed_out(&self, producer: &FutureProducer, topic: &str) -> PublishError {
+        let timeout = self
+            .message_timeout
+            .map_or(PROBE_TIMEOUT, |t| t.min(PROBE_TIMEOUT));
+        let waited = self.message_timeout.unwrap_or_default().as_millis();
+        match fetch_topic_metadata(producer, topic, timeout).await {
+            Ok(TopicState::Missing(code)) => {
+                let hint = if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                    "; create it first (`ensure_destination`)"
+                } else {
+                    ""
+                };
+                PublishError::Rejected(format!(
+                    "Kafka topic `{topic}` is not available for publishing ({code}){hint}"
+                ))
+            }
+            Ok(TopicState::Exists { .. }) => PublishError::Unavailable(format!(
+                "Kafka did not acknowledge the message to topic `{topic}` within {waited} ms"
+            )),
+            Err(e) => PublishError::Unavailable(format!(
+                "Kafka did not acknowledge the message to topic `{topic}` within {waited} ms \
+                 and the cluster does not answer: {e}"
+            )),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for KafkaPublisher {
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Vec<std::result::Result<Delivered, PublishError>> {
+        let producer = self.producer();
+
+        // Send everything first, then await the acknowledgements.
+        let mut pending = Vec::with_capacity(messages.len());
+        // A message refused at enqueue (e.g. too large) must not be overtaken by
+        // later messages of its key: those are held back as `NotSent`.
+        let mut refused_keys: BTreeSet<(&str, Option<&str>)> = BTreeSet::new();
+        for message in messages {
+            let key = (
+                message.destination.as_str(),
+                message.envelope.partition_key.as_deref(),
+            );
+            if refused_keys.contains(&key) {
+                pending.push(Err(PublishError::NotSent(
+                    "an earlier event of the same key was rejected".into(),
+                )));
+                continue;
+            }
+            let sent = self.enqueue(&producer, message).await;
+            if matches!(sent, Err(PublishError::Rejected(_))) {
+                refused_keys.insert(key);
+            }
+            pending.push(sent);
+        }
+
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut timed_out_topics: BTreeSet<&str> = BTreeSet::new();
+        for (message, sent) in messages.iter().zip(pending) {
+            let outcome = match sent {
+                Err(e) => Outcome::Done(Err(e)),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(d)) => Outcome::Done(Ok(Delivered {
+                        partition: Some(d.partition),
+                        offset: Some(d.offset),
+                    })),
+                    Ok(Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                        _,
+                    ))) => {
+                        timed_out_topics.insert(&message.destination);
+                        Outcome::TimedOut
+                    }
+                    Ok(Err((e, _))) => {
+                        if e.rdkafka_error_code().is_some_and(is_fencing) {
+                            self.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Outcome::Done(Err(classify(&e, &message.destination)))
+                    }
+                    Err(_canceled) => Outcome::Done(Err(PublishError::Unavailable(
+                        "the Kafka producer was shut down before the broker answered".into(),
+                    ))),
+                },
+            };
+            outcomes.push(outcome);
+        }
+
+        // A timeout alone does not say whether the broker or the topic is gone:
+        // ask the cluster, once per topic rather than once per message.
+        let mut verdicts = BTreeMap::new();
+        for topic in timed_out_topics {
+            verdicts.insert(topic, self.probe_timed_out(&producer, topic).await);
+        }
+        messages
+            .iter()
+            .zip(outcomes)
+            .map(|(message, outcome)| match outcome {
+                Outcome::Done(result) => result,
+                Outcome::TimedOut => Err(verdicts
+                    .get(message.destination.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        classify_code(RDKafkaErrorCode::MessageTimedOut, &message.destination)
+                    })),
+            })
+            .collect()
+    }
+
+    async fn ensure_destination(&self, destination: &str) -> std::result::Result<(), PublishError> {
+        let admin = self.admin().await?;
+        let partitions = i32::try_from(self.partitions).unwrap_or(i32::MAX);
+        let replication = i32::try_from(self.replication_factor).unwrap_or(i32::MAX);
+        let topic = NewTopic::new(
+            destination,
+            partitions,
+            TopicReplication::Fixed(replication),
+        );
+        let options = AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = admin
+            .create_topics([&topic], &options)
+            .await
+            .map_err(|e| match e {
+                // The request as a whole failed, e.g. timed out without an answer.
+                KafkaError::AdminOp(code) => classify_code(code, destination),
+                other => PublishError::Unavailable(format!(
+                    "cannot create Kafka topic `{destination}`: {}",
+                    self.settings.scrub(&other.to_string())
+                )),
+            })?;
+        let mut created = true;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = false,
+                Err((_, code)) => return Err(classify_code(code, destination)),
+            }
+        }
+
+        // Wait until the topic is visible to the producer, so a publish right
+        // after this call does not race the cluster's metadata propagation.
+        let producer = self.producer();
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            match fetch_topic_metadata(&producer, destination, PROBE_TIMEOUT).await {
+                Ok(TopicState::Exists { partitions }) => {
+                    if !created && partitions != self.partitions as usize {
+                        tracing::warn!(
+                            messaging.destination.name = destination,
+                            partitions,
+                            configured = self.partitions,
+                            "Kafka topic already exists with a different partition count"
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(TopicState::Missing(_)) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(TopicState::Missing(code)) => {
+                    return Err(PublishError::Unavailable(format!(
+                        "Kafka topic `{destination}` was created but is not visible yet ({code})"
+                    )))
+                }
+                Err(e) => return Err(PublishError::Unavailable(e)),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("settings", &self.settings)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisherBuilder {
+    /// Sets a librdkafka producer property (see librdkafka's
+    /// `CONFIGURATION.md`), overriding the defaults: `enable.idempotence=true`,
+    /// `acks=all`, `partitioner=murmur2_random`, `message.timeout.ms=30000`,
+    /// `compression.codec=none`. Aliases (`compression.type`,
+    /// `delivery.timeout.ms`, `request.required.acks`, `metadata.broker.list`)
+    /// replace the property they stand for.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.settings
+            .insert(canonical_key(key.trim()), value.into());
+        self
+    }
+
+    /// Partition count of topics created by [`Publisher::ensure_destination`]
+    /// (default [`DEFAULT_PARTITIONS`]).
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Replication factor of topics created by [`Publisher::ensure_destination`]
+    /// (default 1).
+    pub fn replication_factor(mut self, replication_factor: u32) -> Self {
+        self.replication_factor = replication_factor;
+        self
+    }
+
+    /// Creates the producer. It connects in the background: an unreachable
+    /// cluster shows up as [`PublishError::Unavailable`] when publishing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for no bootstrap servers, a partition count or
+    /// replication factor of zero, an unknown property or an invalid value.
+    /// Values of secret properties are never part of the message.
+    pub fn build(self) -> Result<KafkaPublisher> {
+        let KafkaPublisherBuilder {
+            settings,
+            partitions,
+            replication_factor,
+        } = self;
+        settings.check_common()?;
+        if partitions == 0 || i32::try_from(partitions).is_err() {
+            return Err(Error::config(format!(
+                "Kafka topic partition count must be between 1 and {}, got {partitions}",
+                i32::MAX
+            )));
+        }
+        if replication_factor == 0 || i32::try_from(replication_factor).is_err() {
+            return Err(Error::config(format!(
+                "Kafka replication factor must be between 1 and {}, got {replication_factor}",
+                i32::MAX
+            )));
+        }
+        let message_timeout = match settings.get("message.timeout.ms") {
+            None => Some(Duration::from_secs(30)),
+            Some(ms) => match ms.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(ms) => Some(Duration::from_millis(ms)),
+                Err(_) => {
+                    return Err(Error::config(format!(
+                        "Kafka property `message.timeout.ms` must be a number of milliseconds, got `{ms}`"
+                    )))
+                }
+            },
+        };
+        let config = settings.client_config();
+        let producer = FutureProducer::from_config(&config)
+            .map_err(|e| config_error(&settings, &e, "producer"))?;
+        Ok(KafkaPublisher {
+            config,
+            settings,
+            producer: RwLock::new(producer),
+            fenced: std::sync::atomic::AtomicBool::new(false),
+            admin: tokio::sync::OnceCell::new(),
+            partitions,
+            replication_factor,
+            message_timeout,
+        })
+    }
+}
+
+impl fmt::Debug for KafkaPublisherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPublisherBuilder")
+            .field("settings", &self.settings)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .finish()
+    }
+}
+
+/// Errors after which the idempotent producer's id/epoch is no good any more.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+    )
+}
+
+fn classify(error: &KafkaError, topic: &str) -> PublishError {
+    match error.rdkafka_error_code() {
+        Some(code) => classify_code(code, topic),
+        // Errors without a code come from the client itself (e.g. a topic name
+        // with a NUL byte): nothing a retry later would fix.
+        None => PublishError::Rejected(format!(
+            "Kafka refused the message to topic `{topic}`: {error}"
+        )),
+    }
+}
+
+fn classify_code(code: RDKafkaErrorCode, topic: &str) -> PublishError {
+    if is_broker_wide(code) {
+        PublishError::Unavailable(format!(
+            "Kafka cluster unavailable for topic `{topic}`: {code}"
+        ))
+    } else {
+        PublishError::Rejected(format!(
+            "Kafka rejected the message to topic `{topic}`: {code}"
+        ))
+    }
+}
+
+/// Whether `code` means the cluster (or our connection to it) cannot take
+/// messages now, as opposed to a problem with this message or its topic.
+///
+/// The relay pauses on the first kind without counting an attempt against the
+/// event, and retries, then parks, on the second.
+///
+/// `Unavailable` — broker-wide, not the message's fault:
+/// - connection and authentication: `BrokerTransportFailure`, `AllBrokersDown`,
+///   `Resolve`, `SSL`, `Authentication`, `SaslAuthenticationFailed`,
+///   `UnsupportedSASLMechanism`, `IllegalSASLState`, `NetworkException`;
+/// - time: `MessageTimedOut` (unless the metadata probe in `publish_batch` finds
+///   the topic missing, see below), `RequestTimedOut`, `OperationTimedOut`,
+///   `TimedOutQueue`, `QueueFull` (only after waiting `message.timeout.ms`);
+/// - replication, leadership, storage: `NotEnoughReplicas`,
+///   `NotEnoughReplicasAfterAppend`, `ISRInsufficient`, `LeaderNotAvailable`,
+///   `NotLeaderForPartition`, `BrokerNotAvailable`, `ReplicaNotAvailable`,
+///   `KafkaStorageError`, leader-epoch, reassignment and coordinator errors;
+/// - producer state: `Fatal` (the producer is then replaced), fencing, producer
+///   epoch and id, `OutOfOrderSequenceNumber`, purges at shutdown;
+/// - cluster-wide settings: `ClusterAuthorizationFailed` (idempotent writes need
+///   it), `InvalidRequiredAcks`, `UnsupportedVersion`, `UnsupportedFeature`,
+///   `ThrottlingQuotaExceeded`, `RebootstrapRequired`.
+///
+/// `Rejected` — this message or its topic:
+/// - size: `MessageSizeTooLarge` (the broker's, and librdkafka's client-side
+///   check against `message.max.bytes`), `InvalidMessageSize`,
+///   `MessageBatchTooLarge` (Kafka's `RECORD_LIST_TOO_LARGE`);
+/// - content: `InvalidMessage` (corrupt), `InvalidRecord`, `InvalidTimestamp`,
+///   `BadMessage`, `BadCompression`, `UnsupportedForMessageFormat`;
+/// - topic: `UnknownTopicOrPartition`, `UnknownTopic`, `UnknownPartition`,
+///   `InvalidTopic`, `TopicAuthorizationFailed`, `PolicyViolation`; a delivery
+///   that timed out while the cluster answers but reports the topic missing;
+/// - topic creation: `InvalidPartitions`, `InvalidReplicationFactor`,
+///   `InvalidReplicaAssignment`, `InvalidConfig`;
+/// - anything not listed as `Unavailable`: a message wrongly parked is visible
+///   and an operator can release it, whereas a message wrongly taken for an
+///   outage would stall every key behind it forever.
+fn is_broker_wide(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        // Connection and authentication.
+        C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::SSL
+            | C::Authentication
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+            | C::NetworkException
+            | C::BrokerDestroy
+            | C::DestroyBroker
+            | C::CriticalSystemResource
+            | C::Interrupted
+            // Timeouts and local back-pressure.
+            | C::MessageTimedOut
+            | C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::TimedOutQueue
+            | C::QueueFull
+            | C::Retry
+            // Replication, leadership, storage.
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::ISRInsufficient
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::BrokerNotAvailable
+            | C::ReplicaNotAvailable
+            | C::PreferredLeaderNotAvailable
+            | C::EligibleLeadersNotAvailable
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
+            | C::KafkaStorageError
+            | C::ReassignmentInProgress
+            | C::NotController
+            | C::CoordinatorLoadInProgress
+            | C::CoordinatorNotAvailable
+            | C::NotCoordinator
+            // Producer state (idempotence) and shutdown.
+            | C::Fatal
+            | C::Fenced
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::UnknownProducerId
+            | C::OutOfOrderSequenceNumber
+            | C::PurgeQueue
+            | C::PurgeInflight
+            // Cluster-wide settings and limits.
+            | C::ClusterAuthorizationFailed
+            | C::InvalidRequiredAcks
+            | C::UnsupportedVersion
+            | C::UnsupportedFeature
+            | C::ThrottlingQuotaExceeded
+            | C::RebootstrapRequired
+    )
+}
+
+/// A message's fate before timeouts are explained.
+enum Outcome {
+    /// Acknowledged or failed for a known reason.
+    Done(std::result::Result<Delivered, PublishError>),
+    /// Not acknowledged within `message.timeout.ms`.
+    TimedOut,
+}
+
+/// What the cluster says about a topic.
+enum TopicState {
+    /// It exists with this many partitions.
+    Exists { partitions: usize },
+    /// It does not exist, or may not be used (the broker's error code).
+    Missing(RDKafkaErrorCode),
+}
+
+/// Asks the cluster about `topic`; `Err` when it does not answer in time.
+async fn fetch_topic_metadata(
+    producer: &FutureProducer,
+    topic: &str,
+    timeout: Duration,
+) -> std::result::Result<TopicState, String> {
+    let producer = producer.clone();
+    let topic = topic.to_owned();
+    // The metadata call blocks its thread until the broker answers.
+    let answer = tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| e.to_string())?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        Ok(match found {
+            None => TopicState::Missing(RDKafkaErrorCode::UnknownTopicOrPartition),
+            Some(t) => match t.error() {
+                Some(err) => TopicState::Missing(err.into()),
+                None if t.partitions().is_empty() => {
+                    TopicState::Missing(RDKafkaErrorCode::UnknownTopicOrPartition)
+                }
+                None => TopicState::Exists {
+                    partitions: t.partitions().len(),
+                },
+            },
+        })
+    })
+    .await;
+    match answer {
+        Ok(result) => match result {
+            // A broker-wide reason (leader election, …) is not "missing".
+            Ok(TopicState::Missing(code)) if is_broker_wide(code) => Err(format!("{code}")),
+            other => other,
+        },
+        Err(e) => Err(format!("metadata request failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_into_unavailable_and_rejected() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::MessageTimedOut,
+            C::NotEnoughReplicas,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::RequestTimedOut,
+        ] {
+            assert!(classify_code(code, "t").is_unavailable(), "{code:?}");
+        }
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidTopic,
+            C::UnknownTopicOrPartition,
+            C::UnknownTopic,
+            C::TopicAuthorizationFailed,
+            C::InvalidRecord,
+            C::InvalidMessage,
+            C::MessageBatchTooLarge,
+        ] {
+            assert!(!classify_code(code, "t").is_unavailable(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let builder = KafkaPublisher::builder("127.0.0.1:1")
+            .set("sasl.password", "hunter2")
+            .set("sasl.oauthbearer.client.secret", "s3cr3t")
+            .set("linger.ms", "5");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(shown.contains("linger.ms"), "{shown}");
+
+        let err = KafkaPublisher::builder("127.0.0.1:1")
+            .set("sasl.password", "hunter2")
+            .set("no.such.property", "hunter2")
+            .build()
+            .expect_err("unknown property");
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        for builder in [
+            KafkaPublisher::builder(""),
+            KafkaPublisher::builder("127.0.0.1:1").partitions(0),
+            KafkaPublisher::builder("127.0.0.1:1").replication_factor(0),
+            KafkaPublisher::builder("127.0.0.1:1").set("message.timeout.ms", "soon"),
+            KafkaPublisher::builder("127.0.0.1:1").set("acks", "most"),
+        ] {
+            let err = builder.build().expect_err("invalid");
+            assert!(matches!(err, Error::Config(_)), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn aliases_replace_the_defaults() {
+        let builder = KafkaPublisher::builder("127.0.0.1:1").set("compression.type", "lz4");
+        assert_eq!(builder.settings.get("compression.codec"), Some("lz4"));
+        assert_eq!(builder.settings.get("compression.type"), None);
+    }
+}
