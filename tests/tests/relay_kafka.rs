@@ -268,3 +268,36 @@ async fn a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source() {
     assert_eq!(step.seq, 7);
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_mode_keeps_published_rows_then_cleans_them_up() {
+    let db = TestDb::migrated().await;
+    let (publisher, prefix, topic, brokers) = setup("retention").await;
+    publish_steps(&db.pool, &steps(300, 10), 300).await;
+    let mut config = test_config(&prefix);
+    config.retention = eventbus::relay::Retention::Keep(Duration::from_secs(2));
+    let relay = spawn_relay(&db.pool, publisher, config);
+    wait_drained(&db.pool, Duration::from_secs(20)).await;
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM eventbus_outbox WHERE state = 'published' AND published_at IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count kept");
+    assert_eq!(kept, 300, "published rows are kept, marked published");
+    assert_eq!(read_all(&brokers, &topic, 300, Duration::from_secs(20)).await.len(), 300);
+    // After the retention window the relay deletes them in batches.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM eventbus_outbox")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count rows");
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left} published rows never cleaned up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.stop().await;
+}

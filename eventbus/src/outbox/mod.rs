@@ -186,6 +186,24 @@ impl Outbox {
     /// Writes `event` into the outbox inside `tx`. It becomes visible to the relay
     /// when `tx` commits and disappears if `tx` rolls back. Returns the event id.
     ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # async fn demo(pool: sqlx::PgPool) -> eventbus::Result<()> {
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(eventbus::Event, Serialize, Deserialize, schemars::JsonSchema)]
+    /// #[event(type = "com.example.stock.reserved", destination = "stock", key = sku)]
+    /// struct StockReserved { sku: String, quantity: u32 }
+    ///
+    /// let outbox = eventbus::Outbox::new().source("urn:service:inventory");
+    /// let mut tx = pool.begin().await?;
+    /// let id = outbox.publish(&mut tx, &StockReserved { sku: "a-1".into(), quantity: 2 }).await?;
+    /// tx.commit().await?;
+    /// println!("event {id} will be relayed");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Serialize`] if the event does not serialize, [`Error::EventTooLarge`]
