@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The only CloudEvents spec version we produce and accept.
@@ -174,19 +175,24 @@ impl Envelope {
         for (name, value) in self.attributes() {
             map.insert(name.to_owned(), Value::String(value));
         }
-        if !self.data.is_empty() {
-            match (self.is_json(), serde_json::from_slice::<Value>(&self.data)) {
-                (true, Ok(value)) => {
-                    map.insert("data".into(), value);
-                }
-                _ => {
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(&self.data);
-                    map.insert("data_base64".into(), Value::String(encoded));
-                }
-            }
+        // JSON data is spliced in byte for byte (a parsed `Value` would reorder
+        // its keys); anything else travels as base64.
+        let raw_json = (!self.data.is_empty() && self.is_json())
+            .then(|| serde_json::from_slice::<&RawValue>(&self.data).ok())
+            .flatten();
+        if raw_json.is_none() && !self.data.is_empty() {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&self.data);
+            map.insert("data_base64".into(), Value::String(encoded));
         }
-        // Serializing a map of strings and parsed values cannot fail.
-        serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
+        // Serializing a map of strings cannot fail.
+        let mut out = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
+        if let Some(raw) = raw_json {
+            out.pop(); // the closing brace; the map always has `specversion`
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(raw.get().as_bytes());
+            out.push(b'}');
+        }
+        out
     }
 
     /// Decodes the CloudEvents JSON structured format.
@@ -197,31 +203,52 @@ impl Envelope {
     /// required attribute missing, an attribute of the wrong type, an unsupported
     /// `specversion`, or both `data` and `data_base64`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(EnvelopeError::InvalidJson)?;
-        let Value::Object(mut map) = value else {
-            return Err(EnvelopeError::NotAnObject(json_kind(&value)));
+        let mut map: BTreeMap<String, &RawValue> = match serde_json::from_slice(bytes) {
+            Ok(map) => map,
+            // Only on the error path: parse again to say what it was instead.
+            Err(e) => {
+                return Err(match serde_json::from_slice::<Value>(bytes) {
+                    Ok(value) => EnvelopeError::NotAnObject(json_kind(&value)),
+                    Err(_) => EnvelopeError::InvalidJson(e),
+                })
+            }
         };
+        let content_type: Option<Value> = map
+            .get("datacontenttype")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok());
         let data = match (map.remove("data"), map.remove("data_base64")) {
             (Some(_), Some(_)) => {
                 return Err(invalid("data", "both `data` and `data_base64` are present"))
             }
-            (Some(Value::String(s)), None) if !is_json_type(map.get("datacontenttype")) => {
-                s.into_bytes()
+            (Some(raw), None) => {
+                let text = raw.get();
+                if text.starts_with('"') && !is_json_type(content_type.as_ref()) {
+                    // A non-JSON payload carried as a JSON string: the string itself.
+                    serde_json::from_str::<String>(text)
+                        .map_err(EnvelopeError::InvalidJson)?
+                        .into_bytes()
+                } else {
+                    text.as_bytes().to_vec()
+                }
             }
-            (Some(v), None) => serde_json::to_vec(&v).map_err(EnvelopeError::InvalidJson)?,
-            (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| invalid("data_base64", format!("not valid base64: {e}")))?,
-            (None, Some(other)) => {
-                return Err(invalid(
-                    "data_base64",
-                    format!("expected a string, found {}", json_kind(&other)),
-                ))
-            }
+            (None, Some(raw)) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::String(b64)) => base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| invalid("data_base64", format!("not valid base64: {e}")))?,
+                Ok(other) => {
+                    return Err(invalid(
+                        "data_base64",
+                        format!("expected a string, found {}", json_kind(&other)),
+                    ))
+                }
+                Err(e) => return Err(EnvelopeError::InvalidJson(e)),
+            },
             (None, None) => Vec::new(),
         };
         let mut attrs = BTreeMap::new();
-        for (name, value) in map {
+        for (name, raw) in map {
+            let value: Value =
+                serde_json::from_str(raw.get()).map_err(EnvelopeError::InvalidJson)?;
             let text = match value {
                 Value::String(s) => s,
                 Value::Bool(b) => b.to_string(),
@@ -404,6 +431,14 @@ mod tests {
         let back = Envelope::from_json(&e.to_json()).expect("valid");
         assert_eq!(back, e);
         assert_eq!(back.schema_version(), Some(2));
+    }
+
+    #[test]
+    fn json_payload_bytes_survive_exactly() {
+        let mut e = sample();
+        e.data = br#"{"zeta":1,"alpha":{"b":2,"a":1}}"#.to_vec();
+        let back = Envelope::from_json(&e.to_json()).expect("valid");
+        assert_eq!(back.data, e.data, "key order and spacing are kept");
     }
 
     #[test]
