@@ -104,21 +104,33 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
             }
             seen.push(name.clone());
             let result = match name.as_str() {
-                "type" => string(&value, "`type` takes a string, e.g. `type = \"com.example.order.placed\"`")
-                    .and_then(|lit| validate_type(&lit).map(|()| ty = Some(lit))),
+                "type" => string(
+                    &value,
+                    "`type` takes a string, e.g. `type = \"com.example.order.placed\"`",
+                )
+                .and_then(|lit| validate_type(&lit).map(|()| ty = Some(lit))),
                 "version" => positive(&value).map(|v| version = Some(v)),
-                "destination" => string(&value, "`destination` takes a string, e.g. `destination = \"orders\"`")
-                    .and_then(|lit| {
-                        if lit.value().trim().is_empty() {
-                            Err(syn::Error::new(lit.span(), "`destination` must not be empty"))
-                        } else {
-                            destination = Some(lit);
-                            Ok(())
-                        }
-                    }),
+                "destination" => string(
+                    &value,
+                    "`destination` takes a string, e.g. `destination = \"orders\"`",
+                )
+                .and_then(|lit| {
+                    if lit.value().trim().is_empty() {
+                        Err(syn::Error::new(
+                            lit.span(),
+                            "`destination` must not be empty",
+                        ))
+                    } else {
+                        destination = Some(lit);
+                        Ok(())
+                    }
+                }),
                 "key" => field_name(&value).map(|ident| key = Some(ident)),
-                _ => string(&value, "`crate` takes a path in a string, e.g. `crate = \"::eventbus\"`")
-                    .and_then(|lit| lit.parse::<Path>().map(|p| krate = Some(p))),
+                _ => string(
+                    &value,
+                    "`crate` takes a path in a string, e.g. `crate = \"::eventbus\"`",
+                )
+                .and_then(|lit| lit.parse::<Path>().map(|p| krate = Some(p))),
             };
             if let Err(e) = result {
                 errors.push(e);
@@ -137,8 +149,14 @@ fn parse_attrs(input: &DeriveInput) -> syn::Result<EventAttrs> {
         )),
         Some(span) => {
             let hints = [
-                ("type", "the CloudEvents type, e.g. `type = \"com.example.order.placed\"`"),
-                ("destination", "the topic or exchange, e.g. `destination = \"orders\"`"),
+                (
+                    "type",
+                    "the CloudEvents type, e.g. `type = \"com.example.order.placed\"`",
+                ),
+                (
+                    "destination",
+                    "the topic or exchange, e.g. `destination = \"orders\"`",
+                ),
                 ("key", "the field that orders events, e.g. `key = order_id`"),
             ];
             for (what, hint) in hints {
@@ -214,11 +232,9 @@ fn positive(value: &Expr) -> syn::Result<u32> {
 
 fn field_name(value: &Expr) -> syn::Result<Ident> {
     match value {
-        Expr::Path(p) if p.qself.is_none() => p
-            .path
-            .get_ident()
-            .cloned()
-            .ok_or_else(|| syn::Error::new_spanned(p, "`key` takes a field name, e.g. `key = order_id`")),
+        Expr::Path(p) if p.qself.is_none() => p.path.get_ident().cloned().ok_or_else(|| {
+            syn::Error::new_spanned(p, "`key` takes a field name, e.g. `key = order_id`")
+        }),
         other => Err(syn::Error::new_spanned(
             other,
             "`key` takes a field name without quotes, e.g. `key = order_id`",

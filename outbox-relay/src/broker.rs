@@ -3,12 +3,16 @@
 
 use std::sync::Arc;
 
-use eventbus::transport::kafka::KafkaPublisher;
-use eventbus::transport::rabbitmq::RabbitPublisher;
+use eventbus::transport::kafka::{KafkaPublisher, KafkaSubscriber};
+use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
+use eventbus::transport::Subscriber;
 use eventbus::{Error, Publisher, Result};
 
 /// Builds the publisher a broker URL names.
-pub(crate) async fn connect(url: &str, producer: &[(String, String)]) -> Result<Arc<dyn Publisher>> {
+pub(crate) async fn connect(
+    url: &str,
+    producer: &[(String, String)],
+) -> Result<Arc<dyn Publisher>> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| Error::Config(format!("broker URL `{}` has no scheme", redact(url))))?;
@@ -16,7 +20,9 @@ pub(crate) async fn connect(url: &str, producer: &[(String, String)]) -> Result<
         "kafka" => {
             let servers = rest.trim_end_matches('/');
             if servers.is_empty() {
-                return Err(Error::Config("kafka:// URL names no bootstrap server".into()));
+                return Err(Error::Config(
+                    "kafka:// URL names no bootstrap server".into(),
+                ));
             }
             let mut builder = KafkaPublisher::builder(servers);
             for (k, v) in producer {
@@ -27,6 +33,33 @@ pub(crate) async fn connect(url: &str, producer: &[(String, String)]) -> Result<
         "amqp" | "amqps" => Ok(Arc::new(RabbitPublisher::connect(url).await?)),
         other => Err(Error::Config(format!(
             "unsupported broker scheme `{other}`: use kafka://, amqp:// or amqps://"
+        ))),
+    }
+}
+
+/// Subscribes consumer group `group` to `destination` on the broker a URL names.
+pub(crate) async fn subscribe(
+    url: &str,
+    group: &str,
+    destination: &str,
+) -> Result<Box<dyn Subscriber>> {
+    match url.split_once("://") {
+        Some(("kafka", servers)) => Ok(Box::new(
+            KafkaSubscriber::builder(servers.trim_end_matches('/'))
+                .group(group)
+                .topics([destination])
+                .build()?,
+        )),
+        Some(("amqp" | "amqps", _)) => Ok(Box::new(
+            RabbitSubscriber::builder(url)
+                .group(group)
+                .bind_all(destination)
+                .connect()
+                .await?,
+        )),
+        _ => Err(Error::Config(format!(
+            "unsupported broker URL `{}`: use kafka://, amqp:// or amqps://",
+            redact(url)
         ))),
     }
 }

@@ -16,7 +16,12 @@ use serde::Deserialize;
 #[derive(Debug, Args)]
 pub(crate) struct Common {
     /// PostgreSQL URL of the database holding the outbox.
-    #[arg(long, env = "EVENTBUS_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EVENTBUS_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub(crate) database_url: Option<String>,
 
     /// Outbox table (`table` or `schema.table`) [default: eventbus_outbox].
@@ -151,7 +156,9 @@ pub(crate) fn database_url(common: &Common, file: &FileConfig) -> Result<String>
         .clone()
         .or_else(|| file.database_url.clone())
         .ok_or_else(|| {
-            Error::Config("a database URL is required: --database-url or EVENTBUS_DATABASE_URL".into())
+            Error::Config(
+                "a database URL is required: --database-url or EVENTBUS_DATABASE_URL".into(),
+            )
         })
 }
 
@@ -170,7 +177,9 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
         .broker
         .clone()
         .or_else(|| file.broker.clone())
-        .ok_or_else(|| Error::Config("a broker URL is required: --broker or EVENTBUS_BROKER".into()))?;
+        .ok_or_else(|| {
+            Error::Config("a broker URL is required: --broker or EVENTBUS_BROKER".into())
+        })?;
     let mut relay = RelayConfig {
         table: table(common, &file)?,
         ..RelayConfig::default()
@@ -206,7 +215,8 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
     if let Some(v) = run.destination_prefix.clone().or(file.destination_prefix) {
         relay.destination_prefix = v;
     }
-    relay.create_destinations = !run.no_create_destinations && file.create_destinations.unwrap_or(true);
+    relay.create_destinations =
+        !run.no_create_destinations && file.create_destinations.unwrap_or(true);
     relay.destination_map = file.destinations;
     relay.validate()?;
 
@@ -246,7 +256,11 @@ mod tests {
              [destinations]\norders = \"shop.orders\"\n[producer]\n\"linger.ms\" = \"5\"\n",
         )
         .expect("valid");
-        let common = Common { database_url: None, outbox_table: None, config: None };
+        let common = Common {
+            database_url: None,
+            outbox_table: None,
+            config: None,
+        };
         let run = RunArgs {
             broker: None,
             http: None,

@@ -51,7 +51,11 @@ async fn answer(mut stream: TcpStream, metrics: &RelayMetrics) -> std::io::Resul
             if metrics.snapshot().database_available {
                 ("200 OK", "text/plain", "ready\n".to_owned())
             } else {
-                ("503 Service Unavailable", "text/plain", "database unreachable\n".to_owned())
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "database unreachable\n".to_owned(),
+                )
             }
         }
         ("GET", "/metrics") => (
@@ -60,7 +64,11 @@ async fn answer(mut stream: TcpStream, metrics: &RelayMetrics) -> std::io::Resul
             metrics.render_prometheus(),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".to_owned(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

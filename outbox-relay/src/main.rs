@@ -47,6 +47,30 @@ enum Command {
         #[command(subcommand)]
         action: FailedAction,
     },
+    /// Work with consumers' dead-letter destinations (`<destination>.dlq`).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Publish the dead letters of DESTINATION back to it (after fixing the
+    /// consumer), until none arrives for `--idle-ms`.
+    Replay {
+        /// The original destination; its dead letters are read from `DESTINATION.dlq`.
+        destination: String,
+        /// Broker URL, as for `run`.
+        #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
+        broker: String,
+        /// Consumer group (Kafka group id / RabbitMQ queue) reading the dead letters.
+        #[arg(long, default_value = "eventbus-dlq-replay")]
+        group: String,
+        /// Stop after this long without a dead letter.
+        #[arg(long, default_value_t = 5000)]
+        idle_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,12 +148,16 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Dlq { action } => dlq(action).await,
         Command::Failed { action } => {
             let admin = admin(&cli.common, &file).await?;
             match action {
                 FailedAction::List { limit } => {
                     let rows = admin.failed(limit).await?;
-                    println!("{:>10}  {:<36}  {:<20}  {:<24}  {:>8}  error", "id", "event id", "key", "type", "attempts");
+                    println!(
+                        "{:>10}  {:<36}  {:<20}  {:<24}  {:>8}  error",
+                        "id", "event id", "key", "type", "attempts"
+                    );
                     for r in &rows {
                         println!(
                             "{:>10}  {:<36}  {:<20}  {:<24}  {:>8}  {}",
@@ -143,9 +171,34 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     println!("{} parked", rows.len());
                 }
-                FailedAction::Retry { ids } => println!("{} released for retry", admin.retry(&ids).await?),
+                FailedAction::Retry { ids } => {
+                    println!("{} released for retry", admin.retry(&ids).await?)
+                }
                 FailedAction::Skip { ids } => println!("{} skipped", admin.skip(&ids).await?),
             }
+            Ok(())
+        }
+    }
+}
+
+async fn dlq(action: DlqAction) -> Result<()> {
+    match action {
+        DlqAction::Replay {
+            destination,
+            broker,
+            group,
+            idle_ms,
+        } => {
+            let dead = eventbus::consumer::dead_letter::destination_of(&destination);
+            let publisher = broker::connect(&broker, &[]).await?;
+            let mut subscriber = broker::subscribe(&broker, &group, &dead).await?;
+            let (redriven, skipped) = eventbus::consumer::dead_letter::redrive(
+                subscriber.as_mut(),
+                publisher.as_ref(),
+                std::time::Duration::from_millis(idle_ms),
+            )
+            .await?;
+            println!("{redriven} re-driven to {destination}, {skipped} left in {dead}");
             Ok(())
         }
     }

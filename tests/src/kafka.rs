@@ -1,11 +1,14 @@
-//! Kafka helpers for the integration suites: a publisher with test-friendly
-//! settings, reading a topic back from the beginning without joining a consumer
-//! group, topic metadata, and the Java client's key partitioner.
+//! Kafka helpers for the integration suites: a publisher and a subscriber with
+//! test-friendly settings, reading a topic back from the beginning without
+//! joining a consumer group, topic metadata, and the Java client's key
+//! partitioner.
 
 use std::time::{Duration, Instant};
 
 use eventbus::transport::kafka::rdkafka;
-use eventbus::transport::kafka::{KafkaPublisher, KafkaPublisherBuilder};
+use eventbus::transport::kafka::{
+    KafkaPublisher, KafkaPublisherBuilder, KafkaSubscriber, KafkaSubscriberBuilder,
+};
 use eventbus::Publisher;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,6 +36,46 @@ pub async fn publisher_with_topic(brokers: &str, topic: &str, partitions: u32) -
         .await
         .unwrap_or_else(|e| panic!("create Kafka topic `{topic}`: {e}"));
     publisher
+}
+
+/// Group timeouts of test subscribers: a killed member's partitions move on
+/// after a few seconds, and tansu's coordinator completes joins quickly (it
+/// waits up to `max.poll.interval.ms` for members to rejoin).
+pub const TEST_GROUP_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// A [`eventbus::transport::Subscriber`] for consumer group `group` on `topics`,
+/// at most `max_in_flight` messages unsettled, with test-friendly group
+/// timeouts ([`TEST_GROUP_TIMEOUT`]). Panics on invalid settings.
+pub async fn subscriber(
+    brokers: &str,
+    group: &str,
+    topics: &[&str],
+    max_in_flight: usize,
+) -> Box<dyn eventbus::transport::Subscriber> {
+    Box::new(
+        subscriber_builder(brokers, group, topics, max_in_flight)
+            .build()
+            .unwrap_or_else(|e| {
+                panic!("cannot subscribe group {group} to {topics:?} on Kafka: {e}")
+            }),
+    )
+}
+
+/// The builder behind [`subscriber`], for tests that need more settings.
+pub fn subscriber_builder(
+    brokers: &str,
+    group: &str,
+    topics: &[&str],
+    max_in_flight: usize,
+) -> KafkaSubscriberBuilder {
+    KafkaSubscriber::builder(brokers)
+        .group(group)
+        .topics(topics.iter().copied())
+        .max_in_flight(max_in_flight)
+        .session_timeout(TEST_GROUP_TIMEOUT)
+        .max_poll_interval(TEST_GROUP_TIMEOUT)
+        // A crash repeats at most a second of work (librdkafka's default: 5 s).
+        .set("auto.commit.interval.ms", "1000")
 }
 
 /// Consumer settings that suit tansu as well as Kafka: a fresh group id that is
@@ -148,6 +191,43 @@ pub async fn partition_count(brokers: &str, topic: &str) -> Option<usize> {
     })
     .await
     .expect("Kafka metadata thread")
+}
+
+/// The sum over the partitions of `topic` of the offsets consumer group
+/// `group` has committed (0 where it committed nothing): on a fresh topic, how
+/// many messages the group is done with. Reads the offsets without joining the
+/// group.
+///
+/// (Compare it with the number of messages produced, not with the high
+/// watermarks: tansu reports the base offset of the last record batch there.)
+///
+/// # Panics
+///
+/// If the cluster does not answer.
+pub async fn committed_total(brokers: &str, group: &str, topic: &str) -> i64 {
+    let mut config = consumer_config(brokers);
+    config.set("group.id", group);
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().expect("create Kafka consumer");
+        let mut list = TopicPartitionList::new();
+        for partition in partition_ids(&consumer, &topic) {
+            list.add_partition(&topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, METADATA_TIMEOUT)
+            .unwrap_or_else(|e| panic!("committed offsets of group {group}: {e}"));
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    })
+    .await
+    .expect("Kafka offsets thread")
 }
 
 /// The value of header `name` of `message` as text, if present and UTF-8.

@@ -14,7 +14,9 @@ use eventbus::transport::rabbitmq::lapin::options::{
 };
 use eventbus::transport::rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use eventbus::transport::rabbitmq::lapin::{Channel, Connection, Consumer, ExchangeKind};
-use eventbus::transport::rabbitmq::{connection_properties, envelope_from_delivery};
+use eventbus::transport::rabbitmq::{
+    connection_properties, envelope_from_delivery, RabbitSubscriber, RabbitSubscriberBuilder,
+};
 use eventbus::Envelope;
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -230,6 +232,58 @@ impl TestQueue {
             .await;
         let _ = self.connection.close(200, "test done").await;
     }
+}
+
+/// A [`eventbus::transport::Subscriber`] for consumer group `group` (its
+/// durable queue) bound to each of `exchanges` with every routing key, at most
+/// `prefetch` messages unacknowledged. Panics when the broker cannot be reached.
+///
+/// The queue expires ten minutes after its last subscriber left, so groups of
+/// aborted tests do not stay on the shared broker; every subscriber of a group
+/// made here declares it the same way.
+pub async fn subscriber(
+    url: &str,
+    group: &str,
+    exchanges: &[&str],
+    prefetch: usize,
+) -> Box<dyn eventbus::transport::Subscriber> {
+    Box::new(
+        subscriber_builder(url, group, exchanges, prefetch)
+            .connect()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot subscribe group {group} to {exchanges:?} on RabbitMQ: {e}")
+            }),
+    )
+}
+
+/// The builder behind [`subscriber`], for tests that need more options (single
+/// active consumer, lanes).
+pub fn subscriber_builder(
+    url: &str,
+    group: &str,
+    exchanges: &[&str],
+    prefetch: usize,
+) -> RabbitSubscriberBuilder {
+    let mut builder = RabbitSubscriber::builder(url)
+        .group(group)
+        .prefetch(prefetch)
+        .queue_expires(Duration::from_millis(QUEUE_EXPIRES_MS as u64));
+    for exchange in exchanges {
+        builder = builder.bind_all(*exchange);
+    }
+    builder
+}
+
+/// Deletes the queue of consumer group `group` (test clean-up; errors are ignored).
+pub async fn delete_group(group: &str) {
+    let connection = connect().await;
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = channel
+            .queue_delete(group, QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "test clean-up").await;
 }
 
 /// The `host:port` of an AMQP (or any `scheme://user:pass@host:port/…`) URL.

@@ -10,7 +10,9 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 /// The event the relay suites publish: `seq` counts up per `key`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, eventbus::Event)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, eventbus::Event,
+)]
 #[event(type = "com.example.test.step", version = 1, destination = "steps", key = key)]
 pub struct Step {
     /// Ordering key.
@@ -69,7 +71,11 @@ pub fn test_config(prefix: &str) -> RelayConfig {
 }
 
 /// Starts a relay over `pool` publishing through `publisher`.
-pub fn spawn_relay(pool: &PgPool, publisher: Arc<dyn Publisher>, config: RelayConfig) -> RunningRelay {
+pub fn spawn_relay(
+    pool: &PgPool,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+) -> RunningRelay {
     let store = PgRelayStore::new(pool.clone(), config.table.clone());
     let relay = Relay::new(Arc::new(store), publisher, config).expect("valid relay config");
     let metrics = relay.metrics();
@@ -118,7 +124,10 @@ pub async fn wait_drained(pool: &PgPool, timeout: Duration) {
         if n == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{n} rows still pending after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{n} rows still pending after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

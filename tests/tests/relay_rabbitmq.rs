@@ -38,14 +38,21 @@ async fn relays_100k_events_over_1000_keys_in_order() {
         .map(|d| serde_json::from_slice(&d.data).expect("a Step"))
         .collect();
     wait_drained(&db.pool, Duration::from_secs(30)).await;
-    assert_eq!(assert_per_key_order(&received), 0, "no duplicates without faults");
+    assert_eq!(
+        assert_per_key_order(&received),
+        0,
+        "no duplicates without faults"
+    );
     queue.assert_empty(Duration::from_millis(500)).await;
     assert_eq!(relay.metrics.published_total(), 100_000);
     relay.stop().await;
     queue.delete().await;
 }
 
-fn header(props: &eventbus::transport::rabbitmq::lapin::BasicProperties, name: &str) -> Option<String> {
+fn header(
+    props: &eventbus::transport::rabbitmq::lapin::BasicProperties,
+    name: &str,
+) -> Option<String> {
     let headers = props.headers().as_ref()?;
     match headers.inner().get(name)? {
         AMQPValue::LongString(s) => Some(s.to_string()),
@@ -65,16 +72,27 @@ async fn relayed_messages_follow_the_cloudevents_amqp_binding() {
         tracestate: Some("vendor=1".into()),
         ..eventbus::Metadata::default()
     };
-    let event = Step { key: "order-9".into(), seq: 4, pad: String::new() };
+    let event = Step {
+        key: "order-9".into(),
+        seq: 4,
+        pad: String::new(),
+    };
     let mut tx = db.pool.begin().await.expect("begin");
-    let id = outbox.publish_with(&mut tx, &event, &meta).await.expect("publish");
+    let id = outbox
+        .publish_with(&mut tx, &event, &meta)
+        .await
+        .expect("publish");
     tx.commit().await.expect("commit");
 
     let relay = spawn_relay(&db.pool, publisher, test_config(&prefix));
     let deliveries = queue.read(1, Duration::from_secs(20)).await;
     let d = &deliveries[0];
     let p = &d.properties;
-    assert_eq!(d.routing_key.as_str(), Step::TYPE, "routing key = event type");
+    assert_eq!(
+        d.routing_key.as_str(),
+        Step::TYPE,
+        "routing key = event type"
+    );
     assert_eq!(header(p, "ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(header(p, "ce-id"), Some(id.to_string()));
     assert_eq!(header(p, "ce-source").as_deref(), Some("urn:test:orders"));
@@ -84,10 +102,17 @@ async fn relayed_messages_follow_the_cloudevents_amqp_binding() {
     assert_eq!(header(p, "ce-dataschema"), Some(Step::dataschema()));
     assert_eq!(header(p, "traceparent"), meta.traceparent);
     assert_eq!(header(p, "tracestate"), meta.tracestate);
-    assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
-    assert_eq!(p.message_id().as_ref().map(|s| s.to_string()), Some(id.to_string()));
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.to_string()),
+        Some(id.to_string())
+    );
     assert_eq!(*p.delivery_mode(), Some(2), "persistent");
-    let envelope = eventbus::transport::rabbitmq::envelope_from_delivery(p, &d.data).expect("a CloudEvent");
+    let envelope =
+        eventbus::transport::rabbitmq::envelope_from_delivery(p, &d.data).expect("a CloudEvent");
     let decoded: Step = serde_json::from_slice(&envelope.data).expect("payload");
     assert_eq!(decoded, event);
     relay.stop().await;

@@ -4,13 +4,18 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::outbox::{Metadata, Outbox, OutboxDatabase};
+
+/// The handler's transaction, locked for as long as this guard lives:
+/// dereferences to [`sqlx::Transaction`] (`&mut **guard` is an executor).
+pub type TransactionGuard<DB> =
+    OwnedMappedMutexGuard<Option<sqlx::Transaction<'static, DB>>, sqlx::Transaction<'static, DB>>;
 
 /// The handler's view of the message being handled. Cheap to clone; all clones
 /// share one transaction, which the consumer commits after the handler
@@ -25,7 +30,10 @@ struct Inner<DB: sqlx::Database> {
     envelope: Envelope,
     attempt: u32,
     outbox: Outbox,
-    tx: Mutex<Option<sqlx::Transaction<'static, DB>>>,
+    /// Shared with the guards [`Context::tx`] hands out: an owned guard (unlike
+    /// a borrowed one) is `Send` across the handler's `.await`s, which a
+    /// borrowed `MappedMutexGuard` is not for a transaction type with a lifetime.
+    tx: Arc<Mutex<Option<sqlx::Transaction<'static, DB>>>>,
 }
 
 impl<DB: sqlx::Database> Clone for Context<DB> {
@@ -48,7 +56,7 @@ impl<DB: sqlx::Database> Context<DB> {
                 envelope,
                 attempt,
                 outbox,
-                tx: Mutex::new(Some(tx)),
+                tx: Arc::new(Mutex::new(Some(tx))),
             }),
         }
     }
@@ -77,8 +85,9 @@ impl<DB: sqlx::Database> Context<DB> {
     /// # Errors
     ///
     /// [`Error::Config`] if called after the handler finished.
-    pub async fn tx(&self) -> Result<MappedMutexGuard<'_, sqlx::Transaction<'static, DB>>> {
-        MutexGuard::try_map(self.inner.tx.lock().await, Option::as_mut)
+    pub async fn tx(&self) -> Result<TransactionGuard<DB>> {
+        let guard = Arc::clone(&self.inner.tx).lock_owned().await;
+        OwnedMutexGuard::try_map(guard, Option::as_mut)
             .map_err(|_| Error::config("the handler's transaction is already finished"))
     }
 

@@ -91,47 +91,70 @@ pub fn original(dead: &Envelope) -> Option<(String, Envelope)> {
 /// Re-drives dead letters: reads `subscriber` (subscribed to `*.dlq`
 /// destinations) and publishes each original event back to the destination it
 /// came from, until no message arrives for `idle`. Returns how many were
-/// re-driven. Undecodable dead letters are given back untouched and counted in
-/// the second number.
+/// re-driven, and how many dead letters were skipped because they cannot be
+/// re-driven (undecodable originals, messages that are not dead letters).
+///
+/// Skipped dead letters are held unsettled until the run ends and then given
+/// back untouched, so that none comes round again during the run (which would
+/// count it twice, or stop the run before the letters behind it). Each one
+/// takes a slot of the subscriber's in-flight bound (prefetch): with more of
+/// them than that bound in a row, the run sees nothing more and ends on `idle`.
 ///
 /// # Errors
 ///
 /// [`crate::Error::Publish`] if the broker refuses a re-driven event (that dead
-/// letter is given back and the run stops).
+/// letter is given back and the run stops); any error of the subscriber.
 pub async fn redrive(
     subscriber: &mut dyn crate::transport::Subscriber,
     publisher: &dyn crate::transport::Publisher,
     idle: std::time::Duration,
 ) -> crate::Result<(u64, u64)> {
     let mut redriven = 0;
-    let mut skipped = 0;
-    let mut seen_skipped = std::collections::HashSet::new();
+    let mut held = Vec::new();
+    let result = redrive_until_idle(subscriber, publisher, idle, &mut redriven, &mut held).await;
+    let skipped = held.len() as u64;
+    // Not something we can put back: give it back for a human.
+    let mut released = Ok(());
+    for settle in held {
+        released = released.and(settle.release().await);
+    }
+    result?;
+    released?;
+    subscriber.close().await?;
+    Ok((redriven, skipped))
+}
+
+async fn redrive_until_idle(
+    subscriber: &mut dyn crate::transport::Subscriber,
+    publisher: &dyn crate::transport::Publisher,
+    idle: std::time::Duration,
+    redriven: &mut u64,
+    held: &mut Vec<Box<dyn crate::transport::Settle>>,
+) -> crate::Result<()> {
     loop {
         let next = tokio::time::timeout(idle, subscriber.next()).await;
         let message = match next {
-            Err(_) | Ok(None) => break,
+            Err(_) | Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(e),
             Ok(Some(Ok(m))) => m,
         };
         let original = message.envelope.as_ref().ok().and_then(original);
         let Some((origin, envelope)) = original else {
-            // Not something we can put back: leave it for a human.
-            let id = message.envelope.as_ref().map(|e| e.id.clone()).unwrap_or_default();
-            message.settle.release().await?;
-            skipped += 1;
-            if !seen_skipped.insert(id) {
-                break; // it came round again: only such messages are left
-            }
+            held.push(message.settle);
             continue;
         };
         let out = OutgoingMessage {
             destination: origin,
             envelope,
         };
-        match publisher.publish_batch(std::slice::from_ref(&out)).await.pop() {
+        match publisher
+            .publish_batch(std::slice::from_ref(&out))
+            .await
+            .pop()
+        {
             Some(Ok(_)) => {
                 message.settle.ack().await?;
-                redriven += 1;
+                *redriven += 1;
             }
             Some(Err(e)) => {
                 message.settle.release().await?;
@@ -139,10 +162,8 @@ pub async fn redrive(
             }
             None => {
                 message.settle.release().await?;
-                break;
+                return Ok(());
             }
         }
     }
-    subscriber.close().await?;
-    Ok((redriven, skipped))
 }

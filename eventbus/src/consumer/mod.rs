@@ -27,7 +27,7 @@ use crate::outbox::{Outbox, OutboxDatabase};
 use crate::table::TableName;
 use crate::transport::{OutgoingMessage, PublishError, Publisher, Received, Subscriber};
 
-pub use context::Context;
+pub use context::{Context, TransactionGuard};
 pub use metrics::ConsumerMetrics;
 pub use retry::RetryPolicy;
 
@@ -122,6 +122,7 @@ struct Shared<DB: sqlx::Database> {
     stopped: std::sync::atomic::AtomicBool,
 }
 
+#[cfg(feature = "postgres")]
 impl Consumer<sqlx::Postgres> {
     /// Starts building a consumer for group `group` (Kafka `group.id`, RabbitMQ
     /// queue name); also the inbox's consumer name.
@@ -275,8 +276,10 @@ where
     /// (retried, dead-lettered) and never ends the loop.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.shared.max_in_flight));
-        let mut lanes: HashMap<u64, mpsc::UnboundedSender<(Received, tokio::sync::OwnedSemaphorePermit)>> =
-            HashMap::new();
+        let mut lanes: HashMap<
+            u64,
+            mpsc::UnboundedSender<(Received, tokio::sync::OwnedSemaphorePermit)>,
+        > = HashMap::new();
         let mut workers = tokio::task::JoinSet::new();
         let pace = self
             .shared
@@ -371,13 +374,19 @@ where
         let outcome = match envelope {
             Err(e) => {
                 let reason = format!("not a CloudEvent: {e}");
-                self.dead_letter(dead_letter::for_body(&body, &destination, &self.group, &reason))
-                    .await
+                self.dead_letter(dead_letter::for_body(
+                    &body,
+                    &destination,
+                    &self.group,
+                    &reason,
+                ))
+                .await
             }
             Ok(envelope) => {
                 if self.mode == DeliveryMode::AtMostOnce {
-                    // Acknowledge first: from here on the broker will not repeat it.
-                    if let Err(e) = settle.ack().await {
+                    // Acknowledge first, durably: from here on the broker will
+                    // not repeat it, even if this process dies next.
+                    if let Err(e) = settle.ack_durably().await {
                         tracing::warn!(error = %e, "acknowledging failed; skipping the message");
                         return;
                     }
@@ -406,8 +415,14 @@ where
                 UnknownTypes::Skip => Outcome::Handled,
                 UnknownTypes::DeadLetter => {
                     let reason = format!("no handler for event type `{}`", envelope.event_type);
-                    self.dead_letter(dead_letter::for_event(&envelope, destination, &self.group, 0, &reason))
-                        .await
+                    self.dead_letter(dead_letter::for_event(
+                        &envelope,
+                        destination,
+                        &self.group,
+                        0,
+                        &reason,
+                    ))
+                    .await
                 }
             };
         };
@@ -418,7 +433,13 @@ where
                 envelope.event_type, registration.version
             );
             return self
-                .dead_letter(dead_letter::for_event(&envelope, destination, &self.group, 0, &reason))
+                .dead_letter(dead_letter::for_event(
+                    &envelope,
+                    destination,
+                    &self.group,
+                    0,
+                    &reason,
+                ))
                 .await;
         }
         let mut attempt = 1;
@@ -439,7 +460,13 @@ where
             };
             let Some(delay) = delay else {
                 return self
-                    .dead_letter(dead_letter::for_event(&envelope, destination, &self.group, attempt, &reason))
+                    .dead_letter(dead_letter::for_event(
+                        &envelope,
+                        destination,
+                        &self.group,
+                        attempt,
+                        &reason,
+                    ))
                     .await;
             };
             self.metrics.retried();
@@ -481,7 +508,9 @@ where
                 tx.commit().await.map_err(|e| transient(e.into()))?;
                 Ok(Outcome::Handled)
             }
-            (Ok(()), None) => Err(Failure::Transient("the handler's transaction vanished".into())),
+            (Ok(()), None) => Err(Failure::Transient(
+                "the handler's transaction vanished".into(),
+            )),
             (Err(f), tx) => {
                 if let Some(tx) = tx {
                     let _ = tx.rollback().await;
@@ -503,15 +532,24 @@ where
         {
             let mut known = self.dead_letter_destinations.lock().await;
             if !known.contains(&message.destination) {
-                match self.dead_letters.ensure_destination(&message.destination).await {
+                match self
+                    .dead_letters
+                    .ensure_destination(&message.destination)
+                    .await
+                {
                     Ok(()) => {
                         known.insert(message.destination.clone());
                     }
-                    Err(e) => tracing::warn!(destination = %message.destination, error = %e, "cannot create dead-letter destination"),
+                    Err(e) => {
+                        tracing::warn!(destination = %message.destination, error = %e, "cannot create dead-letter destination")
+                    }
                 }
             }
         }
-        let results = self.dead_letters.publish_batch(std::slice::from_ref(&message)).await;
+        let results = self
+            .dead_letters
+            .publish_batch(std::slice::from_ref(&message))
+            .await;
         match results.into_iter().next() {
             Some(Ok(_)) => {
                 tracing::warn!(group = %self.group, id = %message.envelope.id, destination = %message.destination, %reason, "dead-lettered");

@@ -53,9 +53,8 @@ impl RetryPolicy {
             return Some(self.immediate_delay);
         }
         let delayed = retry - self.immediate;
-        (delayed <= self.delayed).then(|| {
-            crate::relay::exponential(self.delayed_initial, self.delayed_max, delayed - 1)
-        })
+        (delayed <= self.delayed)
+            .then(|| crate::relay::exponential(self.delayed_initial, self.delayed_max, delayed - 1))
     }
 
     /// Total attempts a message gets, the first included.

@@ -186,8 +186,9 @@ impl Inbox {
     ) -> Result<u64> {
         let mut total = 0;
         loop {
-            let n = DB::delete_older_than(pool, &self.table, &self.consumer, older_than, batch.max(1))
-                .await?;
+            let n =
+                DB::delete_older_than(pool, &self.table, &self.consumer, older_than, batch.max(1))
+                    .await?;
             total += n;
             if n < batch.max(1) as u64 {
                 return Ok(total);

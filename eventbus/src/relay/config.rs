@@ -119,7 +119,11 @@ impl RelayConfig {
 
     /// The retry delay after `attempts` failed attempts (exponential, capped).
     pub fn retry_delay(&self, attempts: u32) -> Duration {
-        exponential(self.retry_initial, self.retry_max, attempts.saturating_sub(1))
+        exponential(
+            self.retry_initial,
+            self.retry_max,
+            attempts.saturating_sub(1),
+        )
     }
 }
 
@@ -159,7 +163,8 @@ mod tests {
             destination_prefix: "prod.".into(),
             ..RelayConfig::default()
         };
-        c.destination_map.insert("orders".into(), "shop-orders".into());
+        c.destination_map
+            .insert("orders".into(), "shop-orders".into());
         assert_eq!(c.broker_destination("orders"), "prod.shop-orders");
         assert_eq!(c.broker_destination("payments"), "prod.payments");
     }

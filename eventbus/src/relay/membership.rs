@@ -186,7 +186,10 @@ mod tests {
         let partitions: Vec<i32> = (0..8).collect();
         let mut live = vec![Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         live.sort();
-        let sets: Vec<_> = live.iter().map(|me| assign(&partitions, &live, *me)).collect();
+        let sets: Vec<_> = live
+            .iter()
+            .map(|me| assign(&partitions, &live, *me))
+            .collect();
         let mut all: Vec<i32> = sets.iter().flatten().copied().collect();
         all.sort_unstable();
         assert_eq!(all, partitions, "every partition exactly once");

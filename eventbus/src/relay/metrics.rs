@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the publish-latency histogram buckets.
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Live figures of one relay. Cheap to update from the hot path.
 #[derive(Debug, Default)]
@@ -106,13 +108,36 @@ impl RelayMetrics {
         let mut out = String::new();
         let snap = self.snapshot();
         let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         };
-        counter("eventbus_relay_published_total", "Events acknowledged by the broker.", self.published_total());
-        counter("eventbus_relay_rejected_total", "Publish attempts rejected by the broker.", self.rejected_total());
-        counter("eventbus_relay_parked_total", "Rows parked as failed after their last attempt.", self.parked_total());
-        counter("eventbus_relay_broker_outages_total", "Batches that found the broker unavailable.", self.outages.load(Ordering::Relaxed));
-        counter("eventbus_relay_batches_total", "Batches published.", self.batches.load(Ordering::Relaxed));
+        counter(
+            "eventbus_relay_published_total",
+            "Events acknowledged by the broker.",
+            self.published_total(),
+        );
+        counter(
+            "eventbus_relay_rejected_total",
+            "Publish attempts rejected by the broker.",
+            self.rejected_total(),
+        );
+        counter(
+            "eventbus_relay_parked_total",
+            "Rows parked as failed after their last attempt.",
+            self.parked_total(),
+        );
+        counter(
+            "eventbus_relay_broker_outages_total",
+            "Batches that found the broker unavailable.",
+            self.outages.load(Ordering::Relaxed),
+        );
+        counter(
+            "eventbus_relay_batches_total",
+            "Batches published.",
+            self.batches.load(Ordering::Relaxed),
+        );
 
         let total: u64 = snap.backlog.values().sum();
         let _ = writeln!(out, "# HELP eventbus_outbox_backlog Pending outbox rows per partition owned by this relay.\n# TYPE eventbus_outbox_backlog gauge");
@@ -120,15 +145,46 @@ impl RelayMetrics {
             let _ = writeln!(out, "eventbus_outbox_backlog{{partition=\"{p}\"}} {n}");
         }
         let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         };
-        gauge("eventbus_outbox_backlog_total", "Pending outbox rows in partitions owned by this relay.", total.to_string());
-        gauge("eventbus_outbox_oldest_pending_age_seconds", "Age of the oldest pending row.", fmt_f64(snap.oldest_pending_seconds));
-        gauge("eventbus_relay_held_back_seconds", "How long committed rows have waited for an older open transaction.", fmt_f64(snap.held_back_seconds));
-        gauge("eventbus_outbox_parked_rows", "Rows parked as failed.", snap.parked_rows.to_string());
-        gauge("eventbus_relay_owned_partitions", "Partitions this relay owns.", snap.owned_partitions.to_string());
-        gauge("eventbus_relay_database_up", "1 if the last heartbeat reached the database.", u8::from(snap.database_available).to_string());
-        gauge("eventbus_relay_broker_up", "1 if the last publish reached the broker.", u8::from(snap.broker_available).to_string());
+        gauge(
+            "eventbus_outbox_backlog_total",
+            "Pending outbox rows in partitions owned by this relay.",
+            total.to_string(),
+        );
+        gauge(
+            "eventbus_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending row.",
+            fmt_f64(snap.oldest_pending_seconds),
+        );
+        gauge(
+            "eventbus_relay_held_back_seconds",
+            "How long committed rows have waited for an older open transaction.",
+            fmt_f64(snap.held_back_seconds),
+        );
+        gauge(
+            "eventbus_outbox_parked_rows",
+            "Rows parked as failed.",
+            snap.parked_rows.to_string(),
+        );
+        gauge(
+            "eventbus_relay_owned_partitions",
+            "Partitions this relay owns.",
+            snap.owned_partitions.to_string(),
+        );
+        gauge(
+            "eventbus_relay_database_up",
+            "1 if the last heartbeat reached the database.",
+            u8::from(snap.database_available).to_string(),
+        );
+        gauge(
+            "eventbus_relay_broker_up",
+            "1 if the last publish reached the broker.",
+            u8::from(snap.broker_available).to_string(),
+        );
 
         let name = "eventbus_relay_publish_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Time from sending a batch to the broker's last acknowledgement.\n# TYPE {name} histogram");
@@ -136,7 +192,13 @@ impl RelayMetrics {
             for (bound, count) in LATENCY_BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
             }
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", h.count, fmt_f64(h.sum), h.count);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+                h.count,
+                fmt_f64(h.sum),
+                h.count
+            );
         }
         out
     }

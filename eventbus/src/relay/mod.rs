@@ -139,7 +139,11 @@ impl Relay {
             Arc::clone(&self.metrics),
         ));
 
-        let worker = self.work(Arc::clone(&membership), Arc::clone(&wake), Arc::clone(&stop));
+        let worker = self.work(
+            Arc::clone(&membership),
+            Arc::clone(&wake),
+            Arc::clone(&stop),
+        );
         tokio::pin!(worker);
         tokio::pin!(shutdown);
         tokio::select! {
@@ -178,11 +182,18 @@ impl Relay {
             let owned = membership.usable();
             let mut full_batch = false;
             if !owned.is_empty() {
-                match self.store.claim(self.id, &owned, self.config.batch_size).await {
+                match self
+                    .store
+                    .claim(self.id, &owned, self.config.batch_size)
+                    .await
+                {
                     Ok(rows) => {
                         full_batch = rows.len() as u64 >= u64::from(self.config.batch_size);
                         if !rows.is_empty() {
-                            match self.relay_batch(rows, &membership, &mut known_destinations).await {
+                            match self
+                                .relay_batch(rows, &membership, &mut known_destinations)
+                                .await
+                            {
                                 BatchOutcome::Done => outage_step = 0,
                                 BatchOutcome::BrokerDown => {
                                     let pause = exponential(
@@ -211,7 +222,9 @@ impl Relay {
             }
             if let Retention::Keep(keep) = self.config.retention {
                 // One relay does the clean-up: whoever owns the lowest partition.
-                if Instant::now() >= next_cleanup && owned.first() == membership.lowest_partition().as_ref() {
+                if Instant::now() >= next_cleanup
+                    && owned.first() == membership.lowest_partition().as_ref()
+                {
                     next_cleanup = Instant::now() + self.config.poll_interval * 10;
                     if let Err(e) = self.store.delete_published(keep, 10_000).await {
                         tracing::warn!(error = %e, "retention clean-up failed");
@@ -271,13 +284,18 @@ impl Relay {
                         return BatchOutcome::BrokerDown;
                     }
                     // A destination that cannot be created fails its messages below.
-                    Err(e) => tracing::warn!(destination = %m.destination, error = %e, "cannot create destination"),
+                    Err(e) => {
+                        tracing::warn!(destination = %m.destination, error = %e, "cannot create destination")
+                    }
                 }
             }
         }
 
         // Fencing: publish only while every lease in the batch is still ours.
-        if !sendable.iter().all(|(row, _)| membership.holds(row.partition)) {
+        if !sendable
+            .iter()
+            .all(|(row, _)| membership.holds(row.partition))
+        {
             tracing::info!("lease expired before publishing; dropping the batch");
             return BatchOutcome::Done;
         }
@@ -316,7 +334,11 @@ impl Relay {
             .parked(rejections.iter().filter(|r| r.park).count() as u64);
 
         if !acked.is_empty() {
-            if let Err(e) = self.store.acknowledge(self.id, &acked, self.config.retention).await {
+            if let Err(e) = self
+                .store
+                .acknowledge(self.id, &acked, self.config.retention)
+                .await
+            {
                 // The events reached the broker; they will be sent again, and the
                 // consumers' inbox absorbs the duplicates.
                 tracing::warn!(error = %e, rows = acked.len(), "acknowledging published rows failed");
@@ -376,7 +398,8 @@ impl Relay {
     }
 
     fn broker_state(&self, available: bool) {
-        self.metrics.update_snapshot(|s| s.broker_available = available);
+        self.metrics
+            .update_snapshot(|s| s.broker_available = available);
     }
 }
 

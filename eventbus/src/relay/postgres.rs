@@ -240,7 +240,12 @@ impl RelayStore for PgRelayStore {
         Ok(())
     }
 
-    async fn claim(&self, relay: Uuid, partitions: &[i32], limit: u32) -> Result<Vec<OutboxRecord>> {
+    async fn claim(
+        &self,
+        relay: Uuid,
+        partitions: &[i32],
+        limit: u32,
+    ) -> Result<Vec<OutboxRecord>> {
         let rows = sqlx::query(&self.sql.claim)
             .bind(partitions)
             .bind(relay)
@@ -300,7 +305,8 @@ impl RelayStore for PgRelayStore {
             let n: i64 = row.try_get("n")?;
             let oldest: Option<f64> = row.try_get("oldest")?;
             let held: Option<f64> = row.try_get("held")?;
-            snap.backlog.insert(partition, u64::try_from(n).unwrap_or(0));
+            snap.backlog
+                .insert(partition, u64::try_from(n).unwrap_or(0));
             snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest.unwrap_or(0.0));
             snap.held_back_seconds = snap.held_back_seconds.max(held.unwrap_or(0.0));
         }

@@ -53,7 +53,8 @@ pub trait RelayStore: Send + Sync + std::fmt::Debug + 'static {
     /// Up to `limit` publishable rows of `partitions`, in id order: committed
     /// with no older transaction still open, due for an attempt, and not behind a
     /// failed or retrying row of the same key.
-    async fn claim(&self, relay: Uuid, partitions: &[i32], limit: u32) -> Result<Vec<OutboxRecord>>;
+    async fn claim(&self, relay: Uuid, partitions: &[i32], limit: u32)
+        -> Result<Vec<OutboxRecord>>;
 
     /// Deletes or marks published the acknowledged rows; returns how many.
     async fn acknowledge(&self, relay: Uuid, ids: &[i64], retention: Retention) -> Result<u64>;

@@ -33,9 +33,20 @@ pub trait Settle: Send + Sync + fmt::Debug {
     /// committable. RabbitMQ: `basic.ack`.
     async fn ack(self: Box<Self>) -> Result<()>;
 
+    /// Like [`Settle::ack`], but returns only once the broker has recorded the
+    /// acknowledgement, so that a crash right after it cannot bring the message
+    /// back. At-most-once delivery acknowledges this way before it runs the
+    /// handler. Kafka: the offset is committed synchronously instead of by the
+    /// next auto-commit (which may be seconds away). The default is
+    /// [`Settle::ack`], for brokers that apply an acknowledgement on receipt.
+    async fn ack_durably(self: Box<Self>) -> Result<()> {
+        self.ack().await
+    }
+
     /// Not done: deliver it again later (to this or another member of the group).
-    /// Kafka: nothing is committed for it (the lane stops). RabbitMQ:
-    /// `basic.nack` with requeue.
+    /// Kafka: the partition is rewound to it, and nothing from it on is
+    /// committed until it has come round again. RabbitMQ: `basic.nack` with
+    /// requeue.
     async fn release(self: Box<Self>) -> Result<()>;
 }
 
