@@ -29,6 +29,16 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let partition_key = quote::quote_spanned! {key.span()=>
         ::std::string::ToString::to_string(&self.#key)
     };
+    // A generic struct is not one event type until its parameters are chosen,
+    // so only concrete types join the distributed registry; generic ones are
+    // registered by hand (`Registry::register::<MyEvent<T>>()`).
+    let registration = input.generics.params.is_empty().then(|| {
+        quote! {
+            #krate::schema::__private::inventory::submit! {
+                #krate::schema::__private::Registration::of::<#name>()
+            }
+        }
+    });
     Ok(quote! {
         const _: () = {
             #[automatically_derived]
@@ -41,6 +51,8 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                     #partition_key
                 }
             }
+
+            #registration
         };
     })
 }

@@ -19,6 +19,9 @@ use proc_macro::TokenStream;
 /// - `key` (required): the field whose value is the ordering (partition) key.
 /// - `version` (optional, default `1`): the schema version, a positive integer.
 /// - `crate` (optional): path to the `eventbus` crate if it was renamed.
+///
+/// A non-generic event also joins `eventbus::schema::Registry::derived()`, the
+/// registry that schema export and check use.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);

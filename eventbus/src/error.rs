@@ -101,9 +101,12 @@ impl Error {
 
     /// A database error from a statement on `table`: an undefined table becomes
     /// [`Error::NotMigrated`], which says what to do about it.
+    // Only the database backends run table queries.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn from_table_query(e: sqlx::Error, table: &crate::table::TableName) -> Self {
         match &e {
-            // 42P01 is PostgreSQL's undefined_table; SQLite and MySQL say it in words.
+            // 42P01 is PostgreSQL's undefined_table; SQLite ("no such table: t")
+            // and MySQL say it in words.
             sqlx::Error::Database(db)
                 if db.code().as_deref() == Some("42P01")
                     || db.message().contains("no such table")
@@ -131,11 +134,32 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_) => true,
         // 40001 serialization_failure, 40P01 deadlock_detected, 57P01 admin_shutdown,
         // 08xxx connection exceptions.
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c == "40001" || c == "40P01" || c.starts_with("57P") || c.starts_with("08")
-        }),
+        sqlx::Error::Database(db) => {
+            is_sqlite_busy(db.as_ref())
+                || db.code().is_some_and(|c| {
+                    c == "40001" || c == "40P01" || c.starts_with("57P") || c.starts_with("08")
+                })
+        }
         _ => false,
     }
+}
+
+/// SQLite's `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6), with any extended code:
+/// the write lock stayed taken longer than the busy timeout.
+#[cfg(feature = "sqlite")]
+fn is_sqlite_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
+    // Downcast rather than read `code()`: SQLite's numeric codes would be
+    // confused with other databases' codes.
+    use sqlx::error::DatabaseError as _;
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(|e| e.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn is_sqlite_busy(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
 }
 
 impl From<sqlx::Error> for Error {

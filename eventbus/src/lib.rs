@@ -31,9 +31,15 @@
 //! |------------|---------|--------------|
 //! | `macros`   | yes     | `#[derive(Event)]` |
 //! | `postgres` | yes     | PostgreSQL outbox, inbox, migrations and relay store |
+//! | `sqlite`   | no      | SQLite outbox, inbox, migrations and relay store (bundled SQLite; one relay per database file) |
 //! | `kafka`    | no      | Kafka transport (rdkafka; builds librdkafka) |
 //! | `rabbitmq` | no      | RabbitMQ transport (lapin, publisher confirms) |
+//! | `otel`     | no      | OpenTelemetry `publish`/`send`/`process` spans and trace context captured at publish (see [`telemetry`]) |
 //! | `full`     | no      | all of the above |
+//!
+//! Always compiled: the in-process broker [`transport::memory`] (topics,
+//! consumer groups, acknowledgement and redelivery like Kafka) for dev mode,
+//! demos and fast tests of handlers.
 
 pub mod consumer;
 pub mod envelope;
@@ -43,7 +49,11 @@ pub mod inbox;
 pub mod migrate;
 pub mod outbox;
 pub mod relay;
+pub mod schema;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 mod table;
+pub mod telemetry;
 pub mod transport;
 
 pub use envelope::{Envelope, EnvelopeError};

@@ -1,5 +1,8 @@
 //! Embedded, idempotent database migrations for the outbox, relay and inbox
 //! tables: [`migrate`] with defaults, or a configured [`Migrator`].
+//!
+//! PostgreSQL and SQLite get the same tables and columns in their own types
+//! (`docs/outbox-table.md`); SQLite's outbox has a single partition.
 
 use crate::error::Result;
 use crate::table::TableName;
@@ -71,7 +74,8 @@ impl Migrator {
     }
 
     /// The number of logical partitions (1 to 4096) for a new outbox table. Has no
-    /// effect on an existing table.
+    /// effect on an existing table, nor on SQLite, whose outbox always has one
+    /// partition (one relay per database file).
     ///
     /// # Errors
     ///
@@ -102,6 +106,9 @@ pub trait MigrateDatabase: sqlx::Database {
     /// Applies the pending migrations described by `migrator`.
     async fn apply(pool: &sqlx::Pool<Self>, migrator: &Migrator) -> Result<()>;
 }
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 #[cfg(feature = "postgres")]
 mod postgres {

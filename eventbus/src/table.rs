@@ -61,6 +61,16 @@ impl TableName {
         }
     }
 
+    /// The default outbox table, `eventbus_outbox`.
+    pub fn default_outbox() -> Self {
+        Self::from_static(crate::outbox::DEFAULT_TABLE)
+    }
+
+    /// The default inbox table, `eventbus_inbox`.
+    pub fn default_inbox() -> Self {
+        Self::from_static(crate::inbox::DEFAULT_TABLE)
+    }
+
     /// The bare table name, without schema.
     pub fn name(&self) -> &str {
         &self.name

@@ -15,7 +15,8 @@ use serde::Deserialize;
 /// Settings shared by every subcommand.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
-    /// PostgreSQL URL of the database holding the outbox.
+    /// URL of the database holding the outbox: `postgres://…`, or a SQLite file
+    /// `sqlite://path.db` (opened in WAL mode; one relay per file).
     #[arg(
         long,
         env = "EVENTBUS_DATABASE_URL",

@@ -4,16 +4,17 @@
 
 mod broker;
 mod config;
+mod database;
 mod http;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use eventbus::relay::{OutboxAdmin, PgRelayStore, Relay};
+use eventbus::relay::{OutboxAdmin, Relay};
 use eventbus::Result;
 
 use config::{Common, FileConfig, RunArgs};
+use database::{Create, Database};
 
 /// Forwards events from the eventbus outbox table to Kafka or RabbitMQ, in order
 /// per key, with any number of instances sharing the work.
@@ -31,18 +32,22 @@ struct Cli {
 enum Command {
     /// Relay events until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
-    /// Create or upgrade the outbox, relay and inbox tables (idempotent).
+    /// Create or upgrade the outbox, relay and inbox tables (idempotent); creates
+    /// a SQLite database file that does not exist yet.
     Migrate {
-        /// Number of logical partitions for a new outbox table.
+        /// Number of logical partitions for a new outbox table (PostgreSQL;
+        /// a SQLite outbox always has one).
         #[arg(long, env = "EVENTBUS_PARTITIONS", default_value_t = eventbus::migrate::DEFAULT_PARTITIONS)]
         partitions: u32,
         /// Inbox table name.
         #[arg(long, env = "EVENTBUS_INBOX_TABLE", default_value = eventbus::inbox::DEFAULT_TABLE)]
         inbox_table: String,
     },
-    /// Print backlog, oldest pending age, relays with their partitions, parked rows.
+    /// Print backlog, oldest pending age, relays with their partitions, parked rows
+    /// (PostgreSQL only).
     Status,
-    /// Inspect and release events parked after failing all their attempts.
+    /// Inspect and release events parked after failing all their attempts
+    /// (PostgreSQL only).
     Failed {
         #[command(subcommand)]
         action: FailedAction,
@@ -123,19 +128,30 @@ async fn run(cli: Cli) -> Result<()> {
             partitions,
             inbox_table,
         } => {
-            let pool = connect(&config::database_url(&cli.common, &file)?).await?;
+            let db = Database::connect(
+                &config::database_url(&cli.common, &file)?,
+                Create::IfMissing,
+            )
+            .await?;
             let table = config::table(&cli.common, &file)?;
-            eventbus::Migrator::new()
+            if matches!(db, Database::Sqlite(_))
+                && partitions != eventbus::migrate::DEFAULT_PARTITIONS
+            {
+                tracing::warn!(
+                    partitions,
+                    "a SQLite outbox has one partition; --partitions ignored"
+                );
+            }
+            let migrator = eventbus::Migrator::new()
                 .outbox_table(&table.to_string())?
                 .inbox_table(&inbox_table)?
-                .partitions(partitions)?
-                .run(&pool)
-                .await?;
+                .partitions(partitions)?;
+            db.migrate(&migrator).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Status => {
-            let admin = admin(&cli.common, &file).await?;
+            let admin = admin(&cli.common, &file, "status").await?;
             let s = admin.status().await?;
             println!("pending: {}", s.pending);
             println!("oldest pending age: {:.1}s", s.oldest_pending_seconds);
@@ -150,7 +166,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dlq { action } => dlq(action).await,
         Command::Failed { action } => {
-            let admin = admin(&cli.common, &file).await?;
+            let admin = admin(&cli.common, &file, "failed").await?;
             match action {
                 FailedAction::List { limit } => {
                     let rows = admin.failed(limit).await?;
@@ -204,24 +220,19 @@ async fn dlq(action: DlqAction) -> Result<()> {
     }
 }
 
-async fn connect(url: &str) -> Result<sqlx::PgPool> {
-    Ok(sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
-        .await?)
-}
-
-async fn admin(common: &Common, file: &FileConfig) -> Result<OutboxAdmin> {
-    let pool = connect(&config::database_url(common, file)?).await?;
-    Ok(OutboxAdmin::new(pool, config::table(common, file)?))
+async fn admin(common: &Common, file: &FileConfig, command: &str) -> Result<OutboxAdmin> {
+    let db = Database::connect(&config::database_url(common, file)?, Create::AsUrlSays).await?;
+    Ok(OutboxAdmin::new(
+        db.postgres(command)?,
+        config::table(common, file)?,
+    ))
 }
 
 async fn relay(cfg: config::Resolved) -> Result<()> {
-    let pool = connect(&cfg.database_url).await?;
+    let db = Database::connect(&cfg.database_url, Create::AsUrlSays).await?;
     let publisher = broker::connect(&cfg.broker, &cfg.producer).await?;
-    let store = PgRelayStore::new(pool, cfg.relay.table.clone());
-    let relay = Relay::new(Arc::new(store), publisher, cfg.relay)?;
+    let store = db.relay_store(cfg.relay.table.clone());
+    let relay = Relay::new(store, publisher, cfg.relay)?;
     let listener = http::bind(cfg.http)
         .await
         .map_err(|e| eventbus::Error::Config(format!("cannot listen on {}: {e}", cfg.http)))?;

@@ -38,6 +38,33 @@ pub async fn publisher_with_topic(brokers: &str, topic: &str, partitions: u32) -
     publisher
 }
 
+/// Creates `topic` with `partitions` partitions and returns a publisher that
+/// puts every message in a record batch of its own.
+///
+/// tansu 0.6 answers a fetch that starts inside a record batch with the batches
+/// after it: the rest of that batch is skipped. A consumer starts inside a
+/// batch whenever it resumes from a committed offset (after a crash, a
+/// rebalance, a close) or is rewound to a released message, so with the
+/// relay's multi-message batches the consumer suites would lose messages to
+/// the broker. Kafka itself returns the whole batch and the client skips the
+/// part before the offset asked for.
+pub async fn one_per_batch_publisher(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+) -> KafkaPublisher {
+    let publisher = publisher_builder(brokers)
+        .set("batch.num.messages", "1")
+        .partitions(partitions)
+        .build()
+        .expect("build Kafka publisher");
+    publisher
+        .ensure_destination(topic)
+        .await
+        .unwrap_or_else(|e| panic!("create Kafka topic `{topic}`: {e}"));
+    publisher
+}
+
 /// Group timeouts of test subscribers: a killed member's partitions move on
 /// after a few seconds, and tansu's coordinator completes joins quickly (it
 /// waits up to `max.poll.interval.ms` for members to rejoin).

@@ -1,5 +1,5 @@
 //! Helpers for the eventbus integration suites: finding the real services, a
-//! fresh database per test, unique broker names.
+//! fresh database per test (PostgreSQL, or a SQLite file), unique broker names.
 //!
 //! Services come from environment variables (`DATABASE_URL`, `AMQP_URL`,
 //! `KAFKA_BROKERS`). When one is unset and a Docker engine answers, the service is
@@ -13,10 +13,12 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
+pub mod consumer;
 pub mod kafka;
 pub mod rabbitmq;
 pub mod relay;
 pub mod services;
+pub mod sqlite;
 
 pub use services::{amqp_url, database_url, kafka_brokers};
 
@@ -75,30 +77,37 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime (maybe a single-threaded one, now
-        // blocked here): do the clean-up on a thread and runtime of its own, and
-        // leave the pool's connections alone — FORCE ends their sessions.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+        drop_databases(&self.admin_url, std::slice::from_ref(&self.name));
+    }
+}
+
+/// Drops the databases `names` (ending their sessions), blocking until done.
+/// Safe to call from `Drop` inside a test's runtime: the work runs on a thread
+/// and runtime of its own, since the test's (maybe single-threaded) runtime is
+/// blocked here.
+pub fn drop_databases(admin_url: &str, names: &[String]) {
+    let admin_url = admin_url.to_owned();
+    let names = names.to_vec();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                for name in names {
                     let _ = admin
                         .execute(
                             format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
                         )
                         .await;
                 }
-            });
-        })
-        .join();
-    }
+            }
+        });
+    })
+    .join();
 }
 
 /// `url` with its database path replaced by `name`.

@@ -1,12 +1,15 @@
-//! Running a relay inside a test and waiting for the outbox to drain.
+//! Running a relay inside a test and waiting for the outbox to drain, on
+//! PostgreSQL or SQLite.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventbus::relay::{PgRelayStore, Relay, RelayConfig, RelayMetrics};
+use eventbus::outbox::OutboxDatabase;
+use eventbus::relay::{PgRelayStore, Relay, RelayConfig, RelayMetrics, RelayStore};
 use eventbus::Publisher;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::oneshot;
 
 /// The event the relay suites publish: `seq` counts up per `key`.
@@ -36,7 +39,11 @@ pub fn steps(count: u64, keys: u64) -> Vec<Step> {
 }
 
 /// Publishes `events` through the default outbox in transactions of `per_tx`.
-pub async fn publish_steps(pool: &PgPool, events: &[Step], per_tx: usize) {
+pub async fn publish_steps<DB: OutboxDatabase>(
+    pool: &sqlx::Pool<DB>,
+    events: &[Step],
+    per_tx: usize,
+) {
     let outbox = eventbus::Outbox::new().source("urn:test:relay");
     for chunk in events.chunks(per_tx.max(1)) {
         let mut tx = pool.begin().await.expect("begin");
@@ -70,14 +77,24 @@ pub fn test_config(prefix: &str) -> RelayConfig {
     }
 }
 
-/// Starts a relay over `pool` publishing through `publisher`.
+/// Starts a relay over the PostgreSQL `pool` publishing through `publisher`.
 pub fn spawn_relay(
     pool: &PgPool,
     publisher: Arc<dyn Publisher>,
     config: RelayConfig,
 ) -> RunningRelay {
     let store = PgRelayStore::new(pool.clone(), config.table.clone());
-    let relay = Relay::new(Arc::new(store), publisher, config).expect("valid relay config");
+    spawn_relay_on(Arc::new(store), publisher, config)
+}
+
+/// Starts a relay over any `store` (e.g. a `SqliteRelayStore`) publishing
+/// through `publisher`.
+pub fn spawn_relay_on(
+    store: Arc<dyn RelayStore>,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+) -> RunningRelay {
+    let relay = Relay::new(store, publisher, config).expect("valid relay config");
     let metrics = relay.metrics();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -108,16 +125,39 @@ impl RunningRelay {
     }
 }
 
+/// A pool whose default outbox (`eventbus_outbox`) a test can count.
+pub trait OutboxPool: Sync {
+    /// Rows in state `pending`.
+    fn pending_rows(&self) -> impl Future<Output = i64> + Send;
+}
+
+const COUNT_PENDING: &str = "SELECT count(*) FROM eventbus_outbox WHERE state = 'pending'";
+
+impl OutboxPool for PgPool {
+    async fn pending_rows(&self) -> i64 {
+        sqlx::query_scalar(COUNT_PENDING)
+            .fetch_one(self)
+            .await
+            .expect("count pending")
+    }
+}
+
+impl OutboxPool for SqlitePool {
+    async fn pending_rows(&self) -> i64 {
+        sqlx::query_scalar(COUNT_PENDING)
+            .fetch_one(self)
+            .await
+            .expect("count pending")
+    }
+}
+
 /// Pending rows in the default outbox.
-pub async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM eventbus_outbox WHERE state = 'pending'")
-        .fetch_one(pool)
-        .await
-        .expect("count pending")
+pub async fn pending(pool: &impl OutboxPool) -> i64 {
+    pool.pending_rows().await
 }
 
 /// Waits until no row is pending; panics with the count left after `timeout`.
-pub async fn wait_drained(pool: &PgPool, timeout: Duration) {
+pub async fn wait_drained(pool: &impl OutboxPool, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let n = pending(pool).await;

@@ -1,91 +1,38 @@
 //! The consumer over a real Kafka-protocol broker and PostgreSQL: effectively
 //! once under redeliveries and a crash, what the weaker modes cost under a
 //! crash, per-key order with concurrent partitions, dead letters and
-//! re-driving, the in-flight bound, and point-to-point versus
-//! publish-subscribe groups.
+//! re-driving, the in-flight bound, point-to-point versus publish-subscribe
+//! groups, batch handlers, the rate limit, and a rebalance in the middle of a
+//! batch.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventbus::consumer::{dead_letter, Consumer, Context, DeliveryMode, RetryPolicy};
+use eventbus::consumer::{dead_letter, BatchContext, Consumer, Context, DeliveryMode, RetryPolicy};
 use eventbus::transport::kafka::rdkafka;
 use eventbus::transport::kafka::{envelope_from_message, KafkaPublisher};
-use eventbus::transport::{Received, Settle, Subscriber};
-use eventbus::{BoxError, Envelope, Event, OutgoingMessage, Publisher};
+use eventbus::transport::{Settle, Subscriber};
+use eventbus::{Envelope, Event};
+use eventbus_tests::consumer::{
+    batch_handler_scenario, create_effects, envelope, publish, rate_limit_scenario, record,
+    record_batch, run, scalar, wait_count, wait_until, Broker, Counting, Gauge, ALL_EFFECTS,
+    DISTINCT_EFFECTS, REPEATED_EFFECTS,
+};
 use eventbus_tests::kafka::{
-    self, committed_total, header, java_partition, publisher_builder, read_all,
+    self, committed_total, header, java_partition, one_per_batch_publisher, read_all,
 };
 use eventbus_tests::relay::{
     assert_per_key_order, publish_steps, spawn_relay, steps, test_config, wait_drained, Step,
 };
 use eventbus_tests::{kafka_brokers, unique_name, TestDb};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::{PgPool, Postgres};
+use sqlx::Postgres;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------- helpers
-
-/// The CloudEvent the outbox would make of `step`.
-fn envelope(step: &Step) -> Envelope {
-    let data = serde_json::to_vec(step).expect("a Step serializes");
-    let mut e = Envelope::new("urn:test:consumer", Step::TYPE, data);
-    e.partition_key = Some(step.key.clone());
-    e.subject = Some(step.key.clone());
-    e.dataschema = Some(Step::dataschema());
-    e
-}
-
-/// Publishes `envelopes` to `topic` in batches; every one must be acknowledged.
-async fn publish(publisher: &KafkaPublisher, topic: &str, envelopes: &[Envelope]) {
-    for chunk in envelopes.chunks(1_000) {
-        let batch: Vec<OutgoingMessage> = chunk
-            .iter()
-            .map(|e| OutgoingMessage {
-                destination: topic.to_owned(),
-                envelope: e.clone(),
-            })
-            .collect();
-        for (i, result) in publisher
-            .publish_batch(&batch)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            if let Err(e) = result {
-                panic!("publishing {} to {topic} failed: {e}", batch[i].envelope.id);
-            }
-        }
-    }
-}
-
-/// Creates `topic` with `partitions` partitions and returns a publisher that
-/// puts every message in a record batch of its own.
-///
-/// tansu 0.6 answers a fetch that starts inside a record batch with the batches
-/// after it: the rest of that batch is skipped. A consumer starts inside a
-/// batch whenever it resumes from a committed offset (after a crash, a
-/// rebalance, a close) or is rewound to a released message, so with the
-/// relay's multi-message batches these suites would lose messages to the
-/// broker. Kafka itself returns the whole batch and the client skips the part
-/// before the offset asked for.
-async fn one_per_batch_publisher(brokers: &str, topic: &str, partitions: u32) -> KafkaPublisher {
-    let publisher = publisher_builder(brokers)
-        .set("batch.num.messages", "1")
-        .partitions(partitions)
-        .build()
-        .expect("build Kafka publisher");
-    publisher
-        .ensure_destination(topic)
-        .await
-        .unwrap_or_else(|e| panic!("create Kafka topic `{topic}`: {e}"));
-    publisher
-}
 
 /// A fresh topic with `partitions` partitions and a publisher for it.
 async fn topic(tag: &str, partitions: u32) -> (String, String, Arc<KafkaPublisher>) {
@@ -93,52 +40,6 @@ async fn topic(tag: &str, partitions: u32) -> (String, String, Arc<KafkaPublishe
     let topic = format!("{}.{}", unique_name(tag), Step::DESTINATION);
     let publisher = one_per_batch_publisher(&brokers, &topic, partitions).await;
     (brokers, topic, Arc::new(publisher))
-}
-
-async fn create_effects(pool: &PgPool) {
-    sqlx::query(
-        "CREATE TABLE effects (id bigserial PRIMARY KEY, member text NOT NULL DEFAULT '', \
-         key text NOT NULL, seq bigint NOT NULL, event_id text NOT NULL)",
-    )
-    .execute(pool)
-    .await
-    .expect("create effects");
-}
-
-/// The side effect of handling a step: a row in the handler's transaction.
-async fn record(ctx: &Context<Postgres>, member: &str, step: &Step) -> Result<(), BoxError> {
-    let mut tx = ctx.tx().await?;
-    sqlx::query("INSERT INTO effects (member, key, seq, event_id) VALUES ($1, $2, $3, $4)")
-        .bind(member)
-        .bind(&step.key)
-        .bind(i64::try_from(step.seq)?)
-        .bind(&ctx.envelope().id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-/// Waits until `sql` (a count) reaches `target`; panics with the last value.
-async fn wait_count(pool: &PgPool, sql: &str, target: i64, timeout: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let n = scalar(pool, sql).await;
-        if n >= target {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "`{sql}` reached {n} of {target} within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until group `group` has committed all `messages` of the fresh `topic`.
@@ -164,67 +65,6 @@ async fn wait_committed(
             "group {group} committed {committed} of {messages} messages of {topic} within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Waits until `done()` holds; panics with `what` after `timeout`.
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
-}
-
-const DISTINCT_EFFECTS: &str = "SELECT count(*) FROM (SELECT DISTINCT key, seq FROM effects) d";
-const ALL_EFFECTS: &str = "SELECT count(*) FROM effects";
-const REPEATED_EFFECTS: &str =
-    "SELECT count(*) FROM (SELECT key, seq FROM effects GROUP BY key, seq HAVING count(*) > 1) d";
-
-/// A consumer running in a task of the test.
-struct Running {
-    consumer: Arc<Consumer<Postgres>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<eventbus::Result<()>>,
-}
-
-fn run(consumer: Consumer<Postgres>) -> Running {
-    let consumer = Arc::new(consumer);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn({
-        let consumer = Arc::clone(&consumer);
-        async move {
-            consumer
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
-    Running {
-        consumer,
-        stop: Some(stop),
-        task,
-    }
-}
-
-impl Running {
-    fn is_running(&self) -> bool {
-        !self.task.is_finished()
-    }
-
-    /// Asks the consumer to stop and waits for it to leave the group cleanly.
-    async fn stop(mut self) -> Arc<Consumer<Postgres>> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
-            .await
-            .expect("consumer stops within 60 s")
-            .expect("consumer task")
-            .expect("consumer closed its subscription cleanly");
-        self.consumer
     }
 }
 
@@ -323,7 +163,7 @@ async fn crash_run(
             .step_by(every)
             .map(|m| envelope_from_message(m).expect("the relay writes CloudEvents"))
             .collect();
-        publish(&publisher, &topic, &copies).await;
+        publish(&*publisher, &topic, &copies).await;
         messages += i64::try_from(copies.len()).expect("copies fit");
     }
 
@@ -351,133 +191,6 @@ async fn crash_run(
         outcome.recovery
     );
     (db, outcome)
-}
-
-/// A subscriber that counts the messages it handed out and has not seen
-/// settled: the bound the consumer promises.
-#[derive(Debug)]
-struct Counting {
-    inner: Box<dyn Subscriber>,
-    unsettled: Arc<Gauge>,
-}
-
-/// A current and a highest value.
-#[derive(Debug, Default)]
-struct Gauge {
-    now: AtomicUsize,
-    max: AtomicUsize,
-}
-
-impl Gauge {
-    fn up(&self) {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(n, Ordering::SeqCst);
-    }
-
-    fn down(&self) {
-        self.now.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Debug)]
-struct CountedSettle {
-    inner: Box<dyn Settle>,
-    unsettled: Arc<Gauge>,
-}
-
-// The traits are `#[async_trait]`; this crate implements them by hand, as the
-// macro would, to need no further dependency.
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-impl Subscriber for Counting {
-    fn next<'life0, 'async_trait>(
-        &'life0 mut self,
-    ) -> Boxed<'async_trait, Option<eventbus::Result<Received>>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let mut message = match self.inner.next().await? {
-                Ok(m) => m,
-                Err(e) => return Some(Err(e)),
-            };
-            self.unsettled.up();
-            let inner = std::mem::replace(&mut message.settle, Box::new(Nothing));
-            message.settle = Box::new(CountedSettle {
-                inner,
-                unsettled: Arc::clone(&self.unsettled),
-            });
-            Some(Ok(message))
-        })
-    }
-
-    fn close<'life0, 'async_trait>(&'life0 mut self) -> Boxed<'async_trait, eventbus::Result<()>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { self.inner.close().await })
-    }
-}
-
-// Counted as settled once the settlement is on its way: the inner handle frees
-// the subscriber's slot before it returns, and the next message may be handed
-// out before this one's count would otherwise go down.
-impl Settle for CountedSettle {
-    fn ack<'async_trait>(self: Box<Self>) -> Boxed<'async_trait, eventbus::Result<()>>
-    where
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.unsettled.down();
-            self.inner.ack().await
-        })
-    }
-
-    fn ack_durably<'async_trait>(self: Box<Self>) -> Boxed<'async_trait, eventbus::Result<()>>
-    where
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.unsettled.down();
-            self.inner.ack_durably().await
-        })
-    }
-
-    fn release<'async_trait>(self: Box<Self>) -> Boxed<'async_trait, eventbus::Result<()>>
-    where
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.unsettled.down();
-            self.inner.release().await
-        })
-    }
-}
-
-/// A placeholder while a settle handle is being wrapped.
-#[derive(Debug)]
-struct Nothing;
-
-impl Settle for Nothing {
-    fn ack<'async_trait>(self: Box<Self>) -> Boxed<'async_trait, eventbus::Result<()>>
-    where
-        Self: 'async_trait,
-    {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn release<'async_trait>(self: Box<Self>) -> Boxed<'async_trait, eventbus::Result<()>>
-    where
-        Self: 'async_trait,
-    {
-        Box::pin(async { Ok(()) })
-    }
 }
 
 // ------------------------------------------------------------------ tests
@@ -594,7 +307,7 @@ async fn per_key_order_with_4_partitions_and_concurrent_processing() {
         "the test needs several keys per partition: {keys_per_partition:?}"
     );
     let envelopes: Vec<Envelope> = events.iter().map(envelope).collect();
-    publish(&publisher, &topic, &envelopes).await;
+    publish(&*publisher, &topic, &envelopes).await;
 
     let handled = Arc::new(Mutex::new(Vec::<Step>::new()));
     let busy = Arc::new(Gauge::default());
@@ -680,7 +393,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_can_be_redriven() {
     assert_eq!((good.len(), failing.len(), malformed), (1_980, 10, 10));
     let mut all = good.clone();
     all.extend(failing.iter().cloned());
-    publish(&publisher, &topic, &all).await;
+    publish(&*publisher, &topic, &all).await;
     let raw: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("batch.num.messages", "1")
@@ -847,7 +560,7 @@ async fn slow_run(subscriber_bound: usize, consumer_bound: usize) -> (usize, usi
         "keys spread over most partitions: {partitions:?}"
     );
     let envelopes: Vec<Envelope> = events.iter().map(envelope).collect();
-    publish(&publisher, &topic, &envelopes).await;
+    publish(&*publisher, &topic, &envelopes).await;
 
     let unsettled = Arc::new(Gauge::default());
     let busy = Arc::new(Gauge::default());
@@ -947,7 +660,7 @@ async fn point_to_point_and_publish_subscribe() {
     let events = steps(1_000, 40);
     let envelopes: Vec<Envelope> = events.iter().map(envelope).collect();
     for round in envelopes.chunks(50) {
-        publish(&publisher, &topic, round).await;
+        publish(&*publisher, &topic, round).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let of = |members: &str| {
@@ -1008,7 +721,7 @@ async fn receive(subscriber: &mut dyn Subscriber) -> (String, Box<dyn Settle>) {
 async fn a_released_message_comes_round_again_and_nothing_commits_past_it() {
     let (brokers, topic, publisher) = topic("release", 1).await;
     let envelopes: Vec<Envelope> = steps(10, 1).iter().map(envelope).collect();
-    publish(&publisher, &topic, &envelopes).await;
+    publish(&*publisher, &topic, &envelopes).await;
     let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
     let group = unique_name("release_group");
     let mut subscriber = kafka::subscriber(&brokers, &group, &[&topic], 64).await;
@@ -1053,4 +766,162 @@ async fn a_released_message_comes_round_again_and_nothing_commits_past_it() {
     );
     subscriber.close().await.expect("close commits");
     assert_eq!(committed_total(&brokers, &group, &topic).await, 10);
+}
+
+/// A batch handler on 4 partitions: 2,000 events and 200 injected copies,
+/// one poison event. Every effect exactly once, written by far fewer handler
+/// calls than there are messages, per key in order; the poison event's batch
+/// is split until it stands alone, and only it is dead-lettered, with the
+/// reason. (The scenario, shared with RabbitMQ, says exactly what it checks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_handler_applies_each_event_once_in_few_transactions_and_splits_out_poison() {
+    let outcome = batch_handler_scenario(&Broker::kafka().await).await;
+    eprintln!("batch handler on Kafka: {outcome:?}");
+}
+
+/// `rate_limit(50)`: 100 waiting events are handled over at least 1.8 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_spreads_a_backlog_over_time() {
+    let span = rate_limit_scenario(&Broker::kafka().await).await;
+    eprintln!("rate limit 50/s on Kafka: 100 handler calls over {span:?}");
+}
+
+/// Consumer A — a slow batch handler (1 s per batch of up to 16),
+/// effectively once, on 4 partitions — is in the middle of a batch when
+/// consumer B joins its group, and the partitions are shared out anew. A's
+/// acknowledgements for partitions it lost count for nothing, B starts them
+/// from the last committed offset, and the inbox makes whichever of A and B
+/// commits second find the events done.
+///
+/// Afterwards: every event has exactly one effect and one inbox row, both
+/// consumers took part, the group committed every offset and no more; and a
+/// third consumer of the group, started after both stopped, receives nothing
+/// of the old events — only one published for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_mid_batch_loses_nothing_and_applies_nothing_twice() {
+    let started = Instant::now();
+    let db = TestDb::migrated().await;
+    create_effects(&db.pool).await;
+    let (brokers, topic, publisher) = topic("rebalance", 4).await;
+    let envelopes: Vec<Envelope> = steps(1_200, 40).iter().map(envelope).collect();
+    publish(&*publisher, &topic, &envelopes).await;
+    let group = unique_name("rebalance_group");
+
+    let member = |name: &'static str, pause: Duration, busy: Arc<Gauge>| {
+        let pool = db.pool.clone();
+        let brokers = brokers.clone();
+        let topic = topic.clone();
+        let group = group.clone();
+        let publisher = publisher.clone();
+        async move {
+            let consumer = Consumer::builder(group.clone())
+                .max_in_flight(64)
+                .on_batch(16, move |ctx: BatchContext<Postgres>, steps: Vec<Step>| {
+                    let busy = Arc::clone(&busy);
+                    async move {
+                        busy.up();
+                        tokio::time::sleep(pause).await;
+                        let written = record_batch(&ctx, name, &steps).await;
+                        busy.down();
+                        written
+                    }
+                })
+                .build(
+                    pool,
+                    kafka::subscriber(&brokers, &group, &[&topic], 64).await,
+                    publisher,
+                )
+                .expect("consumer");
+            run(consumer)
+        }
+    };
+    let a_busy = Arc::new(Gauge::default());
+    let a = member("a", Duration::from_secs(1), Arc::clone(&a_busy)).await;
+    wait_count(&db.pool, ALL_EFFECTS, 100, Duration::from_secs(120)).await;
+    wait_until(
+        "A is in the middle of a batch",
+        Duration::from_secs(10),
+        || a_busy.now() > 0,
+    )
+    .await;
+    let at_join = scalar(&db.pool, ALL_EFFECTS).await;
+    let b = member("b", Duration::from_millis(20), Arc::new(Gauge::default())).await;
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM effects WHERE member = 'b'",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    let moved_after = started.elapsed();
+    wait_count(&db.pool, DISTINCT_EFFECTS, 1_200, Duration::from_secs(180)).await;
+    wait_committed(&brokers, &group, &topic, 1_200, Duration::from_secs(60)).await;
+    let a = a.stop().await;
+    let b = b.stop().await;
+
+    let of = |member: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            scalar(
+                &pool,
+                &format!("SELECT count(*) FROM effects WHERE member = '{member}'"),
+            )
+            .await
+        }
+    };
+    let (by_a, by_b) = (of("a").await, of("b").await);
+    eprintln!(
+        "rebalance: B joined at {at_join} effects and handled from {moved_after:?}; \
+         A {by_a} effects ({} repeats absorbed), B {by_b} ({} absorbed)",
+        a.metrics().duplicates(),
+        b.metrics().duplicates()
+    );
+    assert!(at_join < 1_200, "B joined mid-run");
+    assert!(
+        by_a > 0 && by_b > 0,
+        "the partitions moved: A {by_a}, B {by_b}"
+    );
+    assert_eq!(scalar(&db.pool, ALL_EFFECTS).await, 1_200, "none twice");
+    assert_eq!(scalar(&db.pool, REPEATED_EFFECTS).await, 0);
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
+        1_200
+    );
+    assert_eq!(committed_total(&brokers, &group, &topic).await, 1_200);
+
+    // A newcomer to the group starts where A and B left off: at the end.
+    let c = member("c", Duration::ZERO, Arc::new(Gauge::default())).await;
+    let sentinel = envelope(&Step {
+        key: "sentinel".into(),
+        seq: 0,
+        pad: String::new(),
+    });
+    publish(&*publisher, &topic, std::slice::from_ref(&sentinel)).await;
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM effects WHERE member = 'c'",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = c.stop().await;
+    assert_eq!(
+        (c.metrics().handled(), c.metrics().duplicates()),
+        (1, 0),
+        "the newcomer got only the new event"
+    );
+    assert_eq!(
+        scalar(
+            &db.pool,
+            &format!(
+                "SELECT count(*) FROM effects WHERE member = 'c' AND event_id = '{}'",
+                sentinel.id
+            )
+        )
+        .await,
+        1
+    );
+    assert_eq!(scalar(&db.pool, ALL_EFFECTS).await, 1_201);
+    eprintln!("rebalance test took {:?}", started.elapsed());
 }

@@ -1,6 +1,6 @@
-//! [`Context`]: what a handler gets besides its event — the envelope, the
-//! attempt number, and the database transaction its writes (and follow-up
-//! events) commit in.
+//! [`Context`] and [`BatchContext`]: what a handler gets besides its events —
+//! the envelopes, the attempt number, and the database transaction its writes
+//! (and follow-up events) commit in.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::outbox::{Metadata, Outbox, OutboxDatabase};
+use crate::telemetry::TraceContext;
 
 /// The handler's transaction, locked for as long as this guard lives:
 /// dereferences to [`sqlx::Transaction`] (`&mut **guard` is an executor).
@@ -30,10 +31,32 @@ struct Inner<DB: sqlx::Database> {
     envelope: Envelope,
     attempt: u32,
     outbox: Outbox,
-    /// Shared with the guards [`Context::tx`] hands out: an owned guard (unlike
-    /// a borrowed one) is `Send` across the handler's `.await`s, which a
-    /// borrowed `MappedMutexGuard` is not for a transaction type with a lifetime.
-    tx: Arc<Mutex<Option<sqlx::Transaction<'static, DB>>>>,
+    tx: SharedTx<DB>,
+    /// The consumer's `process` span, when there is one (`otel` feature).
+    trace: Option<TraceContext>,
+}
+
+/// The handler's transaction, shared with the guards handed out: an owned
+/// guard (unlike a borrowed one) is `Send` across the handler's `.await`s,
+/// which a borrowed `MappedMutexGuard` is not for a transaction type with a
+/// lifetime.
+#[derive(Debug)]
+struct SharedTx<DB: sqlx::Database>(Arc<Mutex<Option<sqlx::Transaction<'static, DB>>>>);
+
+impl<DB: sqlx::Database> SharedTx<DB> {
+    fn new(tx: sqlx::Transaction<'static, DB>) -> Self {
+        SharedTx(Arc::new(Mutex::new(Some(tx))))
+    }
+
+    async fn lock(&self) -> Result<TransactionGuard<DB>> {
+        let guard = Arc::clone(&self.0).lock_owned().await;
+        OwnedMutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| Error::config("the handler's transaction is already finished"))
+    }
+
+    async fn take(&self) -> Option<sqlx::Transaction<'static, DB>> {
+        self.0.lock().await.take()
+    }
 }
 
 impl<DB: sqlx::Database> Clone for Context<DB> {
@@ -50,15 +73,27 @@ impl<DB: sqlx::Database> Context<DB> {
         attempt: u32,
         outbox: Outbox,
         tx: sqlx::Transaction<'static, DB>,
+        trace: Option<TraceContext>,
     ) -> Self {
         Context {
             inner: Arc::new(Inner {
                 envelope,
                 attempt,
                 outbox,
-                tx: Arc::new(Mutex::new(Some(tx))),
+                tx: SharedTx::new(tx),
+                trace,
             }),
         }
+    }
+
+    /// The trace context the handler runs in: the consumer's `process` span
+    /// (`otel` feature), else the one the message carried, if any. Log it, or
+    /// hand it to calls to other services, to keep them in the trace.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.inner
+            .trace
+            .clone()
+            .or_else(|| TraceContext::of(&self.inner.envelope))
     }
 
     /// The CloudEvent being handled: ids, correlation, causation, trace context.
@@ -86,14 +121,15 @@ impl<DB: sqlx::Database> Context<DB> {
     ///
     /// [`Error::Config`] if called after the handler finished.
     pub async fn tx(&self) -> Result<TransactionGuard<DB>> {
-        let guard = Arc::clone(&self.inner.tx).lock_owned().await;
-        OwnedMutexGuard::try_map(guard, Option::as_mut)
-            .map_err(|_| Error::config("the handler's transaction is already finished"))
+        self.inner.tx.lock().await
     }
 
     /// Publishes a follow-up event through the outbox in the handler's
-    /// transaction, with correlation, causation and trace context taken from the
-    /// message being handled.
+    /// transaction, with correlation and causation taken from the message
+    /// being handled. Its trace context is the consumer's `process` span
+    /// (`otel` feature), so the event's `publish` span is that span's child and
+    /// a whole saga is one trace; without the feature, the message's own trace
+    /// context is passed on.
     ///
     /// # Errors
     ///
@@ -102,13 +138,120 @@ impl<DB: sqlx::Database> Context<DB> {
     where
         DB: OutboxDatabase,
     {
-        let meta = Metadata::caused_by(&self.inner.envelope);
+        let mut meta = Metadata::caused_by(&self.inner.envelope);
+        if let Some(trace) = &self.inner.trace {
+            meta.traceparent = Some(trace.traceparent());
+            meta.tracestate = trace.tracestate().map(str::to_owned);
+        }
         let mut tx = self.tx().await?;
         self.inner.outbox.publish_with(&mut tx, event, &meta).await
     }
 
     /// Takes the transaction back once the handler is done.
     pub(crate) async fn finish(&self) -> Option<sqlx::Transaction<'static, DB>> {
-        self.inner.tx.lock().await.take()
+        self.inner.tx.take().await
+    }
+}
+
+/// A batch handler's view of the messages being handled: their envelopes, in
+/// the order of the events the handler got, the attempt number, and the one
+/// transaction the whole batch commits in. Cheap to clone; all clones share
+/// the transaction, which the consumer commits after the handler returns `Ok`
+/// (together with the inbox rows in effectively-once mode).
+///
+/// A batch has no single envelope: follow-up events name the event that caused
+/// them with [`BatchContext::publish_caused_by`].
+#[derive(Debug)]
+pub struct BatchContext<DB: sqlx::Database> {
+    inner: Arc<BatchInner<DB>>,
+}
+
+#[derive(Debug)]
+struct BatchInner<DB: sqlx::Database> {
+    envelopes: Vec<Envelope>,
+    attempt: u32,
+    outbox: Outbox,
+    tx: SharedTx<DB>,
+}
+
+impl<DB: sqlx::Database> Clone for BatchContext<DB> {
+    fn clone(&self) -> Self {
+        BatchContext {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> BatchContext<DB> {
+    pub(crate) fn new(
+        envelopes: Vec<Envelope>,
+        attempt: u32,
+        outbox: Outbox,
+        tx: sqlx::Transaction<'static, DB>,
+    ) -> Self {
+        BatchContext {
+            inner: Arc::new(BatchInner {
+                envelopes,
+                attempt,
+                outbox,
+                tx: SharedTx::new(tx),
+            }),
+        }
+    }
+
+    /// The CloudEvents being handled: `envelopes()[i]` carries `events[i]` of
+    /// the handler's arguments (ids, correlation, causation, trace context).
+    pub fn envelopes(&self) -> &[Envelope] {
+        &self.inner.envelopes
+    }
+
+    /// Which attempt this is, starting at 1. A batch is tried once; after a
+    /// failure its halves are tried anew (attempt 1), and an event left alone
+    /// counts its retries from 1 too.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The transaction the whole batch's writes belong to; see [`Context::tx`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if called after the handler finished.
+    pub async fn tx(&self) -> Result<TransactionGuard<DB>> {
+        self.inner.tx.lock().await
+    }
+
+    /// Publishes a follow-up event through the outbox in the batch's
+    /// transaction, with correlation, causation and trace context taken from
+    /// `cause` (one of [`envelopes`](Self::envelopes)).
+    ///
+    /// ```no_run
+    /// # use eventbus::Event;
+    /// # #[derive(Event, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    /// # #[event(type = "com.example.invoice.issued", destination = "invoices", key = order_id)]
+    /// # struct InvoiceIssued { order_id: String }
+    /// # async fn demo(ctx: eventbus::consumer::BatchContext<sqlx::Postgres>, ids: Vec<String>)
+    /// #     -> Result<(), eventbus::BoxError> {
+    /// for (envelope, order_id) in ctx.envelopes().iter().zip(ids) {
+    ///     ctx.publish_caused_by(envelope, &InvoiceIssued { order_id }).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`Outbox::publish`].
+    pub async fn publish_caused_by<E: Event>(&self, cause: &Envelope, event: &E) -> Result<Uuid>
+    where
+        DB: OutboxDatabase,
+    {
+        let meta = Metadata::caused_by(cause);
+        let mut tx = self.tx().await?;
+        self.inner.outbox.publish_with(&mut tx, event, &meta).await
+    }
+
+    /// Takes the transaction back once the handler is done.
+    pub(crate) async fn finish(&self) -> Option<sqlx::Transaction<'static, DB>> {
+        self.inner.tx.take().await
     }
 }

@@ -4,13 +4,17 @@
 //!
 //! Each message runs in a database transaction handed to the handler through
 //! its [`Context`]; in [`DeliveryMode::EffectivelyOnce`] the inbox row joins the
-//! same transaction, so a redelivered duplicate changes nothing.
+//! same transaction, so a redelivered duplicate changes nothing. A batch
+//! handler ([`ConsumerBuilder::on_batch`]) gets several events of one type in
+//! one transaction, through a [`BatchContext`].
 
+mod batch;
 mod context;
 pub mod dead_letter;
 mod handler;
 mod metrics;
 mod retry;
+mod telemetry;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,13 +29,16 @@ use crate::event::Event;
 use crate::inbox::{BoxError, InboxDatabase};
 use crate::outbox::{Outbox, OutboxDatabase};
 use crate::table::TableName;
-use crate::transport::{OutgoingMessage, PublishError, Publisher, Received, Subscriber};
+use crate::telemetry::span::MessagingSpan;
+use crate::transport::{
+    MessageInfo, OutgoingMessage, PublishError, Publisher, Received, Subscriber,
+};
 
-pub use context::{Context, TransactionGuard};
+pub use context::{BatchContext, Context, TransactionGuard};
 pub use metrics::ConsumerMetrics;
 pub use retry::RetryPolicy;
 
-use handler::{Failure, Registry};
+use handler::{Failure, Handler, Registry};
 
 /// When the broker is told a message is done, relative to the handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +98,7 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     unknown: UnknownTypes,
     max_in_flight: usize,
     rate_limit: Option<u32>,
+    batch_linger: Duration,
     inbox_table: TableName,
     outbox: Outbox,
 }
@@ -112,6 +120,7 @@ struct Shared<DB: sqlx::Database> {
     unknown: UnknownTypes,
     max_in_flight: usize,
     rate_limit: Option<u32>,
+    batch_linger: Duration,
     inbox_table: TableName,
     outbox: Outbox,
     pool: sqlx::Pool<DB>,
@@ -145,6 +154,7 @@ where
             unknown: UnknownTypes::DeadLetter,
             max_in_flight: 64,
             rate_limit: None,
+            batch_linger: Duration::ZERO,
             inbox_table: crate::inbox::default_table(),
             outbox: Outbox::new(),
         }
@@ -156,7 +166,8 @@ where
         self
     }
 
-    /// Registers the handler for event type `E` (and its older versions).
+    /// Registers the handler for event type `E` (and its older versions),
+    /// replacing any handler of `E` registered before.
     pub fn on<E, F, Fut>(mut self, handler: F) -> Self
     where
         E: Event,
@@ -164,6 +175,76 @@ where
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         self.registry.add::<E, F, Fut>(handler);
+        self
+    }
+
+    /// Registers a batch handler for event type `E` (and its older versions),
+    /// replacing any handler of `E` registered before: it gets up to `max`
+    /// events (at least 1) at once, all handled in one database transaction —
+    /// in effectively-once mode with one inbox insert for the whole batch,
+    /// after which the handler gets only the events not seen before.
+    ///
+    /// A batch is what a lane (a Kafka partition, a RabbitMQ key lane) has
+    /// queued when its worker gets to it: consecutive messages of type `E`,
+    /// waiting up to [`batch_linger`](Self::batch_linger) for more. Messages
+    /// of other types between them are handled on their own, in order, so
+    /// per-lane order holds. A batch is never larger than the messages the
+    /// consumer and the subscriber keep in flight ([`max_in_flight`](Self::max_in_flight),
+    /// the subscriber's prefetch): set those at least as high as `max`.
+    ///
+    /// If the batch fails, it is split in halves, recursively, and each half
+    /// handled in a transaction of its own: the good events commit, and an
+    /// event that fails alone goes through the [retry policy](Self::retry)
+    /// to the dead-letter destination with the reason. Every message of the
+    /// batch is settled afterwards. The handler must therefore be ready to see
+    /// an event again in a smaller batch after a failure.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
+    /// #               dead_letters: std::sync::Arc<dyn eventbus::Publisher>) -> eventbus::Result<()> {
+    /// use std::time::Duration;
+    /// use eventbus::consumer::{BatchContext, Consumer};
+    /// use eventbus::Event;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+    /// #[event(type = "com.example.page.viewed", destination = "views", key = page)]
+    /// struct PageViewed { page: String }
+    ///
+    /// let consumer = Consumer::builder("analytics")
+    ///     .max_in_flight(500)
+    ///     .on_batch(500, |ctx: BatchContext<sqlx::Postgres>, views: Vec<PageViewed>| async move {
+    ///         let pages: Vec<String> = views.into_iter().map(|v| v.page).collect();
+    ///         let mut tx = ctx.tx().await?;
+    ///         sqlx::query(
+    ///             "INSERT INTO page_views (page, views) SELECT p, count(*) FROM UNNEST($1::text[]) p \
+    ///              GROUP BY p ON CONFLICT (page) DO UPDATE SET views = page_views.views + EXCLUDED.views",
+    ///         )
+    ///         .bind(&pages)
+    ///         .execute(&mut **tx)
+    ///         .await?;
+    ///         Ok(())
+    ///     })
+    ///     .batch_linger(Duration::from_millis(20))
+    ///     .build(pool, subscriber, dead_letters)?;
+    /// consumer.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_batch<E, F, Fut>(mut self, max: usize, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(BatchContext<DB>, Vec<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        self.registry.add_batch::<E, F, Fut>(max, handler);
+        self
+    }
+
+    /// How long a lane waits for more messages to fill a batch once it has
+    /// one (default zero: a batch is what is queued already, so batches grow
+    /// with the backlog and an idle consumer adds no latency).
+    pub fn batch_linger(mut self, linger: Duration) -> Self {
+        self.batch_linger = linger;
         self
     }
 
@@ -185,7 +266,8 @@ where
         self
     }
 
-    /// At most this many messages start per second.
+    /// At most this many messages start per second (each message of a batch
+    /// counts). Default: no limit.
     pub fn rate_limit(mut self, per_second: u32) -> Self {
         self.rate_limit = (per_second > 0).then_some(per_second);
         self
@@ -221,10 +303,11 @@ where
     ) -> Result<Consumer<DB>> {
         if self.registry.is_empty() {
             return Err(Error::config(format!(
-                "consumer `{}` has no handler: register one with `.on(...)`",
+                "consumer `{}` has no handler: register one with `.on(...)` or `.on_batch(...)`",
                 self.group
             )));
         }
+        let metrics = ConsumerMetrics::new(self.group.clone());
         Ok(Consumer {
             shared: Arc::new(Shared {
                 group: self.group,
@@ -234,12 +317,13 @@ where
                 unknown: self.unknown,
                 max_in_flight: self.max_in_flight,
                 rate_limit: self.rate_limit,
+                batch_linger: self.batch_linger,
                 inbox_table: self.inbox_table,
                 outbox: self.outbox,
                 pool,
                 dead_letters,
                 dead_letter_destinations: tokio::sync::Mutex::new(HashSet::new()),
-                metrics: ConsumerMetrics::default(),
+                metrics,
                 stopping: Notify::new(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -276,10 +360,7 @@ where
     /// (retried, dead-lettered) and never ends the loop.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.shared.max_in_flight));
-        let mut lanes: HashMap<
-            u64,
-            mpsc::UnboundedSender<(Received, tokio::sync::OwnedSemaphorePermit)>,
-        > = HashMap::new();
+        let mut lanes: HashMap<u64, mpsc::UnboundedSender<Queued>> = HashMap::new();
         let mut workers = tokio::task::JoinSet::new();
         let pace = self
             .shared
@@ -340,21 +421,31 @@ where
     }
 }
 
-/// Handles one lane's messages one after another, in arrival order.
-async fn lane_worker<DB>(
-    shared: Arc<Shared<DB>>,
-    mut rx: mpsc::UnboundedReceiver<(Received, tokio::sync::OwnedSemaphorePermit)>,
-) where
+/// A message handed to a lane, with its in-flight slot.
+type Queued = (Received, tokio::sync::OwnedSemaphorePermit);
+
+/// Handles one lane's messages one after another, in arrival order: alone, or
+/// consecutive messages of a batch-handled type together.
+async fn lane_worker<DB>(shared: Arc<Shared<DB>>, rx: mpsc::UnboundedReceiver<Queued>)
+where
     DB: InboxDatabase + OutboxDatabase,
 {
-    while let Some((message, _permit)) = rx.recv().await {
+    let mut lane = batch::Lane::new(rx);
+    while let Some(work) = lane.next(&shared).await {
         if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Err(e) = message.settle.release().await {
-                tracing::debug!(error = %e, "releasing a message on shutdown failed");
-            }
+            // Not started: back to the broker.
+            work.release().await;
             continue;
         }
-        shared.handle(message).await;
+        match work {
+            batch::Work::One(queued) => {
+                let (message, _permit) = *queued;
+                shared.handle(message).await
+            }
+            batch::Work::Batch(registration, batch) => {
+                shared.handle_batch(registration, batch).await
+            }
+        }
     }
 }
 
@@ -369,6 +460,7 @@ where
             envelope,
             body,
             settle,
+            info,
             ..
         } = message;
         let outcome = match envelope {
@@ -383,6 +475,7 @@ where
                 .await
             }
             Ok(envelope) => {
+                telemetry::arrived(&self.metrics, &envelope, &info);
                 if self.mode == DeliveryMode::AtMostOnce {
                     // Acknowledge first, durably: from here on the broker will
                     // not repeat it, even if this process dies next.
@@ -390,11 +483,12 @@ where
                         tracing::warn!(error = %e, "acknowledging failed; skipping the message");
                         return;
                     }
-                    let outcome = self.handle_event(&destination, envelope, true).await;
+                    let outcome = self.handle_event(&destination, envelope, true, &info).await;
                     self.metrics.record(&outcome);
                     return;
                 }
-                self.handle_event(&destination, envelope, false).await
+                self.handle_event(&destination, envelope, false, &info)
+                    .await
             }
         };
         self.metrics.record(&outcome);
@@ -408,13 +502,43 @@ where
         }
     }
 
-    /// Runs the handler with retries; dead-letters what cannot be handled.
-    async fn handle_event(&self, destination: &str, envelope: Envelope, once: bool) -> Outcome {
-        let Some(registration) = self.registry.get(&envelope.event_type).cloned() else {
+    /// Runs the handler with retries inside the message's `process` span
+    /// (whose context is active for the handler); dead-letters what cannot be
+    /// handled.
+    async fn handle_event(
+        &self,
+        destination: &str,
+        envelope: Envelope,
+        once: bool,
+        info: &MessageInfo,
+    ) -> Outcome {
+        let span = telemetry::process_span(&self.group, destination, &envelope, info);
+        let started = std::time::Instant::now();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let outcome = span
+            .scope(self.run_handler(destination, envelope, once, &span, &attempts))
+            .await;
+        self.metrics.handling(started.elapsed());
+        telemetry::finish(span, &outcome, attempts.into_inner());
+        outcome
+    }
+
+    /// The retry loop of [`handle_event`](Self::handle_event); counts the
+    /// attempts made into `attempts`.
+    async fn run_handler(
+        &self,
+        destination: &str,
+        envelope: Envelope,
+        once: bool,
+        span: &MessagingSpan,
+        attempts: &std::sync::atomic::AtomicU32,
+    ) -> Outcome {
+        let Some(handler) = self.registry.get(&envelope.event_type).cloned() else {
             return match self.unknown {
                 UnknownTypes::Skip => Outcome::Handled,
                 UnknownTypes::DeadLetter => {
                     let reason = format!("no handler for event type `{}`", envelope.event_type);
+                    span.fail("no_handler", &reason);
                     self.dead_letter(dead_letter::for_event(
                         &envelope,
                         destination,
@@ -427,11 +551,13 @@ where
             };
         };
         let version = envelope.schema_version().unwrap_or(1);
-        if version > registration.version {
+        if version > handler.version() {
             let reason = format!(
                 "unsupported schema version {version} of `{}`: this consumer knows up to {}",
-                envelope.event_type, registration.version
+                envelope.event_type,
+                handler.version()
             );
+            span.fail("unsupported_schema_version", &reason);
             return self
                 .dead_letter(dead_letter::for_event(
                     &envelope,
@@ -444,7 +570,8 @@ where
         }
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(&registration, &envelope, attempt).await {
+            attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
+            let failure = match self.attempt(&handler, &envelope, attempt).await {
                 Ok(outcome) => return outcome,
                 Err(f) => f,
             };
@@ -459,6 +586,12 @@ where
                 self.retry.delay_before(attempt + 1)
             };
             let Some(delay) = delay else {
+                let kind = if permanent {
+                    "undecodable"
+                } else {
+                    "handler_failed"
+                };
+                span.fail(kind, &reason);
                 return self
                     .dead_letter(dead_letter::for_event(
                         &envelope,
@@ -469,6 +602,7 @@ where
                     ))
                     .await;
             };
+            span.failed_attempt(attempt, &reason);
             self.metrics.retried();
             attempt += 1;
             let stopping = self.stopping.notified();
@@ -485,10 +619,23 @@ where
     /// One attempt: transaction, inbox row (effectively once), handler, commit.
     async fn attempt(
         &self,
-        registration: &handler::Registration<DB>,
+        handler: &Handler<DB>,
         envelope: &Envelope,
         attempt: u32,
     ) -> std::result::Result<Outcome, Failure> {
+        let registration = match handler {
+            Handler::One(registration) => registration,
+            Handler::Batch(registration) => {
+                // A batch of one: an event left alone after its batch failed,
+                // or one that came without neighbours of its type.
+                let mut outcomes = self
+                    .attempt_batch(registration, std::slice::from_ref(envelope), attempt)
+                    .await?;
+                return outcomes.pop().ok_or_else(|| {
+                    Failure::Transient("a batch of one ended without an outcome".into())
+                });
+            }
+        };
         let transient = |e: Error| Failure::Transient(e.to_string());
         let mut tx = self.pool.begin().await.map_err(|e| transient(e.into()))?;
         if self.mode == DeliveryMode::EffectivelyOnce {
@@ -500,7 +647,9 @@ where
                 return Ok(Outcome::Duplicate);
             }
         }
-        let ctx = Context::new(envelope.clone(), attempt, self.outbox.clone(), tx);
+        // The `process` span active around us: follow-up events are its children.
+        let trace = crate::telemetry::span::current();
+        let ctx = Context::new(envelope.clone(), attempt, self.outbox.clone(), tx, trace);
         let result = (registration.call)(ctx.clone(), envelope).await;
         let tx = ctx.finish().await;
         match (result, tx) {

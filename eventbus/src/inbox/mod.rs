@@ -4,6 +4,8 @@
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::time::Duration;
 
@@ -78,6 +80,27 @@ pub trait InboxDatabase: sqlx::Database {
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<bool>;
+
+    /// Inserts the inbox rows of `envelopes` that are not present, as
+    /// [`try_record`](Self::try_record) does for one: one flag per envelope,
+    /// in input order, `true` where its row was inserted. An id that occurs
+    /// twice in `envelopes` is inserted once, and only its first occurrence
+    /// reports `true`. Batch handlers record their whole batch with it.
+    ///
+    /// The default calls `try_record` for each envelope; a backend that can
+    /// insert many rows in one statement should override it.
+    async fn try_record_many(
+        conn: &mut Self::Connection,
+        table: &TableName,
+        consumer: &str,
+        envelopes: &[&Envelope],
+    ) -> Result<Vec<bool>> {
+        let mut fresh = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            fresh.push(Self::try_record(&mut *conn, table, consumer, envelope).await?);
+        }
+        Ok(fresh)
+    }
 
     /// Deletes up to `batch` entries of `consumer` older than `older_than`;
     /// returns how many.

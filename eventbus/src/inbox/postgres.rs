@@ -1,5 +1,7 @@
-//! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer, id).
+//! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer,
+//! source, id), one row at a time or a batch in one statement.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -34,6 +36,44 @@ impl InboxDatabase for Postgres {
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn try_record_many(
+        conn: &mut PgConnection,
+        table: &TableName,
+        consumer: &str,
+        envelopes: &[&Envelope],
+    ) -> Result<Vec<bool>> {
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for the batch. Rows go in in key order, so two
+        // transactions recording overlapping batches wait for each other in
+        // the same order instead of deadlocking on the unique index.
+        let sql = format!(
+            "INSERT INTO {} (consumer, source, message_id, event_type) \
+             SELECT $1, s, m, t FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(s, m, t) \
+             ORDER BY s, m \
+             ON CONFLICT DO NOTHING RETURNING source, message_id",
+            table.quoted()
+        );
+        let sources: Vec<&str> = envelopes.iter().map(|e| e.source.as_str()).collect();
+        let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
+        let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+        let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
+            .bind(consumer)
+            .bind(&sources)
+            .bind(&ids)
+            .bind(&types)
+            .fetch_all(conn)
+            .await
+            .map_err(|e| Error::from_table_query(e, table))?;
+        let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+        // `remove`: a repeat of an id within the batch is not fresh.
+        Ok(envelopes
+            .iter()
+            .map(|e| inserted.remove(&(e.source.clone(), e.id.clone())))
+            .collect())
     }
 
     async fn delete_older_than(

@@ -7,6 +7,8 @@
 #[cfg(feature = "postgres")]
 mod postgres;
 mod record;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::collections::BTreeMap;
 
@@ -224,6 +226,11 @@ impl Outbox {
     /// Like [`publish`](Self::publish), with correlation, causation and trace
     /// context.
     ///
+    /// With the `otel` feature, every publish runs in a `publish` span (see
+    /// [`crate::telemetry`]): a child of `meta.traceparent` when set, else of
+    /// the caller's active OpenTelemetry context; the span's context is what
+    /// the row stores. Without it, `meta`'s trace context is stored as given.
+    ///
     /// # Errors
     ///
     /// As for [`publish`](Self::publish).
@@ -239,7 +246,7 @@ impl Outbox {
     {
         let entry = self.entry(event, meta)?;
         let id = entry.event_id;
-        DB::insert_entries(&mut **tx, &self.table, std::slice::from_ref(&entry)).await?;
+        self.insert_traced(tx, std::slice::from_ref(&entry)).await?;
         Ok(id)
     }
 
@@ -285,7 +292,28 @@ impl Outbox {
         if entries.is_empty() {
             return Ok(());
         }
-        DB::insert_entries(&mut **tx, &self.table, entries).await
+        self.insert_traced(tx, entries).await
+    }
+
+    /// Inserts `entries` inside a `publish` span per event, whose trace
+    /// context (with the `otel` feature) is what the rows store.
+    async fn insert_traced<DB>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, DB>,
+        entries: &[OutboxEntry],
+    ) -> Result<()>
+    where
+        DB: OutboxDatabase,
+    {
+        let (entries, spans) = crate::telemetry::span::publish_spans(&self.table, entries);
+        let result = DB::insert_entries(&mut **tx, &self.table, &entries).await;
+        for span in spans {
+            if let Err(e) = &result {
+                span.fail("database", &e.to_string());
+            }
+            span.end();
+        }
+        result
     }
 
     /// Builds the outbox row for a typed event.

@@ -1,27 +1,41 @@
-//! [`RelayMetrics`]: counters and gauges of a running relay, rendered in the
-//! Prometheus text format for `/metrics`.
+//! [`RelayMetrics`]: counters, gauges and histograms of a running relay,
+//! rendered in the Prometheus text format for `/metrics`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the publish-latency histogram buckets.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+use crate::telemetry::{Exposition, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, WAIT_BUCKETS};
 
 /// Live figures of one relay. Cheap to update from the hot path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelayMetrics {
     published: AtomicU64,
     rejected: AtomicU64,
     parked: AtomicU64,
     outages: AtomicU64,
     batches: AtomicU64,
-    latency: Mutex<Histogram>,
+    latency: Histogram,
+    batch_size: Histogram,
+    outbox_wait: Histogram,
     snapshot: Mutex<Snapshot>,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        RelayMetrics {
+            published: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            outages: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            latency: Histogram::new(LATENCY_BUCKETS),
+            batch_size: Histogram::new(SIZE_BUCKETS),
+            outbox_wait: Histogram::new(WAIT_BUCKETS),
+            snapshot: Mutex::new(Snapshot::default()),
+        }
+    }
 }
 
 /// Backlog statistics as last measured from the database.
@@ -44,13 +58,6 @@ pub struct Snapshot {
     pub database_available: bool,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; 13],
-    count: u64,
-    sum: f64,
-}
-
 impl RelayMetrics {
     pub(crate) fn published(&self, n: u64) {
         self.published.fetch_add(n, Ordering::Relaxed);
@@ -64,18 +71,14 @@ impl RelayMetrics {
     pub(crate) fn outage(&self) {
         self.outages.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn batch(&self, publish_latency: Duration) {
+    pub(crate) fn batch(&self, publish_latency: Duration, size: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        let secs = publish_latency.as_secs_f64();
-        if let Ok(mut h) = self.latency.lock() {
-            h.count += 1;
-            h.sum += secs;
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-        }
+        self.latency.observe_duration(publish_latency);
+        self.batch_size.observe(size as f64);
+    }
+    /// One row acknowledged by the broker `waited` after it was written.
+    pub(crate) fn outbox_wait(&self, waited: Duration) {
+        self.outbox_wait.observe_duration(waited);
     }
     pub(crate) fn update_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
         if let Ok(mut s) = self.snapshot.lock() {
@@ -105,110 +108,114 @@ impl RelayMetrics {
 
     /// All metrics in the Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut exposition = Exposition::new();
+        self.write_to(&mut exposition);
+        exposition.render()
+    }
+
+    /// Adds this relay's metrics to `exposition` (to serve them together with
+    /// those of consumers in the same process).
+    pub fn write_to(&self, out: &mut Exposition) {
         let snap = self.snapshot();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
+        out.counter(
             "eventbus_relay_published_total",
             "Events acknowledged by the broker.",
+            &[],
             self.published_total(),
         );
-        counter(
+        out.counter(
             "eventbus_relay_rejected_total",
-            "Publish attempts rejected by the broker.",
+            "Publish attempts rejected by the broker (failed).",
+            &[],
             self.rejected_total(),
         );
-        counter(
+        out.counter(
             "eventbus_relay_parked_total",
             "Rows parked as failed after their last attempt.",
+            &[],
             self.parked_total(),
         );
-        counter(
+        out.counter(
             "eventbus_relay_broker_outages_total",
             "Batches that found the broker unavailable.",
+            &[],
             self.outages.load(Ordering::Relaxed),
         );
-        counter(
+        out.counter(
             "eventbus_relay_batches_total",
             "Batches published.",
+            &[],
             self.batches.load(Ordering::Relaxed),
         );
 
-        let total: u64 = snap.backlog.values().sum();
-        let _ = writeln!(out, "# HELP eventbus_outbox_backlog Pending outbox rows per partition owned by this relay.\n# TYPE eventbus_outbox_backlog gauge");
+        let backlog = "eventbus_outbox_backlog";
+        let help = "Pending outbox rows per partition owned by this relay.";
+        out.gauge_family(backlog, help);
         for (p, n) in &snap.backlog {
-            let _ = writeln!(out, "eventbus_outbox_backlog{{partition=\"{p}\"}} {n}");
+            out.gauge(backlog, help, &[("partition", &p.to_string())], *n as f64);
         }
-        let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        gauge(
+        let total: u64 = snap.backlog.values().sum();
+        out.gauge(
             "eventbus_outbox_backlog_total",
             "Pending outbox rows in partitions owned by this relay.",
-            total.to_string(),
+            &[],
+            total as f64,
         );
-        gauge(
+        out.gauge(
             "eventbus_outbox_oldest_pending_age_seconds",
             "Age of the oldest pending row.",
-            fmt_f64(snap.oldest_pending_seconds),
+            &[],
+            snap.oldest_pending_seconds,
         );
-        gauge(
+        out.gauge(
             "eventbus_relay_held_back_seconds",
             "How long committed rows have waited for an older open transaction.",
-            fmt_f64(snap.held_back_seconds),
+            &[],
+            snap.held_back_seconds,
         );
-        gauge(
+        out.gauge(
             "eventbus_outbox_parked_rows",
             "Rows parked as failed.",
-            snap.parked_rows.to_string(),
+            &[],
+            snap.parked_rows as f64,
         );
-        gauge(
+        out.gauge(
             "eventbus_relay_owned_partitions",
             "Partitions this relay owns.",
-            snap.owned_partitions.to_string(),
+            &[],
+            snap.owned_partitions as f64,
         );
-        gauge(
+        out.gauge(
             "eventbus_relay_database_up",
             "1 if the last heartbeat reached the database.",
-            u8::from(snap.database_available).to_string(),
+            &[],
+            f64::from(u8::from(snap.database_available)),
         );
-        gauge(
+        out.gauge(
             "eventbus_relay_broker_up",
             "1 if the last publish reached the broker.",
-            u8::from(snap.broker_available).to_string(),
+            &[],
+            f64::from(u8::from(snap.broker_available)),
         );
 
-        let name = "eventbus_relay_publish_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} Time from sending a batch to the broker's last acknowledgement.\n# TYPE {name} histogram");
-        if let Ok(h) = self.latency.lock() {
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-                h.count,
-                fmt_f64(h.sum),
-                h.count
-            );
-        }
-        out
-    }
-}
-
-fn fmt_f64(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.6}")
-    } else {
-        "0".into()
+        out.histogram(
+            "eventbus_relay_publish_latency_seconds",
+            "Time from sending a batch to the broker's last acknowledgement.",
+            &[],
+            &self.latency,
+        );
+        out.histogram(
+            "eventbus_relay_batch_size",
+            "Rows sent to the broker per batch.",
+            &[],
+            &self.batch_size,
+        );
+        out.histogram(
+            "eventbus_relay_outbox_wait_seconds",
+            "Time an event waited in the outbox: from its write in the business transaction to the broker's acknowledgement.",
+            &[],
+            &self.outbox_wait,
+        );
     }
 }
 
@@ -217,10 +224,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_gauges_and_histogram() {
+    fn renders_counters_gauges_and_histograms() {
         let m = RelayMetrics::default();
         m.published(5);
-        m.batch(Duration::from_millis(3));
+        m.batch(Duration::from_millis(3), 5);
+        m.outbox_wait(Duration::from_millis(40));
         m.update_snapshot(|s| {
             s.backlog.insert(3, 7);
             s.broker_available = true;
@@ -231,6 +239,10 @@ mod tests {
         assert!(text.contains("eventbus_outbox_backlog_total 7"));
         assert!(text.contains("eventbus_relay_publish_latency_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("eventbus_relay_publish_latency_seconds_bucket{le=\"0.001\"} 0"));
+        assert!(text.contains("eventbus_relay_batch_size_bucket{le=\"5\"} 1"));
+        assert!(text.contains("eventbus_relay_batch_size_sum 5"));
+        assert!(text.contains("eventbus_relay_outbox_wait_seconds_bucket{le=\"0.025\"} 0"));
+        assert!(text.contains("eventbus_relay_outbox_wait_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("eventbus_relay_broker_up 1"));
     }
 }

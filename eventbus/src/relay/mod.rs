@@ -16,7 +16,10 @@ mod membership;
 mod metrics;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
+mod telemetry;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -37,6 +40,8 @@ pub use config::{RelayConfig, Retention};
 pub use metrics::{RelayMetrics, Snapshot};
 #[cfg(feature = "postgres")]
 pub use postgres::PgRelayStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteRelayStore;
 pub use store::{Rejection, RelayStore};
 
 use membership::Membership;
@@ -115,7 +120,10 @@ impl Relay {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
 
-        let listener = tokio::spawn({
+        // Held in guards: if this future is dropped (the caller's task aborted),
+        // the heartbeat must stop too, or it would renew a dead relay's leases
+        // forever and its partitions would never move.
+        let listener = AbortOnDrop(tokio::spawn({
             let store = Arc::clone(&self.store);
             let wake = Arc::clone(&wake);
             async move {
@@ -123,21 +131,21 @@ impl Relay {
                     tracing::warn!(error = %e, "outbox notifications unavailable; polling only");
                 }
             }
-        });
-        let heart = tokio::spawn(membership::keep_alive(
+        }));
+        let heart = AbortOnDrop(tokio::spawn(membership::keep_alive(
             Arc::clone(&membership),
             Arc::clone(&self.store),
             Arc::clone(&self.config),
             Arc::clone(&self.metrics),
             Arc::clone(&wake),
-        ));
+        )));
 
-        let stats = tokio::spawn(watch_backlog(
+        let stats = AbortOnDrop(tokio::spawn(watch_backlog(
             Arc::clone(&membership),
             Arc::clone(&self.store),
             Arc::clone(&self.config),
             Arc::clone(&self.metrics),
-        ));
+        )));
 
         let worker = self.work(
             Arc::clone(&membership),
@@ -154,9 +162,7 @@ impl Relay {
                 worker.await;
             }
         }
-        heart.abort();
-        listener.abort();
-        stats.abort();
+        drop((heart, listener, stats));
         if let Err(e) = self.store.deregister(self.id).await {
             tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
         }
@@ -299,6 +305,12 @@ impl Relay {
             tracing::info!("lease expired before publishing; dropping the batch");
             return BatchOutcome::Done;
         }
+        // One `send` span per row; the message carries its trace context.
+        let system = self.publisher.system();
+        let spans: Vec<_> = sendable
+            .iter_mut()
+            .map(|(row, message)| telemetry::start_send(system, row, message))
+            .collect();
         let messages: Vec<OutgoingMessage> = sendable.iter().map(|(_, m)| m.clone()).collect();
         let started = Instant::now();
         let results = if messages.is_empty() {
@@ -307,10 +319,14 @@ impl Relay {
             self.publisher.publish_batch(&messages).await
         };
         let latency = started.elapsed();
+        let acknowledged_at = chrono::Utc::now();
 
         let mut acked: Vec<i64> = Vec::with_capacity(results.len());
         let mut unavailable: Option<String> = None;
-        for ((row, _), result) in sendable.iter().zip(results) {
+        for (((row, _), result), span) in sendable.iter().zip(results).zip(spans) {
+            if let Some(waited) = telemetry::finish_send(span, row, &result, acknowledged_at) {
+                self.metrics.outbox_wait(waited);
+            }
             match result {
                 Ok(_) => acked.push(row.id),
                 Err(PublishError::Unavailable(e)) => {
@@ -326,7 +342,7 @@ impl Relay {
             }
         }
         if !messages.is_empty() {
-            self.metrics.batch(latency);
+            self.metrics.batch(latency, messages.len());
         }
         self.metrics.published(acked.len() as u64);
         self.metrics.rejected(rejections.len() as u64);
@@ -346,7 +362,11 @@ impl Relay {
         }
         if !rejections.is_empty() {
             for r in &rejections {
-                tracing::warn!(id = r.id, parked = r.park, error = %r.error, "event rejected");
+                let trace_id = rows
+                    .iter()
+                    .find(|row| row.id == r.id)
+                    .and_then(telemetry::trace_id);
+                tracing::warn!(id = r.id, trace_id = trace_id.as_deref(), parked = r.park, error = %r.error, "event rejected");
             }
             if let Err(e) = self.store.reject(self.id, &rejections).await {
                 tracing::warn!(error = %e, "recording rejected rows failed");
@@ -454,4 +474,14 @@ fn stop_requested(stop: &Notify) -> bool {
     tokio::pin!(notified);
     // `enable` + poll once: a stored permit from `notify_one` completes it.
     futures::FutureExt::now_or_never(notified).is_some()
+}
+
+/// Aborts its task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

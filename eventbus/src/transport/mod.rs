@@ -1,5 +1,7 @@
-//! Broker transports: the [`Publisher`] trait the relay sends through, and its
-//! implementations per broker (behind the `kafka` and `rabbitmq` features).
+//! Broker transports: the [`Publisher`] trait the relay sends through, the
+//! [`Subscriber`] consumers read from, and their implementations per broker:
+//! Kafka and RabbitMQ (behind the `kafka` and `rabbitmq` features) and the
+//! in-process [`memory`] broker (always compiled: dev mode, demos, tests).
 
 use std::fmt;
 
@@ -7,11 +9,12 @@ use crate::envelope::Envelope;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod memory;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 mod subscription;
 
-pub use subscription::{Received, Settle, Subscriber};
+pub use subscription::{MessageInfo, Received, Settle, Subscriber};
 
 /// An event on its way to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]

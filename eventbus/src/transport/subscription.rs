@@ -21,8 +21,52 @@ pub struct Received {
     pub body: Vec<u8>,
     /// Whether the broker says it delivered this message before.
     pub redelivered: bool,
+    /// Where and when the broker had the message, for telemetry.
+    pub info: MessageInfo,
     /// Settles the message with the broker.
     pub settle: Box<dyn Settle>,
+}
+
+/// What the broker says about a received message, beyond the event: what
+/// the consumer's `process` span and broker-wait metric are made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageInfo {
+    /// The OpenTelemetry `messaging.system`: `kafka`, `rabbitmq`, `memory`.
+    pub system: &'static str,
+    /// The Kafka partition (and the in-memory broker's).
+    pub partition: Option<i32>,
+    /// The Kafka offset.
+    pub offset: Option<i64>,
+    /// The Kafka message key, when it is UTF-8.
+    pub key: Option<String>,
+    /// The AMQP routing key.
+    pub routing_key: Option<String>,
+    /// When the broker took the message, as precisely as it says: the Kafka
+    /// record timestamp; RabbitMQ's `timestamp_in_ms` header (set by our
+    /// publisher when sending, replaced on arrival by the broker's
+    /// message-timestamp plugin where that is enabled).
+    pub broker_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl MessageInfo {
+    /// Information about a message received from `system`; the other fields
+    /// are set one by one.
+    ///
+    /// ```
+    /// use eventbus::transport::MessageInfo;
+    ///
+    /// let mut info = MessageInfo::new("kafka");
+    /// info.partition = Some(3);
+    /// info.offset = Some(42);
+    /// assert_eq!(info.system, "kafka");
+    /// ```
+    pub fn new(system: &'static str) -> Self {
+        MessageInfo {
+            system,
+            ..MessageInfo::default()
+        }
+    }
 }
 
 /// Settles one received message with the broker.

@@ -58,7 +58,10 @@ pub const CONTENT_TYPE_HEADER: &str = "content-type";
 /// binary mode (`ce_*` headers, `content-type`, payload as data).
 ///
 /// When the message carries no `ce_partitionkey` header, a UTF-8 message key
-/// becomes the envelope's `partition_key`, as the binding maps the two.
+/// becomes the envelope's `partition_key`, as the binding maps the two. When
+/// it carries no `ce_traceparent`/`ce_tracestate`, plain `traceparent` and
+/// `tracestate` headers (what OpenTelemetry instrumentations write) are used
+/// instead.
 ///
 /// # Errors
 ///
@@ -91,12 +94,18 @@ pub fn envelope_from_message<M: Message>(
 ) -> std::result::Result<Envelope, EnvelopeError> {
     let mut content_type = None;
     let mut attributes: Vec<(&str, &[u8])> = Vec::new();
+    let mut plain_traceparent = None;
+    let mut plain_tracestate = None;
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
             let Some(value) = header.value else {
                 continue;
             };
-            if header.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) {
+            if header.key.eq_ignore_ascii_case("traceparent") {
+                plain_traceparent = std::str::from_utf8(value).ok();
+            } else if header.key.eq_ignore_ascii_case("tracestate") {
+                plain_tracestate = std::str::from_utf8(value).ok();
+            } else if header.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) {
                 let text =
                     std::str::from_utf8(value).map_err(|_| EnvelopeError::InvalidAttribute {
                         name: "datacontenttype".into(),
@@ -110,6 +119,14 @@ pub fn envelope_from_message<M: Message>(
     }
     let data = message.payload().unwrap_or_default().to_vec();
     let mut envelope = Envelope::from_binary(HEADER_PREFIX, attributes, content_type, data)?;
+    // Producers instrumented by OpenTelemetry (in any language) set only the
+    // plain headers: continue their trace.
+    if envelope.traceparent.is_none() {
+        envelope.traceparent = plain_traceparent.map(str::to_owned);
+        if envelope.tracestate.is_none() {
+            envelope.tracestate = plain_tracestate.map(str::to_owned);
+        }
+    }
     if envelope.partition_key.is_none() {
         if let Some(Ok(key)) = message.key().map(std::str::from_utf8) {
             if !key.is_empty() {
@@ -315,6 +332,50 @@ mod tests {
         );
         let back = envelope_from_message(&message).expect("decodes");
         assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn a_plain_traceparent_header_is_continued() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some("e-1"),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("urn:other"),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("t"),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            })
+            .insert(Header {
+                key: "tracestate",
+                value: Some("k=v"),
+            });
+        let message = rdkafka::message::OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            rdkafka::message::Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        );
+        let e = envelope_from_message(&message).expect("decodes");
+        assert_eq!(
+            e.traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(e.tracestate.as_deref(), Some("k=v"));
     }
 
     #[test]

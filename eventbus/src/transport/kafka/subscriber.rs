@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::{canonical_key, config_error, envelope_from_message, Settings};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{Error, Result};
-use crate::transport::{PublishError, Received, Settle, Subscriber};
+use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
 
 /// How many messages a [`KafkaSubscriber`] hands out and has not seen settled,
 /// unless [`KafkaSubscriberBuilder::max_in_flight`] says otherwise.
@@ -269,12 +269,20 @@ impl KafkaSubscriber {
             epoch,
             fetched,
         } = out;
+        let mut info = MessageInfo::new("kafka");
+        info.partition = Some(partition);
+        info.offset = Some(fetched.offset);
+        info.key = fetched.key;
+        info.broker_time = fetched
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis);
         Received {
             destination: topic.clone(),
             lane: lane_of(&topic, partition),
             envelope: fetched.envelope,
             body: fetched.body,
             redelivered: false,
+            info,
             settle: Box::new(KafkaSettle {
                 topic,
                 partition,
@@ -554,6 +562,11 @@ fn fetched(message: &BorrowedMessage<'_>) -> Arrival {
         offset: message.offset(),
         envelope: envelope_from_message(message),
         body: message.payload().unwrap_or_default().to_vec(),
+        key: message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_owned),
+        timestamp_ms: message.timestamp().to_millis(),
     };
     (message.topic().to_owned(), message.partition(), fetched)
 }
@@ -744,6 +757,10 @@ struct Fetched {
     offset: i64,
     envelope: std::result::Result<Envelope, EnvelopeError>,
     body: Vec<u8>,
+    /// The message key, when it is UTF-8.
+    key: Option<String>,
+    /// The record timestamp, in milliseconds since the epoch.
+    timestamp_ms: Option<i64>,
 }
 
 /// A message picked to be handed out.
@@ -1112,6 +1129,8 @@ mod tests {
             offset,
             envelope: Err(EnvelopeError::MissingAttribute("id")),
             body: Vec::new(),
+            key: None,
+            timestamp_ms: None,
         };
         p.buffer(topic, partition, fetched);
         p.hand_out().map(|out| out.epoch)
@@ -1203,6 +1222,8 @@ mod tests {
             offset,
             envelope: Err(EnvelopeError::MissingAttribute("id")),
             body: Vec::new(),
+            key: None,
+            timestamp_ms: None,
         };
         // One fetch: a run of partition 0, then a run of partition 1.
         for offset in 0..3 {
@@ -1231,6 +1252,8 @@ mod tests {
                     offset,
                     envelope: Err(EnvelopeError::MissingAttribute("id")),
                     body: Vec::new(),
+                    key: None,
+                    timestamp_ms: None,
                 },
             );
         }

@@ -21,6 +21,7 @@
 //! | body | the payload bytes |
 //! | header `ce-<attr>` (long string) | every attribute except `datacontenttype` |
 //! | headers `traceparent`, `tracestate` | the W3C trace context, when set |
+//! | header `timestamp_in_ms` | when the publisher sent it, in ms (for the consumer's broker-wait metric) |
 //! | property `content_type` | `datacontenttype` (`application/json` when unset) |
 //! | property `message_id` | the event `id` |
 //! | property `timestamp` | the event `time`, in whole seconds |
@@ -141,6 +142,37 @@ pub fn message_properties(envelope: &Envelope, app_id: Option<&str>) -> BasicPro
         properties = properties.with_app_id(app_id.into());
     }
     properties
+}
+
+/// The header carrying when a message was sent, in milliseconds since the
+/// epoch: the name RabbitMQ's message-timestamp plugin uses, which (where it
+/// is enabled) overwrites it with the time the broker took the message.
+pub const SENT_AT_HEADER: &str = "timestamp_in_ms";
+
+/// `properties` with [`SENT_AT_HEADER`] set to now.
+fn with_sent_at(properties: BasicProperties) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        SENT_AT_HEADER.into(),
+        AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+    );
+    properties.with_headers(headers)
+}
+
+/// When the broker took a delivery, per its [`SENT_AT_HEADER`].
+fn sent_at(properties: &BasicProperties) -> Option<chrono::DateTime<chrono::Utc>> {
+    let value = properties.headers().as_ref()?.inner().get(SENT_AT_HEADER)?;
+    let ms = match value {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok()?,
+        other => std::str::from_utf8(&header_text(other)?)
+            .ok()?
+            .parse()
+            .ok()?,
+    };
+    chrono::DateTime::from_timestamp_millis(ms)
 }
 
 /// Decodes a message in the CloudEvents AMQP binary binding (as sent by

@@ -17,8 +17,8 @@ use lapin::{Channel, Connection, ExchangeKind};
 use tokio::sync::Mutex;
 
 use super::{
-    is_soft, message_properties, redact_url, tokio_properties, Secrets, DEFAULT_BROKER_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
+    is_soft, message_properties, redact_url, tokio_properties, with_sent_at, Secrets,
+    DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
 };
 use crate::error::{Error, Result};
 use crate::transport::{Delivered, OutgoingMessage, PublishError, Publisher};
@@ -477,7 +477,7 @@ impl RabbitPublisher {
                     immediate: false,
                 },
                 &envelope.data,
-                message_properties(envelope, self.app_id.as_deref()),
+                with_sent_at(message_properties(envelope, self.app_id.as_deref())),
             );
             match tokio::time::timeout_at(deadline, sending).await {
                 Ok(Ok(confirm)) => confirms.push((i, confirm)),

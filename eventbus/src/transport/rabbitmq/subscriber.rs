@@ -21,11 +21,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    envelope_from_delivery, header_text, is_soft, redact_url, tokio_properties, Secrets,
+    envelope_from_delivery, header_text, is_soft, redact_url, sent_at, tokio_properties, Secrets,
     DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
 };
 use crate::error::{Error, Result};
-use crate::transport::{PublishError, Received, Settle, Subscriber};
+use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
 
 /// The default prefetch: at most this many messages are delivered to one
 /// subscriber and not yet settled.
@@ -743,20 +743,25 @@ impl RabbitSubscriber {
     fn received(&self, delivery: Delivery, channel: Channel) -> Received {
         let lane = self.options.lane_of(&delivery);
         let envelope = envelope_from_delivery(&delivery.properties, &delivery.data);
+        let mut info = MessageInfo::new("rabbitmq");
+        info.broker_time = sent_at(&delivery.properties);
         let Delivery {
             delivery_tag,
             exchange,
+            routing_key,
             redelivered,
             data,
             acker,
             ..
         } = delivery;
+        info.routing_key = Some(routing_key.to_string());
         Received {
             destination: exchange.to_string(),
             lane,
             envelope,
             body: data,
             redelivered,
+            info,
             settle: Box::new(RabbitSettle {
                 acker,
                 delivery_tag,

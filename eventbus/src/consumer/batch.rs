@@ -1,0 +1,377 @@
+//! Batch handling: how a lane takes consecutive messages of a batch-handled
+//! type off its queue, and how a batch is handled — one transaction, one inbox
+//! insert, split in halves when it fails — and settled.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::context::BatchContext;
+use super::handler::{BatchRegistration, Failure};
+use super::{DeliveryMode, Outcome, Queued, Shared};
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::inbox::InboxDatabase;
+use crate::outbox::OutboxDatabase;
+use crate::transport::{MessageInfo, Received, Settle};
+
+/// What a lane worker does next.
+pub(super) enum Work<DB: sqlx::Database> {
+    /// Handle one message on its own.
+    One(Box<Queued>),
+    /// Handle consecutive messages of one batch-handled type together.
+    Batch(BatchRegistration<DB>, Vec<Batched>),
+}
+
+impl<DB: sqlx::Database> Work<DB> {
+    /// Gives every message back to the broker (shutdown before it started).
+    pub(super) async fn release(self) {
+        let settles: Vec<Box<dyn Settle>> = match self {
+            Work::One(queued) => vec![queued.0.settle],
+            Work::Batch(_, batch) => batch.into_iter().map(|b| b.settle).collect(),
+        };
+        for settle in settles {
+            if let Err(e) = settle.release().await {
+                tracing::debug!(error = %e, "releasing a message on shutdown failed");
+            }
+        }
+    }
+}
+
+/// A message taken into a batch: a decoded CloudEvent of the batch's type.
+pub(super) struct Batched {
+    destination: String,
+    envelope: Envelope,
+    info: MessageInfo,
+    settle: Box<dyn Settle>,
+    /// The consumer's in-flight slot, held until the message is settled.
+    permit: OwnedSemaphorePermit,
+}
+
+/// The queue of one lane, with the messages taken off it to look at but not
+/// handled yet (the first one after a batch, of another type).
+pub(super) struct Lane {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    pending: VecDeque<Queued>,
+}
+
+impl Lane {
+    pub(super) fn new(rx: mpsc::UnboundedReceiver<Queued>) -> Self {
+        Lane {
+            rx,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next message alone, or the next batch: the next message and, if its
+    /// type has a batch handler, the messages of that type right behind it
+    /// that are queued (or arrive within the linger), up to the handler's
+    /// maximum. `None` once the lane is closed and empty.
+    pub(super) async fn next<DB>(&mut self, shared: &Shared<DB>) -> Option<Work<DB>>
+    where
+        DB: InboxDatabase + OutboxDatabase,
+    {
+        let first = match self.pending.pop_front() {
+            Some(queued) => queued,
+            None => self.rx.recv().await?,
+        };
+        let Some(registration) = batch_handler(shared, &first.0).cloned() else {
+            return Some(Work::One(Box::new(first)));
+        };
+        let first = match batched(first) {
+            Ok(first) => first,
+            Err(first) => return Some(Work::One(first)),
+        };
+        let event_type = first.envelope.event_type.clone();
+        let deadline = tokio::time::Instant::now() + shared.batch_linger;
+        let mut batch = Vec::with_capacity(registration.max.min(64));
+        batch.push(first);
+        while batch.len() < registration.max {
+            let next = match self.pending.pop_front() {
+                Some(queued) => queued,
+                None => match self.rx.try_recv() {
+                    Ok(queued) => queued,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => match self.linger(shared, deadline).await {
+                        Some(queued) => queued,
+                        None => break,
+                    },
+                },
+            };
+            let same_type = matches!(&next.0.envelope, Ok(e) if e.event_type == event_type)
+                && batch_handler(shared, &next.0).is_some();
+            if !same_type {
+                // Another type ends the batch: it is handled after it, in order.
+                self.pending.push_front(next);
+                break;
+            }
+            match batched(next) {
+                Ok(next) => batch.push(next),
+                Err(next) => {
+                    self.pending.push_front(*next);
+                    break;
+                }
+            }
+        }
+        Some(Work::Batch(registration, batch))
+    }
+
+    /// Waits for the next message until `deadline`; `None` if none came, the
+    /// lane closed, or the consumer is stopping.
+    async fn linger<DB: sqlx::Database>(
+        &mut self,
+        shared: &Shared<DB>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Queued> {
+        if shared.batch_linger.is_zero() {
+            return None;
+        }
+        let stopping = shared.stopping.notified();
+        tokio::pin!(stopping);
+        // Registered before the flag is read, so a stop in between still wakes us.
+        stopping.as_mut().enable();
+        if shared.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        tokio::select! {
+            queued = self.rx.recv() => queued,
+            () = tokio::time::sleep_until(deadline) => None,
+            () = stopping => None,
+        }
+    }
+}
+
+/// The batch handler for `message`, if its type has one and it is a CloudEvent
+/// of a schema version the handler knows (others take the single-message
+/// path, which dead-letters them with the reason).
+fn batch_handler<'s, DB>(
+    shared: &'s Shared<DB>,
+    message: &Received,
+) -> Option<&'s BatchRegistration<DB>>
+where
+    DB: sqlx::Database,
+{
+    let envelope = message.envelope.as_ref().ok()?;
+    let registration = shared.registry.batch(&envelope.event_type)?;
+    (envelope.schema_version().unwrap_or(1) <= registration.version).then_some(registration)
+}
+
+/// `queued` as a batch member, or back as it was if it is not a CloudEvent
+/// (never the case for a message [`batch_handler`] accepted).
+fn batched((message, permit): Queued) -> Result<Batched, Box<Queued>> {
+    match message.envelope {
+        Ok(envelope) => Ok(Batched {
+            destination: message.destination,
+            envelope,
+            info: message.info,
+            settle: message.settle,
+            permit,
+        }),
+        Err(e) => Err(Box::new((
+            Received {
+                envelope: Err(e),
+                ..message
+            },
+            permit,
+        ))),
+    }
+}
+
+impl<DB> Shared<DB>
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    /// Handles a batch and settles each of its messages.
+    pub(super) async fn handle_batch(
+        &self,
+        registration: BatchRegistration<DB>,
+        batch: Vec<Batched>,
+    ) {
+        self.metrics.batch(batch.len());
+        let mut destinations = Vec::with_capacity(batch.len());
+        let mut infos = Vec::with_capacity(batch.len());
+        let mut envelopes = Vec::with_capacity(batch.len());
+        let mut settles = Vec::with_capacity(batch.len());
+        let mut permits = Vec::with_capacity(batch.len());
+        let once = self.mode == DeliveryMode::AtMostOnce;
+        for member in batch {
+            if once {
+                // Acknowledge first, durably, as a single message would be.
+                if let Err(e) = member.settle.ack_durably().await {
+                    tracing::warn!(error = %e, "acknowledging failed; skipping the message");
+                    continue;
+                }
+            } else {
+                settles.push(member.settle);
+            }
+            super::telemetry::arrived(&self.metrics, &member.envelope, &member.info);
+            destinations.push(member.destination);
+            envelopes.push(member.envelope);
+            infos.push(member.info);
+            permits.push(member.permit);
+        }
+        // One `process` span for the batch, linked to each message's trace;
+        // events left alone after a failure get spans of their own.
+        let span = super::telemetry::batch_span(
+            &self.group,
+            destinations.first().map_or("", String::as_str),
+            &envelopes,
+            infos.first(),
+        );
+        let started = std::time::Instant::now();
+        let outcomes = span
+            .scope(self.run_batch(&registration, &destinations, &infos, &envelopes, once))
+            .await;
+        self.metrics.handling(started.elapsed());
+        // The batch's outcome is its worst message's.
+        let summary = outcomes
+            .iter()
+            .find(|o| matches!(o, Outcome::DeadLettered))
+            .or_else(|| outcomes.iter().find(|o| matches!(o, Outcome::Released)))
+            .unwrap_or(&Outcome::Handled);
+        super::telemetry::finish(span, summary, 0);
+        for outcome in &outcomes {
+            self.metrics.record(outcome);
+        }
+        for (outcome, settle) in outcomes.into_iter().zip(settles) {
+            let settled = match outcome {
+                Outcome::Released => settle.release().await,
+                _ => settle.ack().await,
+            };
+            if let Err(e) = settled {
+                // It will be delivered again; the inbox absorbs the repeat.
+                tracing::warn!(group = %self.group, error = %e, "settling a message failed");
+            }
+        }
+        drop(permits);
+    }
+
+    /// Handles `envelopes` in as few transactions as their failures allow: the
+    /// whole batch first; a failed part is split in halves, left half first,
+    /// so that the events commit in order; an event that fails alone takes
+    /// the single-message path (retries, then the dead-letter destination).
+    /// One outcome per envelope, in order.
+    async fn run_batch(
+        &self,
+        registration: &BatchRegistration<DB>,
+        destinations: &[String],
+        infos: &[MessageInfo],
+        envelopes: &[Envelope],
+        once: bool,
+    ) -> Vec<Outcome> {
+        let n = envelopes.len();
+        let mut outcomes = Vec::with_capacity(n);
+        // A stack of parts still to handle, the next one on top.
+        let mut todo: Vec<Range<usize>> = Vec::new();
+        todo.push(0..n);
+        while let Some(part) = todo.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            if part.len() == 1 {
+                let i = part.start;
+                let outcome = self
+                    .handle_event(&destinations[i], envelopes[i].clone(), once, &infos[i])
+                    .await;
+                let released = matches!(outcome, Outcome::Released);
+                outcomes.push(outcome);
+                if released {
+                    // Stopping during its retries: the rest was not started.
+                    while outcomes.len() < n {
+                        outcomes.push(Outcome::Released);
+                    }
+                    break;
+                }
+                continue;
+            }
+            match self
+                .attempt_batch(registration, &envelopes[part.clone()], 1)
+                .await
+            {
+                Ok(done) => outcomes.extend(done),
+                Err(failure) => {
+                    let reason = match failure {
+                        Failure::Permanent(r) | Failure::Transient(r) => r,
+                    };
+                    tracing::warn!(group = %self.group, size = part.len(), error = %reason, "batch failed; splitting it");
+                    self.metrics.batch_split();
+                    let middle = part.start + part.len() / 2;
+                    todo.push(middle..part.end);
+                    todo.push(part.start..middle);
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// One attempt at a batch: transaction, inbox rows of the whole batch in
+    /// one statement (effectively once), the handler with the events not seen
+    /// before, commit. One outcome per envelope.
+    pub(super) async fn attempt_batch(
+        &self,
+        registration: &BatchRegistration<DB>,
+        envelopes: &[Envelope],
+        attempt: u32,
+    ) -> Result<Vec<Outcome>, Failure> {
+        let transient = |e: Error| Failure::Transient(e.to_string());
+        let mut tx = self.pool.begin().await.map_err(|e| transient(e.into()))?;
+        let fresh = if self.mode == DeliveryMode::EffectivelyOnce {
+            let refs: Vec<&Envelope> = envelopes.iter().collect();
+            let fresh = DB::try_record_many(&mut *tx, &self.inbox_table, &self.group, &refs)
+                .await
+                .map_err(transient)?;
+            if fresh.len() != envelopes.len() {
+                let _ = tx.rollback().await;
+                return Err(Failure::Transient(format!(
+                    "the inbox answered {} of {} messages",
+                    fresh.len(),
+                    envelopes.len()
+                )));
+            }
+            fresh
+        } else {
+            vec![true; envelopes.len()]
+        };
+        let outcomes: Vec<Outcome> = fresh
+            .iter()
+            .map(|&f| {
+                if f {
+                    Outcome::Handled
+                } else {
+                    Outcome::Duplicate
+                }
+            })
+            .collect();
+        let chosen: Vec<Envelope> = envelopes
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, &f)| f)
+            .map(|(e, _)| e.clone())
+            .collect();
+        if chosen.is_empty() {
+            let _ = tx.rollback().await;
+            return Ok(outcomes);
+        }
+        let ctx = BatchContext::new(chosen, attempt, self.outbox.clone(), tx);
+        let result = (registration.call)(ctx.clone()).await;
+        let tx = ctx.finish().await;
+        match (result, tx) {
+            (Ok(()), Some(tx)) => {
+                tx.commit().await.map_err(|e| transient(e.into()))?;
+                Ok(outcomes)
+            }
+            (Ok(()), None) => Err(Failure::Transient(
+                "the batch handler's transaction vanished".into(),
+            )),
+            (Err(f), tx) => {
+                if let Some(tx) = tx {
+                    let _ = tx.rollback().await;
+                }
+                Err(f)
+            }
+        }
+    }
+}

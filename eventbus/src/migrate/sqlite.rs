@@ -1,0 +1,142 @@
+//! SQLite migrations: the same tables and columns as on PostgreSQL in SQLite
+//! types, one logical partition, and `BEGIN IMMEDIATE` to serialise migrators.
+
+use sqlx::{Sqlite, SqlitePool};
+
+use super::{MigrateDatabase, Migrator};
+use crate::error::Result;
+use crate::sqlite::NOW;
+
+/// A version 4 UUID in the hyphenated lowercase form, made by SQLite: the
+/// default `event_id` of rows written with plain SQL.
+const UUID_V4: &str = "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' \
+     || substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) \
+     || substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))";
+
+/// A `GLOB` pattern matching a hyphenated UUID, so a malformed `event_id` is
+/// refused at insert instead of stalling the relay later.
+fn uuid_glob() -> String {
+    let hex = "[0-9a-fA-F]";
+    [8, 4, 4, 4, 12]
+        .iter()
+        .map(|n| hex.repeat(*n))
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Migration steps: (component, version, SQL). Never edit a released step; add
+/// a new one.
+fn steps(m: &Migrator) -> Vec<(String, i32, String)> {
+    let outbox = &m.outbox;
+    let t = outbox.quoted();
+    // SQLite names an index's schema on the index, not on its table.
+    let local = outbox.local_with_suffix("");
+    let partitions_table = outbox.with_suffix("_partitions");
+    let relays_table = outbox.with_suffix("_relays");
+    let uuid_glob = uuid_glob();
+    let outbox_v1 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {t} (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT    NOT NULL UNIQUE DEFAULT ({UUID_V4}) CHECK (event_id GLOB '{uuid_glob}'),
+    source          TEXT,
+    destination     TEXT    NOT NULL,
+    partition_key   TEXT    NOT NULL,
+    "partition"     INTEGER NOT NULL DEFAULT 0 CHECK ("partition" = 0),
+    event_type      TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL DEFAULT 1,
+    subject         TEXT,
+    headers         TEXT    NOT NULL DEFAULT '{{}}' CHECK (json_valid(headers)),
+    payload         TEXT    NOT NULL CHECK (json_valid(payload)),
+    created_at      TEXT    NOT NULL DEFAULT ({NOW}) CHECK (julianday(created_at) IS NOT NULL),
+    state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed', 'published')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    last_error      TEXT,
+    published_at    TEXT
+);
+CREATE INDEX IF NOT EXISTS {pending} ON {local} (id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS {blocked} ON {local} (partition_key, id)
+    WHERE state = 'failed' OR (state = 'pending' AND attempts > 0);
+CREATE INDEX IF NOT EXISTS {published} ON {local} (published_at) WHERE state = 'published';
+CREATE TABLE IF NOT EXISTS {partitions_table} (
+    "partition"      INTEGER PRIMARY KEY,
+    owner            TEXT,
+    epoch            INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at TEXT
+);
+INSERT OR IGNORE INTO {partitions_table} ("partition") VALUES (0);
+CREATE TABLE IF NOT EXISTS {relays_table} (
+    relay_id     TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    started_at   TEXT NOT NULL DEFAULT ({NOW}),
+    heartbeat_at TEXT NOT NULL DEFAULT ({NOW})
+);
+"#,
+        pending = outbox.with_suffix("_pending"),
+        blocked = outbox.with_suffix("_blocked"),
+        published = outbox.with_suffix("_published"),
+    );
+    let inbox = &m.inbox;
+    let inbox_v1 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {i} (
+    consumer    TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    event_type  TEXT,
+    received_at TEXT NOT NULL DEFAULT ({NOW}),
+    PRIMARY KEY (consumer, source, message_id)
+);
+CREATE INDEX IF NOT EXISTS {received} ON {local} (consumer, received_at);
+"#,
+        i = inbox.quoted(),
+        local = inbox.local_with_suffix(""),
+        received = inbox.with_suffix("_received_at"),
+    );
+    vec![
+        (format!("outbox:{outbox}"), 1, outbox_v1),
+        (format!("inbox:{inbox}"), 1, inbox_v1),
+    ]
+}
+
+#[async_trait::async_trait]
+impl MigrateDatabase for Sqlite {
+    async fn apply(pool: &SqlitePool, migrator: &Migrator) -> Result<()> {
+        // IMMEDIATE takes the write lock at once (waiting out the busy timeout):
+        // concurrent migrators queue here, then find the work done.
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS eventbus_migrations (
+                component  TEXT    NOT NULL,
+                version    INTEGER NOT NULL,
+                applied_at TEXT    NOT NULL DEFAULT ({NOW}),
+                PRIMARY KEY (component, version))"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        for (component, version, sql) in steps(migrator) {
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM eventbus_migrations
+                 WHERE component = ?1 AND version = ?2)",
+            )
+            .bind(&component)
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
+            if done {
+                continue;
+            }
+            // No arguments: SQLite runs every statement of the script.
+            sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+            sqlx::query("INSERT INTO eventbus_migrations (component, version) VALUES (?1, ?2)")
+                .bind(&component)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(%component, version, "applied eventbus migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

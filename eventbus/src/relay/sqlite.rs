@@ -1,0 +1,388 @@
+//! The SQLite [`RelayStore`]: one partition leased by one relay at a time,
+//! fenced acknowledgement, and polling (SQLite has no notifications).
+//!
+//! Commit order needs no snapshot rule here: SQLite has one writer at a time,
+//! and an `AUTOINCREMENT` id is assigned under the write lock that its
+//! transaction holds until it ends, so ids become visible in commit order
+//! (`docs/adr/0003-sqlite-outbox.md`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::config::Retention;
+use super::metrics::Snapshot;
+use super::store::{Rejection, RelayStore};
+use crate::error::{Error, Result};
+use crate::outbox::OutboxRecord;
+use crate::sqlite::{json_array, now_shifted, parse_timestamp, shift, NOW};
+use crate::table::TableName;
+
+/// The relay's view of a SQLite outbox table.
+///
+/// A SQLite outbox has a single partition, so **one relay per database** does
+/// the work. Start a second one on the same file and it stands by: it
+/// heartbeats, finds the partition leased, and takes over once the first
+/// stops or its lease expires. New rows are found by polling
+/// ([`RelayConfig::poll_interval`](super::RelayConfig::poll_interval)).
+///
+/// ```no_run
+/// # #[cfg(feature = "rabbitmq")]
+/// # async fn demo() -> eventbus::Result<()> {
+/// use std::sync::Arc;
+/// use eventbus::relay::{Relay, RelayConfig, SqliteRelayStore};
+/// use eventbus::transport::rabbitmq::RabbitPublisher;
+///
+/// let pool = sqlx::SqlitePool::connect_with(eventbus::sqlite::connect_options("shop.db")).await?;
+/// eventbus::migrate(&pool).await?;
+/// let config = RelayConfig::default();
+/// let store = SqliteRelayStore::new(pool, config.table.clone());
+/// let publisher = RabbitPublisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let relay = Relay::new(Arc::new(store), Arc::new(publisher), config)?;
+/// relay.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteRelayStore {
+    pool: SqlitePool,
+    table: TableName,
+    sql: Arc<Statements>,
+}
+
+/// SQL text built once per table (names are validated and quoted). Lists of ids
+/// and partitions are bound as one JSON array and read with `json_each`.
+#[derive(Debug)]
+struct Statements {
+    claim: String,
+    delete: String,
+    mark_published: String,
+    reject: String,
+    stats: String,
+    parked: String,
+    renew: String,
+    acquire: String,
+    release: String,
+    release_all: String,
+    heartbeat: String,
+    live: String,
+    forget_dead: String,
+    deregister: String,
+    partitions: String,
+    delete_published: String,
+}
+
+impl Statements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted();
+        let p = table.with_suffix("_partitions");
+        let r = table.with_suffix("_relays");
+        let list = |n: u8| format!("(SELECT value FROM json_each(?{n}))");
+        // A row may be touched only while this relay (?2) holds its partition.
+        let fence = format!(
+            "EXISTS (SELECT 1 FROM {p} l WHERE l.\"partition\" = o.\"partition\" \
+             AND l.owner = ?2 AND l.lease_expires_at > {NOW})"
+        );
+        Statements {
+            claim: format!(
+                "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, \
+                        o.\"partition\", o.event_type, o.schema_version, o.subject, o.headers, o.payload, \
+                        strftime('%Y-%m-%dT%H:%M:%fZ', o.created_at) AS created_at, o.attempts \
+                 FROM {t} o \
+                 WHERE o.state = 'pending' AND o.\"partition\" IN {partitions} \
+                   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= {NOW}) \
+                   AND NOT EXISTS (SELECT 1 FROM {t} b \
+                       WHERE b.partition_key = o.partition_key \
+                         AND b.\"partition\" = o.\"partition\" AND b.id < o.id \
+                         AND (b.state = 'failed' OR (b.state = 'pending' AND b.attempts > 0))) \
+                   AND {fence} \
+                 ORDER BY o.id LIMIT ?3",
+                partitions = list(1),
+            ),
+            delete: format!("DELETE FROM {t} AS o WHERE o.id IN {ids} AND {fence}", ids = list(1)),
+            mark_published: format!(
+                "UPDATE {t} AS o SET state = 'published', published_at = {NOW} \
+                 WHERE o.id IN {ids} AND {fence}",
+                ids = list(1)
+            ),
+            reject: format!(
+                "UPDATE {t} AS o SET attempts = o.attempts + 1, \
+                        state = CASE WHEN u.park THEN 'failed' ELSE 'pending' END, \
+                        next_attempt_at = CASE WHEN u.park THEN NULL \
+                            ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now', u.delay) END, \
+                        last_error = u.err \
+                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS park, value ->> 2 AS delay, \
+                              value ->> 3 AS err FROM json_each(?1)) AS u \
+                 WHERE o.id = u.id AND {fence}"
+            ),
+            stats: format!(
+                "SELECT o.\"partition\" AS \"partition\", count(*) AS n, \
+                        (julianday('now') - min(julianday(o.created_at))) * 86400.0 AS oldest \
+                 FROM {t} o WHERE o.state = 'pending' AND o.\"partition\" IN {partitions} \
+                 GROUP BY o.\"partition\"",
+                partitions = list(1)
+            ),
+            parked: format!("SELECT count(*) FROM {t} WHERE state = 'failed'"),
+            renew: format!(
+                "UPDATE {p} SET lease_expires_at = {until} \
+                 WHERE owner = ?1 AND \"partition\" IN {partitions} RETURNING \"partition\"",
+                until = now_shifted(3),
+                partitions = list(2)
+            ),
+            acquire: format!(
+                "UPDATE {p} SET owner = ?1, epoch = epoch + 1, lease_expires_at = {until} \
+                 WHERE \"partition\" IN {partitions} AND (owner IS NULL \
+                       OR lease_expires_at IS NULL OR lease_expires_at < {NOW}) \
+                 RETURNING \"partition\"",
+                until = now_shifted(3),
+                partitions = list(2)
+            ),
+            release: format!(
+                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL \
+                 WHERE owner = ?1 AND \"partition\" IN {partitions}",
+                partitions = list(2)
+            ),
+            release_all: format!(
+                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL WHERE owner = ?1"
+            ),
+            heartbeat: format!(
+                "INSERT INTO {r} (relay_id, name) VALUES (?1, ?2) \
+                 ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = {NOW}, name = excluded.name"
+            ),
+            live: format!(
+                "SELECT relay_id FROM {r} WHERE heartbeat_at > {since} ORDER BY relay_id",
+                since = now_shifted(1)
+            ),
+            // Crashed relays never deregister: forget them once long dead.
+            forget_dead: format!(
+                "DELETE FROM {r} WHERE heartbeat_at < {before}",
+                before = now_shifted(1)
+            ),
+            deregister: format!("DELETE FROM {r} WHERE relay_id = ?1"),
+            partitions: format!("SELECT \"partition\" FROM {p} ORDER BY \"partition\""),
+            delete_published: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
+                 AND published_at < {before} LIMIT ?2)",
+                before = now_shifted(1)
+            ),
+        }
+    }
+}
+
+impl SqliteRelayStore {
+    /// The relay store for `table` in `pool`'s database. Open the pool in WAL
+    /// mode with a busy timeout ([`crate::sqlite::connect_options`]).
+    pub fn new(pool: SqlitePool, table: TableName) -> Self {
+        let sql = Arc::new(Statements::new(&table));
+        SqliteRelayStore { pool, table, sql }
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        Error::from_table_query(e, &self.table)
+    }
+}
+
+/// Relay ids are stored as hyphenated text, like every UUID eventbus writes to
+/// SQLite.
+fn relay_id(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+fn record(row: &SqliteRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
+    let event_id: String = row.try_get("event_id")?;
+    let headers: String = row.try_get("headers")?;
+    let created_at: String = row.try_get("created_at")?;
+    Ok(OutboxRecord {
+        id: row.try_get("id")?,
+        event_id: Uuid::parse_str(&event_id).map_err(|e| decode_error("event_id", e))?,
+        source: row.try_get("source")?,
+        destination: row.try_get("destination")?,
+        partition_key: row.try_get("partition_key")?,
+        partition: row.try_get("partition")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        subject: row.try_get("subject")?,
+        headers: serde_json::from_str(&headers).map_err(|e| decode_error("headers", e))?,
+        // TEXT keeps the bytes the writer stored: no re-encoding needed.
+        payload: row.try_get("payload")?,
+        created_at: parse_timestamp(&created_at).map_err(|e| decode_error("created_at", e))?,
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl RelayStore for SqliteRelayStore {
+    async fn partitions(&self) -> Result<Vec<i32>> {
+        sqlx::query_scalar(&self.sql.partitions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
+        sqlx::query(&self.sql.heartbeat)
+            .bind(relay_id(relay))
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(&self.sql.forget_dead)
+            .bind(shift(dead_after.saturating_mul(10), -1))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let live: Vec<String> = sqlx::query_scalar(&self.sql.live)
+            .bind(shift(dead_after, -1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        live.iter()
+            .map(|id| Uuid::parse_str(id).map_err(|e| Error::Database(decode_error("relay_id", e))))
+            .collect()
+    }
+
+    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
+        sqlx::query_scalar(&self.sql.renew)
+            .bind(relay_id(relay))
+            .bind(json_array(partitions))
+            .bind(shift(ttl, 1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
+        sqlx::query_scalar(&self.sql.acquire)
+            .bind(relay_id(relay))
+            .bind(json_array(partitions))
+            .bind(shift(ttl, 1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn release(&self, relay: Uuid, partitions: &[i32]) -> Result<()> {
+        sqlx::query(&self.sql.release)
+            .bind(relay_id(relay))
+            .bind(json_array(partitions))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn deregister(&self, relay: Uuid) -> Result<()> {
+        sqlx::query(&self.sql.release_all)
+            .bind(relay_id(relay))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(&self.sql.deregister)
+            .bind(relay_id(relay))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        relay: Uuid,
+        partitions: &[i32],
+        limit: u32,
+    ) -> Result<Vec<OutboxRecord>> {
+        let rows = sqlx::query(&self.sql.claim)
+            .bind(json_array(partitions))
+            .bind(relay_id(relay))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(record)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::Database)
+    }
+
+    async fn acknowledge(&self, relay: Uuid, ids: &[i64], retention: Retention) -> Result<u64> {
+        let sql = match retention {
+            Retention::Delete => &self.sql.delete,
+            Retention::Keep(_) => &self.sql.mark_published,
+        };
+        let done = sqlx::query(sql)
+            .bind(json_array(ids))
+            .bind(relay_id(relay))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> Result<()> {
+        let rows: Vec<(i64, bool, String, &str)> = rejections
+            .iter()
+            .map(|r| (r.id, r.park, shift(r.retry_in, 1), r.error.as_str()))
+            .collect();
+        sqlx::query(&self.sql.reject)
+            .bind(json_array(&rows))
+            .bind(relay_id(relay))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
+        let rows = sqlx::query(&self.sql.stats)
+            .bind(json_array(partitions))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut snap = Snapshot::default();
+        for p in partitions {
+            snap.backlog.insert(*p, 0);
+        }
+        for row in rows {
+            let partition: i32 = row.try_get("partition")?;
+            let n: i64 = row.try_get("n")?;
+            let oldest: Option<f64> = row.try_get("oldest")?;
+            snap.backlog
+                .insert(partition, u64::try_from(n).unwrap_or(0));
+            snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest.unwrap_or(0.0));
+        }
+        // Ids become visible in commit order: nothing is ever held back.
+        snap.held_back_seconds = 0.0;
+        let parked: i64 = sqlx::query_scalar(&self.sql.parked)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        snap.parked_rows = u64::try_from(parked).unwrap_or(0);
+        Ok(snap)
+    }
+
+    async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
+        let done = sqlx::query(&self.sql.delete_published)
+            .bind(shift(keep, -1))
+            .bind(batch)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn listen(&self, _notify: Arc<Notify>) -> Result<()> {
+        // SQLite cannot notify another connection, let alone another process:
+        // the relay polls every `poll_interval`.
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Each service's database: SQLite files (the embedded default) or a
+//! PostgreSQL database per service, and what the saga needs of either.
+//!
+//! The services' SQL is portable between the two (`$1` placeholders, `BIGINT`,
+//! `ON CONFLICT`, `RETURNING`), so each service writes it once in a
+//! `macro_rules!` that [`for_each_database!`] stamps out per database type.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventbus::inbox::InboxDatabase;
+use eventbus::migrate::MigrateDatabase;
+use eventbus::outbox::OutboxDatabase;
+use eventbus::relay::{PgRelayStore, RelayStore, SqliteRelayStore};
+use eventbus::TableName;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+use crate::inventory::InventoryDb;
+use crate::order::OrderDb;
+use crate::payment::PaymentDb;
+use crate::Result;
+
+/// Stamps out a service's SQL for every database the saga runs on.
+macro_rules! for_each_database {
+    ($stamp:ident) => {
+        $stamp!(sqlx::Postgres);
+        $stamp!(sqlx::Sqlite);
+    };
+}
+pub(crate) use for_each_database;
+
+/// A database the whole saga runs on: the SDK's outbox, inbox and migrations,
+/// plus each service's own tables.
+#[async_trait::async_trait]
+pub trait SagaDb:
+    OutboxDatabase + InboxDatabase + MigrateDatabase + OrderDb + InventoryDb + PaymentDb
+{
+    /// The relay's view of this database's outbox.
+    fn relay_store(pool: sqlx::Pool<Self>) -> Arc<dyn RelayStore>;
+
+    /// Empties the outbox and inbox, so a demo run starts clean even if an
+    /// earlier one was interrupted with events still pending.
+    async fn reset(pool: &sqlx::Pool<Self>) -> sqlx::Result<()>;
+}
+
+macro_rules! saga_db {
+    ($db:ty, $store:ident) => {
+        #[async_trait::async_trait]
+        impl SagaDb for $db {
+            fn relay_store(pool: sqlx::Pool<Self>) -> Arc<dyn RelayStore> {
+                Arc::new($store::new(pool, TableName::default_outbox()))
+            }
+
+            async fn reset(pool: &sqlx::Pool<Self>) -> sqlx::Result<()> {
+                let outbox = TableName::default_outbox();
+                let inbox = TableName::default_inbox();
+                for table in [outbox, inbox] {
+                    sqlx::query(&format!("DELETE FROM {}", table.quoted()))
+                        .execute(pool)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+saga_db!(Postgres, PgRelayStore);
+saga_db!(Sqlite, SqliteRelayStore);
+
+/// Where the services keep their data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// One SQLite file per service in this directory.
+    Sqlite(PathBuf),
+    /// One PostgreSQL database per service, named `<database>_<service>` after
+    /// the database in this URL, created when missing.
+    Postgres(String),
+}
+
+impl Storage {
+    /// Reads `--database-url`: `postgres://…`, or `sqlite://<dir>` for SQLite
+    /// files in `<dir>`.
+    pub fn parse(url: &str) -> Result<Storage> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Storage::Postgres(url.to_owned()))
+        } else if let Some(dir) = url.strip_prefix("sqlite://") {
+            Ok(Storage::Sqlite(PathBuf::from(dir)))
+        } else {
+            Err(crate::Error::Usage(format!(
+                "unsupported --database-url `{}`: use postgres://… or sqlite://<directory>",
+                crate::redact(url)
+            )))
+        }
+    }
+
+    /// What to show in logs: the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Storage::Sqlite(dir) => format!("SQLite files in {}", dir.display()),
+            Storage::Postgres(url) => crate::redact(url),
+        }
+    }
+}
+
+/// Opens (creating if needed) the SQLite file of `service` in `dir`: WAL so
+/// readers never wait for the writer, and a busy timeout so concurrent writers
+/// queue instead of failing.
+pub async fn sqlite(dir: &Path, service: &str) -> Result<SqlitePool> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        crate::Error::Usage(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join(format!("{service}.db")))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await?)
+}
+
+/// Connects to `<database>_<service>` next to the database `url` names,
+/// creating it first if it does not exist.
+pub async fn postgres(url: &str, service: &str) -> Result<PgPool> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let base = options.get_database().unwrap_or("postgres").to_owned();
+    let name = format!("{base}_{service}");
+    // The base database itself need not exist: creating goes through the
+    // server's maintenance database.
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone().database("postgres"))
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await?;
+    if !exists {
+        // Identifiers cannot be bound; the name is ours (base name + service),
+        // quoted so any characters in the user's database name stay literal.
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = sqlx::query(&create).execute(&admin).await {
+            // Another service process may have created it a moment ago.
+            let raced = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04" || c == "23505");
+            if !raced {
+                return Err(e.into());
+            }
+        }
+    }
+    admin.close().await;
+    Ok(PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options.database(&name))
+        .await?)
+}
