@@ -185,17 +185,20 @@ pub async fn effects_in_order(pool: &PgPool) -> Vec<Step> {
 
 // ------------------------------------------------------------ running consumers
 
-/// A consumer running in a task of the test.
+/// A consumer running in a task of the test, on any database.
 #[derive(Debug)]
-pub struct Running {
+pub struct Running<DB: sqlx::Database = Postgres> {
     /// The consumer, for its metrics.
-    pub consumer: Arc<Consumer<Postgres>>,
+    pub consumer: Arc<Consumer<DB>>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<eventbus::Result<()>>,
 }
 
 /// Runs `consumer` in a task until [`Running::stop`].
-pub fn run(consumer: Consumer<Postgres>) -> Running {
+pub fn run<DB>(consumer: Consumer<DB>) -> Running<DB>
+where
+    DB: eventbus::inbox::InboxDatabase + eventbus::outbox::OutboxDatabase,
+{
     let consumer = Arc::new(consumer);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn({
@@ -215,7 +218,7 @@ pub fn run(consumer: Consumer<Postgres>) -> Running {
     }
 }
 
-impl Running {
+impl<DB: sqlx::Database> Running<DB> {
     /// Whether the consumer is still running.
     pub fn is_running(&self) -> bool {
         !self.task.is_finished()
@@ -223,7 +226,7 @@ impl Running {
 
     /// Asks the consumer to stop and waits (up to 60 s) for it to leave
     /// cleanly; panics otherwise.
-    pub async fn stop(mut self) -> Arc<Consumer<Postgres>> {
+    pub async fn stop(mut self) -> Arc<Consumer<DB>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -5,17 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventbus::consumer::{BatchContext, Consumer, ConsumerBuilder, Context};
+use eventbus::consumer::{BatchContext, ConsumerBuilder, Context};
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::{Envelope, Event};
-use eventbus_tests::consumer::{envelope, publish};
+use eventbus_tests::consumer::{envelope, publish, run};
 use eventbus_tests::rabbitmq::{self, delete_exchange, delete_group};
 use eventbus_tests::relay::{steps, Step};
 use eventbus_tests::sqlite::TestSqlite;
 use eventbus_tests::{amqp_url, unique_name};
 use serde::{Deserialize, Serialize};
 use sqlx::{Sqlite, SqlitePool};
-use tokio::sync::oneshot;
 
 /// The follow-up a handler publishes for each step it handles.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, eventbus::Event)]
@@ -30,44 +29,6 @@ async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-/// A consumer running in a task until `stop` is sent.
-struct Running {
-    consumer: Arc<Consumer<Sqlite>>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<eventbus::Result<()>>,
-}
-
-fn run(consumer: Consumer<Sqlite>) -> Running {
-    let consumer = Arc::new(consumer);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn({
-        let consumer = Arc::clone(&consumer);
-        async move {
-            consumer
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
-    Running {
-        consumer,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the consumer stops within 30 s")
-            .expect("consumer task")
-            .expect("the consumer ran without error");
-    }
 }
 
 /// Waits until `done` holds, or panics with `what` after `timeout`.

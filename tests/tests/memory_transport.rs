@@ -13,6 +13,7 @@ use eventbus::consumer::{dead_letter, Consumer, Context, DeliveryMode};
 use eventbus::transport::memory::{MemoryBroker, MemoryPublisher, MemorySubscriber};
 use eventbus::transport::{Delivered, Received, Subscriber};
 use eventbus::{BoxError, Envelope, Event, OutgoingMessage, PublishError, Publisher};
+use eventbus_tests::consumer::{run, Running};
 use eventbus_tests::kafka::java_partition;
 use eventbus_tests::relay::{steps, Step};
 use eventbus_tests::TestDb;
@@ -728,17 +729,11 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// A consumer of group `group` over `subscriber`, in effectively-once mode,
-/// running in a task until stopped.
-struct Running {
-    consumer: Arc<Consumer<Postgres>>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<eventbus::Result<()>>,
-}
-
-impl Running {
-    fn start(db: &TestDb, broker: &MemoryBroker, group: &str, pause: Duration) -> Self {
-        let consumer = Consumer::builder(group)
+/// Starts an effectively-once consumer of `group` that records each step,
+/// pausing `pause` per event.
+fn start(db: &TestDb, broker: &MemoryBroker, group: &str, pause: Duration) -> Running {
+    let consumer =
+        Consumer::builder(group)
             .mode(DeliveryMode::EffectivelyOnce)
             .on(move |ctx: Context<Postgres>, step: Step| async move {
                 record(&ctx, &step, pause).await
@@ -749,34 +744,7 @@ impl Running {
                 Arc::new(broker.publisher()),
             )
             .expect("a handler is registered");
-        let consumer = Arc::new(consumer);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let consumer = Arc::clone(&consumer);
-            async move {
-                consumer
-                    .run(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-            }
-        });
-        Running {
-            consumer,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) -> Arc<Consumer<Postgres>> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the consumer stops within 30 s")
-            .expect("consumer task")
-            .expect("the consumer closed its subscription");
-        self.consumer
-    }
+    run(consumer)
 }
 
 /// Publishes `count` steps over `keys` keys, then publishes every
@@ -817,7 +785,7 @@ async fn the_consumer_applies_each_event_once_despite_duplicates() {
     assert_eq!(copies, 40);
     assert_eq!(broker.published(TOPIC), 240);
 
-    let running = Running::start(&db, &broker, "billing", Duration::ZERO);
+    let running = start(&db, &broker, "billing", Duration::ZERO);
     wait_acknowledged(&broker, "billing", Duration::from_secs(60)).await;
     let consumer = running.stop().await;
 
@@ -863,9 +831,9 @@ async fn consumers_of_one_group_apply_each_event_once_across_rebalances() {
 
     // A slow handler keeps messages in flight across the rebalances.
     let pause = Duration::from_millis(3);
-    let first = Running::start(&db, &broker, "billing", pause);
+    let first = start(&db, &broker, "billing", pause);
     wait_until_effects(&db.pool, 60).await;
-    let second = Running::start(&db, &broker, "billing", pause);
+    let second = start(&db, &broker, "billing", pause);
     wait_until_effects(&db.pool, 150).await;
     // The first leaves mid-stream: the second takes over everything.
     let first = first.stop().await;

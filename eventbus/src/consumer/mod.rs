@@ -131,11 +131,15 @@ struct Shared<DB: sqlx::Database> {
     stopped: std::sync::atomic::AtomicBool,
 }
 
-#[cfg(feature = "postgres")]
-impl Consumer<sqlx::Postgres> {
+impl<DB> Consumer<DB>
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
     /// Starts building a consumer for group `group` (Kafka `group.id`, RabbitMQ
-    /// queue name); also the inbox's consumer name.
-    pub fn builder(group: impl Into<String>) -> ConsumerBuilder<sqlx::Postgres> {
+    /// queue name); also the inbox's consumer name. The database follows from
+    /// the handlers' [`Context`] type and the pool given to
+    /// [`ConsumerBuilder::build`].
+    pub fn builder(group: impl Into<String>) -> ConsumerBuilder<DB> {
         ConsumerBuilder::new(group)
     }
 }
