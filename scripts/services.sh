@@ -1,6 +1,7 @@
 # Starts the services the test suite needs, installing them first on a fresh
 # Debian/Ubuntu machine (run as root). Sourced by scripts/test; safe to re-run.
-# Exports DATABASE_URL, AMQP_URL and KAFKA_BROKERS.
+# Exports DATABASE_URL, AMQP_URL, KAFKA_BROKERS and SQS_ENDPOINT (with
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION defaults for it).
 
 TANSU_VERSION=0.6.0
 
@@ -53,6 +54,35 @@ ensure_kafka() {
   wait_port 9092 30 tansu
 }
 
+# A local SQS-compatible server: moto in server mode (PyPI) on loopback,
+# started through scripts/moto_sqs.py, which fixes races and a busy loop of
+# its queues.
+ensure_sqs() {
+  export SQS_ENDPOINT="${SQS_ENDPOINT:-http://127.0.0.1:4566}"
+  # moto accepts any credentials; the AWS SDK still wants some to sign with.
+  export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+  export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+  export AWS_REGION="${AWS_REGION:-us-east-1}"
+  port_open 4566 && return 0
+  if ! python3 -c "import moto.server, flask" 2>/dev/null; then
+    echo "installing the SQS-compatible test server moto (once)" >&2
+    python3 -m pip install -q "moto[server]"
+  fi
+  # setsid: the server outlives this shell and ignores its job control.
+  setsid nohup python3 "$(dirname "${BASH_SOURCE[0]}")/moto_sqs.py" -H 127.0.0.1 -p 4566 \
+    >"${TMPDIR:-/tmp}/eventbus-moto.log" 2>&1 < /dev/null &
+  wait_port 4566 30 "moto (SQS)"
+}
+
+ensure_mysql() {
+  export MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
+  port_open 3306 && return 0
+  command -v mariadbd >/dev/null || apt_install mariadb-server
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  wait_port 3306 60 MariaDB
+}
+
 ensure_services() {
-  ensure_postgres && ensure_rabbitmq && ensure_kafka
+  # ensure_sqs is not called while the SQS suites are left out (scripts/test).
+  ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql
 }

@@ -102,7 +102,10 @@ impl Error {
     /// A database error from a statement on `table`: an undefined table becomes
     /// [`Error::NotMigrated`], which says what to do about it.
     // Only the database backends run table queries.
-    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "sqlite", feature = "mysql")),
+        allow(dead_code)
+    )]
     pub(crate) fn from_table_query(e: sqlx::Error, table: &crate::table::TableName) -> Self {
         match &e {
             // 42P01 is PostgreSQL's undefined_table; SQLite ("no such table: t")
@@ -136,6 +139,7 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         // 08xxx connection exceptions.
         sqlx::Error::Database(db) => {
             is_sqlite_busy(db.as_ref())
+                || is_mysql_lock_wait(db.as_ref())
                 || db.code().is_some_and(|c| {
                     c == "40001" || c == "40P01" || c.starts_with("57P") || c.starts_with("08")
                 })
@@ -159,6 +163,20 @@ fn is_sqlite_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
 
 #[cfg(not(feature = "sqlite"))]
 fn is_sqlite_busy(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
+}
+
+/// MySQL's `ER_LOCK_WAIT_TIMEOUT` (1205): a lock stayed taken longer than
+/// `innodb_lock_wait_timeout`. Its SQLSTATE is the catch-all `HY000`, so the
+/// number tells it apart. (A deadlock, 1213, has SQLSTATE 40001.)
+#[cfg(feature = "mysql")]
+fn is_mysql_lock_wait(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|e| e.number() == 1205)
+}
+
+#[cfg(not(feature = "mysql"))]
+fn is_mysql_lock_wait(_db: &dyn sqlx::error::DatabaseError) -> bool {
     false
 }
 

@@ -32,8 +32,10 @@
 //! | `macros`   | yes     | `#[derive(Event)]` |
 //! | `postgres` | yes     | PostgreSQL outbox, inbox, migrations and relay store |
 //! | `sqlite`   | no      | SQLite outbox, inbox, migrations and relay store (bundled SQLite; one relay per database file) |
+//! | `mysql`    | no      | MySQL 8 / MariaDB 10.6+ outbox, inbox, migrations and relay store; commit order through per-partition write locks (module `mysql`) |
 //! | `kafka`    | no      | Kafka transport (rdkafka; builds librdkafka) |
 //! | `rabbitmq` | no      | RabbitMQ transport (lapin, publisher confirms) |
+//! | `sqs`      | no      | Amazon SQS transport (aws-sdk-sqs; standard and FIFO queues, see [`transport::sqs`]) |
 //! | `otel`     | no      | OpenTelemetry `publish`/`send`/`process` spans and trace context captured at publish (see [`telemetry`]) |
 //! | `full`     | no      | all of the above |
 //!
@@ -47,6 +49,8 @@ mod error;
 pub mod event;
 pub mod inbox;
 pub mod migrate;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod outbox;
 pub mod relay;
 pub mod schema;

@@ -89,6 +89,27 @@ impl TableName {
         }
     }
 
+    /// The name quoted for MySQL and MariaDB, e.g. `` `shop`.`eventbus_outbox` ``:
+    /// backticks, since their double quotes delimit strings unless the server
+    /// runs with `ANSI_QUOTES`.
+    ///
+    /// ```
+    /// let t = eventbus::TableName::parse("shop.eventbus_outbox").unwrap();
+    /// assert_eq!(t.mysql_quoted(), "`shop`.`eventbus_outbox`");
+    /// ```
+    pub fn mysql_quoted(&self) -> String {
+        self.mysql_with_suffix("")
+    }
+
+    /// A related object's name quoted for MySQL: the table name plus `suffix`,
+    /// in the same database.
+    pub fn mysql_with_suffix(&self, suffix: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("`{schema}`.`{}{suffix}`", self.name),
+            None => format!("`{}{suffix}`", self.name),
+        }
+    }
+
     /// An unqualified, quoted name for a related object (indexes take no schema).
     pub fn local_with_suffix(&self, suffix: &str) -> String {
         format!("\"{}{suffix}\"", self.name)
@@ -165,5 +186,6 @@ mod tests {
         );
         assert_eq!(t.channel(), "svc_outbox");
         assert_eq!(t.to_string(), "svc.outbox");
+        assert_eq!(t.mysql_with_suffix("_relays"), "`svc`.`outbox_relays`");
     }
 }

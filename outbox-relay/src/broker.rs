@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use eventbus::transport::kafka::{KafkaPublisher, KafkaSubscriber};
 use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
+use eventbus::transport::sqs::{SqsPublisherBuilder, SqsSubscriberBuilder};
 use eventbus::transport::Subscriber;
 use eventbus::{Error, Publisher, Result};
 
@@ -31,8 +32,11 @@ pub(crate) async fn connect(
             Ok(Arc::new(builder.build()?))
         }
         "amqp" | "amqps" => Ok(Arc::new(RabbitPublisher::connect(url).await?)),
+        "sqs" | "sqs+http" | "sqs+https" => {
+            Ok(Arc::new(SqsPublisherBuilder::from_url(url)?.connect().await?))
+        }
         other => Err(Error::Config(format!(
-            "unsupported broker scheme `{other}`: use kafka://, amqp:// or amqps://"
+            "unsupported broker scheme `{other}`: use kafka://, amqp://, amqps://, sqs:// or sqs+http://"
         ))),
     }
 }
@@ -57,8 +61,15 @@ pub(crate) async fn subscribe(
                 .connect()
                 .await?,
         )),
+        // An SQS queue is its own group: `group` has no part in it.
+        Some(("sqs" | "sqs+http" | "sqs+https", _)) => Ok(Box::new(
+            SqsSubscriberBuilder::from_url(url)?
+                .queue(destination)
+                .connect()
+                .await?,
+        )),
         _ => Err(Error::Config(format!(
-            "unsupported broker URL `{}`: use kafka://, amqp:// or amqps://",
+            "unsupported broker URL `{}`: use kafka://, amqp://, amqps://, sqs:// or sqs+http://",
             redact(url)
         ))),
     }

@@ -15,8 +15,9 @@ use serde::Deserialize;
 /// Settings shared by every subcommand.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
-    /// URL of the database holding the outbox: `postgres://…`, or a SQLite file
-    /// `sqlite://path.db` (opened in WAL mode; one relay per file).
+    /// URL of the database holding the outbox: `postgres://…`, `mysql://…`
+    /// (MySQL 8 or MariaDB 10.6+), or a SQLite file `sqlite://path.db`
+    /// (opened in WAL mode; one relay per file).
     #[arg(
         long,
         env = "EVENTBUS_DATABASE_URL",

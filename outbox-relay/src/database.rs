@@ -1,20 +1,23 @@
-//! The database behind `--database-url`: PostgreSQL, or a SQLite file
-//! (`sqlite://path.db`), chosen by the URL's scheme.
+//! The database behind `--database-url`: PostgreSQL, MySQL/MariaDB
+//! (`mysql://…`), or a SQLite file (`sqlite://path.db`), chosen by the URL's
+//! scheme.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventbus::relay::{PgRelayStore, RelayStore, SqliteRelayStore};
+use eventbus::relay::{MySqlRelayStore, OutboxAdmin, PgRelayStore, RelayStore, SqliteRelayStore};
 use eventbus::{Error, Migrator, Result, TableName};
+use sqlx::mysql::MySqlPoolOptions;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 /// A connected database holding the outbox.
 #[derive(Debug)]
 pub(crate) enum Database {
     Postgres(PgPool),
+    MySql(MySqlPool),
     Sqlite(SqlitePool),
 }
 
@@ -39,6 +42,13 @@ impl Database {
                     .connect(url)
                     .await?,
             )),
+            "mysql" | "mariadb" => Ok(Database::MySql(
+                MySqlPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url.replacen("mariadb:", "mysql:", 1))
+                    .await?,
+            )),
             "sqlite" => {
                 let mut options = SqliteConnectOptions::from_str(url)
                     .map_err(|e| Error::Config(format!("invalid SQLite URL: {e}")))?
@@ -57,7 +67,7 @@ impl Database {
                 ))
             }
             _ => Err(Error::Config(
-                "unsupported database URL: use postgres://… or sqlite://path.db".into(),
+                "unsupported database URL: use postgres://…, mysql://… or sqlite://path.db".into(),
             )),
         }
     }
@@ -66,6 +76,7 @@ impl Database {
     pub(crate) fn relay_store(&self, table: TableName) -> Arc<dyn RelayStore> {
         match self {
             Database::Postgres(pool) => Arc::new(PgRelayStore::new(pool.clone(), table)),
+            Database::MySql(pool) => Arc::new(MySqlRelayStore::new(pool.clone(), table)),
             Database::Sqlite(pool) => Arc::new(SqliteRelayStore::new(pool.clone(), table)),
         }
     }
@@ -74,17 +85,20 @@ impl Database {
     pub(crate) async fn migrate(&self, migrator: &Migrator) -> Result<()> {
         match self {
             Database::Postgres(pool) => migrator.run(pool).await,
+            Database::MySql(pool) => migrator.run(pool).await,
             Database::Sqlite(pool) => migrator.run(pool).await,
         }
     }
 
-    /// The PostgreSQL pool, for the operator commands that exist only there.
-    pub(crate) fn postgres(self, command: &str) -> Result<PgPool> {
+    /// The operator view of `table`, for `status` and `failed`, which exist
+    /// on PostgreSQL and MySQL only.
+    pub(crate) fn admin(self, table: TableName, command: &str) -> Result<OutboxAdmin> {
         match self {
-            Database::Postgres(pool) => Ok(pool),
+            Database::Postgres(pool) => Ok(OutboxAdmin::new(pool, table)),
+            Database::MySql(pool) => Ok(OutboxAdmin::mysql(pool, table)),
             Database::Sqlite(_) => Err(Error::Config(format!(
-                "`outbox-relay {command}` supports PostgreSQL only; on SQLite, query the outbox \
-                 table with plain SQL (see docs/outbox-table.md)"
+                "`outbox-relay {command}` supports PostgreSQL and MySQL only; on SQLite, query \
+                 the outbox table with plain SQL (see docs/outbox-table.md)"
             ))),
         }
     }

@@ -6,6 +6,7 @@ mod broker;
 mod config;
 mod database;
 mod http;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -35,8 +36,8 @@ enum Command {
     /// Create or upgrade the outbox, relay and inbox tables (idempotent); creates
     /// a SQLite database file that does not exist yet.
     Migrate {
-        /// Number of logical partitions for a new outbox table (PostgreSQL;
-        /// a SQLite outbox always has one).
+        /// Number of logical partitions for a new outbox table (PostgreSQL and
+        /// MySQL; a SQLite outbox always has one).
         #[arg(long, env = "EVENTBUS_PARTITIONS", default_value_t = eventbus::migrate::DEFAULT_PARTITIONS)]
         partitions: u32,
         /// Inbox table name.
@@ -44,10 +45,10 @@ enum Command {
         inbox_table: String,
     },
     /// Print backlog, oldest pending age, relays with their partitions, parked rows
-    /// (PostgreSQL only).
+    /// (PostgreSQL and MySQL).
     Status,
     /// Inspect and release events parked after failing all their attempts
-    /// (PostgreSQL only).
+    /// (PostgreSQL and MySQL).
     Failed {
         #[command(subcommand)]
         action: FailedAction,
@@ -100,15 +101,12 @@ enum FailedAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = telemetry::init("outbox-relay", "info");
     let cli = Cli::parse();
-    match run(cli).await {
+    let outcome = run(cli).await;
+    // Flush spans off the runtime's threads: the exporter blocks.
+    let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outbox-relay: {}", broker::redact(&e.to_string()));
@@ -222,10 +220,7 @@ async fn dlq(action: DlqAction) -> Result<()> {
 
 async fn admin(common: &Common, file: &FileConfig, command: &str) -> Result<OutboxAdmin> {
     let db = Database::connect(&config::database_url(common, file)?, Create::AsUrlSays).await?;
-    Ok(OutboxAdmin::new(
-        db.postgres(command)?,
-        config::table(common, file)?,
-    ))
+    db.admin(config::table(common, file)?, command)
 }
 
 async fn relay(cfg: config::Resolved) -> Result<()> {

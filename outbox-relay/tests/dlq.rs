@@ -77,9 +77,11 @@ async fn dlq_replay_redrives_dead_letters_to_their_origin() {
     let back = target.read_envelopes(1, Duration::from_secs(10)).await;
     assert_eq!(back[0].id, original.id);
     assert_eq!(back[0].data, original.data);
-    assert!(
-        back[0].extensions.is_empty(),
-        "dead-letter attributes removed: {:?}",
+    let extensions: Vec<&String> = back[0].extensions.keys().collect();
+    assert_eq!(
+        extensions,
+        [eventbus::consumer::dead_letter::REDRIVEN_AT],
+        "dead-letter attributes removed, the re-drive marked: {:?}",
         back[0].extensions
     );
     target.delete().await;

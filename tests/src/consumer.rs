@@ -1,15 +1,15 @@
 //! What the consumer suites share, whatever the broker: the test event's
 //! envelope, the `effects` table handlers write their side effects to, a
 //! consumer running in a task, a subscriber that counts unsettled messages,
-//! and scenarios written once and run on Kafka and on RabbitMQ ([`Broker`]).
+//! and scenarios written once and run on Kafka, RabbitMQ and SQS ([`Broker`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventbus::consumer::{dead_letter, BatchContext, Consumer, Context, RetryPolicy};
+use eventbus::consumer::{dead_letter, BatchContext, Consumer, Context};
 use eventbus::transport::kafka::envelope_from_message;
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::transport::{Received, Settle, Subscriber};
@@ -17,8 +17,8 @@ use eventbus::{BoxError, Envelope, Event, OutgoingMessage, Publisher};
 use sqlx::{PgPool, Postgres};
 use tokio::sync::oneshot;
 
-use crate::relay::{assert_per_key_order, steps, Step};
-use crate::{kafka, rabbitmq, unique_name, TestDb};
+use crate::relay::Step;
+use crate::{kafka, rabbitmq, sqs, unique_name, TestDb};
 
 // ------------------------------------------------------------ events, effects
 
@@ -385,6 +385,11 @@ pub enum Broker {
     Kafka(String),
     /// RabbitMQ at this URL.
     RabbitMq(String),
+    /// An SQS-compatible server at this endpoint, with FIFO queues (per-key
+    /// order). A FIFO queue drops a copy of an event sent within five
+    /// minutes, so the scenarios' copies are sent as re-drives
+    /// ([`sqs::Redelivering`]): they reach the consumer as redeliveries do.
+    Sqs(String),
 }
 
 /// Where to read the dead letters of a destination from; made before anything
@@ -400,6 +405,8 @@ pub enum DeadLetters {
     },
     /// A queue bound to the dead-letter exchange.
     RabbitMq(Box<dyn Subscriber>),
+    /// A subscriber of the dead-letter queue.
+    Sqs(Box<dyn Subscriber>),
 }
 
 impl Broker {
@@ -413,11 +420,16 @@ impl Broker {
         Broker::RabbitMq(crate::amqp_url().await)
     }
 
+    /// The SQS-compatible server of `SQS_ENDPOINT`.
+    pub async fn sqs() -> Self {
+        Broker::Sqs(crate::sqs_endpoint().await)
+    }
+
     /// A fresh destination named after `tag` and a publisher for it (which
     /// also takes the dead letters). Kafka: a topic of `partitions`
     /// partitions, created now, every message in a record batch of its own
     /// (see [`kafka::one_per_batch_publisher`]). RabbitMQ: an exchange,
-    /// declared by the first subscriber.
+    /// declared by the first subscriber. SQS: a FIFO queue, created now.
     pub async fn destination(&self, tag: &str, partitions: u32) -> (String, Arc<dyn Publisher>) {
         let destination = format!("{}.{}", unique_name(tag), Step::DESTINATION);
         let publisher: Arc<dyn Publisher> = match self {
@@ -429,6 +441,14 @@ impl Broker {
                     .await
                     .expect("connect to RabbitMQ"),
             ),
+            Broker::Sqs(_) => {
+                let publisher = sqs::publisher(true).await;
+                publisher
+                    .ensure_destination(&destination)
+                    .await
+                    .unwrap_or_else(|e| panic!("create the queue of {destination}: {e}"));
+                Arc::new(sqs::Redelivering::new(Arc::new(publisher)))
+            }
         };
         (destination, publisher)
     }
@@ -449,6 +469,8 @@ impl Broker {
             Broker::RabbitMq(url) => {
                 rabbitmq::subscriber(url, group, &[destination], max_in_flight).await
             }
+            // A queue is the group: `group` names only the consumer.
+            Broker::Sqs(_) => sqs::subscriber(&[destination], true, max_in_flight).await,
         }
     }
 
@@ -472,13 +494,18 @@ impl Broker {
                 let group = format!("{dlq}.reader");
                 DeadLetters::RabbitMq(rabbitmq::subscriber(url, &group, &[&dlq], 64).await)
             }
+            Broker::Sqs(_) => DeadLetters::Sqs(sqs::subscriber(&[&dlq], true, 64).await),
         }
     }
 
     /// Removes what a test left on the broker (RabbitMQ queues of `groups`,
-    /// exchanges `destinations` and their dead-letter exchanges); Kafka
-    /// topics stay (tansu keeps them in memory).
+    /// exchanges `destinations` and their dead-letter exchanges; SQS queues of
+    /// `destinations` and their dead letters); Kafka topics stay (tansu keeps
+    /// them in memory).
     pub async fn clean_up(&self, groups: &[&str], destinations: &[&str]) {
+        if let Broker::Sqs(_) = self {
+            sqs::delete_queues(destinations, true).await;
+        }
         if let Broker::RabbitMq(_) = self {
             for group in groups {
                 rabbitmq::delete_group(group).await;
@@ -505,7 +532,7 @@ impl DeadLetters {
                     .map(|m| envelope_from_message(m).expect("a dead letter is a CloudEvent"))
                     .collect()
             }
-            DeadLetters::RabbitMq(mut subscriber) => {
+            DeadLetters::RabbitMq(mut subscriber) | DeadLetters::Sqs(mut subscriber) => {
                 let mut letters = Vec::new();
                 loop {
                     let wait = if letters.len() < expected {
@@ -566,190 +593,20 @@ pub struct BatchRun {
 /// until the poison step stood alone, and only it went to the dead-letter
 /// destination, with the handler's error as the reason after the retry
 /// policy's three attempts.
+///
+/// On PostgreSQL; [`crate::suites::consumer::batch_handler`] runs it on any
+/// database.
 pub async fn batch_handler_scenario(broker: &Broker) -> BatchRun {
-    let db = TestDb::migrated().await;
-    create_effects(&db.pool).await;
-    let (destination, publisher) = broker.destination("batch", 4).await;
-    let group = unique_name("batch_group");
-    let subscriber = broker.subscriber(&group, &destination, 200).await;
-    let dead_letters = broker.dead_letters(&destination, publisher.as_ref()).await;
-
-    let mut events = steps(2_000, 20);
-    let poison = 777;
-    events[poison].pad = "poison".into();
-    let originals: Vec<Envelope> = events.iter().map(envelope).collect();
-    // Half the copies right behind their original (one lane, so most likely
-    // in the same batch: the inbox statement must take the id once), half
-    // after the 200 (a later batch of the lane).
-    let mut stream = Vec::with_capacity(2_200);
-    for chunk in originals.chunks(200) {
-        for (i, e) in chunk.iter().enumerate() {
-            stream.push(e.clone());
-            if i % 20 == 0 {
-                stream.push(e.clone());
-            }
-        }
-        stream.extend(chunk.iter().skip(10).step_by(20).cloned());
-    }
-    assert_eq!(stream.len(), 2_200);
-    assert_eq!(
-        stream
-            .iter()
-            .filter(|e| e.id == originals[poison].id)
-            .count(),
-        1,
-        "the poison step has no copy"
-    );
-    publish(publisher.as_ref(), &destination, &stream).await;
-
-    let calls = Arc::new(AtomicUsize::new(0));
-    let consumer = Consumer::builder(group.clone())
-        .max_in_flight(200)
-        .retry(RetryPolicy {
-            immediate: 1,
-            immediate_delay: Duration::from_millis(10),
-            delayed: 1,
-            delayed_initial: Duration::from_millis(50),
-            delayed_max: Duration::from_millis(50),
-        })
-        .batch_linger(Duration::from_millis(20))
-        .on_batch(100, {
-            let calls = Arc::clone(&calls);
-            move |ctx: BatchContext<Postgres>, steps: Vec<Step>| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if steps.iter().any(|s| s.pad == "poison") {
-                        return Err("a poison step in the batch".into());
-                    }
-                    record_batch(&ctx, "", &steps).await
-                }
-            }
-        })
-        .build(db.pool.clone(), subscriber, publisher.clone())
-        .expect("consumer");
-    let running = run(consumer);
-    let took = wait_until("every message settled", Duration::from_secs(180), || {
-        let m = running.consumer.metrics();
-        m.handled() + m.duplicates() + m.dead_lettered() >= stream.len() as u64
-    })
-    .await;
-    // Let a stray repeat arrive before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        running.is_running(),
-        "the poison must not stop the consumer"
-    );
-    let consumer = running.stop().await;
-    let m = consumer.metrics();
-
-    assert_eq!(m.handled(), 1_999, "every good step handled once");
-    assert_eq!(m.dead_lettered(), 1, "only the poison step dead-lettered");
-    assert!(m.duplicates() >= 200, "the copies are duplicates: {m:?}");
-    assert_eq!(
-        scalar(&db.pool, ALL_EFFECTS).await,
-        1_999,
-        "one effect each"
-    );
-    assert_eq!(scalar(&db.pool, DISTINCT_EFFECTS).await, 1_999);
-    assert_eq!(scalar(&db.pool, REPEATED_EFFECTS).await, 0);
-    let poison_effects = scalar(
-        &db.pool,
-        &format!(
-            "SELECT count(*) FROM effects WHERE event_id = '{}'",
-            originals[poison].id
-        ),
-    )
-    .await;
-    assert_eq!(poison_effects, 0, "the failing step took no effect");
-    assert_eq!(
-        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
-        1_999,
-        "one inbox row per handled step; the poison step's rolled back"
-    );
-    let in_order = effects_in_order(&db.pool).await;
-    assert_eq!(assert_per_key_order(&in_order), 0);
-
-    let handler_calls = calls.load(Ordering::SeqCst);
-    assert!(
-        handler_calls * 4 <= stream.len(),
-        "batches: {handler_calls} handler calls for {} messages",
-        stream.len()
-    );
-    assert!(m.largest_batch() > 1, "{m:?}");
-    assert!(m.batch_splits() >= 1, "the poison's batch was split: {m:?}");
-    assert!(m.batches() < stream.len() as u64 / 4, "{m:?}");
-
-    let letters = dead_letters.read(1).await;
-    let letter = &letters[0];
-    let (origin, original) = dead_letter::original(letter).expect("a dead letter of an event");
-    assert_eq!(origin, destination);
-    assert_eq!(original.id, originals[poison].id, "the poison step itself");
-    assert_eq!(letter.extensions[dead_letter::GROUP], group);
-    let reason = &letter.extensions[dead_letter::REASON];
-    assert!(reason.contains("a poison step in the batch"), "{reason}");
-    assert_eq!(
-        letter.extensions[dead_letter::ATTEMPTS],
-        "3",
-        "alone, it went through the retry policy: 1 + 1 immediate + 1 delayed"
-    );
-    broker.clean_up(&[&group], &[&destination]).await;
-    BatchRun {
-        messages: stream.len(),
-        handler_calls,
-        batches: m.batches(),
-        largest_batch: m.largest_batch(),
-        splits: m.batch_splits(),
-        took,
-    }
+    crate::suites::consumer::batch_handler::<TestDb>(broker).await
 }
 
 /// `rate_limit(50)` on `broker`: 100 steps, all published before the consumer
 /// starts, take at least 1.8 s from the first handler call to the last (99
 /// gaps of 20 ms), and no second sees more than 60 handler calls — where
 /// without the limit the backlog would go in a burst. Returns the span.
+///
+/// On PostgreSQL; [`crate::suites::consumer::rate_limit`] runs it on any
+/// database.
 pub async fn rate_limit_scenario(broker: &Broker) -> Duration {
-    let db = TestDb::migrated().await;
-    create_effects(&db.pool).await;
-    let (destination, publisher) = broker.destination("rate", 4).await;
-    let group = unique_name("rate_group");
-    let subscriber = broker.subscriber(&group, &destination, 64).await;
-    let envelopes: Vec<Envelope> = steps(100, 10).iter().map(envelope).collect();
-    publish(publisher.as_ref(), &destination, &envelopes).await;
-
-    let starts = Arc::new(Mutex::new(Vec::<Instant>::new()));
-    let consumer = Consumer::builder(group.clone())
-        .rate_limit(50)
-        .on({
-            let starts = Arc::clone(&starts);
-            move |ctx: Context<Postgres>, step: Step| {
-                starts.lock().expect("starts").push(Instant::now());
-                async move { record(&ctx, "", &step).await }
-            }
-        })
-        .build(db.pool.clone(), subscriber, publisher.clone())
-        .expect("consumer");
-    let running = run(consumer);
-    wait_count(&db.pool, ALL_EFFECTS, 100, Duration::from_secs(120)).await;
-    running.stop().await;
-
-    let mut starts = starts.lock().expect("starts").clone();
-    starts.sort();
-    assert_eq!(starts.len(), 100, "one handler call per event");
-    let span = starts[99] - starts[0];
-    assert!(
-        span >= Duration::from_millis(1_800),
-        "100 events at 50 per second took only {span:?}"
-    );
-    let busiest = starts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| starts[i..].partition_point(|u| *u < *t + Duration::from_secs(1)))
-        .max()
-        .unwrap_or(0);
-    assert!(
-        busiest <= 60,
-        "{busiest} handler calls within one second under a limit of 50"
-    );
-    broker.clean_up(&[&group], &[&destination]).await;
-    span
+    crate::suites::consumer::rate_limit::<TestDb>(broker).await
 }

@@ -1,8 +1,10 @@
 //! Helpers for the eventbus integration suites: finding the real services, a
-//! fresh database per test (PostgreSQL, or a SQLite file), unique broker names.
+//! fresh database per test (PostgreSQL, MySQL, or a SQLite file), unique broker
+//! names, and the suites written once for every database ([`suites`], over
+//! [`TestDatabase`]).
 //!
-//! Services come from environment variables (`DATABASE_URL`, `AMQP_URL`,
-//! `KAFKA_BROKERS`). When one is unset and a Docker engine answers, the service is
+//! Services come from environment variables (`DATABASE_URL`, `MYSQL_URL`, `AMQP_URL`,
+//! `KAFKA_BROKERS`, `SQS_ENDPOINT`). When one is unset and a Docker engine answers, the service is
 //! started with testcontainers; otherwise the test fails and says how to provide it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,14 +15,19 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
+pub mod backend;
 pub mod consumer;
 pub mod kafka;
+pub mod mysql;
 pub mod rabbitmq;
 pub mod relay;
 pub mod services;
 pub mod sqlite;
+pub mod sqs;
+pub mod suites;
 
-pub use services::{amqp_url, database_url, kafka_brokers};
+pub use backend::{CommitOrder, Effect, TestDatabase};
+pub use services::{amqp_url, database_url, kafka_brokers, mysql_url, sqs_endpoint};
 
 /// A name unique to this process and call, for databases, topics, exchanges, queues.
 pub fn unique_name(prefix: &str) -> String {

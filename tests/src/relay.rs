@@ -1,5 +1,5 @@
 //! Running a relay inside a test and waiting for the outbox to drain, on
-//! PostgreSQL or SQLite.
+//! PostgreSQL, MySQL or SQLite.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use eventbus::outbox::OutboxDatabase;
 use eventbus::relay::{PgRelayStore, Relay, RelayConfig, RelayMetrics, RelayStore};
 use eventbus::Publisher;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
 use tokio::sync::oneshot;
 
 /// The event the relay suites publish: `seq` counts up per `key`.
@@ -112,6 +112,13 @@ pub fn spawn_relay_on(
 }
 
 impl RunningRelay {
+    /// Aborts the relay's task, as a crash of its host would end it: no batch
+    /// is finished, nothing is released; its background tasks stop with it.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Asks the relay to stop and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -134,6 +141,15 @@ pub trait OutboxPool: Sync {
 const COUNT_PENDING: &str = "SELECT count(*) FROM eventbus_outbox WHERE state = 'pending'";
 
 impl OutboxPool for PgPool {
+    async fn pending_rows(&self) -> i64 {
+        sqlx::query_scalar(COUNT_PENDING)
+            .fetch_one(self)
+            .await
+            .expect("count pending")
+    }
+}
+
+impl OutboxPool for MySqlPool {
     async fn pending_rows(&self) -> i64 {
         sqlx::query_scalar(COUNT_PENDING)
             .fetch_one(self)

@@ -14,6 +14,12 @@ pub const ORIGIN: &str = "deadletterorigin";
 /// Extension attribute: the consumer group that gave up.
 pub const GROUP: &str = "deadlettergroup";
 
+/// Extension attribute of an event re-driven from a dead-letter destination:
+/// when it was re-driven (RFC 3339). A re-drive is a new send of the event,
+/// which a broker that drops copies by event id (SQS FIFO queues, see
+/// [`crate::transport`]) must not take for a copy of the first send.
+pub const REDRIVEN_AT: &str = "redrivenat";
+
 /// The event type of a dead letter whose original was not a CloudEvent.
 pub const UNDECODABLE_TYPE: &str = "eventbus.deadletter.undecodable";
 
@@ -89,8 +95,8 @@ pub fn original(dead: &Envelope) -> Option<(String, Envelope)> {
 }
 
 /// Re-drives dead letters: reads `subscriber` (subscribed to `*.dlq`
-/// destinations) and publishes each original event back to the destination it
-/// came from, until no message arrives for `idle`. Returns how many were
+/// destinations) and publishes each original event, marked with
+/// [`REDRIVEN_AT`], back to the destination it came from, until no message arrives for `idle`. Returns how many were
 /// re-driven, and how many dead letters were skipped because they cannot be
 /// re-driven (undecodable originals, messages that are not dead letters).
 ///
@@ -139,10 +145,14 @@ async fn redrive_until_idle(
             Ok(Some(Ok(m))) => m,
         };
         let original = message.envelope.as_ref().ok().and_then(original);
-        let Some((origin, envelope)) = original else {
+        let Some((origin, mut envelope)) = original else {
             held.push(message.settle);
             continue;
         };
+        envelope.extensions.insert(
+            REDRIVEN_AT.into(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
         let out = OutgoingMessage {
             destination: origin,
             envelope,

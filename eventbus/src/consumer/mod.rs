@@ -520,7 +520,15 @@ where
         let started = std::time::Instant::now();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let outcome = span
-            .scope(self.run_handler(destination, envelope, once, &span, &attempts))
+            .scope(async {
+                let id = envelope.id.clone();
+                let outcome = self
+                    .run_handler(destination, envelope, once, &span, &attempts)
+                    .await;
+                // Inside the span: the line carries the trace id.
+                tracing::debug!(group = %self.group, %id, outcome = telemetry::outcome_name(&outcome), "message settled");
+                outcome
+            })
             .await;
         self.metrics.handling(started.elapsed());
         telemetry::finish(span, &outcome, attempts.into_inner());

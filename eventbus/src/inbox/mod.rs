@@ -2,6 +2,8 @@
 //! the handler's own writes commit in one database transaction, so a redelivered
 //! duplicate changes nothing.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

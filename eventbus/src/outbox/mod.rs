@@ -4,6 +4,8 @@
 //! The relay later forwards committed rows to the broker. The table layout is a
 //! public contract, described in `docs/outbox-table.md`.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod record;

@@ -9,11 +9,13 @@
 //! `max_attempts`), on a broker-wide outage pause with backoff without counting
 //! attempts. Every row write is fenced on the partition lease.
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod admin;
 mod config;
 mod membership;
 mod metrics;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -33,11 +35,13 @@ use crate::error::Result;
 use crate::outbox::OutboxRecord;
 use crate::transport::{OutgoingMessage, PublishError, Publisher};
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use admin::{FailedRow, OutboxAdmin, Status};
 pub(crate) use config::exponential;
 pub use config::{RelayConfig, Retention};
 pub use metrics::{RelayMetrics, Snapshot};
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlRelayStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgRelayStore;
 #[cfg(feature = "sqlite")]
@@ -311,7 +315,9 @@ impl Relay {
             .iter_mut()
             .map(|(row, message)| telemetry::start_send(system, row, message))
             .collect();
-        let messages: Vec<OutgoingMessage> = sendable.iter().map(|(_, m)| m.clone()).collect();
+        // Moved, not cloned: a copy of every message was a tenth of the relay's CPU.
+        let (sent_rows, messages): (Vec<&OutboxRecord>, Vec<OutgoingMessage>) =
+            sendable.into_iter().unzip();
         let started = Instant::now();
         let results = if messages.is_empty() {
             Vec::new()
@@ -323,7 +329,7 @@ impl Relay {
 
         let mut acked: Vec<i64> = Vec::with_capacity(results.len());
         let mut unavailable: Option<String> = None;
-        for (((row, _), result), span) in sendable.iter().zip(results).zip(spans) {
+        for ((row, result), span) in sent_rows.into_iter().zip(results).zip(spans) {
             if let Some(waited) = telemetry::finish_send(span, row, &result, acknowledged_at) {
                 self.metrics.outbox_wait(waited);
             }
@@ -431,10 +437,8 @@ async fn watch_backlog(
     config: Arc<RelayConfig>,
     metrics: Arc<RelayMetrics>,
 ) {
-    let mut ticker = tokio::time::interval(config.stats_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        let started = tokio::time::Instant::now();
         let owned = membership.usable();
         match store.stats(&owned).await {
             Ok(fresh) => metrics.update_snapshot(|s| {
@@ -445,6 +449,11 @@ async fn watch_backlog(
             }),
             Err(e) => tracing::debug!(error = %e, "backlog statistics unavailable"),
         }
+        // Counting a large backlog is not free (over 1 s at a million pending
+        // rows on PostgreSQL): space the counts so that they take at most a
+        // tenth of the database's time, rather than compete with the drain.
+        let took = started.elapsed();
+        tokio::time::sleep(config.stats_interval.max(took * 10)).await;
     }
 }
 

@@ -55,19 +55,26 @@ impl Statements {
             "{p}.partition = o.partition AND {p}.owner = $2 AND {p}.lease_expires_at > now()"
         );
         Statements {
+            // The lease fence is the set of partitions held now, computed once
+            // (an init plan), not an EXISTS per row: with EXISTS the planner
+            // misjudged how many rows survive and chose a full scan and sort
+            // of the outbox (145 ms per claim at 200k pending rows, instead of
+            // 1 ms walking the pending index in id order). See also `claim`.
             claim: format!(
                 "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, o.partition, \
                         o.event_type, o.schema_version, o.subject, o.headers, o.payload, \
                         o.created_at, o.attempts \
                  FROM {t} o \
-                 WHERE o.state = 'pending' AND o.partition = ANY($1) \
+                 WHERE o.state = 'pending' \
+                   AND o.partition = ANY(ARRAY(SELECT {p}.partition FROM {p} \
+                       WHERE {p}.partition = ANY($1) AND {p}.owner = $2 \
+                         AND {p}.lease_expires_at > now())) \
                    AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) \
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
                    AND NOT EXISTS (SELECT 1 FROM {t} b \
                        WHERE b.partition = o.partition AND b.partition_key = o.partition_key \
                          AND b.id < o.id \
                          AND (b.state = 'failed' OR (b.state = 'pending' AND b.attempts > 0))) \
-                   AND EXISTS (SELECT 1 FROM {p} WHERE {fence}) \
                  ORDER BY o.id LIMIT $3"
             ),
             delete: format!("DELETE FROM {t} o USING {p} WHERE o.id = ANY($1) AND {fence}"),
@@ -246,13 +253,28 @@ impl RelayStore for PgRelayStore {
         partitions: &[i32],
         limit: u32,
     ) -> Result<Vec<OutboxRecord>> {
+        // The claim must walk the pending index in id order and stop after
+        // `limit` rows. Without fresh statistics (a large backlog written
+        // since the last ANALYZE) the planner expects a handful of pending
+        // rows and prefers a bitmap scan of all of them plus a sort: 4.7 s
+        // per batch at a million rows instead of 1.4 ms. So, for this
+        // statement only, rule out the plans that read every pending row.
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        sqlx::query(
+            "SELECT set_config('enable_bitmapscan', 'off', true), \
+                    set_config('enable_seqscan', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
         let rows = sqlx::query(&self.sql.claim)
             .bind(partitions)
             .bind(relay)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         rows.iter()
             .map(record)
             .collect::<std::result::Result<_, _>>()

@@ -1,7 +1,8 @@
 //! Broker transports: the [`Publisher`] trait the relay sends through, the
 //! [`Subscriber`] consumers read from, and their implementations per broker:
-//! Kafka and RabbitMQ (behind the `kafka` and `rabbitmq` features) and the
-//! in-process [`memory`] broker (always compiled: dev mode, demos, tests).
+//! Kafka, RabbitMQ and Amazon SQS (behind the `kafka`, `rabbitmq` and `sqs`
+//! features) and the in-process [`memory`] broker (always compiled: dev mode,
+//! demos, tests).
 
 use std::fmt;
 
@@ -12,6 +13,8 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 mod subscription;
 
 pub use subscription::{MessageInfo, Received, Settle, Subscriber};

@@ -14,6 +14,7 @@ pub struct Received {
     /// Its ordering lane. Messages of one lane are handled one at a time, in
     /// arrival order; different lanes run concurrently. Kafka: the partition.
     /// RabbitMQ: a hash of the partition key, or `0` for single active consumer.
+    /// SQS: a hash of the message group (FIFO) or of the partition key.
     pub lane: u64,
     /// The decoded CloudEvent, or why the message is not one.
     pub envelope: std::result::Result<Envelope, EnvelopeError>,
@@ -38,7 +39,8 @@ pub struct MessageInfo {
     pub partition: Option<i32>,
     /// The Kafka offset.
     pub offset: Option<i64>,
-    /// The Kafka message key, when it is UTF-8.
+    /// The Kafka message key, when it is UTF-8; the SQS message group of a
+    /// FIFO queue, else the `ce-partitionkey` message attribute.
     pub key: Option<String>,
     /// The AMQP routing key.
     pub routing_key: Option<String>,
@@ -74,7 +76,7 @@ impl MessageInfo {
 pub trait Settle: Send + Sync + fmt::Debug {
     /// Done with the message (handled, duplicate, or dead-lettered): the broker
     /// will not deliver it again to this group. Kafka: its offset becomes
-    /// committable. RabbitMQ: `basic.ack`.
+    /// committable. RabbitMQ: `basic.ack`. SQS: `DeleteMessage`.
     async fn ack(self: Box<Self>) -> Result<()>;
 
     /// Like [`Settle::ack`], but returns only once the broker has recorded the
@@ -90,7 +92,7 @@ pub trait Settle: Send + Sync + fmt::Debug {
     /// Not done: deliver it again later (to this or another member of the group).
     /// Kafka: the partition is rewound to it, and nothing from it on is
     /// committed until it has come round again. RabbitMQ: `basic.nack` with
-    /// requeue.
+    /// requeue. SQS: its visibility timeout set to 0.
     async fn release(self: Box<Self>) -> Result<()>;
 }
 

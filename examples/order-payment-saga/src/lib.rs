@@ -24,7 +24,9 @@ pub mod events;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+pub mod schemas;
 pub mod service;
+pub mod telemetry;
 
 /// What can go wrong running the saga.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,8 @@ enum Command {
     Payment(ServiceArgs),
     /// Checks the saga's invariants across the three services' databases.
     Check(ConnectArgs),
+    /// Exports the events' JSON Schemas, or checks them against a directory.
+    Schema(order_payment_saga::schemas::SchemaArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -63,7 +65,8 @@ struct ConnectArgs {
 struct SagaArgs {
     #[command(flatten)]
     connect: ConnectArgs,
-    /// `memory://` (demo only), `kafka://host:port` or `amqp://user:pass@host:5672/%2f`.
+    /// `memory://` (demo only), `kafka://host:port`, `amqp://user:pass@host:5672/%2f`
+    /// or `sqs://` (`sqs+http://host:port` for a local server).
     #[arg(long, env = "SAGA_BROKER", hide_env_values = true)]
     broker: Option<String>,
     /// Prefix of topics and consumer groups. Demo default: a new one per run.
@@ -116,20 +119,21 @@ struct ServiceArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let telemetry = order_payment_saga::telemetry::init("order-payment-saga", "warn");
+    let code = run(Cli::parse()).await;
+    // Flush spans off the runtime's threads: the exporter blocks.
+    let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    code
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Demo(cli.demo)) {
         Command::Demo(args) => run_demo(args).await,
         Command::Order(args) => run_service(Service::Order, args).await.map(|()| true),
         Command::Inventory(args) => run_service(Service::Inventory, args).await.map(|()| true),
         Command::Payment(args) => run_service(Service::Payment, args).await.map(|()| true),
         Command::Check(args) => run_check(args).await,
+        Command::Schema(args) => order_payment_saga::schemas::run(args),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -214,7 +218,7 @@ async fn run_service(service: Service, args: ServiceArgs) -> Result<()> {
     let broker = match args.saga.broker.as_deref() {
         None | Some("memory://") => {
             return Err(Error::Usage(
-                "a service on its own needs a real broker: --broker kafka://… or amqp://… (memory:// works only in the demo)".into(),
+                "a service on its own needs a real broker: --broker kafka://…, amqp://… or sqs://… (memory:// works only in the demo)".into(),
             ))
         }
         Some(url) => Broker::parse(url)?,

@@ -1,13 +1,16 @@
 //! End-to-end runs of the saga binary: the embedded default, PostgreSQL with
-//! the Kafka-protocol broker and with RabbitMQ — each with `--chaos` — and the
-//! services as separate processes behind `outbox-relay` sidecars. After each
-//! run the test reads the three databases itself and checks the invariants.
+//! the Kafka-protocol broker, with RabbitMQ and with SQS — each with
+//! `--chaos` — and the services as separate processes behind `outbox-relay`
+//! sidecars. After each run the test reads the three databases itself and
+//! checks the invariants.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use eventbus_tests::{amqp_url, database_url, kafka_brokers, replace_db_name, unique_name};
+use eventbus_tests::{
+    amqp_url, database_url, kafka_brokers, replace_db_name, sqs_endpoint, unique_name,
+};
 use order_payment_saga::audit::{Pools, Snapshot};
 use order_payment_saga::db;
 use order_payment_saga::demo::order_request;
@@ -179,6 +182,31 @@ async fn postgres_and_rabbitmq_with_chaos_keep_every_invariant() {
     ])
     .await;
     assert_chaos_run(&report, &dbs.snapshot().await, 200);
+}
+
+/// The saga over SQS FIFO queues (one per topic and listening service) on
+/// the local SQS-compatible server, with chaos: copies of events (sent past
+/// FIFO deduplication, as redeliveries) and relay restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_and_sqs_with_chaos_keep_every_invariant() {
+    let dbs = SagaDatabases::new().await;
+    let endpoint = sqs_endpoint().await;
+    let broker = match endpoint.split_once("://") {
+        Some(("http", host)) => format!("sqs+http://{host}"),
+        Some((_, host)) => format!("sqs://{host}"),
+        None => panic!("SQS_ENDPOINT `{endpoint}` is not a URL"),
+    };
+    let report = run_demo(&[
+        "--orders",
+        "120",
+        "--chaos",
+        "--database-url",
+        &dbs.url(),
+        "--broker",
+        &broker,
+    ])
+    .await;
+    assert_chaos_run(&report, &dbs.snapshot().await, 120);
 }
 
 /// A child process, killed when the test ends whatever happens.

@@ -3,16 +3,19 @@
 //! SIGKILLing it.
 //!
 //! `consumer_worker <database-url> <broker-url> <group> <destination> <mode> <max-in-flight> [handler-sleep-ms]`
-//! with mode `effectively-once`, `at-least-once` or `at-most-once`. Prints
-//! `ready` on stdout once consuming.
+//! with a `postgres://`, `mysql://` or `sqlite://` database and mode
+//! `effectively-once`, `at-least-once` or `at-most-once`. Prints `ready` on
+//! stdout once consuming.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus::consumer::{Consumer, Context, DeliveryMode, RetryPolicy};
 use eventbus::{Publisher, Result};
+use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::relay::Step;
-use sqlx::Postgres;
+use eventbus_tests::sqlite::TestSqlite;
+use eventbus_tests::{TestDatabase, TestDb};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -21,6 +24,16 @@ async fn main() -> Result<()> {
         eprintln!("usage: consumer_worker <database-url> <broker-url> <group> <destination> <mode> <max-in-flight> [handler-sleep-ms]");
         std::process::exit(2);
     }
+    match args[1].split_once("://").map(|(scheme, _)| scheme) {
+        Some("postgres" | "postgresql") => work::<TestDb>(&args).await,
+        Some("mysql") => work::<TestMySql>(&args).await,
+        Some("sqlite") => work::<TestSqlite>(&args).await,
+        _ => panic!("unsupported database URL {}", args[1]),
+    }
+}
+
+/// Consumes until SIGINT with the database `D` of `args[1]`.
+async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
     let (db, broker, group, destination) = (&args[1], &args[2], &args[3], &args[4]);
     let mode = match args[5].as_str() {
         "effectively-once" => DeliveryMode::EffectivelyOnce,
@@ -31,7 +44,7 @@ async fn main() -> Result<()> {
     let max_in_flight: usize = args[6].parse().expect("max-in-flight");
     let sleep_ms: u64 = args.get(7).map_or(0, |s| s.parse().expect("sleep ms"));
 
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let pool = sqlx::pool::PoolOptions::<D::DB>::new()
         .max_connections(16)
         .connect(db)
         .await?;
@@ -53,17 +66,17 @@ async fn main() -> Result<()> {
         .mode(mode)
         .max_in_flight(max_in_flight)
         .retry(RetryPolicy::none())
-        .on(move |ctx: Context<Postgres>, step: Step| async move {
+        .on(move |ctx: Context<D::DB>, step: Step| async move {
             if sleep_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
             }
+            let row = [(
+                step.key.clone(),
+                i64::try_from(step.seq).unwrap_or(i64::MAX),
+                ctx.envelope().id.clone(),
+            )];
             let mut tx = ctx.tx().await?;
-            sqlx::query("INSERT INTO effects (key, seq, event_id) VALUES ($1, $2, $3)")
-                .bind(&step.key)
-                .bind(i64::try_from(step.seq).unwrap_or(i64::MAX))
-                .bind(&ctx.envelope().id)
-                .execute(&mut **tx)
-                .await?;
+            D::insert_effects(&mut **tx, "", &row).await?;
             Ok(())
         })
         .build(pool, subscriber, dead_letters)?;

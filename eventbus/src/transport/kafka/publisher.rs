@@ -40,6 +40,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("partitioner", "murmur2_random"),
     ("message.timeout.ms", "30000"),
     ("compression.codec", "none"),
+    // A batch is handed over whole, so librdkafka's own wait for more
+    // messages (5 ms by default) only delays it: 1 ms still fills requests.
+    ("linger.ms", "1"),
 ];
 
 /// Publishes envelopes to Kafka through an idempotent rdkafka producer.

@@ -923,7 +923,9 @@ impl Partitions {
                 .states
                 .iter()
                 .filter(|(_, s)| !s.buffered.is_empty())
-                .min_by_key(|(_, s)| (s.unsettled_count, s.turn))
+                // Ties (partitions never handed out yet) go by topic and
+                // partition, not by the map's random order.
+                .min_by_key(|(k, s)| (s.unsettled_count, s.turn, *k))
                 .map(|(k, _)| k.clone())?;
             let state = book.states.get_mut(&key)?;
             let Some(fetched) = state.buffered.pop_front() else {

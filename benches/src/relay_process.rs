@@ -1,0 +1,245 @@
+//! The `outbox-relay` sidecar as a child process, as users run it: started
+//! on a database and broker, watched through its `/metrics` endpoint, and
+//! measured through `/proc` (CPU seconds, peak resident memory).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::error::{BenchError, Result};
+
+/// How long the relay may take to hold every partition after it starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Finds the relay binary: `explicit`, else `outbox-relay` next to this
+/// executable, built first when this runs under `cargo run`.
+pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe().map_err(|e| BenchError::io("current executable", e))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| BenchError::Relay("the benchmark executable has no directory".into()))?;
+    let sibling = dir.join("outbox-relay");
+    // Under `cargo run` the relay may be stale or missing: build it in the
+    // same profile (a no-op when it is fresh).
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+            None => "release".to_owned(),
+        };
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                &profile,
+                "-p",
+                "outbox-relay",
+            ])
+            .status()
+            .map_err(|e| {
+                BenchError::Relay(format!("cannot run cargo to build outbox-relay: {e}"))
+            })?;
+        if !status.success() {
+            return Err(BenchError::Relay(format!(
+                "`cargo build --profile {profile} -p outbox-relay` failed ({status})"
+            )));
+        }
+    }
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        Err(BenchError::Relay(format!(
+            "{} not found: build it (`cargo build --release -p outbox-relay`) or pass --relay-bin",
+            sibling.display()
+        )))
+    }
+}
+
+/// A running relay process.
+#[derive(Debug)]
+pub(crate) struct RelayProcess {
+    child: Child,
+    pid: u32,
+    http: String,
+}
+
+impl RelayProcess {
+    /// Starts `outbox-relay run` on `database_url` and `broker`, prefixing
+    /// every destination with `prefix`; its output goes to `log`.
+    pub(crate) async fn start(
+        bin: &Path,
+        database_url: &str,
+        broker: &str,
+        prefix: &str,
+        log: &Path,
+    ) -> Result<Self> {
+        let port = free_port().await?;
+        let http = format!("127.0.0.1:{port}");
+        let out = std::fs::File::create(log).map_err(|e| BenchError::io(log, e))?;
+        let err = out.try_clone().map_err(|e| BenchError::io(log, e))?;
+        let child = Command::new(bin)
+            .args(["--database-url", database_url, "run", "--broker", broker])
+            .args([
+                "--destination-prefix",
+                prefix,
+                "--http",
+                &http,
+                "--name",
+                "bench",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Relay(format!("cannot start {}: {e}", bin.display())))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BenchError::Relay("the relay exited at once".into()))?;
+        Ok(RelayProcess { child, pid, http })
+    }
+
+    /// Waits until the relay holds every partition of the outbox in `pool`.
+    pub(crate) async fn wait_ready(&mut self, pool: &PgPool) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(BenchError::Relay(format!(
+                    "the relay exited early ({status}); see its log"
+                )));
+            }
+            let (held, all): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE owner IS NOT NULL AND lease_expires_at > now()), count(*) \
+                 FROM eventbus_outbox_partitions",
+            )
+            .fetch_one(pool)
+            .await?;
+            if all > 0 && held == all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout {
+                    what: format!("relay holding all partitions ({held}/{all})"),
+                    after: READY_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `eventbus_relay_published_total` from the relay's `/metrics`.
+    pub(crate) async fn published_total(&self) -> Result<u64> {
+        Ok(self.metric("eventbus_relay_published_total").await? as u64)
+    }
+
+    /// The value of the unlabelled sample `name` in the relay's `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> Result<f64> {
+        let text = http_get(&self.http, "/metrics").await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| BenchError::Relay(format!("no {name} in /metrics")))
+    }
+
+    /// User + system CPU seconds used so far (`/proc/<pid>/stat`).
+    pub(crate) fn cpu_seconds(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
+        // Fields after the `(comm)`, which may contain spaces: state is the
+        // 3rd field overall, utime the 14th and stime the 15th.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| BenchError::Relay(format!("unexpected {path}")))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<f64> {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| BenchError::Relay(format!("unexpected {path}")))
+        };
+        Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+    }
+
+    /// Peak resident set size in bytes (`VmHWM` of `/proc/<pid>/status`).
+    pub(crate) fn peak_rss_bytes(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| BenchError::Relay(format!("no VmHWM in {path}")))
+    }
+
+    /// Stops the relay with SIGTERM (its graceful shutdown), SIGKILL after 30 s.
+    pub(crate) async fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(BenchError::Relay(
+                    "the relay ignored SIGTERM for 30 s".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)` through `getconf`, 100 if that fails.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+async fn free_port() -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::io("127.0.0.1:0", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| BenchError::io("127.0.0.1:0", e))?
+        .port();
+    Ok(port)
+}
+
+/// A minimal HTTP/1.0 GET: enough for the relay's own listener.
+async fn http_get(addr: &str, path: &str) -> Result<String> {
+    let fail = |e: std::io::Error| BenchError::Relay(format!("GET http://{addr}{path}: {e}"));
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| BenchError::Relay(format!("GET http://{addr}{path}: no answer")))?
+            .map_err(fail)?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(fail)?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .map_err(|_| BenchError::Relay(format!("GET http://{addr}{path}: no answer")))?
+        .map_err(fail)?;
+    Ok(body)
+}

@@ -1,0 +1,202 @@
+//! W4, the consumer: a backlog of messages handled by the effectively-once
+//! consumer (inbox row + handler writes in one transaction) against the same
+//! consumer in at-least-once mode, doing the same handler work without an inbox.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus::consumer::{Consumer, Context, DeliveryMode};
+use eventbus::transport::kafka::{KafkaPublisher, KafkaSubscriber};
+use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
+use eventbus::transport::Subscriber;
+use eventbus::{Event, Publisher};
+use sqlx::Postgres;
+use tokio::sync::oneshot;
+
+use super::{Broker, Ctx};
+use crate::env::BenchDb;
+use crate::error::{BenchError, Result};
+use crate::event::{messages, ticks, Tick};
+use crate::report::{Row, WorkloadReport};
+use crate::stats::rate;
+
+/// Kafka group timeouts that suit tansu.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Runs W4.
+pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
+    let n = ctx.options.w4_messages;
+    report.title = "consumer: effectively-once (inbox) vs at-least-once, same handler".into();
+    report
+        .parameters
+        .insert("messages_per_mode".into(), n.into());
+    report.parameters.insert("max_in_flight".into(), 64.into());
+    for &broker in &ctx.options.brokers {
+        let db = BenchDb::migrated(
+            &ctx.services,
+            &ctx.run_id,
+            &format!("w4_{}", broker.name()),
+            12,
+        )
+        .await?;
+        sqlx::query(
+            "CREATE TABLE effects (id bigserial PRIMARY KEY, key uuid NOT NULL, \
+             pad_bytes int NOT NULL, handled_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .execute(&db.pool)
+        .await?;
+        let mut rates = [0.0f64; 2];
+        // Alternate the modes twice (ABBA) to spread the machine's drift.
+        let order = [
+            DeliveryMode::EffectivelyOnce,
+            DeliveryMode::AtLeastOnce,
+            DeliveryMode::AtLeastOnce,
+            DeliveryMode::EffectivelyOnce,
+        ];
+        for (round, mode) in order.into_iter().enumerate() {
+            let r = one_mode(ctx, &db, broker, mode, n / 2, round).await?;
+            rates[usize::from(mode == DeliveryMode::AtLeastOnce)] += r / 2.0;
+        }
+        let b = broker.name();
+        ctx.progress.log(format!(
+            "W4 {b}: effectively-once {:.0}/s, at-least-once {:.0}/s",
+            rates[0], rates[1]
+        ));
+        report.rows.push(Row::throughput(
+            format!("{b}: consumer"),
+            rates[0],
+            "at-least-once, no inbox",
+            rates[1],
+            Some(0.7),
+        ));
+    }
+    report.notes.push(
+        "Both modes run the same `Consumer` and handler (one insert into an `effects` table in the \
+         message's transaction); effectively-once adds the inbox insert to that transaction. The rate is \
+         measured from the first handled message to the last, so joining the group is not counted; each \
+         mode runs twice on half the messages, in the order EO, ALO, ALO, EO, and the rates are averaged."
+            .into(),
+    );
+    if ctx.options.brokers.contains(&Broker::Kafka) {
+        report.notes.push(
+            "Kafka messages are produced one per record batch: tansu 0.6 skips the rest of a batch when \
+             a fetch starts inside it (as after a pause/resume), which would lose messages."
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Handles `n` pre-published messages in `mode`; returns messages per second.
+async fn one_mode(
+    ctx: &Ctx,
+    db: &BenchDb,
+    broker: Broker,
+    mode: DeliveryMode,
+    n: usize,
+    round: usize,
+) -> Result<f64> {
+    let label = format!(
+        "{}_{}_{round}",
+        broker.name(),
+        if mode == DeliveryMode::EffectivelyOnce {
+            "eo"
+        } else {
+            "alo"
+        }
+    );
+    let destination = format!("bench_{}_w4_{label}_{}", ctx.run_id, Tick::DESTINATION);
+    let group = format!("bench_{}_w4_{label}", ctx.run_id);
+    broker.check(&ctx.services).await?;
+    let (publisher, subscriber): (Arc<dyn Publisher>, Box<dyn Subscriber>) = match broker {
+        Broker::Kafka => {
+            let publisher = KafkaPublisher::builder(&ctx.services.kafka_brokers)
+                .set("batch.num.messages", "1")
+                .build()?;
+            publisher.ensure_destination(&destination).await?;
+            let subscriber = KafkaSubscriber::builder(&ctx.services.kafka_brokers)
+                .group(&group)
+                .topics([destination.clone()])
+                .session_timeout(GROUP_TIMEOUT)
+                .max_poll_interval(GROUP_TIMEOUT)
+                .set("fetch.wait.max.ms", crate::raw::FETCH_WAIT_MS)
+                .build()?;
+            (Arc::new(publisher), Box::new(subscriber))
+        }
+        Broker::RabbitMq => {
+            // The queue exists (and is bound) before anything is published.
+            let subscriber = RabbitSubscriber::builder(&ctx.services.amqp_url)
+                .group(&group)
+                .bind_all(&destination)
+                .connect()
+                .await?;
+            let publisher = RabbitPublisher::connect(&ctx.services.amqp_url).await?;
+            (Arc::new(publisher), Box::new(subscriber))
+        }
+    };
+    let events = ticks(n);
+    let msgs = messages(&events, &destination)?;
+    let bar = ctx.progress.bar(format!("W4 {label} publish"), n as u64);
+    for chunk in msgs.chunks(1_000) {
+        for result in publisher.publish_batch(chunk).await {
+            result?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    ctx.progress.done(&bar);
+
+    let consumer = Arc::new(
+        Consumer::builder(&group)
+            .mode(mode)
+            .on(|ctx: Context<Postgres>, tick: Tick| async move {
+                let mut tx = ctx.tx().await?;
+                sqlx::query("INSERT INTO effects (key, pad_bytes) VALUES ($1, $2)")
+                    .bind(tick.key)
+                    .bind(i32::try_from(tick.pad.len())?)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+            .build(db.pool.clone(), subscriber, Arc::clone(&publisher))?,
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = Arc::clone(&consumer);
+    let task = tokio::spawn(async move {
+        running
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let bar = ctx.progress.bar(format!("W4 {label} consume"), n as u64);
+    let timeout = Duration::from_secs(120 + n as u64 / 200);
+    let deadline = Instant::now() + timeout;
+    let mut first: Option<Instant> = None;
+    let outcome = loop {
+        let handled = consumer.metrics().handled();
+        bar.set_position(handled);
+        if handled >= 1 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if handled >= n as u64 {
+            break Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            break Err(BenchError::Timeout {
+                what: format!("W4 {label}: {handled} of {n} handled"),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    ctx.progress.done(&bar);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    if broker == Broker::RabbitMq {
+        // The group's durable queue would outlive the run.
+        crate::raw::rabbit_delete_queue(&ctx.services.amqp_url, &group).await?;
+    }
+    let last = outcome?;
+    let first = first.unwrap_or(last);
+    Ok(rate(n.saturating_sub(1) as u64, last - first))
+}

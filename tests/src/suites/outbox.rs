@@ -1,0 +1,488 @@
+//! The outbox suite, on any database: atomicity with business data, 10,000
+//! events with one `publish_all`, the plain-SQL table contract, the size
+//! limit, errors before migration, and concurrent migrations. Rows are read
+//! back the way the relay reads them (through the backend's relay store), so
+//! the store's decoding is checked too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventbus::{Envelope, Error, Inbox, Metadata, Outbox, OutboxRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::backend::TestDatabase;
+
+/// The event of the outbox suite.
+#[derive(
+    eventbus::Event, Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq,
+)]
+#[event(
+    type = "com.example.order.placed",
+    version = 2,
+    destination = "orders",
+    key = order_id
+)]
+pub struct OrderPlaced {
+    /// Ordering key.
+    pub order_id: String,
+    /// Amount.
+    pub amount_cents: i64,
+    /// Free text.
+    pub note: String,
+}
+
+fn order(i: usize) -> OrderPlaced {
+    OrderPlaced {
+        order_id: format!("o-{i:05}"),
+        amount_cents: 100 + i as i64,
+        note: String::new(),
+    }
+}
+
+async fn create_orders_table<D: TestDatabase>(db: &D) {
+    db.execute("CREATE TABLE orders (id VARCHAR(64) PRIMARY KEY, amount_cents BIGINT NOT NULL)")
+        .await
+        .expect("create orders");
+}
+
+/// Every pending row as the relay reads it: through the backend's relay store
+/// holding every partition's lease.
+pub async fn claim_all<D: TestDatabase>(db: &D) -> Vec<OutboxRecord> {
+    let store = D::relay_store(db.pool());
+    let relay = Uuid::now_v7();
+    let ttl = Duration::from_secs(30);
+    let partitions = store.partitions().await.expect("partitions");
+    store
+        .heartbeat(relay, "test", ttl)
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        store
+            .acquire(relay, &partitions, ttl)
+            .await
+            .expect("acquire"),
+        partitions,
+        "every partition is free"
+    );
+    let rows = store
+        .claim(relay, &partitions, 100_000)
+        .await
+        .expect("claim");
+    store.deregister(relay).await.expect("deregister");
+    rows
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn count<D: TestDatabase>(db: &D, table: &str) -> i64 {
+    db.scalar(&format!("SELECT count(*) FROM {table}")).await
+}
+
+/// The order row and its event commit together; the relay reads the row back
+/// with every attribute and the payload bytes exactly as serialized.
+pub async fn commit_writes_business_row_and_outbox_row_together<D: TestDatabase>() {
+    let db = D::migrated().await;
+    create_orders_table(&db).await;
+    let outbox = Outbox::new().source("urn:service:orders");
+    let event = OrderPlaced {
+        order_id: "o-1".into(),
+        amount_cents: 1250,
+        note: "gift \"wrap\" ✓".into(),
+    };
+    let meta = Metadata {
+        correlation_id: Some("corr-1".into()),
+        causation_id: Some("cause-1".into()),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        tracestate: None,
+        extensions: BTreeMap::from([("tenant".to_owned(), "acme".to_owned())]),
+    };
+
+    let mut tx = db.pool().begin().await.expect("begin");
+    D::execute_in(
+        &mut *tx,
+        "INSERT INTO orders (id, amount_cents) VALUES ('o-1', 1250)",
+    )
+    .await
+    .expect("insert order");
+    let event_id = outbox
+        .publish_with(&mut tx, &event, &meta)
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(
+        db.scalar("SELECT amount_cents FROM orders WHERE id = 'o-1'")
+            .await,
+        1250
+    );
+    assert_eq!(event_id.get_version_num(), 7, "event ids are UUIDv7");
+    let row = |column: &str| format!("SELECT {column} FROM eventbus_outbox");
+    assert_eq!(db.texts(&row("state")).await, [Some("pending".to_owned())]);
+    assert_eq!(db.scalar(&row("attempts")).await, 0);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM eventbus_outbox WHERE next_attempt_at IS NULL \
+                   AND last_error IS NULL AND published_at IS NULL"
+        )
+        .await,
+        1
+    );
+
+    let records = claim_all(&db).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.event_id, event_id);
+    assert_eq!(r.source.as_deref(), Some("urn:service:orders"));
+    assert_eq!(r.destination, "orders");
+    assert_eq!(r.partition_key, "o-1");
+    assert_eq!(r.partition, db.partition_of("o-1").await);
+    assert_eq!(r.event_type, "com.example.order.placed");
+    assert_eq!(r.schema_version, 2);
+    assert_eq!(r.subject.as_deref(), Some("o-1"));
+    assert_eq!(r.attempts, 0);
+    assert_eq!(
+        r.headers,
+        json!({
+            "correlationid": "corr-1",
+            "causationid": "cause-1",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tenant": "acme",
+        })
+    );
+    let age_ms = now_ms() - r.created_at.timestamp_millis();
+    assert!(
+        (-1_000..60_000).contains(&age_ms),
+        "created_at {}",
+        r.created_at
+    );
+    let envelope = r.to_envelope("urn:relay").expect("a CloudEvent");
+    assert_eq!(envelope.id, event_id.to_string());
+    assert_eq!(envelope.source, "urn:service:orders");
+    assert_eq!(envelope.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(envelope.schema_version(), Some(2));
+    assert_eq!(
+        envelope.data,
+        serde_json::to_vec(&event).expect("to json"),
+        "the payload bytes travel unchanged"
+    );
+}
+
+/// Rollback, or a transaction dropped without commit, writes neither the
+/// business row nor the event.
+pub async fn rollback_writes_neither_business_row_nor_outbox_row<D: TestDatabase>() {
+    let db = D::migrated().await;
+    create_orders_table(&db).await;
+    let outbox = Outbox::new();
+
+    let mut tx = db.pool().begin().await.expect("begin");
+    D::execute_in(
+        &mut *tx,
+        "INSERT INTO orders (id, amount_cents) VALUES ('o-1', 5)",
+    )
+    .await
+    .expect("insert order");
+    outbox.publish(&mut tx, &order(1)).await.expect("publish");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(count(&db, "orders").await, 0);
+    assert_eq!(count(&db, "eventbus_outbox").await, 0);
+
+    {
+        let mut tx = db.pool().begin().await.expect("begin");
+        D::execute_in(
+            &mut *tx,
+            "INSERT INTO orders (id, amount_cents) VALUES ('o-2', 5)",
+        )
+        .await
+        .expect("insert order");
+        outbox.publish(&mut tx, &order(2)).await.expect("publish");
+    }
+    assert_eq!(count(&db, "orders").await, 0);
+    assert_eq!(count(&db, "eventbus_outbox").await, 0);
+}
+
+/// `publish_all` writes 10,000 events atomically (a rollback leaves none),
+/// with ids in the order of the events, each with its key, payload and
+/// metadata, and unique event ids.
+pub async fn publish_all_writes_ten_thousand_events_in_order_atomically<D: TestDatabase>() {
+    let db = D::migrated().await;
+    let events: Vec<OrderPlaced> = (0..10_000).map(order).collect();
+    let meta = Metadata {
+        correlation_id: Some("batch".into()),
+        ..Metadata::default()
+    };
+
+    let mut tx = db.pool().begin().await.expect("begin");
+    Outbox::new()
+        .publish_all(&mut tx, &events, &meta)
+        .await
+        .expect("publish_all");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(count(&db, "eventbus_outbox").await, 0);
+
+    let started = std::time::Instant::now();
+    let mut tx = db.pool().begin().await.expect("begin");
+    let ids = Outbox::new()
+        .publish_all(&mut tx, &events, &meta)
+        .await
+        .expect("publish_all");
+    tx.commit().await.expect("commit");
+    println!(
+        "publish_all of 10,000 events on {}: {:?}",
+        D::NAME,
+        started.elapsed()
+    );
+    assert_eq!(ids.len(), 10_000);
+
+    let records = claim_all(&db).await;
+    assert_eq!(records.len(), 10_000);
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            assert!(r.id > records[i - 1].id, "row {i}: ids rise");
+        }
+        assert_eq!(r.event_id, ids[i], "row {i}: event id in publication order");
+        assert_eq!(r.partition_key, events[i].order_id, "row {i}: key");
+        assert_eq!(
+            r.payload,
+            serde_json::to_string(&events[i]).expect("json"),
+            "row {i}: payload"
+        );
+        assert_eq!(r.headers, json!({"correlationid": "batch"}));
+    }
+    let distinct: HashSet<Uuid> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 10_000, "event ids are unique");
+}
+
+/// The table contract: one plain `INSERT` naming destination, key, type and
+/// payload is a valid CloudEvent (UUID id, current time, version 1, empty
+/// headers, the relay's source), and a full insert carries every attribute.
+pub async fn plain_sql_inserts_are_valid_cloudevents<D: TestDatabase>() {
+    let db = D::migrated().await;
+    db.execute(
+        r#"INSERT INTO eventbus_outbox (destination, partition_key, event_type, payload)
+           VALUES ('orders', 'o-42', 'com.example.order.placed',
+                   '{"order_id": "o-42", "amount_cents": 990, "note": ""}')"#,
+    )
+    .await
+    .expect("the minimal plain-SQL insert succeeds");
+    let records = claim_all(&db).await;
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record.partition, db.partition_of("o-42").await);
+    assert_eq!(record.source, None);
+    assert_eq!(record.subject, None);
+    assert_eq!(record.schema_version, 1);
+    assert_eq!(record.attempts, 0);
+    assert!(
+        record.headers == json!({}) || record.headers.is_null(),
+        "{}",
+        record.headers
+    );
+    let age_ms = now_ms() - record.created_at.timestamp_millis();
+    assert!(
+        (-1_000..60_000).contains(&age_ms),
+        "created_at {} is now (UTC)",
+        record.created_at
+    );
+    let envelope = record
+        .to_envelope("urn:relay:default")
+        .expect("a valid CloudEvent");
+    assert!(Uuid::parse_str(&envelope.id).is_ok(), "{}", envelope.id);
+    assert_eq!(envelope.source, "urn:relay:default");
+    assert_eq!(envelope.event_type, "com.example.order.placed");
+    assert_eq!(envelope.schema_version(), Some(1));
+    assert_eq!(envelope.partition_key.as_deref(), Some("o-42"));
+    let data: OrderPlaced = serde_json::from_slice(&envelope.data).expect("payload decodes");
+    assert_eq!(data.amount_cents, 990);
+    db.execute("DELETE FROM eventbus_outbox")
+        .await
+        .expect("clear");
+
+    let event_id = Uuid::now_v7();
+    db.execute(&format!(
+        r#"INSERT INTO eventbus_outbox
+             (event_id, source, destination, partition_key, event_type, schema_version,
+              subject, headers, payload)
+           VALUES ('{event_id}', 'urn:service:legacy-php', 'orders', 'o-7',
+                   'com.example.order.placed', 3, 'order/o-7',
+                   '{{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "correlationid": "c-9"}}',
+                   '{{"order_id": "o-7"}}')"#
+    ))
+    .await
+    .expect("the full plain-SQL insert succeeds");
+    let records = claim_all(&db).await;
+    assert_eq!(records.len(), 1);
+    let envelope = records[0]
+        .to_envelope("urn:relay:default")
+        .expect("valid CloudEvent");
+    assert_eq!(envelope.id, event_id.to_string());
+    assert_eq!(envelope.source, "urn:service:legacy-php");
+    assert_eq!(envelope.subject.as_deref(), Some("order/o-7"));
+    assert_eq!(envelope.schema_version(), Some(3));
+    assert_eq!(
+        envelope.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(envelope.correlation_id.as_deref(), Some("c-9"));
+}
+
+/// Rows the relay could not read are refused at insert: a malformed event
+/// id, payload or headers, an unknown state.
+pub async fn rows_the_relay_could_not_read_are_refused_at_insert<D: TestDatabase>() {
+    let db = D::migrated().await;
+    let cases = [
+        ("event_id", "'not-a-uuid'"),
+        ("payload", "'{not json'"),
+        ("headers", "'[1, 2'"),
+        ("state", "'done'"),
+    ];
+    for (column, value) in cases {
+        let (payload, payload_value) = if column == "payload" {
+            ("", "")
+        } else {
+            (", payload", ", '{}'")
+        };
+        let sql = format!(
+            "INSERT INTO eventbus_outbox (destination, partition_key, event_type, {column}{payload}) \
+             VALUES ('d', 'k', 't', {value}{payload_value})"
+        );
+        assert!(
+            db.execute(&sql).await.is_err(),
+            "{column} = {value} must be refused"
+        );
+    }
+    assert_eq!(count(&db, "eventbus_outbox").await, 0);
+}
+
+/// An event over the size limit is refused with the sizes, alone or in a
+/// batch, and the transaction stays usable.
+pub async fn oversized_event_is_rejected_and_nothing_is_written<D: TestDatabase>() {
+    let db = D::migrated().await;
+    let outbox = Outbox::new().max_event_bytes(100);
+    let big = OrderPlaced {
+        order_id: "o-big".into(),
+        amount_cents: 1,
+        note: "x".repeat(200),
+    };
+    let mut tx = db.pool().begin().await.expect("begin");
+    match outbox.publish(&mut tx, &big).await {
+        Err(Error::EventTooLarge {
+            event_type,
+            size,
+            limit,
+        }) => {
+            assert_eq!(event_type, "com.example.order.placed");
+            assert_eq!(size, serde_json::to_string(&big).expect("json").len());
+            assert_eq!(limit, 100);
+        }
+        other => panic!("expected EventTooLarge, got {other:?}"),
+    }
+    let err = outbox
+        .publish_all(
+            &mut tx,
+            &[order(1), big.clone(), order(2)],
+            &Metadata::default(),
+        )
+        .await
+        .expect_err("batch with an oversized event");
+    assert!(matches!(err, Error::EventTooLarge { .. }), "{err:?}");
+    outbox
+        .publish(&mut tx, &order(3))
+        .await
+        .expect("small event");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        db.texts("SELECT partition_key FROM eventbus_outbox").await,
+        [Some(order(3).order_id)]
+    );
+}
+
+/// Before migration, publishing, the inbox and the relay store say which
+/// table is missing and what to run.
+pub async fn using_tables_before_migration_says_to_migrate<D: TestDatabase>() {
+    let db = D::create().await;
+    let mut tx = db.pool().begin().await.expect("begin");
+    let err = Outbox::new()
+        .publish(&mut tx, &order(1))
+        .await
+        .expect_err("no table yet");
+    assert!(
+        matches!(&err, Error::NotMigrated { table } if table.starts_with("eventbus_outbox")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("outbox-relay migrate"), "{err}");
+    drop(tx);
+
+    let envelope = Envelope::new("urn:a", "t", b"{}".to_vec());
+    let err = Inbox::new("billing")
+        .begin(db.pool(), &envelope)
+        .await
+        .expect_err("no inbox table yet");
+    assert!(
+        matches!(&err, Error::NotMigrated { table } if table == "eventbus_inbox"),
+        "{err:?}"
+    );
+    let err = D::relay_store(db.pool())
+        .partitions()
+        .await
+        .expect_err("no lease table yet");
+    assert!(matches!(err, Error::NotMigrated { .. }), "{err:?}");
+}
+
+/// Eight migrators at once, each with its own pool as eight processes would:
+/// all succeed, each step is recorded once, the partitions exist, and the
+/// tables work.
+pub async fn concurrent_migrations_are_idempotent<D: TestDatabase>() {
+    let db = D::create().await;
+    let n = 8;
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let pool = db.connect().await;
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let result = eventbus::migrate(&pool).await;
+            pool.close().await;
+            result
+        }));
+    }
+    for (i, task) in futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        task.expect("task")
+            .unwrap_or_else(|e| panic!("migration {i} failed: {e}"));
+    }
+    eventbus::migrate(db.pool())
+        .await
+        .expect("migrate once more");
+    assert_eq!(
+        db.texts("SELECT component FROM eventbus_migrations ORDER BY component")
+            .await,
+        [
+            Some("inbox:eventbus_inbox".to_owned()),
+            Some("outbox:eventbus_outbox".to_owned())
+        ]
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM eventbus_outbox_partitions")
+            .await,
+        i64::from(D::PARTITIONS)
+    );
+    let mut tx = db.pool().begin().await.expect("begin");
+    Outbox::new()
+        .publish(&mut tx, &order(1))
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+    assert_eq!(count(&db, "eventbus_outbox").await, 1);
+}

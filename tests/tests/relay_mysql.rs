@@ -1,0 +1,59 @@
+//! The relay over a MySQL/MariaDB outbox (`MYSQL_URL`), with RabbitMQ and the
+//! Kafka-protocol broker: the shared relay suite
+//! (`eventbus_tests::suites::relay`), the same scenarios and assertions as on
+//! PostgreSQL.
+
+use std::time::Duration;
+
+use eventbus_tests::mysql::TestMySql;
+use eventbus_tests::suites::relay;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_claims_in_order_behind_failures_and_fences_every_write() {
+    relay::store_claims_in_order_behind_failures_and_fences_every_write::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_100k_events_over_1000_keys_in_order_to_rabbitmq() {
+    let took = relay::volume_over_rabbitmq::<TestMySql>(100_000, 1_000, 10_000).await;
+    println!("MySQL → RabbitMQ: 100,000 events relayed in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_100k_events_over_1000_keys_in_order_to_kafka() {
+    let took = relay::volume_over_kafka::<TestMySql>(100_000, 1_000).await;
+    println!("MySQL → Kafka: 100,000 events relayed in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_transaction_committing_last_is_still_delivered_first() {
+    relay::an_older_transaction_committing_last_is_still_delivered_first::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poisoned_event_is_parked_and_blocks_only_its_key() {
+    relay::a_poisoned_event_is_parked_and_blocks_only_its_key::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_and_status_report_the_backlog_falling_to_zero() {
+    relay::metrics_and_status_report_the_backlog_falling_to_zero::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source() {
+    relay::a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_mode_keeps_published_rows_then_cleans_them_up() {
+    relay::retention_mode_keeps_published_rows_then_cleans_them_up::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_relays_one_killed_lose_nothing_and_keep_order() {
+    let run =
+        relay::three_relays_one_killed_lose_nothing_and_keep_order::<TestMySql>(30_000, 300).await;
+    println!("MySQL, three relays, one killed: {run:?}");
+    assert!(run.took < Duration::from_secs(600));
+}
