@@ -558,7 +558,7 @@ async fn migrate_concurrently(url: &str, n: usize, migrator: &Migrator) {
 }
 
 async fn migrations(pool: &PgPool) -> Vec<(String, i32)> {
-    sqlx::query_as("SELECT component, version FROM eventbus_migrations ORDER BY component")
+    sqlx::query_as("SELECT component, version FROM eventbus_migrations ORDER BY component, version")
         .fetch_all(pool)
         .await
         .expect("read migrations")
@@ -576,7 +576,8 @@ async fn concurrent_migrations_are_idempotent() {
         migrations(&db.pool).await,
         vec![
             ("inbox:eventbus_inbox".to_owned(), 1),
-            ("outbox:eventbus_outbox".to_owned(), 1)
+            ("outbox:eventbus_outbox".to_owned(), 1),
+            ("outbox:eventbus_outbox".to_owned(), 2)
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -635,7 +636,8 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
         migrations(&db.pool).await,
         vec![
             ("inbox:svc.inbox".to_owned(), 1),
-            ("outbox:svc.outbox".to_owned(), 1)
+            ("outbox:svc.outbox".to_owned(), 1),
+            ("outbox:svc.outbox".to_owned(), 2)
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
