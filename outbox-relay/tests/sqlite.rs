@@ -135,6 +135,9 @@ async fn migrate_run_and_stop_on_a_sqlite_file() {
         let out = output(&args).await;
         assert!(!out.status.success(), "{command:?} must fail on SQLite");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("supports PostgreSQL only"), "{stderr}");
+        assert!(
+            stderr.contains("supports PostgreSQL and MySQL only"),
+            "{stderr}"
+        );
     }
 }
