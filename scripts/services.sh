@@ -1,6 +1,6 @@
 # Starts the services the test suite needs, installing them first on a fresh
 # Debian/Ubuntu machine (run as root). Sourced by scripts/test; safe to re-run.
-# Exports DATABASE_URL, AMQP_URL, KAFKA_BROKERS and SQS_ENDPOINT (with
+# Exports DATABASE_URL, MYSQL_URL, AMQP_URL, KAFKA_BROKERS and SQS_ENDPOINT (with
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION defaults for it).
 
 TANSU_VERSION=0.6.0
@@ -48,9 +48,9 @@ ensure_kafka() {
     echo "installing the Kafka-protocol broker tansu $TANSU_VERSION (once; cached in ~/.cargo/bin)" >&2
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --quiet
   fi
-  nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
+  setsid nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
     --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
-    >"${TMPDIR:-/tmp}/eventbus-tansu.log" 2>&1 &
+    >"${TMPDIR:-/tmp}/eventbus-tansu.log" 2>&1 < /dev/null &
   wait_port 9092 30 tansu
 }
 
@@ -83,6 +83,5 @@ ensure_mysql() {
 }
 
 ensure_services() {
-  # ensure_sqs is not called while the SQS suites are left out (scripts/test).
-  ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql
+  ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql && ensure_sqs
 }

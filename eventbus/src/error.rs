@@ -54,6 +54,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An event's payload does not match its JSON Schema: the outbox refused
+    /// to write it (see [`Outbox::validate_payloads`](crate::Outbox::validate_payloads)).
+    #[error(transparent)]
+    InvalidPayload(#[from] crate::schema::ValidationError),
+
+    /// An event schema or upcaster cannot be registered, or a schema directory
+    /// cannot be used.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+
     /// A CloudEvents envelope is malformed.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),

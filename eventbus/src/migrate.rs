@@ -213,7 +213,7 @@ CREATE INDEX IF NOT EXISTS {received} ON {i} (consumer, received_at);
         // transactions, 6x fewer commits per second. One notifying transaction
         // at a time is enough to wake the relay; the others skip it, and the
         // relay's fallback poll covers the rare event whose waker came first.
-        // See docs/adr/0004-throttled-notify.md.
+        // See docs/adr/0006-throttled-notify.md.
         let outbox_v2 = format!(
             r#"
 CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $$

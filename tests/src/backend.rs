@@ -61,6 +61,10 @@ pub trait TestDatabase: Sized + Send + Sync + 'static {
     /// How commit order is kept.
     const COMMIT_ORDER: CommitOrder;
 
+    /// Whether payloads come back as the exact bytes written (`false` on
+    /// PostgreSQL, whose `jsonb` normalises them).
+    const KEEPS_PAYLOAD_BYTES: bool = true;
+
     /// Creates an empty database.
     fn create() -> impl Future<Output = Self> + Send;
 
@@ -143,6 +147,7 @@ impl TestDatabase for TestDb {
     const NAME: &'static str = "PostgreSQL";
     const PARTITIONS: u32 = 64;
     const COMMIT_ORDER: CommitOrder = CommitOrder::HoldBack;
+    const KEEPS_PAYLOAD_BYTES: bool = false;
 
     async fn create() -> Self {
         TestDb::new().await

@@ -84,7 +84,8 @@ pub async fn subscriber(
 }
 
 /// Reads until `expected` messages arrived (within `timeout`) and then no
-/// more for a few seconds, acknowledging (deleting) each one as it arrives.
+/// more for a few seconds, acknowledging (deleting) each one as it arrives
+/// (and waiting for the deletes before it returns).
 /// Returns them in arrival order, with whether SQS said it delivered them
 /// before.
 pub async fn read_all(
@@ -93,6 +94,7 @@ pub async fn read_all(
     timeout: Duration,
 ) -> Vec<(Envelope, bool)> {
     let mut messages = Vec::new();
+    let mut acks = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let wait = if messages.len() < expected {
@@ -104,11 +106,15 @@ pub async fn read_all(
             Ok(Some(Ok(m))) => {
                 let envelope = m.envelope.expect("a CloudEvent");
                 messages.push((envelope, m.redelivered));
-                m.settle.ack().await.expect("delete");
+                // In the background, so that deletes go out in batches.
+                acks.push(tokio::spawn(m.settle.ack()));
             }
             Ok(Some(Err(e))) => panic!("reading from SQS: {e}"),
             Ok(None) | Err(_) => break,
         }
+    }
+    for ack in acks {
+        ack.await.expect("ack task").expect("delete");
     }
     assert!(
         messages.len() >= expected,

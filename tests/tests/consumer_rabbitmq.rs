@@ -23,8 +23,9 @@ use eventbus_tests::rabbitmq::{self, delete_exchange, delete_group};
 use eventbus_tests::relay::{
     assert_per_key_order, publish_steps, spawn_relay, steps, test_config, Step,
 };
+use eventbus_tests::suites::consumer::{self, declare_group, wait_quiet, Worker};
 use eventbus_tests::{amqp_url, unique_name, TestDb};
-use sqlx::{PgPool, Postgres};
+use sqlx::Postgres;
 
 // ---------------------------------------------------------------- helpers
 
@@ -42,113 +43,8 @@ fn names(tag: &str) -> (String, String) {
     (format!("{prefix}{}", Step::DESTINATION), prefix)
 }
 
-/// A `consumer_worker` process (tests/src/bin/consumer_worker.rs) consuming
-/// `exchange` for `group` over RabbitMQ; killed if the test panics.
-struct Worker {
-    child: tokio::process::Child,
-}
-
-impl Worker {
-    /// Starts a worker and waits until it says it is consuming.
-    async fn start(
-        db: &TestDb,
-        group: &str,
-        exchange: &str,
-        mode: &str,
-        max_in_flight: usize,
-        sleep_ms: u64,
-    ) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_consumer_worker"))
-            .args([
-                db.url.as_str(),
-                amqp_url().await.as_str(),
-                group,
-                exchange,
-                mode,
-                &max_in_flight.to_string(),
-                &sleep_ms.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start consumer_worker");
-        let stdout = child.stdout.take().expect("worker stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
-        match ready {
-            Ok(Ok(Some(line))) if line.trim() == "ready" => {}
-            other => panic!("consumer_worker did not get ready: {other:?}"),
-        }
-        Worker { child }
-    }
-
-    /// SIGKILL: no clean-up of any kind.
-    async fn kill(mut self) {
-        self.child.kill().await.expect("SIGKILL the worker");
-    }
-
-    /// SIGINT: the worker finishes its handlers and leaves; waits for its exit.
-    async fn interrupt(mut self) {
-        let pid = self.child.id().expect("worker pid");
-        let sent = std::process::Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGINT the worker");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the worker exits within 30 s of SIGINT")
-            .expect("worker status");
-        assert!(status.success(), "the worker exits cleanly: {status}");
-    }
-}
-
-/// Declares `group`'s queue (bound to `exchange`) as the worker will, so that
-/// what is published before the worker runs is kept.
-async fn declare_group(url: &str, group: &str, exchange: &str) {
-    let mut subscriber = rabbitmq::subscriber(url, group, &[exchange], 64).await;
-    subscriber.close().await.expect("close");
-}
-
-/// Messages ready in `group`'s queue (not counting those delivered and unacknowledged).
-async fn ready_in_queue(group: &str) -> u32 {
-    use eventbus::transport::rabbitmq::lapin::options::QueueDeclareOptions;
-    use eventbus::transport::rabbitmq::lapin::types::FieldTable;
-    let connection = rabbitmq::connect().await;
-    let channel = connection.create_channel().await.expect("channel");
-    let queue = channel
-        .queue_declare(
-            group,
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive queue.declare");
-    let _ = connection.close(200, "counted").await;
-    queue.message_count()
-}
-
-/// Waits until the queue is empty and the effects stop changing for a second.
-async fn wait_quiet(pool: &PgPool, group: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut last = -1;
-    loop {
-        let n = scalar(pool, "SELECT count(*) FROM effects").await;
-        if n == last && ready_in_queue(group).await == 0 {
-            return;
-        }
-        last = n;
-        assert!(
-            Instant::now() < deadline,
-            "still busy after {timeout:?}: {n} effects"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
+/// The worker binary of the crash tests.
+const WORKER: &str = env!("CARGO_BIN_EXE_consumer_worker");
 
 /// `count` steps over `keys` keys published while a worker in `mode` runs;
 /// the worker is SIGKILLed once `kill_at` effects exist and started again.
@@ -163,13 +59,12 @@ async fn crash_run(
 ) -> (i64, i64) {
     let db = TestDb::migrated().await;
     create_effects(&db.pool).await;
-    let url = amqp_url().await;
     let (exchange, prefix) = names(tag);
     let group = format!("{prefix}{mode}");
-    declare_group(&url, &group, &exchange).await;
+    declare_group(&group, &exchange).await;
     let publisher = publisher().await;
     let envelopes: Vec<Envelope> = steps(count, keys).iter().map(envelope).collect();
-    let worker = Worker::start(&db, &group, &exchange, mode, 32, sleep_ms).await;
+    let worker = Worker::start(WORKER, &db.url, &group, &exchange, mode, 32, sleep_ms).await;
     publish(&*publisher, &exchange, &envelopes).await;
     wait_count(
         &db.pool,
@@ -184,8 +79,8 @@ async fn crash_run(
         at_kill < i64::try_from(count).expect("count"),
         "killed before the end"
     );
-    let worker = Worker::start(&db, &group, &exchange, mode, 32, sleep_ms).await;
-    wait_quiet(&db.pool, &group, Duration::from_secs(180)).await;
+    let worker = Worker::start(WORKER, &db.url, &group, &exchange, mode, 32, sleep_ms).await;
+    wait_quiet(&db, &group, Duration::from_secs(180)).await;
     worker.interrupt().await;
     let rows = scalar(&db.pool, "SELECT count(*) FROM effects").await;
     let distinct = scalar(
@@ -821,87 +716,21 @@ async fn the_subscriber_reconnects_and_unacknowledged_messages_come_back() {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn effectively_once_under_redeliveries_and_a_crash() {
-    let started = Instant::now();
-    let db = TestDb::migrated().await;
-    create_effects(&db.pool).await;
-    let url = amqp_url().await;
-    let (exchange, prefix) = names("once");
-    let group = format!("{prefix}once");
-    declare_group(&url, &group, &exchange).await;
-    let publisher = publisher().await;
-    let originals: Vec<Envelope> = steps(20_000, 200).iter().map(envelope).collect();
-    // Each chunk of 1,000 is followed by copies of every tenth event so far
-    // not yet copied: 2,000 redeliveries, some soon after the original, some
-    // long after.
-    let mut copies = originals.iter().step_by(10);
-    let mut stream = Vec::with_capacity(22_000);
-    for chunk in originals.chunks(1_000) {
-        stream.extend_from_slice(chunk);
-        stream.extend(copies.by_ref().take(100).cloned());
-    }
-    assert_eq!(stream.len(), 22_000);
+    consumer::effectively_once_under_redeliveries_and_a_crash::<TestDb>(WORKER).await;
+}
 
-    let worker = Worker::start(&db, &group, &exchange, "effectively-once", 64, 0).await;
-    let publishing = tokio::spawn({
-        let publisher = Arc::clone(&publisher);
-        let exchange = exchange.clone();
-        async move { publish(&*publisher, &exchange, &stream).await }
-    });
-    wait_count(
-        &db.pool,
-        "SELECT count(*) FROM effects",
-        6_000,
-        Duration::from_secs(180),
-    )
-    .await;
-    worker.kill().await;
-    let at_kill = scalar(&db.pool, "SELECT count(*) FROM effects").await;
-    let worker = Worker::start(&db, &group, &exchange, "effectively-once", 64, 0).await;
-    publishing.await.expect("publishing");
-    let took = wait_count(
-        &db.pool,
-        "SELECT count(*) FROM (SELECT DISTINCT key, seq FROM effects) d",
-        20_000,
-        Duration::from_secs(300),
-    )
-    .await;
-    wait_quiet(&db.pool, &group, Duration::from_secs(60)).await;
-    worker.interrupt().await;
+/// 200 steps and 50 of them again: 200 handled, 50 duplicates, one effect,
+/// one inbox row and one follow-up in the outbox per step (shared with MySQL
+/// and SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivered_events_change_nothing() {
+    consumer::redelivered_events_change_nothing::<TestDb>().await;
+}
 
-    assert!(
-        at_kill < 20_000,
-        "the kill came mid-run ({at_kill} effects)"
-    );
-    let rows = scalar(&db.pool, "SELECT count(*) FROM effects").await;
-    let once = scalar(
-        &db.pool,
-        "SELECT count(*) FROM (SELECT key, seq FROM effects GROUP BY key, seq HAVING count(*) = 1) d",
-    )
-    .await;
-    assert_eq!(rows, 20_000, "one effect per event, no more");
-    assert_eq!(once, 20_000, "each (key, seq) exactly once");
-    let wrong_ids = scalar(
-        &db.pool,
-        "SELECT count(*) FROM effects e LEFT JOIN eventbus_inbox i ON i.message_id = e.event_id WHERE i.message_id IS NULL",
-    )
-    .await;
-    assert_eq!(wrong_ids, 0, "every effect has its inbox row");
-    assert_eq!(
-        scalar(&db.pool, "SELECT count(*) FROM eventbus_inbox").await,
-        20_000
-    );
-    assert_eq!(
-        ready_in_queue(&group).await,
-        0,
-        "all 22,000 deliveries consumed"
-    );
-    println!(
-        "effectively once: killed at {at_kill} effects; 22,000 deliveries -> 20,000 effects once each; \
-         {took:?} after the restart, {:?} in all",
-        started.elapsed()
-    );
-    delete_group(&group).await;
-    delete_exchange(&exchange).await;
+/// The same with a batch handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_handlers_skip_redelivered_events() {
+    consumer::batch_handlers_skip_redelivered_events::<TestDb>().await;
 }
 
 /// The weaker modes under the same crash: at-least-once loses nothing (a

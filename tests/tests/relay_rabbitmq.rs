@@ -1,5 +1,7 @@
-//! The relay against real PostgreSQL and RabbitMQ: volume and per-key order,
-//! and the CloudEvents AMQP binding of relayed messages.
+//! The relay against real PostgreSQL and RabbitMQ: the shared relay suite
+//! (`eventbus_tests::suites::relay`, also run on MySQL and SQLite) — the
+//! store, volume and per-key order, three relays with one killed — and the
+//! CloudEvents AMQP binding of relayed messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +10,8 @@ use eventbus::transport::rabbitmq::lapin::types::AMQPValue;
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::{Event, Outbox};
 use eventbus_tests::rabbitmq::TestQueue;
-use eventbus_tests::relay::{
-    assert_per_key_order, publish_steps, spawn_relay, steps, test_config, wait_drained, Step,
-};
+use eventbus_tests::relay::{spawn_relay, test_config, Step};
+use eventbus_tests::suites::relay;
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 
 async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
@@ -25,28 +26,20 @@ async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_100k_events_over_1000_keys_in_order() {
-    let db = TestDb::migrated().await;
-    let (publisher, prefix, mut queue) = setup("volume").await;
-    let events = steps(100_000, 1_000);
-    publish_steps(&db.pool, &events, 10_000).await;
+    let took = relay::volume_over_rabbitmq::<TestDb>(100_000, 1_000, 10_000).await;
+    println!("PostgreSQL → RabbitMQ: 100,000 events relayed in {took:?}");
+}
 
-    let relay = spawn_relay(&db.pool, publisher, test_config(&prefix));
-    let received: Vec<Step> = queue
-        .read(events.len(), Duration::from_secs(240))
-        .await
-        .iter()
-        .map(|d| serde_json::from_slice(&d.data).expect("a Step"))
-        .collect();
-    wait_drained(&db.pool, Duration::from_secs(30)).await;
-    assert_eq!(
-        assert_per_key_order(&received),
-        0,
-        "no duplicates without faults"
-    );
-    queue.assert_empty(Duration::from_millis(500)).await;
-    assert_eq!(relay.metrics.published_total(), 100_000);
-    relay.stop().await;
-    queue.delete().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_claims_in_order_behind_failures_and_fences_every_write() {
+    relay::store_claims_in_order_behind_failures_and_fences_every_write::<TestDb>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_relays_one_killed_lose_nothing_and_keep_order() {
+    let run =
+        relay::three_relays_one_killed_lose_nothing_and_keep_order::<TestDb>(30_000, 300).await;
+    println!("PostgreSQL, three relays, one killed: {run:?}");
 }
 
 fn header(

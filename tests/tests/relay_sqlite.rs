@@ -1,11 +1,12 @@
-//! The relay over a SQLite outbox: the store's claiming, fencing, retries and
-//! retention against a real file, then real relays publishing to RabbitMQ —
-//! volume with per-key order, and a second relay on the same file standing by.
+//! The relay over a SQLite outbox: the shared relay suite
+//! (`eventbus_tests::suites::relay`) — the store's claiming, fencing, retries
+//! and retention against a real file, volume with per-key order to RabbitMQ —
+//! and what only SQLite has: a second relay on the same file standing by.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventbus::relay::{Rejection, RelayMetrics, RelayStore, Retention, SqliteRelayStore};
+use eventbus::relay::{RelayMetrics, SqliteRelayStore};
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::{Event, Metadata, Outbox, TableName};
 use eventbus_tests::rabbitmq::TestQueue;
@@ -14,9 +15,9 @@ use eventbus_tests::relay::{
     Step,
 };
 use eventbus_tests::sqlite::TestSqlite;
+use eventbus_tests::suites::relay;
 use eventbus_tests::{amqp_url, unique_name};
 use sqlx::SqlitePool;
-use uuid::Uuid;
 
 fn store(pool: &SqlitePool) -> SqliteRelayStore {
     SqliteRelayStore::new(
@@ -33,186 +34,9 @@ fn step(key: &str, seq: u64) -> Step {
     }
 }
 
-/// The (key, seq) of claimed rows, in claim order.
-async fn claim(store: &SqliteRelayStore, relay: Uuid) -> Vec<(i64, String, u64)> {
-    store
-        .claim(relay, &[0], 100)
-        .await
-        .expect("claim")
-        .iter()
-        .map(|r| {
-            let s: Step = serde_json::from_str(&r.payload).expect("a Step");
-            (r.id, s.key, s.seq)
-        })
-        .collect()
-}
-
-fn keys(rows: &[(i64, String, u64)]) -> Vec<String> {
-    rows.iter().map(|(_, k, s)| format!("{k}{s}")).collect()
-}
-
-fn rejection(id: i64, park: bool, retry_in: Duration) -> Rejection {
-    Rejection {
-        id,
-        park,
-        retry_in,
-        error: "broker said no".into(),
-    }
-}
-
 #[tokio::test]
 async fn store_claims_in_order_behind_failures_and_fences_every_write() {
-    let db = TestSqlite::migrated().await;
-    publish_steps(
-        &db.pool,
-        &[
-            step("a", 0),
-            step("b", 0),
-            step("a", 1),
-            step("b", 1),
-            step("a", 2),
-        ],
-        5,
-    )
-    .await;
-    let store = store(&db.pool);
-    let ttl = Duration::from_secs(30);
-    let (r1, r2) = (Uuid::now_v7(), Uuid::now_v7());
-    assert_eq!(store.heartbeat(r1, "one", ttl).await.expect("hb"), [r1]);
-    assert_eq!(store.heartbeat(r2, "two", ttl).await.expect("hb"), [r1, r2]);
-    assert_eq!(store.acquire(r1, &[0], ttl).await.expect("acquire"), [0]);
-    assert!(
-        store
-            .acquire(r2, &[0], ttl)
-            .await
-            .expect("acquire")
-            .is_empty(),
-        "a held lease cannot be taken"
-    );
-    assert!(
-        store.claim(r2, &[0], 100).await.expect("claim").is_empty(),
-        "nothing is claimed without the lease"
-    );
-
-    let rows = claim(&store, r1).await;
-    assert_eq!(keys(&rows), ["a0", "b0", "a1", "b1", "a2"], "id order");
-    let id = |name: &str| {
-        rows.iter()
-            .find(|(_, k, s)| format!("{k}{s}") == name)
-            .map(|(id, _, _)| *id)
-            .expect("row present")
-    };
-
-    // A retrying row holds back the later rows of its key only.
-    store
-        .reject(r1, &[rejection(id("a0"), false, Duration::from_secs(3600))])
-        .await
-        .expect("reject");
-    assert_eq!(keys(&claim(&store, r1).await), ["b0", "b1"]);
-
-    // Writes are fenced: a relay without the lease changes nothing.
-    assert_eq!(
-        store
-            .acknowledge(r2, &[id("b0")], Retention::Delete)
-            .await
-            .expect("ack"),
-        0
-    );
-    store
-        .reject(r2, &[rejection(id("b1"), true, Duration::ZERO)])
-        .await
-        .expect("fenced reject");
-    assert_eq!(keys(&claim(&store, r1).await), ["b0", "b1"]);
-
-    // Acknowledged rows leave: deleted, or kept as published.
-    assert_eq!(
-        store
-            .acknowledge(r1, &[id("b0")], Retention::Delete)
-            .await
-            .expect("ack"),
-        1
-    );
-    let keep = Retention::Keep(Duration::from_secs(3600));
-    assert_eq!(
-        store.acknowledge(r1, &[id("b1")], keep).await.expect("ack"),
-        1
-    );
-    assert!(claim(&store, r1).await.is_empty());
-
-    // Parking keeps the key blocked; statistics see it.
-    store
-        .reject(r1, &[rejection(id("a0"), true, Duration::ZERO)])
-        .await
-        .expect("park");
-    let (state, attempts, error): (String, i32, Option<String>) =
-        sqlx::query_as("SELECT state, attempts, last_error FROM eventbus_outbox WHERE id = ?1")
-            .bind(id("a0"))
-            .fetch_one(&db.pool)
-            .await
-            .expect("parked row");
-    assert_eq!((state.as_str(), attempts), ("failed", 2));
-    assert_eq!(error.as_deref(), Some("broker said no"));
-    let snap = store.stats(&[0]).await.expect("stats");
-    assert_eq!(snap.backlog.get(&0), Some(&2), "a1 and a2 wait");
-    assert_eq!(snap.parked_rows, 1);
-    assert_eq!(snap.held_back_seconds, 0.0);
-    assert!(
-        (0.0..60.0).contains(&snap.oldest_pending_seconds),
-        "{}",
-        snap.oldest_pending_seconds
-    );
-
-    // A retry is claimed again once it is due, not before.
-    publish_steps(&db.pool, &[step("c", 0)], 1).await;
-    let c0 = claim(&store, r1).await;
-    assert_eq!(keys(&c0), ["c0"]);
-    store
-        .reject(r1, &[rejection(c0[0].0, false, Duration::from_millis(400))])
-        .await
-        .expect("reject");
-    assert!(claim(&store, r1).await.is_empty(), "not due yet");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let again = store.claim(r1, &[0], 100).await.expect("claim");
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempts, 1);
-
-    // Retention: kept rows go once older than the window, in batches.
-    assert_eq!(
-        store
-            .delete_published(Duration::from_secs(3600), 100)
-            .await
-            .expect("cleanup"),
-        0
-    );
-    assert_eq!(
-        store
-            .delete_published(Duration::ZERO, 100)
-            .await
-            .expect("cleanup"),
-        1
-    );
-
-    // Releasing hands the partition over; an expired lease can be taken.
-    store.release(r1, &[0]).await.expect("release");
-    assert_eq!(
-        store
-            .acquire(r2, &[0], Duration::from_millis(300))
-            .await
-            .expect("acquire"),
-        [0]
-    );
-    assert!(store.renew(r1, &[0], ttl).await.expect("renew").is_empty());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        store.acquire(r1, &[0], ttl).await.expect("take over"),
-        [0],
-        "an expired lease is free"
-    );
-    assert!(store.renew(r2, &[0], ttl).await.expect("renew").is_empty());
-    assert_eq!(store.renew(r1, &[0], ttl).await.expect("renew"), [0]);
-
-    store.deregister(r1).await.expect("deregister");
-    assert_eq!(store.heartbeat(r2, "two", ttl).await.expect("hb"), [r2]);
+    relay::store_claims_in_order_behind_failures_and_fences_every_write::<TestSqlite>().await;
 }
 
 async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
@@ -236,33 +60,8 @@ fn decode(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_5000_events_over_100_keys_in_order() {
-    let db = TestSqlite::migrated().await;
-    let (publisher, prefix, mut queue) = setup("sqlite_volume").await;
-    let events = steps(5_000, 100);
-    publish_steps(&db.pool, &events, 500).await;
-
-    let relay = spawn_relay_on(Arc::new(store(&db.pool)), publisher, test_config(&prefix));
-    let received = decode(&queue.read(events.len(), Duration::from_secs(120)).await);
-    wait_drained(&db.pool, Duration::from_secs(30)).await;
-    assert_eq!(
-        assert_per_key_order(&received),
-        0,
-        "no duplicates without faults"
-    );
-    let mut got: Vec<(String, u64)> = received.iter().map(|s| (s.key.clone(), s.seq)).collect();
-    let mut sent: Vec<(String, u64)> = events.iter().map(|s| (s.key.clone(), s.seq)).collect();
-    got.sort();
-    sent.sort();
-    assert_eq!(got, sent, "every event arrived");
-    queue.assert_empty(Duration::from_millis(500)).await;
-    assert_eq!(relay.metrics.published_total(), 5_000);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM eventbus_outbox")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
-    assert_eq!(rows, 0, "published rows are deleted");
-    relay.stop().await;
-    queue.delete().await;
+    let took = relay::volume_over_rabbitmq::<TestSqlite>(5_000, 100, 500).await;
+    println!("SQLite → RabbitMQ: 5,000 events relayed in {took:?}");
 }
 
 async fn wait_owns(metrics: &RelayMetrics, partitions: usize, timeout: Duration) {

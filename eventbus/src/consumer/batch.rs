@@ -146,7 +146,7 @@ impl Lane {
 
 /// The batch handler for `message`, if its type has one and it is a CloudEvent
 /// of a schema version the handler knows (others take the single-message
-/// path, which dead-letters them with the reason).
+/// path, which sets them aside: see [`super::NewerVersions`]).
 fn batch_handler<'s, DB>(
     shared: &'s Shared<DB>,
     message: &Received,
@@ -356,7 +356,7 @@ where
             return Ok(outcomes);
         }
         let ctx = BatchContext::new(chosen, attempt, self.outbox.clone(), tx);
-        let result = (registration.call)(ctx.clone()).await;
+        let result = (registration.call)(ctx.clone(), &self.registry.upcasters).await;
         let tx = ctx.finish().await;
         match (result, tx) {
             (Ok(()), Some(tx)) => {

@@ -1,6 +1,6 @@
 //! Typed handlers, erased so one consumer can hold handlers for many event
-//! types: decoding the payload, checking the schema version, calling user code
-//! — one event at a time, or a batch of events of one type.
+//! types: decoding the payload (upcast from older schema versions), calling
+//! user code — one event at a time, or a batch of events of one type.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,6 +12,7 @@ use super::context::{BatchContext, Context};
 use crate::envelope::Envelope;
 use crate::event::Event;
 use crate::inbox::BoxError;
+use crate::schema::{SchemaError, Upcasters};
 
 /// Why a handler invocation did not succeed.
 #[derive(Debug)]
@@ -22,8 +23,11 @@ pub(crate) enum Failure {
     Transient(String),
 }
 
-type Erased<DB> =
-    Arc<dyn Fn(Context<DB>, &Envelope) -> BoxFuture<'static, Result<(), Failure>> + Send + Sync>;
+type Erased<DB> = Arc<
+    dyn Fn(Context<DB>, &Envelope, &Upcasters) -> BoxFuture<'static, Result<(), Failure>>
+        + Send
+        + Sync,
+>;
 
 /// A registered handler: the newest schema version it understands, and the call.
 pub(crate) struct Registration<DB: sqlx::Database> {
@@ -40,8 +44,9 @@ impl<DB: sqlx::Database> Clone for Registration<DB> {
     }
 }
 
-type ErasedBatch<DB> =
-    Arc<dyn Fn(BatchContext<DB>) -> BoxFuture<'static, Result<(), Failure>> + Send + Sync>;
+type ErasedBatch<DB> = Arc<
+    dyn Fn(BatchContext<DB>, &Upcasters) -> BoxFuture<'static, Result<(), Failure>> + Send + Sync,
+>;
 
 /// A registered batch handler: the newest schema version it understands, the
 /// most events it takes at once, and the call (which decodes the payloads of
@@ -89,14 +94,29 @@ impl<DB: sqlx::Database> Handler<DB> {
     }
 }
 
-/// Handlers by CloudEvents type.
+/// Decodes `envelope`'s payload as `E`, upcast from the message's schema
+/// version when `E` has upcasters. Failing is permanent: dead-letter at once.
+fn decode<E: Event>(envelope: &Envelope, upcasters: &Upcasters) -> Result<E, Failure> {
+    let version = envelope.schema_version().unwrap_or(1);
+    upcasters
+        .decode::<E>(version, &envelope.data)
+        .map_err(|e| Failure::Permanent(e.to_string()))
+}
+
+/// Handlers by CloudEvents type, and the upcasters their decoding applies.
 pub(crate) struct Registry<DB: sqlx::Database> {
     by_type: HashMap<String, Handler<DB>>,
+    pub(crate) upcasters: Upcasters,
+    /// The first upcaster that could not be registered, reported by `build`.
+    pub(crate) invalid_upcaster: Option<SchemaError>,
 }
 
 impl<DB: sqlx::Database> std::fmt::Debug for Registry<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.by_type.keys()).finish()
+        f.debug_struct("Registry")
+            .field("handlers", &self.by_type.keys().collect::<Vec<_>>())
+            .field("upcasters", &self.upcasters)
+            .finish()
     }
 }
 
@@ -104,6 +124,8 @@ impl<DB: sqlx::Database> Default for Registry<DB> {
     fn default() -> Self {
         Registry {
             by_type: HashMap::new(),
+            upcasters: Upcasters::new(),
+            invalid_upcaster: None,
         }
     }
 }
@@ -116,14 +138,11 @@ impl<DB: sqlx::Database> Registry<DB> {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let call: Erased<DB> = Arc::new(move |ctx, envelope| {
-            let decoded = serde_json::from_slice::<E>(&envelope.data);
+        let call: Erased<DB> = Arc::new(move |ctx, envelope, upcasters| {
+            let decoded = decode::<E>(envelope, upcasters);
             let handler = Arc::clone(&handler);
             Box::pin(async move {
-                let event = decoded.map_err(|e| {
-                    Failure::Permanent(format!("payload does not decode as {}: {e}", E::TYPE))
-                })?;
-                handler(ctx, event)
+                handler(ctx, decoded?)
                     .await
                     .map_err(|e| Failure::Transient(format!("handler failed: {e}")))
             })
@@ -145,17 +164,13 @@ impl<DB: sqlx::Database> Registry<DB> {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let call: ErasedBatch<DB> = Arc::new(move |ctx: BatchContext<DB>| {
+        let call: ErasedBatch<DB> = Arc::new(move |ctx: BatchContext<DB>, upcasters| {
             // Decoded on every call: a batch that is split after a failure
             // hands its events to the handler again, by value.
             let decoded: Result<Vec<E>, Failure> = ctx
                 .envelopes()
                 .iter()
-                .map(|envelope| {
-                    serde_json::from_slice::<E>(&envelope.data).map_err(|e| {
-                        Failure::Permanent(format!("payload does not decode as {}: {e}", E::TYPE))
-                    })
-                })
+                .map(|envelope| decode::<E>(envelope, upcasters))
                 .collect();
             let handler = Arc::clone(&handler);
             Box::pin(async move {
@@ -172,6 +187,25 @@ impl<DB: sqlx::Database> Registry<DB> {
                 call,
             }),
         );
+    }
+
+    /// Adds the step of `E` from version `from`; an invalid one is kept for
+    /// `build` to report.
+    pub(crate) fn upcast<E: Event>(
+        &mut self,
+        from: u32,
+        step: impl Fn(serde_json::Value) -> Result<serde_json::Value, BoxError> + Send + Sync + 'static,
+    ) {
+        if let Err(e) = self.upcasters.register::<E>(from, step) {
+            self.invalid_upcaster.get_or_insert(e);
+        }
+    }
+
+    /// Adds every step of `upcasters`.
+    pub(crate) fn add_upcasters(&mut self, upcasters: Upcasters) {
+        if let Err(e) = self.upcasters.merge(upcasters) {
+            self.invalid_upcaster.get_or_insert(e);
+        }
     }
 
     pub(crate) fn get(&self, event_type: &str) -> Option<&Handler<DB>> {

@@ -32,6 +32,7 @@ pub struct ConsumerMetrics {
     batched: AtomicU64,
     largest_batch: AtomicU64,
     batch_splits: AtomicU64,
+    version_gated: AtomicU64,
 }
 
 impl Default for ConsumerMetrics {
@@ -58,6 +59,7 @@ impl ConsumerMetrics {
             batched: AtomicU64::new(0),
             largest_batch: AtomicU64::new(0),
             batch_splits: AtomicU64::new(0),
+            version_gated: AtomicU64::new(0),
         }
     }
 
@@ -102,6 +104,10 @@ impl ConsumerMetrics {
 
     pub(super) fn batch_split(&self) {
         self.batch_splits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn gated(&self) {
+        self.version_gated.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Messages whose handler ran and committed.
@@ -149,6 +155,13 @@ impl ConsumerMetrics {
     /// Times a failed batch was split in two to isolate the failing event.
     pub fn batch_splits(&self) -> u64 {
         self.batch_splits.load(Ordering::Relaxed)
+    }
+
+    /// Messages of a schema version newer than their handler knows, set aside
+    /// (each time one comes round; see [`NewerVersions`](super::NewerVersions)).
+    /// Those given back also count as [`released`](Self::released).
+    pub fn version_gated(&self) -> u64 {
+        self.version_gated.load(Ordering::Relaxed)
     }
 
     /// The consumer group these metrics belong to.
@@ -203,6 +216,11 @@ impl ConsumerMetrics {
                 "eventbus_consumer_batch_splits_total",
                 "Failed batches split in two to isolate the failing event.",
                 self.batch_splits(),
+            ),
+            (
+                "eventbus_consumer_version_gated_total",
+                "Messages of a schema version newer than their handler knows, set aside for an upgraded consumer.",
+                self.version_gated(),
             ),
         ];
         for (name, help, value) in counters {

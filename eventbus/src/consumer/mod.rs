@@ -7,10 +7,15 @@
 //! same transaction, so a redelivered duplicate changes nothing. A batch
 //! handler ([`ConsumerBuilder::on_batch`]) gets several events of one type in
 //! one transaction, through a [`BatchContext`].
+//!
+//! Handlers are written for their event's current schema version: older
+//! messages are upcast first ([`ConsumerBuilder::upcast`]), newer ones are set
+//! aside for an upgraded consumer ([`NewerVersions`]).
 
 mod batch;
 mod context;
 pub mod dead_letter;
+mod gate;
 mod handler;
 mod metrics;
 mod retry;
@@ -28,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::inbox::{BoxError, InboxDatabase};
 use crate::outbox::{Outbox, OutboxDatabase};
+use crate::schema::Upcasters;
 use crate::table::TableName;
 use crate::telemetry::span::MessagingSpan;
 use crate::transport::{
@@ -35,6 +41,7 @@ use crate::transport::{
 };
 
 pub use context::{BatchContext, Context, TransactionGuard};
+pub use gate::NewerVersions;
 pub use metrics::ConsumerMetrics;
 pub use retry::RetryPolicy;
 
@@ -96,6 +103,7 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     registry: Registry<DB>,
     retry: RetryPolicy,
     unknown: UnknownTypes,
+    newer_versions: NewerVersions,
     max_in_flight: usize,
     rate_limit: Option<u32>,
     batch_linger: Duration,
@@ -118,6 +126,7 @@ struct Shared<DB: sqlx::Database> {
     registry: Registry<DB>,
     retry: RetryPolicy,
     unknown: UnknownTypes,
+    newer_versions: NewerVersions,
     max_in_flight: usize,
     rate_limit: Option<u32>,
     batch_linger: Duration,
@@ -156,6 +165,7 @@ where
             registry: Registry::default(),
             retry: RetryPolicy::default(),
             unknown: UnknownTypes::DeadLetter,
+            newer_versions: NewerVersions::default(),
             max_in_flight: 64,
             rate_limit: None,
             batch_linger: Duration::ZERO,
@@ -258,6 +268,72 @@ where
         self
     }
 
+    /// Registers the upcaster of `E`'s payload from schema version `from` to
+    /// `from + 1`, for messages older than `E::VERSION`: the handler of `E`
+    /// receives a v1 message once every step from v1 to `E::VERSION` has
+    /// turned its JSON into the current shape. See [`Upcasters`] for the
+    /// rules (once `E` has an upcaster, every step from the oldest version
+    /// still around must be registered — a step that changes nothing is
+    /// `Ok`); a message whose chain has a gap, or whose step fails, is
+    /// dead-lettered at once with the [`UpcastError`](crate::schema::UpcastError)
+    /// as the reason.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
+    /// #               dead_letters: std::sync::Arc<dyn eventbus::Publisher>) -> eventbus::Result<()> {
+    /// use eventbus::consumer::{Consumer, Context};
+    /// use eventbus::Event;
+    /// use serde::{Deserialize, Serialize};
+    /// use serde_json::json;
+    ///
+    /// /// v2 renamed `amount_cents` to `amount`; v3 added `currency`.
+    /// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+    /// #[event(type = "com.example.order.placed", version = 3, destination = "orders", key = order_id)]
+    /// struct OrderPlaced { order_id: String, amount: i64, currency: String }
+    ///
+    /// let consumer = Consumer::builder("billing")
+    ///     .on(|_ctx: Context<sqlx::Postgres>, order: OrderPlaced| async move {
+    ///         println!("{} {} {}", order.order_id, order.amount, order.currency);
+    ///         Ok(())
+    ///     })
+    ///     .upcast::<OrderPlaced>(1, |mut v| {
+    ///         let cents = v["amount_cents"].take();
+    ///         v["amount"] = cents;
+    ///         Ok(v)
+    ///     })
+    ///     .upcast::<OrderPlaced>(2, |mut v| {
+    ///         v["currency"] = json!("EUR");
+    ///         Ok(v)
+    ///     })
+    ///     .build(pool, subscriber, dead_letters)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn upcast<E: Event>(
+        mut self,
+        from: u32,
+        step: impl Fn(serde_json::Value) -> std::result::Result<serde_json::Value, BoxError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.registry.upcast::<E>(from, step);
+        self
+    }
+
+    /// Adds every upcaster of `upcasters` (a set built once and shared by
+    /// several consumers), as [`upcast`](Self::upcast) does one.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.registry.add_upcasters(upcasters);
+        self
+    }
+
+    /// What to do with messages of a schema version newer than their
+    /// handler knows (default: hold 5 s, then give back to the broker).
+    pub fn newer_versions(mut self, newer: NewerVersions) -> Self {
+        self.newer_versions = newer;
+        self
+    }
+
     /// What to do with event types that have no handler.
     pub fn unknown_types(mut self, unknown: UnknownTypes) -> Self {
         self.unknown = unknown;
@@ -298,9 +374,11 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if no handler is registered.
+    /// [`Error::Config`] if no handler is registered, [`Error::Schema`] if an
+    /// upcaster was invalid (from version 0, not below its event's version,
+    /// or registered twice).
     pub fn build(
-        self,
+        mut self,
         pool: sqlx::Pool<DB>,
         subscriber: Box<dyn Subscriber>,
         dead_letters: Arc<dyn Publisher>,
@@ -311,6 +389,9 @@ where
                 self.group
             )));
         }
+        if let Some(e) = self.registry.invalid_upcaster.take() {
+            return Err(Error::Schema(e));
+        }
         let metrics = ConsumerMetrics::new(self.group.clone());
         Ok(Consumer {
             shared: Arc::new(Shared {
@@ -319,6 +400,7 @@ where
                 registry: self.registry,
                 retry: self.retry,
                 unknown: self.unknown,
+                newer_versions: self.newer_versions,
                 max_in_flight: self.max_in_flight,
                 rate_limit: self.rate_limit,
                 batch_linger: self.batch_linger,
@@ -564,20 +646,15 @@ where
         };
         let version = envelope.schema_version().unwrap_or(1);
         if version > handler.version() {
-            let reason = format!(
-                "unsupported schema version {version} of `{}`: this consumer knows up to {}",
-                envelope.event_type,
-                handler.version()
-            );
-            span.fail("unsupported_schema_version", &reason);
             return self
-                .dead_letter(dead_letter::for_event(
-                    &envelope,
+                .gate(
                     destination,
-                    &self.group,
-                    0,
-                    &reason,
-                ))
+                    &envelope,
+                    version,
+                    handler.version(),
+                    once,
+                    span,
+                )
                 .await;
         }
         let mut attempt = 1;
@@ -662,7 +739,7 @@ where
         // The `process` span active around us: follow-up events are its children.
         let trace = crate::telemetry::span::current();
         let ctx = Context::new(envelope.clone(), attempt, self.outbox.clone(), tx, trace);
-        let result = (registration.call)(ctx.clone(), envelope).await;
+        let result = (registration.call)(ctx.clone(), envelope, &self.registry.upcasters).await;
         let tx = ctx.finish().await;
         match (result, tx) {
             (Ok(()), Some(tx)) => {

@@ -58,6 +58,7 @@ pub struct Outbox {
     table: TableName,
     source: Option<String>,
     max_event_bytes: usize,
+    validate_payloads: bool,
 }
 
 impl Default for Outbox {
@@ -155,6 +156,7 @@ impl Outbox {
             table: default_table(),
             source: None,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            validate_payloads: cfg!(debug_assertions),
         }
     }
 
@@ -179,6 +181,47 @@ impl Outbox {
     /// `max_message_size`).
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
+        self
+    }
+
+    /// Whether [`publish`](Self::publish) (and every typed publish) checks
+    /// each payload against its event's JSON Schema before writing it.
+    /// Default: on in debug builds (`cfg!(debug_assertions)`), off in release
+    /// builds, where the check would cost every publish a parse of the
+    /// payload for what tests already catch.
+    ///
+    /// It catches what the compiler cannot: a custom `Serialize` or
+    /// `#[serde(serialize_with)]` that writes something else than the schema
+    /// says, or a value outside `#[schemars(range(...))]`/`length(...)`
+    /// constraints. [`publish_entries`](Self::publish_entries) writes
+    /// prepared entries as they are. See [`schema::validate`](crate::schema::validate)
+    /// for the keywords checked.
+    ///
+    /// ```
+    /// use eventbus::{Error, Event, Outbox, Metadata};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+    /// #[event(type = "com.example.seat.booked", destination = "seats", key = seat)]
+    /// struct SeatBooked {
+    ///     seat: String,
+    ///     #[schemars(range(min = 1, max = 8))]
+    ///     passengers: u8,
+    /// }
+    ///
+    /// let outbox = Outbox::new().validate_payloads(true);
+    /// let err = outbox
+    ///     .entry(&SeatBooked { seat: "12A".into(), passengers: 9 }, &Metadata::default())
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::InvalidPayload(_)));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "payload of event `com.example.seat.booked` v1 does not match its schema: \
+    ///      $.passengers: 9 is more than the maximum 8"
+    /// );
+    /// ```
+    pub fn validate_payloads(mut self, on: bool) -> Self {
+        self.validate_payloads = on;
         self
     }
 
@@ -210,9 +253,11 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Serialize`] if the event does not serialize, [`Error::EventTooLarge`]
-    /// above the size limit, [`Error::NotMigrated`] if the table is missing, or
-    /// [`Error::Database`].
+    /// [`Error::Serialize`] if the event does not serialize,
+    /// [`Error::InvalidPayload`] if it does not match its schema (when
+    /// [validating](Self::validate_payloads); nothing is written),
+    /// [`Error::EventTooLarge`] above the size limit, [`Error::NotMigrated`] if
+    /// the table is missing, or [`Error::Database`].
     pub async fn publish<DB, E>(
         &self,
         tx: &mut sqlx::Transaction<'_, DB>,
@@ -322,13 +367,17 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Serialize`] or [`Error::EventTooLarge`].
+    /// [`Error::Serialize`], [`Error::InvalidPayload`] (when
+    /// [validating](Self::validate_payloads)) or [`Error::EventTooLarge`].
     pub fn entry<E: Event>(&self, event: &E, meta: &Metadata) -> Result<OutboxEntry> {
         let payload = serde_json::to_string(event).map_err(|source| Error::Serialize {
             event_type: E::TYPE.to_owned(),
             source,
         })?;
         self.check_size(E::TYPE, payload.len())?;
+        if self.validate_payloads {
+            crate::schema::check_event::<E>(&payload)?;
+        }
         let mut headers = Map::new();
         let mut put = |name: &str, value: &Option<String>| {
             if let Some(v) = value {

@@ -191,6 +191,7 @@ impl Relay {
             }
             let owned = membership.usable();
             let mut full_batch = false;
+            let mut found_rows = false;
             if !owned.is_empty() {
                 match self
                     .store
@@ -199,6 +200,7 @@ impl Relay {
                 {
                     Ok(rows) => {
                         full_batch = rows.len() as u64 >= u64::from(self.config.batch_size);
+                        found_rows = !rows.is_empty();
                         if !rows.is_empty() {
                             match self
                                 .relay_batch(rows, &membership, &mut known_destinations)
@@ -248,9 +250,17 @@ impl Relay {
                 }
                 continue;
             }
+            // After a batch, look again soon: only one writer at a time sends
+            // the NOTIFY (ADR 6), so a writer that skipped it may commit just
+            // after this claim and would otherwise wait for the fallback poll.
+            let next_look = if found_rows {
+                self.config.poll_interval.min(SETTLE_POLL)
+            } else {
+                self.config.poll_interval
+            };
             tokio::select! {
                 () = wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(next_look) => {}
                 () = stop.notified() => return,
             }
         }
@@ -428,6 +438,9 @@ impl Relay {
             .update_snapshot(|s| s.broker_available = available);
     }
 }
+
+/// How soon the relay claims again after a batch that was not full.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// Refreshes the backlog figures every `stats_interval`, in a task of its own so
 /// a slow count never delays heartbeats.

@@ -227,9 +227,8 @@ impl MySqlRelayStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Runs the lease update `sql` (bound by `bind`) and returns the listed
-    /// partitions this relay owns afterwards, in one transaction: MySQL has
-    /// no `UPDATE … RETURNING`.
+    /// Runs the lease `update` and returns which of `partitions` this relay
+    /// owns afterwards, in one transaction: MySQL has no `UPDATE … RETURNING`.
     async fn update_leases(
         &self,
         relay: Uuid,
@@ -502,13 +501,6 @@ impl RelayStore for MySqlRelayStore {
         } else {
             claimed
         };
-        eprintln!(
-            "DEBUGX claim {} from {:?} to {:?} at {:?}",
-            claimed.len(),
-            claimed.first().map(|r| r.id),
-            claimed.last().map(|r| r.id),
-            std::time::SystemTime::now()
-        );
         // Committing right away releases the row locks: the leases, not these
         // locks, keep other relays away while the batch is published.
         tx.commit().await.map_err(|e| self.err(e))?;
@@ -523,16 +515,9 @@ impl RelayStore for MySqlRelayStore {
             Retention::Delete => &self.sql.delete,
             Retention::Keep(_) => &self.sql.mark_published,
         };
-        let n = ids.len();
-        let first = ids.first().copied();
+        // Serializing integers cannot fail.
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
-        let r = self.fenced_write(sql, ids, relay).await;
-        eprintln!(
-            "DEBUGX ack {n} from {first:?} -> {:?} err {:?}",
-            r.as_ref().ok(),
-            r.as_ref().err()
-        );
-        r
+        self.fenced_write(sql, ids, relay).await
     }
 
     async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> Result<()> {

@@ -58,6 +58,17 @@ pub enum SchemaError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An upcaster that cannot be part of a chain: from version 0, from the
+    /// event's current version or above, or a second one from the same version.
+    #[error("invalid upcaster of `{event_type}` from v{from}: {reason}")]
+    InvalidUpcaster {
+        /// The CloudEvents type.
+        event_type: String,
+        /// The version the upcaster starts from.
+        from: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl SchemaError {

@@ -31,14 +31,18 @@
 //! Which changes pass, and in which direction, is decided by [`diff`]; the
 //! rules and a worked example are in `docs/schema-evolution.md`.
 //!
-//! The registry is keyed by (type, version), which is what the planned
-//! upcasters (`register_upcaster::<E>(from_version, fn(Value) -> Result<Value>)`)
-//! and payload validation (`validate(type, version, &Value)`) will look up.
+//! Consumers bring older messages to the version their handler knows with
+//! [`Upcasters`] (JSON steps `v1 → v2 → v3`), and set aside messages newer
+//! than it (see [`NewerVersions`](crate::consumer::NewerVersions)). The
+//! outbox checks each payload against its event's schema before writing it
+//! ([`validate`], [`Outbox::validate_payloads`](crate::Outbox::validate_payloads)).
 
 mod compat;
 mod error;
 mod registry;
 mod snapshot;
+mod upcast;
+mod validate;
 
 pub use compat::{diff, Change, ChangeKind, Impact, Mode, SchemaDiff, Verdict};
 pub use error::SchemaError;
@@ -46,6 +50,9 @@ pub use registry::{EventSchema, Registry};
 pub use snapshot::{
     to_canonical_json, CheckOptions, CheckReport, ExportedFile, Finding, FindingKind,
 };
+pub use upcast::{UpcastError, Upcasters};
+pub(crate) use validate::check_event;
+pub use validate::{validate, ValidationError, Violation};
 
 /// Support for code `#[derive(Event)]` generates. Not public API: it may change
 /// in any release.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::SchemaError;
+use super::{SchemaError, ValidationError};
 use crate::Event;
 
 /// One event type at one version: what `dataschema` names.
@@ -88,6 +88,24 @@ impl EventSchema {
     /// The CloudEvents `dataschema` URI that names this type and version.
     pub fn dataschema(&self) -> String {
         crate::envelope::dataschema_uri(&self.event_type, self.version)
+    }
+
+    /// Checks `payload` against this schema (see [`validate`](super::validate)
+    /// for the keywords checked).
+    ///
+    /// # Errors
+    ///
+    /// [`ValidationError`] with every violation found.
+    pub fn validate(&self, payload: &Value) -> Result<(), ValidationError> {
+        let violations = super::validate(&self.schema, payload);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(ValidationError {
+            event_type: self.event_type.clone(),
+            version: self.version,
+            violations,
+        })
     }
 
     fn same_contract(&self, other: &EventSchema) -> bool {
@@ -255,6 +273,31 @@ impl Registry {
     /// The schema of `event_type` at `version`.
     pub fn get(&self, event_type: &str, version: u32) -> Option<&EventSchema> {
         self.events.get(&(event_type.to_owned(), version))
+    }
+
+    /// Checks `payload` against the schema of `event_type` at `version`;
+    /// `None` if that (type, version) is not registered.
+    ///
+    /// ```
+    /// use eventbus::schema::EventSchema;
+    /// use serde_json::json;
+    ///
+    /// let mut registry = eventbus::schema::Registry::new();
+    /// registry.insert(EventSchema::new("com.example.ping", 1, "pings", json!({
+    ///     "type": "object", "properties": { "n": { "type": "integer" } }, "required": ["n"]
+    /// })))?;
+    /// assert!(matches!(registry.validate("com.example.ping", 1, &json!({ "n": 1 })), Some(Ok(()))));
+    /// assert!(matches!(registry.validate("com.example.ping", 1, &json!({})), Some(Err(_))));
+    /// assert!(registry.validate("com.example.ping", 2, &json!({})).is_none());
+    /// # Ok::<(), eventbus::schema::SchemaError>(())
+    /// ```
+    pub fn validate(
+        &self,
+        event_type: &str,
+        version: u32,
+        payload: &Value,
+    ) -> Option<Result<(), ValidationError>> {
+        self.get(event_type, version).map(|e| e.validate(payload))
     }
 
     /// The highest registered version of `event_type`.

@@ -1,10 +1,14 @@
-//! Each service's database: SQLite files (the embedded default) or a
-//! PostgreSQL database per service, and what the saga needs of either.
+//! Each service's database: SQLite files (the embedded default), or a
+//! PostgreSQL or MySQL/MariaDB database per service, and what the saga needs
+//! of each.
 //!
-//! The services' SQL is portable between the two (`$1` placeholders, `BIGINT`,
-//! `ON CONFLICT`, `RETURNING`), so each service writes it once in a
-//! `macro_rules!` that [`for_each_database!`] stamps out per database type.
+//! Each service writes its SQL once, with `$1` placeholders, in a
+//! `macro_rules!` that `for_each_database!` stamps out per database type
+//! together with its [`Dialect`]: [`Dialect::sql`] turns the placeholders into
+//! MySQL's `?`, and the few statements that differ (upserts, DDL) are chosen
+//! by dialect.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -13,25 +17,73 @@ use std::time::Duration;
 use eventbus::inbox::InboxDatabase;
 use eventbus::migrate::MigrateDatabase;
 use eventbus::outbox::OutboxDatabase;
-use eventbus::relay::{PgRelayStore, RelayStore, SqliteRelayStore};
+use eventbus::relay::{MySqlRelayStore, PgRelayStore, RelayStore, SqliteRelayStore};
 use eventbus::TableName;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+use sqlx::{MySql, MySqlPool, PgPool, Postgres, Sqlite, SqlitePool};
 
 use crate::inventory::InventoryDb;
 use crate::order::OrderDb;
 use crate::payment::PaymentDb;
 use crate::Result;
 
-/// Stamps out a service's SQL for every database the saga runs on.
+/// Stamps out a service's SQL for every database the saga runs on, with the
+/// database's dialect.
 macro_rules! for_each_database {
     ($stamp:ident) => {
-        $stamp!(sqlx::Postgres);
-        $stamp!(sqlx::Sqlite);
+        $stamp!(sqlx::Postgres, $crate::db::Dialect::Postgres);
+        $stamp!(sqlx::Sqlite, $crate::db::Dialect::Sqlite);
+        $stamp!(sqlx::MySql, $crate::db::Dialect::MySql);
     };
 }
 pub(crate) use for_each_database;
+
+/// The SQL dialect of a database the saga runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+impl Dialect {
+    /// `sql`, written with `$1`, `$2`, … in order (each once), as this
+    /// database takes it: unchanged, or with MySQL's `?`.
+    pub fn sql(self, sql: &str) -> Cow<'_, str> {
+        if self != Dialect::MySql {
+            return Cow::Borrowed(sql);
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// `INSERT … ON CONFLICT DO NOTHING` into `table (columns) VALUES (values)`.
+    pub fn insert_if_absent(self, table: &str, columns: &str, values: &str) -> String {
+        let sql = match self {
+            Dialect::MySql => format!("INSERT IGNORE INTO {table} ({columns}) VALUES ({values})"),
+            Dialect::Postgres | Dialect::Sqlite => {
+                format!("INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING")
+            }
+        };
+        self.sql(&sql).into_owned()
+    }
+}
 
 /// A database the whole saga runs on: the SDK's outbox, inbox and migrations,
 /// plus each service's own tables.
@@ -48,7 +100,7 @@ pub trait SagaDb:
 }
 
 macro_rules! saga_db {
-    ($db:ty, $store:ident) => {
+    ($db:ty, $store:ident, $quoted:ident) => {
         #[async_trait::async_trait]
         impl SagaDb for $db {
             fn relay_store(pool: sqlx::Pool<Self>) -> Arc<dyn RelayStore> {
@@ -59,7 +111,7 @@ macro_rules! saga_db {
                 let outbox = TableName::default_outbox();
                 let inbox = TableName::default_inbox();
                 for table in [outbox, inbox] {
-                    sqlx::query(&format!("DELETE FROM {}", table.quoted()))
+                    sqlx::query(&format!("DELETE FROM {}", table.$quoted()))
                         .execute(pool)
                         .await?;
                 }
@@ -68,8 +120,9 @@ macro_rules! saga_db {
         }
     };
 }
-saga_db!(Postgres, PgRelayStore);
-saga_db!(Sqlite, SqliteRelayStore);
+saga_db!(Postgres, PgRelayStore, quoted);
+saga_db!(Sqlite, SqliteRelayStore, quoted);
+saga_db!(MySql, MySqlRelayStore, mysql_quoted);
 
 /// Where the services keep their data.
 #[derive(Debug, Clone)]
@@ -79,19 +132,25 @@ pub enum Storage {
     /// One PostgreSQL database per service, named `<database>_<service>` after
     /// the database in this URL, created when missing.
     Postgres(String),
+    /// One MySQL/MariaDB database per service, named `<database>_<service>`
+    /// after the database in this URL (`saga` without one), created when
+    /// missing.
+    MySql(String),
 }
 
 impl Storage {
-    /// Reads `--database-url`: `postgres://…`, or `sqlite://<dir>` for SQLite
-    /// files in `<dir>`.
+    /// Reads `--database-url`: `postgres://…`, `mysql://…`, or
+    /// `sqlite://<dir>` for SQLite files in `<dir>`.
     pub fn parse(url: &str) -> Result<Storage> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Storage::Postgres(url.to_owned()))
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Ok(Storage::MySql(url.replacen("mariadb://", "mysql://", 1)))
         } else if let Some(dir) = url.strip_prefix("sqlite://") {
             Ok(Storage::Sqlite(PathBuf::from(dir)))
         } else {
             Err(crate::Error::Usage(format!(
-                "unsupported --database-url `{}`: use postgres://… or sqlite://<directory>",
+                "unsupported --database-url `{}`: use postgres://…, mysql://… or sqlite://<directory>",
                 crate::redact(url)
             )))
         }
@@ -101,7 +160,7 @@ impl Storage {
     pub fn describe(&self) -> String {
         match self {
             Storage::Sqlite(dir) => format!("SQLite files in {}", dir.display()),
-            Storage::Postgres(url) => crate::redact(url),
+            Storage::Postgres(url) | Storage::MySql(url) => crate::redact(url),
         }
     }
 }
@@ -161,6 +220,31 @@ pub async fn postgres(url: &str, service: &str) -> Result<PgPool> {
     }
     admin.close().await;
     Ok(PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options.database(&name))
+        .await?)
+}
+
+/// Connects to `<database>_<service>` on the MySQL/MariaDB server `url` names
+/// (`saga_<service>` when the URL names no database), creating it first if it
+/// does not exist.
+pub async fn mysql(url: &str, service: &str) -> Result<MySqlPool> {
+    let options = MySqlConnectOptions::from_str(url)?;
+    let base = options.get_database().unwrap_or("saga").to_owned();
+    let name = format!("{base}_{service}");
+    let admin = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone().database("information_schema"))
+        .await?;
+    // Identifiers cannot be bound; the name is ours (base name + service),
+    // quoted so any characters in the user's database name stay literal.
+    let create = format!(
+        "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4",
+        name.replace('`', "``")
+    );
+    sqlx::raw_sql(&create).execute(&admin).await?;
+    admin.close().await;
+    Ok(MySqlPoolOptions::new()
         .max_connections(8)
         .connect_with(options.database(&name))
         .await?)

@@ -6,7 +6,7 @@ use eventbus::consumer::{ConsumerBuilder, Context, UnknownTypes};
 use eventbus::{BoxError, Outbox};
 use sqlx::{Pool, Transaction};
 
-use crate::db::{for_each_database, SagaDb};
+use crate::db::{for_each_database, Dialect, SagaDb};
 use crate::events::{
     OrderCancelled, OrderConfirmed, OrderPlaced, StockReleased, StockReserved, StockUnavailable,
 };
@@ -76,13 +76,13 @@ pub trait InventoryDb: sqlx::Database {
 }
 
 macro_rules! inventory_sql {
-    ($db:ty) => {
+    ($db:ty, $dialect:expr) => {
         #[async_trait::async_trait]
         impl InventoryDb for $db {
             async fn create_inventory_tables(pool: &Pool<Self>) -> sqlx::Result<()> {
                 sqlx::query(
                     "CREATE TABLE IF NOT EXISTS stock (
-                        sku       TEXT PRIMARY KEY,
+                        sku       VARCHAR(255) PRIMARY KEY,
                         initial   BIGINT NOT NULL,
                         available BIGINT NOT NULL CHECK (available >= 0))",
                 )
@@ -90,7 +90,7 @@ macro_rules! inventory_sql {
                 .await?;
                 sqlx::query(
                     "CREATE TABLE IF NOT EXISTS reservations (
-                        order_id TEXT PRIMARY KEY,
+                        order_id VARCHAR(255) PRIMARY KEY,
                         sku      TEXT NOT NULL,
                         quantity BIGINT NOT NULL,
                         state    TEXT NOT NULL)",
@@ -101,21 +101,32 @@ macro_rules! inventory_sql {
             }
 
             async fn restock(pool: &Pool<Self>, sku: &str, units: i64) -> sqlx::Result<()> {
-                sqlx::query("DELETE FROM reservations WHERE sku = $1").bind(sku).execute(pool).await?;
-                sqlx::query(
-                    "INSERT INTO stock (sku, initial, available) VALUES ($1, $2, $2)
-                     ON CONFLICT (sku) DO UPDATE SET initial = $2, available = $2",
-                )
-                .bind(sku)
-                .bind(units)
-                .execute(pool)
-                .await?;
+                sqlx::query(&$dialect.sql("DELETE FROM reservations WHERE sku = $1"))
+                    .bind(sku)
+                    .execute(pool)
+                    .await?;
+                let upsert = match $dialect {
+                    Dialect::MySql => {
+                        "INSERT INTO stock (sku, initial, available) VALUES (?, ?, ?)
+                         ON DUPLICATE KEY UPDATE initial = VALUES(initial), available = VALUES(available)"
+                    }
+                    Dialect::Postgres | Dialect::Sqlite => {
+                        "INSERT INTO stock (sku, initial, available) VALUES ($1, $2, $3)
+                         ON CONFLICT (sku) DO UPDATE SET initial = EXCLUDED.initial, available = EXCLUDED.available"
+                    }
+                };
+                sqlx::query(upsert)
+                    .bind(sku)
+                    .bind(units)
+                    .bind(units)
+                    .execute(pool)
+                    .await?;
                 Ok(())
             }
 
             async fn reserve(tx: &mut Transaction<'static, Self>, o: &OrderPlaced) -> sqlx::Result<Reserve> {
                 let known: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1")
+                    sqlx::query_scalar(&$dialect.sql("SELECT state FROM reservations WHERE order_id = $1"))
                         .bind(&o.order_id)
                         .fetch_optional(&mut **tx)
                         .await?;
@@ -124,23 +135,24 @@ macro_rules! inventory_sql {
                 }
                 // Check and take in one statement: concurrent orders for the
                 // same product cannot both take the last units.
-                let taken = sqlx::query(
-                    "UPDATE stock SET available = available - $2 WHERE sku = $1 AND available >= $2",
-                )
+                let taken = sqlx::query(&$dialect.sql(
+                    "UPDATE stock SET available = available - $1 WHERE sku = $2 AND available >= $3",
+                ))
+                .bind(o.quantity)
                 .bind(&o.sku)
                 .bind(o.quantity)
                 .execute(&mut **tx)
                 .await?;
                 if taken.rows_affected() == 0 {
-                    let left: Option<i64> = sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
+                    let left: Option<i64> = sqlx::query_scalar(&$dialect.sql("SELECT available FROM stock WHERE sku = $1"))
                         .bind(&o.sku)
                         .fetch_optional(&mut **tx)
                         .await?;
                     return Ok(Reserve::Unavailable(left.unwrap_or(0)));
                 }
-                sqlx::query(
+                sqlx::query(&$dialect.sql(
                     "INSERT INTO reservations (order_id, sku, quantity, state) VALUES ($1, $2, $3, 'reserved')",
-                )
+                ))
                 .bind(&o.order_id)
                 .bind(&o.sku)
                 .bind(o.quantity)
@@ -150,19 +162,28 @@ macro_rules! inventory_sql {
             }
 
             async fn settle_reservation(tx: &mut Transaction<'static, Self>, order_id: &str, to: &str) -> sqlx::Result<Option<i64>> {
-                let moved: Option<(String, i64)> = sqlx::query_as(
-                    "UPDATE reservations SET state = $2 WHERE order_id = $1 AND state = 'reserved'
-                     RETURNING sku, quantity",
-                )
-                .bind(order_id)
+                // Update, then read what was moved (MySQL has no
+                // `UPDATE … RETURNING`); the update's row lock holds the row.
+                let moved = sqlx::query(&$dialect.sql(
+                    "UPDATE reservations SET state = $1 WHERE order_id = $2 AND state = 'reserved'",
+                ))
                 .bind(to)
-                .fetch_optional(&mut **tx)
+                .bind(order_id)
+                .execute(&mut **tx)
                 .await?;
-                let Some((sku, quantity)) = moved else { return Ok(None) };
+                if moved.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                let (sku, quantity): (String, i64) = sqlx::query_as(&$dialect.sql(
+                    "SELECT sku, quantity FROM reservations WHERE order_id = $1",
+                ))
+                .bind(order_id)
+                .fetch_one(&mut **tx)
+                .await?;
                 if to == "released" {
-                    sqlx::query("UPDATE stock SET available = available + $2 WHERE sku = $1")
-                        .bind(&sku)
+                    sqlx::query(&$dialect.sql("UPDATE stock SET available = available + $1 WHERE sku = $2"))
                         .bind(quantity)
+                        .bind(&sku)
                         .execute(&mut **tx)
                         .await?;
                 }

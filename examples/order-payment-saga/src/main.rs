@@ -14,7 +14,7 @@ use order_payment_saga::demo::{self, DemoOptions};
 use order_payment_saga::order::OrderService;
 use order_payment_saga::service::{self, Service, Settings, Shutdown};
 use order_payment_saga::{Error, Result};
-use sqlx::{Postgres, Sqlite};
+use sqlx::{MySql, Postgres, Sqlite};
 
 /// The eventbus order/payment saga: order, inventory and payment services
 /// choreographed through outboxes, relays, a broker and inboxes.
@@ -54,8 +54,8 @@ enum Command {
 
 #[derive(Debug, Clone, Args)]
 struct ConnectArgs {
-    /// `postgres://…` (one database per service: `<name>_order`, …) or
-    /// `sqlite://<directory>` (one file per service). Demo default: SQLite in
+    /// `postgres://…` or `mysql://…` (one database per service:
+    /// `<name>_order`, …) or `sqlite://<directory>` (one file per service). Demo default: SQLite in
     /// a new temporary directory.
     #[arg(long, env = "SAGA_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -149,6 +149,7 @@ async fn run(cli: Cli) -> ExitCode {
 enum AnyPools {
     Sqlite(Pools<Sqlite>),
     Postgres(Pools<Postgres>),
+    MySql(Pools<MySql>),
 }
 
 async fn connect_all(storage: &Storage) -> Result<AnyPools> {
@@ -162,6 +163,11 @@ async fn connect_all(storage: &Storage) -> Result<AnyPools> {
             order: db::postgres(url, Service::Order.name()).await?,
             inventory: db::postgres(url, Service::Inventory.name()).await?,
             payment: db::postgres(url, Service::Payment.name()).await?,
+        }),
+        Storage::MySql(url) => AnyPools::MySql(Pools {
+            order: db::mysql(url, Service::Order.name()).await?,
+            inventory: db::mysql(url, Service::Inventory.name()).await?,
+            payment: db::mysql(url, Service::Payment.name()).await?,
         }),
     })
 }
@@ -201,6 +207,7 @@ async fn run_demo(args: DemoArgs) -> Result<bool> {
     let report = match connect_all(&storage).await? {
         AnyPools::Sqlite(pools) => demo::run(pools, broker, setup, options).await?,
         AnyPools::Postgres(pools) => demo::run(pools, broker, setup, options).await?,
+        AnyPools::MySql(pools) => demo::run(pools, broker, setup, options).await?,
     };
     println!("{}", report.render());
     if let Some(path) = &args.report {
@@ -231,6 +238,10 @@ async fn run_service(service: Service, args: ServiceArgs) -> Result<()> {
         }
         Storage::Postgres(url) => {
             let pool = db::postgres(&url, service.name()).await?;
+            serve(service, pool, broker, settings, args).await
+        }
+        Storage::MySql(url) => {
+            let pool = db::mysql(&url, service.name()).await?;
             serve(service, pool, broker, settings, args).await
         }
     }
@@ -339,6 +350,7 @@ async fn run_check(args: ConnectArgs) -> Result<bool> {
     let snapshot = match connect_all(&Storage::parse(&url)?).await? {
         AnyPools::Sqlite(pools) => pools.snapshot().await?,
         AnyPools::Postgres(pools) => pools.snapshot().await?,
+        AnyPools::MySql(pools) => pools.snapshot().await?,
     };
     let checks = snapshot.checks();
     for check in &checks {

@@ -15,7 +15,7 @@ use eventbus::{BoxError, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::{Pool, Transaction};
 
-use crate::db::{for_each_database, SagaDb};
+use crate::db::{for_each_database, Dialect, SagaDb};
 use crate::events::{
     OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected, PaymentCharged, PaymentDeclined,
     StockReserved, StockUnavailable,
@@ -134,36 +134,44 @@ const COLUMNS: &str =
     "id, customer, sku, quantity, amount_cents, state, reason, placed_at_ms, finished_at_ms";
 
 macro_rules! order_sql {
-    ($db:ty) => {
+    ($db:ty, $dialect:expr) => {
         #[async_trait::async_trait]
         impl OrderDb for $db {
             async fn create_order_tables(pool: &Pool<Self>) -> sqlx::Result<()> {
-                sqlx::query(
+                // MySQL indexes only bounded text, and creates indexes with
+                // the table (it has no `CREATE INDEX IF NOT EXISTS`).
+                let index = match $dialect {
+                    Dialect::MySql => ", KEY orders_awaiting (state, deadline_ms)",
+                    Dialect::Postgres | Dialect::Sqlite => "",
+                };
+                sqlx::query(&format!(
                     "CREATE TABLE IF NOT EXISTS orders (
-                        id             TEXT PRIMARY KEY,
+                        id             VARCHAR(255) PRIMARY KEY,
                         customer       TEXT NOT NULL,
                         sku            TEXT NOT NULL,
                         quantity       BIGINT NOT NULL,
                         amount_cents   BIGINT NOT NULL,
-                        state          TEXT NOT NULL,
+                        state          VARCHAR(32) NOT NULL,
                         reason         TEXT,
                         placed_at_ms   BIGINT NOT NULL,
                         deadline_ms    BIGINT,
-                        finished_at_ms BIGINT)",
-                )
+                        finished_at_ms BIGINT{index})",
+                ))
                 .execute(pool)
                 .await?;
-                sqlx::query("CREATE INDEX IF NOT EXISTS orders_awaiting ON orders (state, deadline_ms)")
-                    .execute(pool)
-                    .await?;
+                if $dialect != Dialect::MySql {
+                    sqlx::query("CREATE INDEX IF NOT EXISTS orders_awaiting ON orders (state, deadline_ms)")
+                        .execute(pool)
+                        .await?;
+                }
                 Ok(())
             }
 
             async fn insert_order(tx: &mut Transaction<'static, Self>, o: &OrderPlaced) -> sqlx::Result<()> {
-                sqlx::query(
+                sqlx::query(&$dialect.sql(
                     "INSERT INTO orders (id, customer, sku, quantity, amount_cents, state, placed_at_ms)
                      VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
-                )
+                ))
                 .bind(&o.order_id)
                 .bind(&o.customer)
                 .bind(&o.sku)
@@ -186,15 +194,15 @@ macro_rules! order_sql {
                 // A guarded UPDATE per allowed state: whoever changes the row first
                 // wins, the others match nothing (the row lock orders them).
                 for state in from {
-                    let done = sqlx::query(
-                        "UPDATE orders SET state = $3, reason = $4, finished_at_ms = $5
-                         WHERE id = $1 AND state = $2",
-                    )
-                    .bind(id)
-                    .bind(*state)
+                    let done = sqlx::query(&$dialect.sql(
+                        "UPDATE orders SET state = $1, reason = $2, finished_at_ms = $3
+                         WHERE id = $4 AND state = $5",
+                    ))
                     .bind(to)
                     .bind(reason)
                     .bind(now_ms())
+                    .bind(id)
+                    .bind(*state)
                     .execute(&mut **tx)
                     .await?;
                     moved |= done.rows_affected() == 1;
@@ -203,28 +211,28 @@ macro_rules! order_sql {
             }
 
             async fn await_payment(tx: &mut Transaction<'static, Self>, id: &str, deadline_ms: i64) -> sqlx::Result<bool> {
-                let done = sqlx::query(
-                    "UPDATE orders SET state = 'awaiting_payment', deadline_ms = $2
-                     WHERE id = $1 AND state = 'pending'",
-                )
-                .bind(id)
+                let done = sqlx::query(&$dialect.sql(
+                    "UPDATE orders SET state = 'awaiting_payment', deadline_ms = $1
+                     WHERE id = $2 AND state = 'pending'",
+                ))
                 .bind(deadline_ms)
+                .bind(id)
                 .execute(&mut **tx)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn overdue(pool: &Pool<Self>, now_ms: i64) -> sqlx::Result<Vec<String>> {
-                sqlx::query_scalar(
+                sqlx::query_scalar(&$dialect.sql(
                     "SELECT id FROM orders WHERE state = 'awaiting_payment' AND deadline_ms < $1",
-                )
+                ))
                 .bind(now_ms)
                 .fetch_all(pool)
                 .await
             }
 
             async fn order(pool: &Pool<Self>, id: &str) -> sqlx::Result<Option<OrderView>> {
-                let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+                let row: Option<Row> = sqlx::query_as(&$dialect.sql(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1")))
                     .bind(id)
                     .fetch_optional(pool)
                     .await?;

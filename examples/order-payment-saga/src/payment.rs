@@ -73,6 +73,14 @@ pub trait PaymentDb: sqlx::Database {
         tx: &mut Transaction<'static, Self>,
         order_id: &str,
     ) -> sqlx::Result<Option<i64>>;
+    /// Moves the order's payment from state `from` to `to`; its amount if it
+    /// did.
+    async fn move_payment(
+        tx: &mut Transaction<'static, Self>,
+        order_id: &str,
+        from: &str,
+        to: &str,
+    ) -> sqlx::Result<Option<i64>>;
     /// Appends a money movement to the ledger.
     async fn record(
         tx: &mut Transaction<'static, Self>,
@@ -87,13 +95,13 @@ pub trait PaymentDb: sqlx::Database {
 }
 
 macro_rules! payment_sql {
-    ($db:ty) => {
+    ($db:ty, $dialect:expr) => {
         #[async_trait::async_trait]
         impl PaymentDb for $db {
             async fn create_payment_tables(pool: &Pool<Self>) -> sqlx::Result<()> {
                 sqlx::query(
                     "CREATE TABLE IF NOT EXISTS payments (
-                        order_id     TEXT PRIMARY KEY,
+                        order_id     VARCHAR(255) PRIMARY KEY,
                         amount_cents BIGINT NOT NULL,
                         state        TEXT NOT NULL,
                         due_at_ms    BIGINT)",
@@ -104,7 +112,7 @@ macro_rules! payment_sql {
                 // the inbox alone keeps an order from being charged twice.
                 sqlx::query(
                     "CREATE TABLE IF NOT EXISTS ledger (
-                        entry_id     TEXT PRIMARY KEY,
+                        entry_id     VARCHAR(64) PRIMARY KEY,
                         order_id     TEXT NOT NULL,
                         kind         TEXT NOT NULL,
                         amount_cents BIGINT NOT NULL,
@@ -122,10 +130,11 @@ macro_rules! payment_sql {
                     Charge::Pending | Charge::Skipped => "pending",
                 };
                 // A cancellation seen first left a `voided` row: nothing to do.
-                let inserted = sqlx::query(
-                    "INSERT INTO payments (order_id, amount_cents, state, due_at_ms) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
+                let inserted = sqlx::query(&$dialect.insert_if_absent(
+                    "payments",
+                    "order_id, amount_cents, state, due_at_ms",
+                    "$1, $2, $3, $4",
+                ))
                 .bind(&e.order_id)
                 .bind(e.amount_cents)
                 .bind(state)
@@ -142,20 +151,14 @@ macro_rules! payment_sql {
             }
 
             async fn due(pool: &Pool<Self>, now_ms: i64) -> sqlx::Result<Vec<String>> {
-                sqlx::query_scalar("SELECT order_id FROM payments WHERE state = 'pending' AND due_at_ms <= $1")
+                sqlx::query_scalar(&$dialect.sql("SELECT order_id FROM payments WHERE state = 'pending' AND due_at_ms <= $1"))
                     .bind(now_ms)
                     .fetch_all(pool)
                     .await
             }
 
             async fn complete(tx: &mut Transaction<'static, Self>, order_id: &str) -> sqlx::Result<Option<i64>> {
-                let amount: Option<i64> = sqlx::query_scalar(
-                    "UPDATE payments SET state = 'charged' WHERE order_id = $1 AND state = 'pending'
-                     RETURNING amount_cents",
-                )
-                .bind(order_id)
-                .fetch_optional(&mut **tx)
-                .await?;
+                let amount = Self::move_payment(tx, order_id, "pending", "charged").await?;
                 if let Some(amount) = amount {
                     Self::record(tx, order_id, "charge", amount).await?;
                 }
@@ -165,34 +168,55 @@ macro_rules! payment_sql {
             async fn cancel(tx: &mut Transaction<'static, Self>, order_id: &str) -> sqlx::Result<Option<i64>> {
                 // No payment yet: leave a `voided` row so a late StockReserved
                 // (another topic, no order between them) charges nothing.
-                sqlx::query(
-                    "INSERT INTO payments (order_id, amount_cents, state) VALUES ($1, 0, 'voided')
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
+                sqlx::query(&$dialect.insert_if_absent(
+                    "payments",
+                    "order_id, amount_cents, state",
+                    "$1, 0, 'voided'",
+                ))
                 .bind(order_id)
                 .execute(&mut **tx)
                 .await?;
-                sqlx::query("UPDATE payments SET state = 'voided' WHERE order_id = $1 AND state = 'pending'")
+                sqlx::query(&$dialect.sql("UPDATE payments SET state = 'voided' WHERE order_id = $1 AND state = 'pending'"))
                     .bind(order_id)
                     .execute(&mut **tx)
                     .await?;
-                let refunded: Option<i64> = sqlx::query_scalar(
-                    "UPDATE payments SET state = 'refunded' WHERE order_id = $1 AND state = 'charged'
-                     RETURNING amount_cents",
-                )
-                .bind(order_id)
-                .fetch_optional(&mut **tx)
-                .await?;
+                let refunded = Self::move_payment(tx, order_id, "charged", "refunded").await?;
                 if let Some(amount) = refunded {
                     Self::record(tx, order_id, "refund", amount).await?;
                 }
                 Ok(refunded)
             }
 
+            async fn move_payment(
+                tx: &mut Transaction<'static, Self>,
+                order_id: &str,
+                from: &str,
+                to: &str,
+            ) -> sqlx::Result<Option<i64>> {
+                // Update, then read the amount (MySQL has no `UPDATE …
+                // RETURNING`); the update's row lock holds the row.
+                let moved = sqlx::query(&$dialect.sql(
+                    "UPDATE payments SET state = $1 WHERE order_id = $2 AND state = $3",
+                ))
+                .bind(to)
+                .bind(order_id)
+                .bind(from)
+                .execute(&mut **tx)
+                .await?;
+                if moved.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                sqlx::query_scalar(&$dialect.sql("SELECT amount_cents FROM payments WHERE order_id = $1"))
+                    .bind(order_id)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map(Some)
+            }
+
             async fn record(tx: &mut Transaction<'static, Self>, order_id: &str, kind: &str, amount_cents: i64) -> sqlx::Result<()> {
-                sqlx::query(
+                sqlx::query(&$dialect.sql(
                     "INSERT INTO ledger (entry_id, order_id, kind, amount_cents, at_ms) VALUES ($1, $2, $3, $4, $5)",
-                )
+                ))
                 .bind(uuid::Uuid::now_v7().to_string())
                 .bind(order_id)
                 .bind(kind)

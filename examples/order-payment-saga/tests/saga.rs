@@ -1,6 +1,6 @@
 //! End-to-end runs of the saga binary: the embedded default, PostgreSQL with
-//! the Kafka-protocol broker, with RabbitMQ and with SQS — each with
-//! `--chaos` — and the services as separate processes behind `outbox-relay`
+//! the Kafka-protocol broker, with RabbitMQ and with SQS, MySQL with RabbitMQ
+//! — each with `--chaos` — and the services as separate processes behind `outbox-relay`
 //! sidecars. After each run the test reads the three databases itself and
 //! checks the invariants.
 
@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use eventbus_tests::{
-    amqp_url, database_url, kafka_brokers, replace_db_name, sqs_endpoint, unique_name,
+    amqp_url, database_url, kafka_brokers, mysql_url, replace_db_name, sqs_endpoint, unique_name,
 };
 use order_payment_saga::audit::{Pools, Snapshot};
 use order_payment_saga::db;
@@ -170,6 +170,62 @@ async fn postgres_and_kafka_with_chaos_keep_every_invariant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_and_rabbitmq_with_chaos_keep_every_invariant() {
     let dbs = SagaDatabases::new().await;
+    let broker = amqp_url().await;
+    let report = run_demo(&[
+        "--orders",
+        "200",
+        "--chaos",
+        "--database-url",
+        &dbs.url(),
+        "--broker",
+        &broker,
+    ])
+    .await;
+    assert_chaos_run(&report, &dbs.snapshot().await, 200);
+}
+
+/// Three MySQL/MariaDB databases `<base>_<service>`, dropped at the end.
+struct MySqlSagaDatabases {
+    admin: String,
+    base: String,
+}
+
+impl MySqlSagaDatabases {
+    async fn new() -> Self {
+        MySqlSagaDatabases {
+            admin: mysql_url().await,
+            base: unique_name("saga"),
+        }
+    }
+
+    fn url(&self) -> String {
+        replace_db_name(&self.admin, &self.base)
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let url = self.url();
+        let pools = Pools {
+            order: db::mysql(&url, "order").await.expect("order db"),
+            inventory: db::mysql(&url, "inventory").await.expect("inventory db"),
+            payment: db::mysql(&url, "payment").await.expect("payment db"),
+        };
+        pools.snapshot().await.expect("read the databases")
+    }
+}
+
+impl Drop for MySqlSagaDatabases {
+    fn drop(&mut self) {
+        for service in ["order", "inventory", "payment"] {
+            eventbus_tests::mysql::drop_database(&self.admin, &format!("{}_{service}", self.base));
+        }
+    }
+}
+
+/// The saga on MySQL/MariaDB (one database per service) and RabbitMQ, with
+/// chaos: the same run and invariants as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_and_rabbitmq_with_chaos_keep_every_invariant() {
+    let dbs = MySqlSagaDatabases::new().await;
     let broker = amqp_url().await;
     let report = run_demo(&[
         "--orders",

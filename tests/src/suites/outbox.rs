@@ -49,8 +49,21 @@ async fn create_orders_table<D: TestDatabase>(db: &D) {
 }
 
 /// Every pending row as the relay reads it: through the backend's relay store
-/// holding every partition's lease.
-pub async fn claim_all<D: TestDatabase>(db: &D) -> Vec<OutboxRecord> {
+/// holding every partition's lease. Waits (at most 20 s) until `expected` rows
+/// are claimable: on PostgreSQL fresh rows are held back while any older
+/// transaction of the server is open, e.g. another test's.
+pub async fn claim_all<D: TestDatabase>(db: &D, expected: usize) -> Vec<OutboxRecord> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = claim_once(db).await;
+        if rows.len() >= expected || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn claim_once<D: TestDatabase>(db: &D) -> Vec<OutboxRecord> {
     let store = D::relay_store(db.pool());
     let relay = Uuid::now_v7();
     let ttl = Duration::from_secs(30);
@@ -59,14 +72,12 @@ pub async fn claim_all<D: TestDatabase>(db: &D) -> Vec<OutboxRecord> {
         .heartbeat(relay, "test", ttl)
         .await
         .expect("heartbeat");
-    assert_eq!(
-        store
-            .acquire(relay, &partitions, ttl)
-            .await
-            .expect("acquire"),
-        partitions,
-        "every partition is free"
-    );
+    let mut acquired = store
+        .acquire(relay, &partitions, ttl)
+        .await
+        .expect("acquire");
+    acquired.sort_unstable();
+    assert_eq!(acquired, partitions, "every partition is free");
     let rows = store
         .claim(relay, &partitions, 100_000)
         .await
@@ -80,6 +91,21 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The payload read back is what was written: the same bytes where the
+/// backend keeps them, the same JSON value elsewhere.
+fn assert_payload<D: TestDatabase>(read: &[u8], written: &[u8], what: &str) {
+    if D::KEEPS_PAYLOAD_BYTES {
+        assert_eq!(read, written, "{what}: the payload bytes travel unchanged");
+    } else {
+        let read: serde_json::Value = serde_json::from_slice(read).expect("JSON read back");
+        let written: serde_json::Value = serde_json::from_slice(written).expect("JSON written");
+        assert_eq!(
+            read, written,
+            "{what}: the payload travels as the same JSON"
+        );
+    }
 }
 
 async fn count<D: TestDatabase>(db: &D, table: &str) -> i64 {
@@ -136,7 +162,7 @@ pub async fn commit_writes_business_row_and_outbox_row_together<D: TestDatabase>
         1
     );
 
-    let records = claim_all(&db).await;
+    let records = claim_all(&db, 1).await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r.event_id, event_id);
@@ -168,10 +194,10 @@ pub async fn commit_writes_business_row_and_outbox_row_together<D: TestDatabase>
     assert_eq!(envelope.source, "urn:service:orders");
     assert_eq!(envelope.correlation_id.as_deref(), Some("corr-1"));
     assert_eq!(envelope.schema_version(), Some(2));
-    assert_eq!(
-        envelope.data,
-        serde_json::to_vec(&event).expect("to json"),
-        "the payload bytes travel unchanged"
+    assert_payload::<D>(
+        &envelope.data,
+        &serde_json::to_vec(&event).expect("to json"),
+        "the event",
     );
 }
 
@@ -241,7 +267,7 @@ pub async fn publish_all_writes_ten_thousand_events_in_order_atomically<D: TestD
     );
     assert_eq!(ids.len(), 10_000);
 
-    let records = claim_all(&db).await;
+    let records = claim_all(&db, 10_000).await;
     assert_eq!(records.len(), 10_000);
     for (i, r) in records.iter().enumerate() {
         if i > 0 {
@@ -249,10 +275,10 @@ pub async fn publish_all_writes_ten_thousand_events_in_order_atomically<D: TestD
         }
         assert_eq!(r.event_id, ids[i], "row {i}: event id in publication order");
         assert_eq!(r.partition_key, events[i].order_id, "row {i}: key");
-        assert_eq!(
-            r.payload,
-            serde_json::to_string(&events[i]).expect("json"),
-            "row {i}: payload"
+        assert_payload::<D>(
+            r.payload.as_bytes(),
+            &serde_json::to_vec(&events[i]).expect("json"),
+            &format!("row {i}"),
         );
         assert_eq!(r.headers, json!({"correlationid": "batch"}));
     }
@@ -272,7 +298,7 @@ pub async fn plain_sql_inserts_are_valid_cloudevents<D: TestDatabase>() {
     )
     .await
     .expect("the minimal plain-SQL insert succeeds");
-    let records = claim_all(&db).await;
+    let records = claim_all(&db, 1).await;
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(record.partition, db.partition_of("o-42").await);
@@ -317,7 +343,7 @@ pub async fn plain_sql_inserts_are_valid_cloudevents<D: TestDatabase>() {
     ))
     .await
     .expect("the full plain-SQL insert succeeds");
-    let records = claim_all(&db).await;
+    let records = claim_all(&db, 1).await;
     assert_eq!(records.len(), 1);
     let envelope = records[0]
         .to_envelope("urn:relay:default")
@@ -466,7 +492,7 @@ pub async fn concurrent_migrations_are_idempotent<D: TestDatabase>() {
         .await
         .expect("migrate once more");
     assert_eq!(
-        db.texts("SELECT component FROM eventbus_migrations ORDER BY component")
+        db.texts("SELECT DISTINCT component FROM eventbus_migrations ORDER BY component")
             .await,
         [
             Some("inbox:eventbus_inbox".to_owned()),

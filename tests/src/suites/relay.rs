@@ -118,6 +118,29 @@ async fn claim(store: &dyn RelayStore, relay: Uuid, partitions: &[i32]) -> Vec<(
         .collect()
 }
 
+/// Claims until something comes back (at most 20 s): on PostgreSQL a fresh
+/// row is held back while any older transaction of the server is open.
+async fn claim_fresh(
+    store: &dyn RelayStore,
+    relay: Uuid,
+    partitions: &[i32],
+) -> Vec<(i64, String, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = claim(store, relay, partitions).await;
+        if !rows.is_empty() || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `partitions` in ascending order (PostgreSQL returns them in row order).
+fn sorted(mut partitions: Vec<i32>) -> Vec<i32> {
+    partitions.sort_unstable();
+    partitions
+}
+
 fn names(rows: &[(i64, String, u64)]) -> Vec<String> {
     rows.iter().map(|(_, k, s)| format!("{k}{s}")).collect()
 }
@@ -156,7 +179,10 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     let (r1, r2) = (Uuid::now_v7(), Uuid::now_v7());
     assert_eq!(store.heartbeat(r1, "one", ttl).await.expect("hb"), [r1]);
     assert_eq!(store.heartbeat(r2, "two", ttl).await.expect("hb"), [r1, r2]);
-    assert_eq!(store.acquire(r1, &all, ttl).await.expect("acquire"), all);
+    assert_eq!(
+        sorted(store.acquire(r1, &all, ttl).await.expect("acquire")),
+        all
+    );
     assert!(
         store
             .acquire(r2, &all, ttl)
@@ -165,13 +191,12 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
             .is_empty(),
         "a held lease cannot be taken"
     );
+    let rows = claim_fresh(store.as_ref(), r1, &all).await;
+    assert_eq!(names(&rows), ["a0", "b0", "a1", "b1", "a2"], "id order");
     assert!(
         store.claim(r2, &all, 100).await.expect("claim").is_empty(),
         "nothing is claimed without the lease"
     );
-
-    let rows = claim(store.as_ref(), r1, &all).await;
-    assert_eq!(names(&rows), ["a0", "b0", "a1", "b1", "a2"], "id order");
     let id = |name: &str| {
         rows.iter()
             .find(|(_, k, s)| format!("{k}{s}") == name)
@@ -248,7 +273,7 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
 
     // A retry is claimed again once it is due, not before.
     publish_steps(db.pool(), &[step("c", 0)], 1).await;
-    let c0 = claim(store.as_ref(), r1, &all).await;
+    let c0 = claim_fresh(store.as_ref(), r1, &all).await;
     assert_eq!(names(&c0), ["c0"]);
     store
         .reject(r1, &[rejection(c0[0].0, false, Duration::from_millis(400))])
@@ -282,21 +307,26 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     // Releasing hands the partitions over; an expired lease can be taken.
     store.release(r1, &all).await.expect("release");
     assert_eq!(
-        store
-            .acquire(r2, &all, Duration::from_millis(300))
-            .await
-            .expect("acquire"),
+        sorted(
+            store
+                .acquire(r2, &all, Duration::from_millis(300))
+                .await
+                .expect("acquire")
+        ),
         all
     );
     assert!(store.renew(r1, &all, ttl).await.expect("renew").is_empty());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        store.acquire(r1, &all, ttl).await.expect("take over"),
+        sorted(store.acquire(r1, &all, ttl).await.expect("take over")),
         all,
         "an expired lease is free"
     );
     assert!(store.renew(r2, &all, ttl).await.expect("renew").is_empty());
-    assert_eq!(store.renew(r1, &all, ttl).await.expect("renew"), all);
+    assert_eq!(
+        sorted(store.renew(r1, &all, ttl).await.expect("renew")),
+        all
+    );
 
     store.deregister(r1).await.expect("deregister");
     assert_eq!(store.heartbeat(r2, "two", ttl).await.expect("hb"), [r2]);
@@ -626,10 +656,8 @@ pub async fn a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source<D
         "defaulted id is a UUID"
     );
     assert_eq!(envelope.schema_version(), Some(1));
-    assert_eq!(
-        envelope.data, br#"{"key":"k-1","seq":7}"#,
-        "payload bytes intact"
-    );
+    let step: Step = serde_json::from_slice(&envelope.data).expect("payload");
+    assert_eq!(step.seq, 7, "payload intact");
     relay.stop().await;
 }
 

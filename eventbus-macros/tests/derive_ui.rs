@@ -2,7 +2,7 @@
 //! ones fail with the messages recorded next to them (`ui/fail/*.stderr`).
 //!
 //! After changing a message on purpose, regenerate the files with
-//! `TRYBUILD=overwrite cargo nextest run -p eventbus-tests --test derive_ui` and
+//! `TRYBUILD=overwrite cargo nextest run -p eventbus-macros --test derive_ui` and
 //! review the diff.
 
 #[test]
