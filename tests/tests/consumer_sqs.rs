@@ -1,9 +1,63 @@
 //! The consumer over a real SQS-compatible server (moto) and PostgreSQL: the
-//! scenarios shared with the Kafka and RabbitMQ suites, on FIFO queues — a
-//! batch handler applying each event once, with poison split out and
-//! dead-lettered to the `<destination>.dlq` queue, and the rate limit.
+//! scenarios shared with the Kafka and RabbitMQ suites
+//! (`eventbus_tests::consumer`), on FIFO queues (message group = partition
+//! key) — effectively once under redeliveries and a crash of the worker
+//! process, what the weaker modes cost under a crash, dead letters and
+//! re-driving, the in-flight bound, point-to-point versus publish-subscribe
+//! (a queue per group), batch handlers and the rate limit. Event counts are
+//! scaled down where the scenario says so: moto is slow.
 
-use eventbus_tests::consumer::{batch_handler_scenario, rate_limit_scenario, Broker};
+use eventbus_tests::consumer::{
+    at_least_once_scenario, at_most_once_scenario, backpressure_scenario, batch_handler_scenario,
+    effectively_once_scenario, groups_scenario, poison_scenario, rate_limit_scenario, Broker,
+};
+use eventbus_tests::TestDb;
+
+/// The worker binary of the crash tests.
+const WORKER: &str = env!("CARGO_BIN_EXE_consumer_worker");
+
+/// 2,000 events over 200 keys and 200 injected copies, consumed by a worker
+/// process SIGKILLed mid-run and started again: every event takes effect
+/// exactly once, with one inbox row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn effectively_once_under_redeliveries_and_a_crash() {
+    effectively_once_scenario::<TestDb>(&Broker::sqs().await, WORKER).await;
+}
+
+/// At least once under a crash: no effect missing (those handled but not yet
+/// acknowledged when the process died, if any, are handled again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_least_once_loses_nothing_under_a_crash() {
+    at_least_once_scenario::<TestDb>(&Broker::sqs().await, WORKER).await;
+}
+
+/// At most once under a crash: nothing repeated, the handlers in flight lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_most_once_loses_but_never_repeats_under_a_crash() {
+    at_most_once_scenario::<TestDb>(&Broker::sqs().await, WORKER).await;
+}
+
+/// 1% poison among 1,000 events goes to the `<destination>.dlq` queue with
+/// reason, attempts, origin and group; re-driving handles the failing ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_goes_to_the_dead_letter_queue_and_can_be_redriven() {
+    poison_scenario(&Broker::sqs().await).await;
+}
+
+/// A bound of 5, the consumer's or the subscriber's, keeps at most 5
+/// messages unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_handler_never_holds_more_than_n_unacknowledged() {
+    backpressure_scenario(&Broker::sqs().await).await;
+}
+
+/// Two consumers of one queue share the work; a second group's queue gets
+/// every event too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_to_point_and_publish_subscribe() {
+    let took = groups_scenario(&Broker::sqs().await).await;
+    println!("groups on SQS in {took:?}");
+}
 
 /// A batch handler: 2,000 events over 20 keys and 200 injected copies, one
 /// poison event. Every effect exactly once, written by far fewer handler calls

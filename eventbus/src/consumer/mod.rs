@@ -18,6 +18,7 @@ pub mod dead_letter;
 mod gate;
 mod handler;
 mod metrics;
+mod pace;
 mod retry;
 mod telemetry;
 
@@ -129,6 +130,7 @@ struct Shared<DB: sqlx::Database> {
     newer_versions: NewerVersions,
     max_in_flight: usize,
     rate_limit: Option<u32>,
+    pacer: Option<pace::Pacer>,
     batch_linger: Duration,
     inbox_table: TableName,
     outbox: Outbox,
@@ -403,6 +405,7 @@ where
                 newer_versions: self.newer_versions,
                 max_in_flight: self.max_in_flight,
                 rate_limit: self.rate_limit,
+                pacer: self.rate_limit.map(pace::Pacer::new),
                 batch_linger: self.batch_linger,
                 inbox_table: self.inbox_table,
                 outbox: self.outbox,
@@ -522,6 +525,16 @@ where
             // Not started: back to the broker.
             work.release().await;
             continue;
+        }
+        if let Some(pacer) = &shared.pacer {
+            let messages = match &work {
+                batch::Work::One(_) => 1,
+                batch::Work::Batch(_, batch) => batch.len(),
+            };
+            if !pacer.turn(messages, shared.stopping.notified()).await {
+                work.release().await;
+                continue;
+            }
         }
         match work {
             batch::Work::One(queued) => {

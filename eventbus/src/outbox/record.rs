@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -95,7 +95,23 @@ impl OutboxRecord {
         if let Some(subject) = &self.subject {
             attrs.insert("subject".into(), subject.clone());
         }
-        let mut envelope = Envelope::from_attributes(attrs, self.payload.clone().into_bytes())?;
+        // RFC 3339 writes four-digit years: a row stamped outside them (a
+        // plain-SQL writer's mistake) would leave as an event no consumer can
+        // read, so it is refused here, and the relay parks it with the reason.
+        if !(0..=9999).contains(&self.created_at.year()) {
+            return Err(EnvelopeError::InvalidAttribute {
+                name: "time".into(),
+                reason: format!(
+                    "created_at {} is outside the years 0000 to 9999 that RFC 3339 can write",
+                    self.created_at
+                ),
+            });
+        }
+        // Whitespace around a JSON value is not part of it, and a structured
+        // CloudEvent cannot carry it: dropped here, so every format sends
+        // the same bytes.
+        let payload = self.payload.trim_matches([' ', '\t', '\n', '\r']);
+        let mut envelope = Envelope::from_attributes(attrs, payload.as_bytes().to_vec())?;
         envelope.time = Some(self.created_at);
         Ok(envelope)
     }
@@ -121,6 +137,42 @@ mod tests {
             created_at: Utc::now(),
             attempts: 0,
         }
+    }
+
+    /// Found by the `outbox_row` fuzz target: a row stamped in the year
+    /// 36807 became an event whose `time` no CloudEvents reader accepts.
+    #[test]
+    fn refuses_a_created_at_that_rfc_3339_cannot_write() {
+        for year in [-1, 10_000, 36_807] {
+            let mut r = record();
+            r.created_at = DateTime::from_timestamp(0, 0)
+                .and_then(|t| t.with_year(year))
+                .expect("a representable date");
+            let err = r
+                .to_envelope("urn:relay")
+                .expect_err("not writable as RFC 3339");
+            assert!(
+                matches!(&err, EnvelopeError::InvalidAttribute { name, .. } if name == "time"),
+                "{err}"
+            );
+        }
+        let mut r = record();
+        r.created_at = DateTime::from_timestamp(0, 0)
+            .and_then(|t| t.with_year(9999))
+            .expect("a representable date");
+        let e = r.to_envelope("urn:relay").expect("year 9999 is fine");
+        assert_eq!(Envelope::from_json(&e.to_json()).expect("decodes"), e);
+    }
+
+    /// Found by the `outbox_row` fuzz target: a payload with whitespace
+    /// around it came out of a JSON round trip without it.
+    #[test]
+    fn whitespace_around_the_payload_is_not_sent() {
+        let mut r = record();
+        r.payload = "\t\n {\"order_id\": \"o-1\"} \r\n".into();
+        let e = r.to_envelope("urn:relay").expect("valid");
+        assert_eq!(e.data, br#"{"order_id": "o-1"}"#);
+        assert_eq!(Envelope::from_json(&e.to_json()).expect("decodes"), e);
     }
 
     #[test]

@@ -53,6 +53,12 @@ use membership::Membership;
 /// Forwards outbox rows to a broker. Build one with [`Relay::new`], then
 /// [`run`](Relay::run) it until shutdown.
 ///
+/// Stop it through `run`'s shutdown future. A relay that is dropped or whose
+/// task is aborted instead stops mid-statement; its connections then go back
+/// to their pool with a transaction still open, so give an in-process relay
+/// a pool of its own rather than the one your handlers use (the sidecar
+/// `outbox-relay` is a process of its own and has none of this).
+///
 /// ```no_run
 /// # #[cfg(all(feature = "postgres", feature = "kafka"))]
 /// # async fn demo() -> eventbus::Result<()> {

@@ -187,6 +187,9 @@ impl Report {
 /// A relay task of the run, replaceable by chaos.
 struct RelaySlot<DB: SagaDb> {
     service: Service,
+    /// The service's pool, whose settings each new relay connects with.
+    service_pool: sqlx::Pool<DB>,
+    /// The relay's own connections.
     pool: sqlx::Pool<DB>,
     task: JoinHandle<()>,
     /// Every relay this slot ran, for the published total.
@@ -235,14 +238,17 @@ pub async fn run<DB: SagaDb>(
     let (trigger, shutdown) = Shutdown::new();
     let mut slots = Vec::new();
     for (service, pool) in services(&pools) {
-        slots.push(start_relay(
-            service,
-            pool.clone(),
-            &relay_publisher,
-            &settings,
-            &shutdown,
-            Vec::new(),
-        )?);
+        slots.push(
+            start_relay(
+                service,
+                pool.clone(),
+                &relay_publisher,
+                &settings,
+                &shutdown,
+                Vec::new(),
+            )
+            .await?,
+        );
     }
     let mut consumers = Vec::new();
     let mut background = Vec::new();
@@ -413,14 +419,22 @@ fn pool_of<DB: SagaDb>(pools: &Pools<DB>, service: Service) -> &sqlx::Pool<DB> {
     }
 }
 
-fn start_relay<DB: SagaDb>(
+/// Starts a relay for `service` on connections of its own, as a sidecar
+/// process has: when the chaos kills it, they are closed and the database
+/// rolls back whatever it left open, instead of going back, mid-transaction,
+/// to a pool the services' handlers use.
+async fn start_relay<DB: SagaDb>(
     service: Service,
-    pool: sqlx::Pool<DB>,
+    service_pool: sqlx::Pool<DB>,
     publisher: &Arc<dyn Publisher>,
     settings: &Settings,
     shutdown: &Shutdown,
     mut metrics: Vec<Arc<RelayMetrics>>,
 ) -> Result<RelaySlot<DB>> {
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(4)
+        .connect_with((*service_pool.connect_options()).clone())
+        .await?;
     let relay = service::relay(service, pool.clone(), Arc::clone(publisher), settings)?;
     metrics.push(relay.metrics());
     let stop = shutdown.clone();
@@ -431,6 +445,7 @@ fn start_relay<DB: SagaDb>(
     });
     Ok(RelaySlot {
         service,
+        service_pool,
         pool,
         task,
         metrics,
@@ -463,14 +478,19 @@ async fn keep_relays<DB: SagaDb>(
         let slot = slots.remove(next % slots.len().max(1));
         slot.task.abort();
         let _ = slot.task.await;
+        // Like the process dying: its connections go, and with them its open
+        // transactions and locks.
+        slot.pool.close().await;
         match start_relay(
             slot.service,
-            slot.pool.clone(),
+            slot.service_pool.clone(),
             &publisher,
             &settings,
             &shutdown,
             slot.metrics.clone(),
-        ) {
+        )
+        .await
+        {
             Ok(fresh) => {
                 tracing::info!(
                     service = slot.service.name(),

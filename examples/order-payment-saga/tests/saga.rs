@@ -338,6 +338,10 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
     let relay = relay_binary();
     for service in ["order", "inventory", "payment"] {
         let db_url = replace_db_name(&dbs.admin, &format!("{}_{service}", dbs.base));
+        // A relay exits when its outbox is not migrated yet (its supervisor
+        // restarts it); here nothing restarts it, so start it after the service
+        // has created and migrated its database.
+        wait_for_outbox(&db_url).await;
         processes.push(Process::spawn(
             &relay,
             &[
@@ -437,6 +441,26 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
         assert!(check.ok, "{check}");
     }
     drop(processes);
+}
+
+/// Waits (up to 60 s) until the database at `url` exists and has the outbox
+/// table.
+async fn wait_for_outbox(url: &str) {
+    for _ in 0..300 {
+        if let Ok(pool) = sqlx::PgPool::connect(url).await {
+            let table: Option<String> =
+                sqlx::query_scalar("SELECT to_regclass('eventbus_outbox')::text")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(None);
+            pool.close().await;
+            if table.is_some() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the service did not migrate its outbox at {url} within 60 s");
 }
 
 async fn wait_for_api(client: &reqwest::Client, base: &str) {

@@ -3,7 +3,8 @@
 //! SIGKILLing it.
 //!
 //! `consumer_worker <database-url> <broker-url> <group> <destination> <mode> <max-in-flight> [handler-sleep-ms]`
-//! with a `postgres://`, `mysql://` or `sqlite://` database and mode
+//! with a `postgres://`, `mysql://` or `sqlite://` database, a `kafka://`,
+//! `amqp://` or `sqs+http://` broker (SQS: FIFO queues at `SQS_ENDPOINT`) and mode
 //! `effectively-once`, `at-least-once` or `at-most-once`. Prints `ready` on
 //! stdout once consuming.
 
@@ -59,6 +60,22 @@ async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
                 eventbus_tests::rabbitmq::subscriber(broker, group, &[destination], max_in_flight)
                     .await,
                 Arc::new(eventbus::transport::rabbitmq::RabbitPublisher::connect(broker).await?),
+            ),
+            // The endpoint comes from `SQS_ENDPOINT`, as for the tests; the
+            // destination is a FIFO queue, and a crashed worker's messages
+            // come back after a visibility timeout kept short for the tests.
+            Some(("sqs" | "sqs+http", _)) => (
+                Box::new(
+                    eventbus_tests::sqs::subscriber_builder()
+                        .await
+                        .fifo(true)
+                        .queue(destination.clone())
+                        .max_in_flight(max_in_flight)
+                        .visibility_timeout(Duration::from_secs(5))
+                        .connect()
+                        .await?,
+                ),
+                Arc::new(eventbus_tests::sqs::publisher(true).await),
             ),
             _ => panic!("unsupported broker {broker}"),
         };
