@@ -1,4 +1,4 @@
-//! The relay over a MySQL/MariaDB outbox (`MYSQL_URL`), with RabbitMQ and the
+//! The relay over a MySQL/MariaDB outbox (`MYSQL_URL`), with RabbitMQ, SQS and the
 //! Kafka-protocol broker: the shared relay suite
 //! (`eventbus_tests::suites::relay`), the same scenarios and assertions as on
 //! PostgreSQL.
@@ -11,6 +11,12 @@ use eventbus_tests::suites::relay;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_claims_in_order_behind_failures_and_fences_every_write() {
     relay::store_claims_in_order_behind_failures_and_fences_every_write::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_1000_events_over_50_keys_in_order_to_sqs() {
+    let took = relay::volume_over_sqs::<TestMySql>(1_000, 50).await;
+    println!("MySQL → SQS: 1,000 events relayed and read in {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,6 +1,6 @@
 //! The relay over a SQLite outbox: the shared relay suite
 //! (`eventbus_tests::suites::relay`) — the store's claiming, fencing, retries
-//! and retention against a real file, volume with per-key order to RabbitMQ —
+//! and retention against a real file, volume with per-key order to RabbitMQ and SQS —
 //! and what only SQLite has: a second relay on the same file standing by.
 
 use std::sync::Arc;
@@ -56,6 +56,12 @@ fn decode(
         .iter()
         .map(|d| serde_json::from_slice(&d.data).expect("a Step"))
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_1000_events_over_50_keys_in_order_to_sqs() {
+    let took = relay::volume_over_sqs::<TestSqlite>(1_000, 50).await;
+    println!("SQLite → SQS: 1,000 events relayed and read in {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

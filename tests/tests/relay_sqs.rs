@@ -8,10 +8,9 @@ use std::time::Duration;
 use eventbus::transport::sqs::aws_sdk_sqs::types::MessageSystemAttributeName;
 use eventbus::transport::sqs::{queue_name, STRUCTURED_CONTENT_TYPE};
 use eventbus::{Event, Outbox};
-use eventbus_tests::relay::{
-    assert_per_key_order, publish_steps, spawn_relay, steps, test_config, wait_drained, Step,
-};
-use eventbus_tests::sqs::{self, read_all};
+use eventbus_tests::relay::{spawn_relay, test_config, wait_drained, Step};
+use eventbus_tests::sqs;
+use eventbus_tests::suites::relay;
 use eventbus_tests::{unique_name, TestDb};
 
 /// A prefix for one test's destinations, and the destination of [`Step`].
@@ -21,34 +20,14 @@ fn names(tag: &str) -> (String, String) {
     (prefix, destination)
 }
 
-/// 2,000 events over 100 keys (scaled down from the 100,000 of the Kafka and
-/// RabbitMQ suites: the local SQS server, moto, walks a queue's whole message
-/// list for every receive and delete) relayed into a FIFO queue: each arrives
-/// once, per key in order.
+/// The shared relay suite's volume run on SQS: 2,000 events over 100 keys
+/// (scaled down from the 100,000 of the Kafka and RabbitMQ runs, for the
+/// local SQS server) into a FIFO queue: each arrives once, per key in order.
+/// The MySQL and SQLite suites run it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_2k_events_over_100_keys_in_order() {
-    let db = TestDb::migrated().await;
-    let (prefix, destination) = names("volume");
-    let events = steps(2_000, 100);
-    publish_steps(&db.pool, &events, 1_000).await;
-
-    let publisher = Arc::new(sqs::publisher(true).await);
-    let started = std::time::Instant::now();
-    let relay = spawn_relay(&db.pool, publisher, test_config(&prefix));
-    let mut subscriber = sqs::subscriber(&[&destination], true, 100).await;
-    let received: Vec<Step> = read_all(subscriber.as_mut(), events.len(), Duration::from_secs(300))
-        .await
-        .iter()
-        .map(|(e, _)| serde_json::from_slice(&e.data).expect("a Step"))
-        .collect();
-    println!("2,000 events relayed and read in {:?}", started.elapsed());
-    wait_drained(&db.pool, Duration::from_secs(30)).await;
-    assert_eq!(received.len(), 2_000, "each event once");
-    assert_eq!(assert_per_key_order(&received), 0, "no duplicates");
-    assert_eq!(relay.metrics.published_total(), 2_000);
-    relay.stop().await;
-    subscriber.close().await.expect("close");
-    sqs::delete_queues(&[&destination], true).await;
+    let took = relay::volume_over_sqs::<TestDb>(2_000, 100).await;
+    println!("PostgreSQL → SQS: 2,000 events relayed and read in {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

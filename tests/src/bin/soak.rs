@@ -9,7 +9,8 @@
 //! effects), and in `seq` order per key.
 //!
 //! ```text
-//! soak run [--seconds 120] [--writers 4] [--keys 200] [--fault-every-ms 4000]
+//! soak run [--seconds 120] [--rate 150] [--writers 4] [--keys 200] [--fault-every-ms 4000]
+//!          [--at-least-once]
 //! ```
 //!
 //! PostgreSQL is a private cluster on a free port (the machine's PostgreSQL
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventbus::consumer::{Consumer, Context, RetryPolicy};
+use eventbus::consumer::{Consumer, Context, DeliveryMode, RetryPolicy};
 use eventbus::outbox::Outbox;
 use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
 use eventbus::BoxError;
@@ -51,10 +52,12 @@ async fn main() {
             Ok(options) => run(options).await,
             Err(e) => Err(e),
         },
-        Some("consume") if args.len() == 5 => consume(&args[1], &args[2], &args[3], &args[4]).await,
+        Some("consume") if args.len() == 6 => {
+            consume(&args[1], &args[2], &args[3], &args[4], &args[5]).await
+        }
         _ => Err(
             "usage: soak run [--seconds N] [--writers N] [--keys N] [--fault-every-ms N] \
-                  | soak consume <database-url> <amqp-url> <group> <exchange>"
+                  [--at-least-once] | soak consume <database-url> <amqp-url> <group> <exchange> <mode>"
                 .into(),
         ),
     };
@@ -68,6 +71,12 @@ async fn main() {
 #[derive(Debug, Clone)]
 struct Options {
     seconds: u64,
+    /// Events per second, all writers together: what the consumers sustain
+    /// with faults, so that the backlog drains in the end.
+    rate: u64,
+    /// The consumers without their inbox: a check that the soak notices the
+    /// duplicates (and the reordering) that the inbox prevents.
+    at_least_once: bool,
     writers: u64,
     keys: u64,
     fault_every: Duration,
@@ -77,12 +86,18 @@ impl Options {
     fn parse(args: &[String]) -> Result<Options> {
         let mut options = Options {
             seconds: 120,
+            rate: 150,
+            at_least_once: false,
             writers: 4,
             keys: 200,
             fault_every: Duration::from_secs(4),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
+            if flag == "--at-least-once" {
+                options.at_least_once = true;
+                continue;
+            }
             let value: u64 = it
                 .next()
                 .ok_or_else(|| format!("{flag} needs a value"))?
@@ -90,6 +105,7 @@ impl Options {
                 .map_err(|e| format!("{flag}: {e}"))?;
             match flag.as_str() {
                 "--seconds" => options.seconds = value,
+                "--rate" => options.rate = value.max(1),
                 "--writers" => options.writers = value.max(1),
                 "--keys" => options.keys = value.max(1),
                 "--fault-every-ms" => options.fault_every = Duration::from_millis(value.max(100)),
@@ -158,6 +174,11 @@ async fn run(options: Options) -> Result<()> {
         })
         .collect();
     declare_exchange(&amqp, &exchange).await?;
+    let mode = if options.at_least_once {
+        "at-least-once"
+    } else {
+        "effectively-once"
+    };
     let mut consumers: Vec<Supervised> = (0..2)
         .map(|i| {
             Supervised::new(format!("consumer-{i}"), {
@@ -170,7 +191,7 @@ async fn run(options: Options) -> Result<()> {
                 );
                 move || {
                     let mut cmd = Command::new(&bin);
-                    cmd.args(["consume", &db, &broker, &group, &exchange]);
+                    cmd.args(["consume", &db, &broker, &group, &exchange, mode]);
                     cmd
                 }
             })
@@ -185,7 +206,14 @@ async fn run(options: Options) -> Result<()> {
                 .filter(|k| k % options.writers == w)
                 .map(|k| format!("{run_id}-k{k}"))
                 .collect();
-            tokio::spawn(write(db.clone(), keys, stop.clone(), committed.clone()))
+            let per_writer = options.rate as f64 / options.writers as f64;
+            tokio::spawn(write(
+                db.clone(),
+                keys,
+                per_writer,
+                stop.clone(),
+                committed.clone(),
+            ))
         })
         .collect();
 
@@ -227,7 +255,7 @@ async fn run(options: Options) -> Result<()> {
     for s in relays.iter_mut().chain(consumers.iter_mut()) {
         s.ensure();
     }
-    let ledger = wait_drained(&pool, &mut relays, &mut consumers, Duration::from_secs(180)).await?;
+    let ledger = wait_drained(&pool, &mut relays, &mut consumers, Duration::from_secs(60)).await?;
     let lost: i64 = scalar(
         &pool,
         "SELECT count(*) FROM ledger l WHERE NOT EXISTS \
@@ -273,6 +301,7 @@ async fn run(options: Options) -> Result<()> {
 async fn write(
     db: String,
     keys: Vec<String>,
+    per_second: f64,
     stop: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
 ) -> Result<()> {
@@ -341,7 +370,7 @@ async fn write(
         }
         next = seqs;
         committed.fetch_add(size as u64, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_secs_f64(size as f64 / per_second)).await;
     }
 }
 
@@ -360,14 +389,15 @@ async fn commit(pool: &PgPool, outbox: &Outbox, batch: &[(usize, Step)]) -> Resu
 }
 
 /// Waits until every ledger row has an effect (restarting processes that
-/// died), and returns the number of ledger rows.
+/// died), for as long as the effects keep growing: it gives up after
+/// `stall` without progress. Returns the number of ledger rows.
 async fn wait_drained(
     pool: &PgPool,
     relays: &mut [Supervised],
     consumers: &mut [Supervised],
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<i64> {
-    let deadline = Instant::now() + timeout;
+    let mut last = (-1, Instant::now());
     loop {
         for s in relays.iter_mut().chain(consumers.iter_mut()) {
             s.ensure();
@@ -378,7 +408,15 @@ async fn wait_drained(
             "SELECT count(*) FROM (SELECT DISTINCT key, seq FROM effects) e",
         )
         .await?;
-        if applied >= ledger || Instant::now() > deadline {
+        if applied >= ledger {
+            return Ok(ledger);
+        }
+        if applied > last.0 {
+            last = (applied, Instant::now());
+        } else if last.1.elapsed() > stall {
+            eprintln!(
+                "soak: no progress for {stall:?}: {applied} of {ledger} committed steps applied"
+            );
             return Ok(ledger);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -440,7 +478,12 @@ fn sibling(name: &str) -> Result<PathBuf> {
 /// A consumer process: effectively once, RabbitMQ single active consumer
 /// (so the standby takes over in order when the active one is killed),
 /// retrying long enough to outlast a database restart.
-async fn consume(db: &str, amqp: &str, group: &str, exchange: &str) -> Result<()> {
+async fn consume(db: &str, amqp: &str, group: &str, exchange: &str, mode: &str) -> Result<()> {
+    let mode = match mode {
+        "effectively-once" => DeliveryMode::EffectivelyOnce,
+        "at-least-once" => DeliveryMode::AtLeastOnce,
+        other => return Err(format!("unknown mode {other}").into()),
+    };
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
@@ -463,6 +506,7 @@ async fn consume(db: &str, amqp: &str, group: &str, exchange: &str) -> Result<()
     let consumer = Consumer::builder(group)
         .on(|ctx: Context<Postgres>, step: Step| async move { apply(&ctx, &step).await })
         .retry(retry)
+        .mode(mode)
         .build(pool, Box::new(subscriber), dead_letters)?;
     consumer
         .run(async {

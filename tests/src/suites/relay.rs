@@ -1,5 +1,5 @@
 //! The relay suite, on any database: the store's claiming and fencing, volume
-//! with per-key order over RabbitMQ and Kafka, commit order with overlapping
+//! with per-key order over RabbitMQ, Kafka and SQS, commit order with overlapping
 //! transactions, poison events, metrics and status, plain-SQL rows, retention,
 //! and several relays sharing the outbox while one of them dies.
 
@@ -393,6 +393,40 @@ pub async fn volume_over_kafka<D: TestDatabase>(count: u64, keys: u64) -> Durati
     assert_eq!(assert_per_key_order(&received), 0);
     assert_eq!(relay.metrics.published_total(), count);
     relay.stop().await;
+    took
+}
+
+/// `count` events over `keys` keys relayed into an SQS FIFO queue on the
+/// local SQS-compatible server: every event exactly once, in order per key,
+/// and the outbox left empty. (Counts stay small on SQS: the local server,
+/// moto, walks a queue's whole message list for every receive and delete.)
+/// Returns how long relaying and reading took.
+pub async fn volume_over_sqs<D: TestDatabase>(count: u64, keys: u64) -> Duration {
+    let db = D::migrated().await;
+    let prefix = format!("{}.", unique_name("volume"));
+    let destination = format!("{prefix}{}", Step::DESTINATION);
+    let events = steps(count, keys);
+    publish_steps(db.pool(), &events, 1_000).await;
+
+    let publisher = Arc::new(crate::sqs::publisher(true).await);
+    let started = Instant::now();
+    let relay = relay_on(&db, publisher, test_config(&prefix));
+    let mut subscriber = crate::sqs::subscriber(&[&destination], true, 100).await;
+    let received: Vec<Step> =
+        crate::sqs::read_all(subscriber.as_mut(), events.len(), Duration::from_secs(300))
+            .await
+            .iter()
+            .map(|(e, _)| serde_json::from_slice(&e.data).expect("a Step"))
+            .collect();
+    let took = started.elapsed();
+    wait_drained(&db, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), events.len(), "each event once");
+    assert_eq!(assert_per_key_order(&received), 0, "no duplicates");
+    assert_eq!(relay.metrics.published_total(), count);
+    assert_eq!(db.scalar(COUNT_ROWS).await, 0, "published rows are deleted");
+    relay.stop().await;
+    subscriber.close().await.expect("close");
+    crate::sqs::delete_queues(&[&destination], true).await;
     took
 }
 
