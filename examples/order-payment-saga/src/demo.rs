@@ -236,6 +236,24 @@ pub async fn run<DB: SagaDb>(
     };
 
     let (trigger, shutdown) = Shutdown::new();
+    let mut consumers = Vec::new();
+    let mut background = Vec::new();
+    for (service, pool) in services(&pools) {
+        let consumer = service::consumer(service, pool.clone(), &broker, &settings).await?;
+        let stop = shutdown.clone();
+        consumers.push(tokio::spawn(service::consume(consumer, stop)));
+        let (pool, settings, stop) = (
+            pool_of(&pools, service).clone(),
+            options.settings.clone(),
+            shutdown.clone(),
+        );
+        background.push(tokio::spawn(async move {
+            service::background(service, pool, &settings, stop).await
+        }));
+    }
+
+    // Relays start once every consumer is subscribed: an event relayed
+    // before its queue is bound would be unroutable.
     let mut slots = Vec::new();
     for (service, pool) in services(&pools) {
         slots.push(
@@ -249,23 +267,6 @@ pub async fn run<DB: SagaDb>(
             )
             .await?,
         );
-    }
-    let mut consumers = Vec::new();
-    let mut background = Vec::new();
-    for (service, pool) in services(&pools) {
-        let (pool, broker, settings) = (pool.clone(), broker.clone(), settings.clone());
-        let stop = shutdown.clone();
-        consumers.push(tokio::spawn(async move {
-            service::consume(service, pool, &broker, &settings, stop).await
-        }));
-        let (pool, settings, stop) = (
-            pool_of(&pools, service).clone(),
-            options.settings.clone(),
-            shutdown.clone(),
-        );
-        background.push(tokio::spawn(async move {
-            service::background(service, pool, &settings, stop).await
-        }));
     }
 
     let api = Arc::new(OrderService::new(

@@ -265,18 +265,11 @@ async fn serve<DB: SagaDb>(
     }
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // Subscribed (its queues bound) before anything is relayed or served.
+    let consumer = service::consumer(service, pool.clone(), &broker, &settings).await?;
     {
-        let (pool, broker, settings, stop) = (
-            pool.clone(),
-            broker.clone(),
-            settings.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            service::consume(service, pool, &broker, &settings, stop)
-                .await
-                .map(|_| ())
-        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move { service::consume(consumer, stop).await.map(|_| ()) });
     }
     {
         let (pool, settings, stop) = (pool.clone(), settings.clone(), shutdown.clone());

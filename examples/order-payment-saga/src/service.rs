@@ -158,14 +158,14 @@ pub struct ConsumerCounts {
     pub dead_lettered: u64,
 }
 
-/// Runs `service`'s consumer until `shutdown`.
-pub async fn consume<DB: SagaDb>(
+/// Builds `service`'s consumer and subscribes it: once this returns, its
+/// queues exist and are bound, so events relayed from now on reach it.
+pub async fn consumer<DB: SagaDb>(
     service: Service,
     pool: Pool<DB>,
     broker: &Broker,
     settings: &Settings,
-    shutdown: Shutdown,
-) -> Result<ConsumerCounts> {
+) -> Result<Consumer<DB>> {
     let group = settings.group(service);
     let topics: Vec<String> = service
         .listens_to()
@@ -193,7 +193,14 @@ pub async fn consume<DB: SagaDb>(
     };
     let subscriber = broker.subscribe(&group, &topics).await?;
     let dead_letters = broker.publisher().await?;
-    let consumer: Consumer<DB> = builder.build(pool, subscriber, dead_letters)?;
+    Ok(builder.build(pool, subscriber, dead_letters)?)
+}
+
+/// Runs `consumer` until `shutdown` and says what it did.
+pub async fn consume<DB: SagaDb>(
+    consumer: Consumer<DB>,
+    shutdown: Shutdown,
+) -> Result<ConsumerCounts> {
     consumer.run(shutdown.signalled()).await?;
     let m = consumer.metrics();
     Ok(ConsumerCounts {

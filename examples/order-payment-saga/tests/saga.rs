@@ -335,6 +335,15 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for_api(&client, &base).await;
+    // Each service binds its queue after it says it is running; a relay that
+    // starts before then finds no queue for its first events (unroutable), and
+    // parks them after its few retries. Production sidecars have the same
+    // race at a first deployment; here the test waits for the queues.
+    wait_for_queues(
+        &broker,
+        &["order", "inventory", "payment"].map(|s| format!("{namespace}.{s}")),
+    )
+    .await;
     let relay = relay_binary();
     for service in ["order", "inventory", "payment"] {
         let db_url = replace_db_name(&dbs.admin, &format!("{}_{service}", dbs.base));
@@ -441,6 +450,43 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
         assert!(check.ok, "{check}");
     }
     drop(processes);
+}
+
+/// Waits (up to 60 s) until every queue of `queues` exists on the RabbitMQ
+/// server at `amqp` (a passive declare, on a fresh channel each time: a
+/// failed one closes its channel).
+async fn wait_for_queues(amqp: &str, queues: &[String]) {
+    use eventbus::transport::rabbitmq::lapin::options::QueueDeclareOptions;
+    use eventbus::transport::rabbitmq::lapin::types::FieldTable;
+    use eventbus::transport::rabbitmq::lapin::{Connection, ConnectionProperties};
+    let connection = Connection::connect(amqp, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    for queue in queues {
+        let mut found = false;
+        for _ in 0..300 {
+            let channel = connection.create_channel().await.expect("a channel");
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            if channel
+                .queue_declare(queue, passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                found = true;
+                let _ = channel.close(200, "").await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            found,
+            "the services did not declare queue {queue} within 60 s"
+        );
+    }
+    let _ = connection.close(200, "").await;
 }
 
 /// Waits (up to 60 s) until the database at `url` exists and has the outbox
