@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,7 +199,6 @@ async fn run(options: Options) -> Result<()> {
         .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..options.writers)
         .map(|w| {
             let keys: Vec<String> = (0..options.keys)
@@ -207,13 +206,7 @@ async fn run(options: Options) -> Result<()> {
                 .map(|k| format!("{run_id}-k{k}"))
                 .collect();
             let per_writer = options.rate as f64 / options.writers as f64;
-            tokio::spawn(write(
-                db.clone(),
-                keys,
-                per_writer,
-                stop.clone(),
-                committed.clone(),
-            ))
+            tokio::spawn(write(db.clone(), keys, per_writer, stop.clone()))
         })
         .collect();
 
@@ -303,7 +296,6 @@ async fn write(
     keys: Vec<String>,
     per_second: f64,
     stop: Arc<AtomicBool>,
-    committed: Arc<AtomicU64>,
 ) -> Result<()> {
     let outbox = Outbox::new();
     let mut next = vec![0_u64; keys.len()];
@@ -369,7 +361,6 @@ async fn write(
             }
         }
         next = seqs;
-        committed.fetch_add(size as u64, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs_f64(size as f64 / per_second)).await;
     }
 }
