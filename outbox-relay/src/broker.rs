@@ -1,19 +1,20 @@
 //! Broker URLs: choosing and building the publisher, and keeping credentials out
 //! of every message.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use eventbus::transport::kafka::{KafkaPublisher, KafkaSubscriber};
-use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
+use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber, RabbitTls};
 use eventbus::transport::sqs::{SqsPublisherBuilder, SqsSubscriberBuilder};
 use eventbus::transport::Subscriber;
 use eventbus::{Error, Publisher, Result};
 
+use crate::config::Broker;
+
 /// Builds the publisher a broker URL names.
-pub(crate) async fn connect(
-    url: &str,
-    producer: &[(String, String)],
-) -> Result<Arc<dyn Publisher>> {
+pub(crate) async fn connect(broker: &Broker) -> Result<Arc<dyn Publisher>> {
+    let url = broker.url.expose();
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| Error::Config(format!("broker URL `{}` has no scheme", redact(url))))?;
@@ -26,12 +27,17 @@ pub(crate) async fn connect(
                 ));
             }
             let mut builder = KafkaPublisher::builder(servers);
-            for (k, v) in producer {
+            for (k, v) in kafka_properties(broker, |_| true)? {
                 builder = builder.set(k, v);
             }
             Ok(Arc::new(builder.build()?))
         }
-        "amqp" | "amqps" => Ok(Arc::new(RabbitPublisher::connect(url).await?)),
+        "amqp" | "amqps" => Ok(Arc::new(
+            RabbitPublisher::builder(url)
+                .tls(rabbit_tls(broker)?)
+                .connect()
+                .await?,
+        )),
         "sqs" | "sqs+http" | "sqs+https" => {
             Ok(Arc::new(SqsPublisherBuilder::from_url(url)?.connect().await?))
         }
@@ -43,21 +49,26 @@ pub(crate) async fn connect(
 
 /// Subscribes consumer group `group` to `destination` on the broker a URL names.
 pub(crate) async fn subscribe(
-    url: &str,
+    broker: &Broker,
     group: &str,
     destination: &str,
 ) -> Result<Box<dyn Subscriber>> {
+    let url = broker.url.expose();
     match url.split_once("://") {
-        Some(("kafka", servers)) => Ok(Box::new(
-            KafkaSubscriber::builder(servers.trim_end_matches('/'))
+        Some(("kafka", servers)) => {
+            let mut builder = KafkaSubscriber::builder(servers.trim_end_matches('/'))
                 .group(group)
-                .topics([destination])
-                .build()?,
-        )),
+                .topics([destination]);
+            for (k, v) in kafka_properties(broker, is_connection_property)? {
+                builder = builder.set(k, v);
+            }
+            Ok(Box::new(builder.build()?))
+        }
         Some(("amqp" | "amqps", _)) => Ok(Box::new(
             RabbitSubscriber::builder(url)
                 .group(group)
                 .bind_all(destination)
+                .tls(rabbit_tls(broker)?)
                 .connect()
                 .await?,
         )),
@@ -73,6 +84,57 @@ pub(crate) async fn subscribe(
             redact(url)
         ))),
     }
+}
+
+/// The TLS settings of an `amqps://` connection.
+fn rabbit_tls(broker: &Broker) -> Result<RabbitTls> {
+    match &broker.ca_file {
+        Some(path) => RabbitTls::new().ca_file(path),
+        None => Ok(RabbitTls::new()),
+    }
+}
+
+/// The Kafka client properties `keep` selects, after those the CA file
+/// implies: TLS (`security.protocol=ssl`, unless set, e.g. to `sasl_ssl`) and
+/// the CA's location.
+fn kafka_properties(broker: &Broker, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, String)>> {
+    let mut properties = Vec::new();
+    if let Some(ca) = &broker.ca_file {
+        let ca = ca_path(ca)?;
+        let protocol_set = broker
+            .properties
+            .0
+            .iter()
+            .any(|(k, _)| k == "security.protocol");
+        if !protocol_set {
+            properties.push(("security.protocol".to_owned(), "ssl".to_owned()));
+        }
+        properties.push(("ssl.ca.location".to_owned(), ca));
+    }
+    properties.extend(broker.properties.0.iter().filter(|(k, _)| keep(k)).cloned());
+    Ok(properties)
+}
+
+/// Settings of the connection itself, which a consumer needs as much as the
+/// producer they were given for.
+fn is_connection_property(key: &str) -> bool {
+    key == "security.protocol" || key.starts_with("ssl.") || key.starts_with("sasl.")
+}
+
+/// The CA file's path, checked now rather than by librdkafka at its first
+/// connection, whose error would only reach the log.
+fn ca_path(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read the CA file {}: {e}", path.display())))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::Config(format!(
+            "the CA file {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Config(format!("the CA file path {} is not UTF-8", path.display())))
 }
 
 /// Replaces the password of every `scheme://user:password@` in `text` with `***`.

@@ -26,6 +26,11 @@ pub(crate) struct Common {
     )]
     pub(crate) database_url: Option<String>,
 
+    /// A file holding the database URL (a mounted secret), instead of
+    /// `--database-url`.
+    #[arg(long, env = "EVENTBUS_DATABASE_URL_FILE", global = true)]
+    pub(crate) database_url_file: Option<PathBuf>,
+
     /// Outbox table (`table` or `schema.table`) [default: eventbus_outbox].
     #[arg(long, env = "EVENTBUS_OUTBOX_TABLE", global = true)]
     pub(crate) outbox_table: Option<String>,
@@ -41,6 +46,9 @@ pub(crate) struct RunArgs {
     /// Broker URL: `kafka://host:port[,host:port]`, `amqp://user:pass@host:port/vhost` or `amqps://…`.
     #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
     pub(crate) broker: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) broker_tls: BrokerArgs,
 
     /// Address of the HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "EVENTBUS_HTTP")]
@@ -95,13 +103,34 @@ pub(crate) struct RunArgs {
     pub(crate) producer_set: Vec<String>,
 }
 
+/// Broker settings beside the URL, shared by `run` and `dlq replay`.
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArgs {
+    /// A file holding the broker URL (a mounted secret), instead of `--broker`.
+    #[arg(long, env = "EVENTBUS_BROKER_FILE")]
+    pub(crate) broker_file: Option<PathBuf>,
+
+    /// PEM file of the certificate authorities that signed the broker's TLS
+    /// certificate (`amqps://`; for Kafka it also turns on TLS).
+    #[arg(long, env = "EVENTBUS_BROKER_CA_FILE")]
+    pub(crate) broker_ca_file: Option<PathBuf>,
+
+    /// Producer setting `key=path`, its value read from a file (a Kafka
+    /// `sasl.password`, say); repeatable.
+    #[arg(long = "producer-set-file", value_name = "KEY=PATH")]
+    pub(crate) producer_set_file: Vec<String>,
+}
+
 /// The TOML file: every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
     pub(crate) database_url: Option<String>,
+    pub(crate) database_url_file: Option<PathBuf>,
     pub(crate) outbox_table: Option<String>,
     pub(crate) broker: Option<String>,
+    pub(crate) broker_file: Option<PathBuf>,
+    pub(crate) broker_ca_file: Option<PathBuf>,
     pub(crate) http: Option<SocketAddr>,
     pub(crate) source: Option<String>,
     pub(crate) name: Option<String>,
@@ -145,23 +174,142 @@ impl FileConfig {
 /// Everything `run` needs, resolved.
 #[derive(Debug)]
 pub(crate) struct Resolved {
-    pub(crate) database_url: String,
-    pub(crate) broker: String,
+    pub(crate) database_url: Secret,
+    pub(crate) broker: Broker,
     pub(crate) http: SocketAddr,
     pub(crate) relay: RelayConfig,
-    pub(crate) producer: Vec<(String, String)>,
 }
 
-pub(crate) fn database_url(common: &Common, file: &FileConfig) -> Result<String> {
-    common
-        .database_url
-        .clone()
-        .or_else(|| file.database_url.clone())
-        .ok_or_else(|| {
-            Error::Config(
-                "a database URL is required: --database-url or EVENTBUS_DATABASE_URL".into(),
-            )
-        })
+/// A connection URL that may hold a password: `Debug` shows it redacted.
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::broker::redact(&self.0))
+    }
+}
+
+/// How to reach the broker: its URL and the client settings beside it.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    pub(crate) url: Secret,
+    /// PEM file of extra trusted certificate authorities.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Kafka producer properties; the connection ones (`security.protocol`,
+    /// `ssl.*`, `sasl.*`) also apply to consumers. Values are redacted by the
+    /// Kafka transport's `Debug`, never logged here.
+    pub(crate) properties: Properties,
+}
+
+/// Kafka client properties; `Debug` shows the keys only (values can be secrets).
+#[derive(Default)]
+pub(crate) struct Properties(pub(crate) Vec<(String, String)>);
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+/// A value given directly or as a file to read it from, flags and environment
+/// first, then the TOML file. Giving both forms in one layer is a mistake.
+fn value_or_file(
+    what: &str,
+    flag: (Option<&String>, Option<&PathBuf>),
+    file: (Option<&String>, Option<&PathBuf>),
+) -> Result<Option<String>> {
+    for (value, path) in [flag, file] {
+        match (value, path) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(format!(
+                    "both the {what} and a file holding it are given: keep one"
+                )))
+            }
+            (Some(v), None) => return Ok(Some(v.clone())),
+            (None, Some(path)) => return read_secret(what, path).map(Some),
+            (None, None) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The contents of a secret file, without the trailing newline editors add.
+fn read_secret(what: &str, path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the {what} from {}: {e}",
+            path.display()
+        ))
+    })?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(Error::Config(format!(
+            "the file {} meant to hold the {what} is empty",
+            path.display()
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+pub(crate) fn database_url(common: &Common, file: &FileConfig) -> Result<Secret> {
+    value_or_file(
+        "database URL",
+        (
+            common.database_url.as_ref(),
+            common.database_url_file.as_ref(),
+        ),
+        (file.database_url.as_ref(), file.database_url_file.as_ref()),
+    )?
+    .map(Secret)
+    .ok_or_else(|| {
+        Error::Config(
+            "a database URL is required: --database-url, EVENTBUS_DATABASE_URL or \
+             --database-url-file"
+                .into(),
+        )
+    })
+}
+
+/// The broker settings of `run` or `dlq replay`: `url` from its flag, the rest
+/// from `args`, then the TOML file.
+pub(crate) fn broker(
+    url: Option<&String>,
+    args: &BrokerArgs,
+    file: &FileConfig,
+    mut properties: Vec<(String, String)>,
+) -> Result<Broker> {
+    let url = value_or_file(
+        "broker URL",
+        (url, args.broker_file.as_ref()),
+        (file.broker.as_ref(), file.broker_file.as_ref()),
+    )?
+    .ok_or_else(|| {
+        Error::Config("a broker URL is required: --broker, EVENTBUS_BROKER or --broker-file".into())
+    })?;
+    for kv in &args.producer_set_file {
+        let (k, path) = kv.split_once('=').ok_or_else(|| {
+            Error::Config(format!("--producer-set-file expects KEY=PATH, got `{kv}`"))
+        })?;
+        let k = k.trim();
+        let value = read_secret(&format!("producer setting `{k}`"), Path::new(path.trim()))?;
+        properties.push((k.to_owned(), value));
+    }
+    Ok(Broker {
+        url: Secret(url),
+        ca_file: args
+            .broker_ca_file
+            .clone()
+            .or_else(|| file.broker_ca_file.clone()),
+        properties: Properties(properties),
+    })
 }
 
 pub(crate) fn table(common: &Common, file: &FileConfig) -> Result<TableName> {
@@ -175,13 +323,14 @@ pub(crate) fn table(common: &Common, file: &FileConfig) -> Result<TableName> {
 
 pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Result<Resolved> {
     let database_url = database_url(common, &file)?;
-    let broker = run
-        .broker
-        .clone()
-        .or_else(|| file.broker.clone())
-        .ok_or_else(|| {
-            Error::Config("a broker URL is required: --broker or EVENTBUS_BROKER".into())
+    let mut producer: Vec<(String, String)> = file.producer.clone().into_iter().collect();
+    for kv in &run.producer_set {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Error::Config(format!("--producer-set expects KEY=VALUE, got `{kv}`"))
         })?;
+        producer.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let broker = broker(run.broker.as_ref(), &run.broker_tls, &file, producer)?;
     let mut relay = RelayConfig {
         table: table(common, &file)?,
         ..RelayConfig::default()
@@ -222,13 +371,6 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
     relay.destination_map = file.destinations;
     relay.validate()?;
 
-    let mut producer: Vec<(String, String)> = file.producer.into_iter().collect();
-    for kv in &run.producer_set {
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            Error::Config(format!("--producer-set expects KEY=VALUE, got `{kv}`"))
-        })?;
-        producer.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
     Ok(Resolved {
         database_url,
         broker,
@@ -237,7 +379,6 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
             .or(file.http)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
         relay,
-        producer,
     })
 }
 
@@ -260,11 +401,17 @@ mod tests {
         .expect("valid");
         let common = Common {
             database_url: None,
+            database_url_file: None,
             outbox_table: None,
             config: None,
         };
         let run = RunArgs {
             broker: None,
+            broker_tls: BrokerArgs {
+                broker_file: None,
+                broker_ca_file: None,
+                producer_set_file: Vec::new(),
+            },
             http: None,
             source: None,
             name: None,
@@ -280,10 +427,11 @@ mod tests {
             producer_set: vec!["acks=all".into()],
         };
         let r = resolve(&common, &run, file).expect("resolves");
-        assert_eq!(r.database_url, "postgres://db");
+        assert_eq!(r.database_url.expose(), "postgres://db");
         assert_eq!(r.relay.batch_size, 7, "flag beats file");
         assert_eq!(r.relay.broker_destination("orders"), "shop.orders");
-        assert!(r.producer.contains(&("linger.ms".into(), "5".into())));
-        assert!(r.producer.contains(&("acks".into(), "all".into())));
+        let properties = &r.broker.properties.0;
+        assert!(properties.contains(&("linger.ms".into(), "5".into())));
+        assert!(properties.contains(&("acks".into(), "all".into())));
     }
 }

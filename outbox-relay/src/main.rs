@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use eventbus::relay::{OutboxAdmin, Relay};
 use eventbus::Result;
 
-use config::{Common, FileConfig, RunArgs};
+use config::{BrokerArgs, Common, FileConfig, RunArgs};
 use database::{Create, Database};
 
 /// Forwards events from the eventbus outbox table to Kafka or RabbitMQ, in order
@@ -69,7 +69,9 @@ enum DlqAction {
         destination: String,
         /// Broker URL, as for `run`.
         #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
-        broker: String,
+        broker: Option<String>,
+        #[command(flatten)]
+        broker_tls: BrokerArgs,
         /// Consumer group (Kafka group id / RabbitMQ queue) reading the dead letters.
         #[arg(long, default_value = "eventbus-dlq-replay")]
         group: String,
@@ -127,7 +129,7 @@ async fn run(cli: Cli) -> Result<()> {
             inbox_table,
         } => {
             let db = Database::connect(
-                &config::database_url(&cli.common, &file)?,
+                config::database_url(&cli.common, &file)?.expose(),
                 Create::IfMissing,
             )
             .await?;
@@ -162,7 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Dlq { action } => dlq(action).await,
+        Command::Dlq { action } => dlq(action, &file).await,
         Command::Failed { action } => {
             let admin = admin(&cli.common, &file, "failed").await?;
             match action {
@@ -195,16 +197,23 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn dlq(action: DlqAction) -> Result<()> {
+async fn dlq(action: DlqAction, file: &FileConfig) -> Result<()> {
     match action {
         DlqAction::Replay {
             destination,
             broker,
+            broker_tls,
             group,
             idle_ms,
         } => {
+            let properties = file
+                .producer
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let broker = config::broker(broker.as_ref(), &broker_tls, file, properties)?;
             let dead = eventbus::consumer::dead_letter::destination_of(&destination);
-            let publisher = broker::connect(&broker, &[]).await?;
+            let publisher = broker::connect(&broker).await?;
             let mut subscriber = broker::subscribe(&broker, &group, &dead).await?;
             let (redriven, skipped) = eventbus::consumer::dead_letter::redrive(
                 subscriber.as_mut(),
@@ -219,19 +228,20 @@ async fn dlq(action: DlqAction) -> Result<()> {
 }
 
 async fn admin(common: &Common, file: &FileConfig, command: &str) -> Result<OutboxAdmin> {
-    let db = Database::connect(&config::database_url(common, file)?, Create::AsUrlSays).await?;
+    let url = config::database_url(common, file)?;
+    let db = Database::connect(url.expose(), Create::AsUrlSays).await?;
     db.admin(config::table(common, file)?, command)
 }
 
 async fn relay(cfg: config::Resolved) -> Result<()> {
-    let db = Database::connect(&cfg.database_url, Create::AsUrlSays).await?;
-    let publisher = broker::connect(&cfg.broker, &cfg.producer).await?;
+    let db = Database::connect(cfg.database_url.expose(), Create::AsUrlSays).await?;
+    let publisher = broker::connect(&cfg.broker).await?;
     let store = db.relay_store(cfg.relay.table.clone());
     let relay = Relay::new(store, publisher, cfg.relay)?;
     let listener = http::bind(cfg.http)
         .await
         .map_err(|e| eventbus::Error::Config(format!("cannot listen on {}: {e}", cfg.http)))?;
-    tracing::info!(http = %cfg.http, broker = %broker::redact(&cfg.broker), relay = %relay.id(), "relay starting");
+    tracing::info!(http = %cfg.http, broker = %broker::redact(cfg.broker.url.expose()), relay = %relay.id(), "relay starting");
     let server = tokio::spawn(http::serve(listener, relay.metrics()));
     let result = relay.run(shutdown_signal()).await;
     server.abort();

@@ -135,7 +135,21 @@ pub async fn read_all(
     expected: usize,
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
-    let config = consumer_config(brokers);
+    read_all_with(consumer_config(brokers), topic, expected, timeout).await
+}
+
+/// [`read_all`] with a consumer configured by `config` (TLS settings, say),
+/// based on [`consumer_config`].
+///
+/// # Panics
+///
+/// As [`read_all`].
+pub async fn read_all_with(
+    config: ClientConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || read_all_blocking(&config, &topic, expected, timeout))
         .await

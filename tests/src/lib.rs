@@ -19,12 +19,15 @@ pub mod backend;
 pub mod consumer;
 pub mod kafka;
 pub mod mysql;
+pub mod postgres_cluster;
 pub mod rabbitmq;
 pub mod relay;
+pub mod relay_cli;
 pub mod services;
 pub mod sqlite;
 pub mod sqs;
 pub mod suites;
+pub mod tls;
 
 pub use backend::{CommitOrder, Effect, TestDatabase};
 pub use services::{amqp_url, database_url, kafka_brokers, mysql_url, sqs_endpoint};

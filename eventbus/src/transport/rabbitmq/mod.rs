@@ -8,6 +8,7 @@
 //! | this one | the wire format, URL redaction, connection properties |
 //! | `publisher` | [`RabbitPublisher`]: confirms, batching, refusals, reconnection |
 //! | `subscriber` | [`RabbitSubscriber`]: group queues, bindings, prefetch, lanes, settling |
+//! | `tls` | [`RabbitTls`]: private CAs and client certificates for `amqps://` |
 //!
 //! # Wire format
 //!
@@ -48,9 +49,11 @@ use crate::envelope::{Envelope, EnvelopeError, JSON_CONTENT_TYPE};
 
 mod publisher;
 mod subscriber;
+mod tls;
 
 pub use publisher::{RabbitPublisher, RabbitPublisherBuilder, DEFAULT_MAX_MESSAGE_SIZE};
 pub use subscriber::{RabbitSubscriber, RabbitSubscriberBuilder, DEFAULT_LANES, DEFAULT_PREFETCH};
+pub use tls::RabbitTls;
 
 /// lapin, re-exported so that consumers name the same version as
 /// [`envelope_from_delivery`] and [`message_properties`].

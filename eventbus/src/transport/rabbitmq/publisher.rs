@@ -16,8 +16,9 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ExchangeKind};
 use tokio::sync::Mutex;
 
+use super::tls::check_scheme;
 use super::{
-    is_soft, message_properties, redact_url, tokio_properties, with_sent_at, Secrets,
+    is_soft, message_properties, redact_url, tokio_properties, with_sent_at, RabbitTls, Secrets,
     DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
 };
 use crate::error::{Error, Result};
@@ -49,6 +50,7 @@ pub struct RabbitPublisherBuilder {
     declare_exchanges: bool,
     app_id: Option<String>,
     connection_name: Option<String>,
+    tls: RabbitTls,
 }
 
 impl fmt::Debug for RabbitPublisherBuilder {
@@ -61,6 +63,7 @@ impl fmt::Debug for RabbitPublisherBuilder {
             .field("declare_exchanges", &self.declare_exchanges)
             .field("app_id", &self.app_id)
             .field("connection_name", &self.connection_name)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -120,12 +123,21 @@ impl RabbitPublisherBuilder {
         self
     }
 
+    /// TLS settings for an `amqps://` URL: a private CA, a client
+    /// certificate. See [`RabbitTls`].
+    #[must_use]
+    pub fn tls(mut self, tls: RabbitTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Connects to the broker and returns the publisher.
     ///
     /// # Errors
     ///
-    /// - [`Error::Config`] when the URL is not a valid AMQP URL or `app_id` is too
-    ///   long, or when called outside a tokio runtime;
+    /// - [`Error::Config`] when the URL is not a valid AMQP URL, `app_id` is too
+    ///   long, TLS settings come with a plain `amqp://` URL, or when called
+    ///   outside a tokio runtime;
     /// - [`Error::Publish`] with [`PublishError::Unavailable`] when the broker
     ///   cannot be reached or refuses the connection (including bad credentials).
     pub async fn connect(self) -> Result<RabbitPublisher> {
@@ -134,6 +146,7 @@ impl RabbitPublisherBuilder {
             let reason = Secrets::from_url(&self.url).scrub(&e);
             Error::Config(format!("invalid AMQP URL `{redacted_url}`: {reason}"))
         })?;
+        check_scheme(&self.tls, &uri)?;
         if let Some(app_id) = &self.app_id {
             if app_id.len() > SHORT_STRING_MAX {
                 return Err(Error::Config(format!(
@@ -156,6 +169,7 @@ impl RabbitPublisherBuilder {
             declare_exchanges: self.declare_exchanges,
             app_id: self.app_id,
             connection_name: self.connection_name,
+            tls: self.tls,
             link: Mutex::new(None),
             generation: AtomicU64::new(0),
             idle: StdMutex::new(Vec::new()),
@@ -219,6 +233,7 @@ pub struct RabbitPublisher {
     declare_exchanges: bool,
     app_id: Option<String>,
     connection_name: Option<String>,
+    tls: RabbitTls,
     /// The current connection; replaced when it is found dead.
     link: Mutex<Option<Link>>,
     /// Incremented per connection, so channels of an old one are never reused.
@@ -290,6 +305,7 @@ impl RabbitPublisher {
             declare_exchanges: true,
             app_id: None,
             connection_name: None,
+            tls: RabbitTls::default(),
         }
     }
 
@@ -332,7 +348,8 @@ impl RabbitPublisher {
         if let Some(name) = &self.connection_name {
             properties = properties.with_connection_name(name.clone().into());
         }
-        let connecting = Connection::connect_uri(self.uri.clone(), properties);
+        let connecting =
+            Connection::connect_uri_with_config(self.uri.clone(), properties, self.tls.to_lapin());
         let connection = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {

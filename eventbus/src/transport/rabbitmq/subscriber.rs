@@ -20,9 +20,10 @@ use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::tls::check_scheme;
 use super::{
-    envelope_from_delivery, header_text, is_soft, redact_url, sent_at, tokio_properties, Secrets,
-    DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
+    envelope_from_delivery, header_text, is_soft, redact_url, sent_at, tokio_properties, RabbitTls,
+    Secrets, DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
 };
 use crate::error::{Error, Result};
 use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
@@ -70,6 +71,7 @@ pub struct RabbitSubscriberBuilder {
     connect_timeout: Duration,
     broker_timeout: Duration,
     connection_name: Option<String>,
+    tls: RabbitTls,
 }
 
 impl fmt::Debug for RabbitSubscriberBuilder {
@@ -86,6 +88,7 @@ impl fmt::Debug for RabbitSubscriberBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("broker_timeout", &self.broker_timeout)
             .field("connection_name", &self.connection_name)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -210,12 +213,21 @@ impl RabbitSubscriberBuilder {
         self
     }
 
+    /// TLS settings for an `amqps://` URL: a private CA, a client
+    /// certificate. See [`RabbitTls`].
+    #[must_use]
+    pub fn tls(mut self, tls: RabbitTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Connects, declares the exchanges, the group's queue and its bindings,
     /// and starts consuming.
     ///
     /// # Errors
     ///
-    /// - [`Error::Config`] for an invalid URL, a missing or invalid group, no
+    /// - [`Error::Config`] for an invalid URL (or TLS settings with a plain
+    ///   `amqp://` one), a missing or invalid group, no
     ///   [`bind`](Self::bind), a prefetch outside 1 to 65535, zero lanes, a name
     ///   longer than AMQP allows, when called outside a tokio runtime, or when
     ///   the broker refuses the declarations (the queue exists with other
@@ -228,6 +240,7 @@ impl RabbitSubscriberBuilder {
             let reason = Secrets::from_url(&self.url).scrub(&e);
             Error::Config(format!("invalid AMQP URL `{redacted_url}`: {reason}"))
         })?;
+        check_scheme(&self.tls, &uri)?;
         let group = self.group.clone().unwrap_or_default();
         if group.is_empty() {
             return Err(Error::Config(
@@ -290,6 +303,7 @@ impl RabbitSubscriberBuilder {
             connect_timeout: self.connect_timeout,
             broker_timeout: self.broker_timeout,
             connection_name: self.connection_name,
+            tls: self.tls,
         });
         let session = Session::open(&options).await?;
         Ok(RabbitSubscriber {
@@ -410,6 +424,7 @@ struct Options {
     connect_timeout: Duration,
     broker_timeout: Duration,
     connection_name: Option<String>,
+    tls: RabbitTls,
 }
 
 impl Options {
@@ -505,7 +520,11 @@ impl Session {
         if let Some(name) = &options.connection_name {
             properties = properties.with_connection_name(name.clone().into());
         }
-        let connecting = Connection::connect_uri(options.uri.clone(), properties);
+        let connecting = Connection::connect_uri_with_config(
+            options.uri.clone(),
+            properties,
+            options.tls.to_lapin(),
+        );
         let connection = match tokio::time::timeout(options.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => return Err(options.unavailable("cannot connect", &e)),
@@ -718,6 +737,7 @@ impl RabbitSubscriber {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             broker_timeout: DEFAULT_BROKER_TIMEOUT,
             connection_name: None,
+            tls: RabbitTls::default(),
         }
     }
 
