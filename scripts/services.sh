@@ -82,6 +82,14 @@ ensure_mysql() {
   wait_port 3306 60 MariaDB
 }
 
+# librdkafka is built with TLS (eventbus feature `kafka-ssl`), linked to the
+# system's OpenSSL.
+ensure_build_deps() {
+  pkg-config --exists openssl 2>/dev/null && return 0
+  command -v pkg-config >/dev/null && dpkg -s libssl-dev >/dev/null 2>&1 && return 0
+  apt_install libssl-dev pkg-config
+}
+
 ensure_services() {
   ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql && ensure_sqs
 }

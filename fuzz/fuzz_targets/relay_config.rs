@@ -11,6 +11,9 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../outbox-relay/src/config.rs"]
 mod config;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../outbox-relay/src/redact.rs"]
+mod redact;
 
 /// `outbox-relay run`'s settings.
 #[derive(Debug, Parser)]

@@ -1,5 +1,5 @@
-//! Broker URLs: choosing and building the publisher, and keeping credentials out
-//! of every message.
+//! Broker URLs: choosing and building the publisher or subscriber, with the
+//! TLS and client settings beside the URL.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use eventbus::transport::Subscriber;
 use eventbus::{Error, Publisher, Result};
 
 use crate::config::Broker;
+use crate::redact::redact;
 
 /// Builds the publisher a broker URL names.
 pub(crate) async fn connect(broker: &Broker) -> Result<Arc<dyn Publisher>> {
@@ -88,28 +89,44 @@ pub(crate) async fn subscribe(
 
 /// The TLS settings of an `amqps://` connection.
 fn rabbit_tls(broker: &Broker) -> Result<RabbitTls> {
-    match &broker.ca_file {
-        Some(path) => RabbitTls::new().ca_file(path),
-        None => Ok(RabbitTls::new()),
+    let mut tls = RabbitTls::new();
+    if let Some(path) = &broker.ca_file {
+        tls = tls.ca_file(path)?;
     }
+    if let Some((path, password)) = &broker.client_identity {
+        tls = tls.client_identity_file(path, password.expose())?;
+    }
+    Ok(tls)
 }
 
-/// The Kafka client properties `keep` selects, after those the CA file
-/// implies: TLS (`security.protocol=ssl`, unless set, e.g. to `sasl_ssl`) and
-/// the CA's location.
+/// The Kafka client properties `keep` selects, after those the CA file and
+/// client identity imply: TLS (`security.protocol=ssl`, unless set, e.g. to
+/// `sasl_ssl`), the CA's location, the key store.
 fn kafka_properties(broker: &Broker, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, String)>> {
     let mut properties = Vec::new();
+    let protocol_set = broker
+        .properties
+        .0
+        .iter()
+        .any(|(k, _)| k == "security.protocol");
+    if (broker.ca_file.is_some() || broker.client_identity.is_some()) && !protocol_set {
+        properties.push(("security.protocol".to_owned(), "ssl".to_owned()));
+    }
     if let Some(ca) = &broker.ca_file {
-        let ca = ca_path(ca)?;
-        let protocol_set = broker
-            .properties
-            .0
-            .iter()
-            .any(|(k, _)| k == "security.protocol");
-        if !protocol_set {
-            properties.push(("security.protocol".to_owned(), "ssl".to_owned()));
-        }
-        properties.push(("ssl.ca.location".to_owned(), ca));
+        properties.push(("ssl.ca.location".to_owned(), ca_path(ca)?));
+    }
+    if let Some((path, password)) = &broker.client_identity {
+        let path = path.to_str().ok_or_else(|| {
+            Error::Config(format!(
+                "the client identity path {} is not UTF-8",
+                path.display()
+            ))
+        })?;
+        properties.push(("ssl.keystore.location".to_owned(), path.to_owned()));
+        properties.push((
+            "ssl.keystore.password".to_owned(),
+            password.expose().to_owned(),
+        ));
     }
     properties.extend(broker.properties.0.iter().filter(|(k, _)| keep(k)).cloned());
     Ok(properties)
@@ -135,50 +152,4 @@ fn ca_path(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_owned)
         .ok_or_else(|| Error::Config(format!("the CA file path {} is not UTF-8", path.display())))
-}
-
-/// Replaces the password of every `scheme://user:password@` in `text` with `***`.
-pub(crate) fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("://") {
-        let (head, tail) = rest.split_at(start + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => out.push_str(&format!("{user}:***")),
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_survive() {
-        assert_eq!(
-            redact("cannot connect to amqp://guest:s3cret@host:5672/%2f: refused"),
-            "cannot connect to amqp://guest:***@host:5672/%2f: refused"
-        );
-        assert_eq!(
-            redact("postgres://app:pw@db/x and kafka://k:9092"),
-            "postgres://app:***@db/x and kafka://k:9092"
-        );
-        assert_eq!(redact("no urls here"), "no urls here");
-    }
 }

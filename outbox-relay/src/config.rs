@@ -115,6 +115,15 @@ pub(crate) struct BrokerArgs {
     #[arg(long, env = "EVENTBUS_BROKER_CA_FILE")]
     pub(crate) broker_ca_file: Option<PathBuf>,
 
+    /// PKCS#12 file (`.p12`) with the client certificate and key to present
+    /// to the broker (mutual TLS; RabbitMQ `EXTERNAL` authentication).
+    #[arg(long, env = "EVENTBUS_BROKER_CLIENT_IDENTITY")]
+    pub(crate) broker_client_identity: Option<PathBuf>,
+
+    /// A file holding the password of `--broker-client-identity`.
+    #[arg(long, env = "EVENTBUS_BROKER_CLIENT_IDENTITY_PASSWORD_FILE")]
+    pub(crate) broker_client_identity_password_file: Option<PathBuf>,
+
     /// Producer setting `key=path`, its value read from a file (a Kafka
     /// `sasl.password`, say); repeatable.
     #[arg(long = "producer-set-file", value_name = "KEY=PATH")]
@@ -131,6 +140,8 @@ pub(crate) struct FileConfig {
     pub(crate) broker: Option<String>,
     pub(crate) broker_file: Option<PathBuf>,
     pub(crate) broker_ca_file: Option<PathBuf>,
+    pub(crate) broker_client_identity: Option<PathBuf>,
+    pub(crate) broker_client_identity_password_file: Option<PathBuf>,
     pub(crate) http: Option<SocketAddr>,
     pub(crate) source: Option<String>,
     pub(crate) name: Option<String>,
@@ -191,7 +202,7 @@ impl Secret {
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::broker::redact(&self.0))
+        f.write_str(&crate::redact::redact(&self.0))
     }
 }
 
@@ -201,6 +212,8 @@ pub(crate) struct Broker {
     pub(crate) url: Secret,
     /// PEM file of extra trusted certificate authorities.
     pub(crate) ca_file: Option<PathBuf>,
+    /// PKCS#12 client certificate and key, and its password.
+    pub(crate) client_identity: Option<(PathBuf, Secret)>,
     /// Kafka producer properties; the connection ones (`security.protocol`,
     /// `ssl.*`, `sasl.*`) also apply to consumers. Values are redacted by the
     /// Kafka transport's `Debug`, never logged here.
@@ -241,14 +254,31 @@ fn value_or_file(
     Ok(None)
 }
 
+/// The largest secret file read: a URL or password is far smaller, and a
+/// wrong path (a log, a device) must not be read whole.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
 /// The contents of a secret file, without the trailing newline editors add.
 fn read_secret(what: &str, path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| {
         Error::Config(format!(
             "cannot read the {what} from {}: {e}",
             path.display()
         ))
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_SECRET_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(Error::Config(format!(
+            "the file {} meant to hold the {what} is larger than {MAX_SECRET_BYTES} bytes",
+            path.display()
+        )));
+    }
     let value = text.trim();
     if value.is_empty() {
         return Err(Error::Config(format!(
@@ -302,12 +332,34 @@ pub(crate) fn broker(
         let value = read_secret(&format!("producer setting `{k}`"), Path::new(path.trim()))?;
         properties.push((k.to_owned(), value));
     }
+    let identity = args
+        .broker_client_identity
+        .clone()
+        .or_else(|| file.broker_client_identity.clone());
+    let password_file = args
+        .broker_client_identity_password_file
+        .clone()
+        .or_else(|| file.broker_client_identity_password_file.clone());
+    let client_identity = match (identity, password_file) {
+        (Some(identity), Some(password)) => Some((
+            identity,
+            Secret(read_secret("client identity password", &password)?),
+        )),
+        (Some(identity), None) => Some((identity, Secret(String::new()))),
+        (None, Some(_)) => {
+            return Err(Error::Config(
+                "a client identity password file is given without --broker-client-identity".into(),
+            ))
+        }
+        (None, None) => None,
+    };
     Ok(Broker {
         url: Secret(url),
         ca_file: args
             .broker_ca_file
             .clone()
             .or_else(|| file.broker_ca_file.clone()),
+        client_identity,
         properties: Properties(properties),
     })
 }
@@ -386,6 +438,93 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
 mod tests {
     use super::*;
 
+    fn no_broker_args() -> BrokerArgs {
+        BrokerArgs {
+            broker_file: None,
+            broker_ca_file: None,
+            broker_client_identity: None,
+            broker_client_identity_password_file: None,
+            producer_set_file: Vec::new(),
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("outbox-relay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn urls_and_secrets_come_from_files_without_the_newline() {
+        let url = temp_file("broker", "amqps://relay:s3cret@rabbit:5671/%2f\n");
+        let password = temp_file("sasl", "kafka-pw\n");
+        let args = BrokerArgs {
+            broker_file: Some(url),
+            producer_set_file: vec![format!("sasl.password={}", password.display())],
+            ..no_broker_args()
+        };
+        let broker = broker(None, &args, &FileConfig::default(), Vec::new()).expect("resolves");
+        assert_eq!(broker.url.expose(), "amqps://relay:s3cret@rabbit:5671/%2f");
+        assert_eq!(
+            broker.properties.0,
+            vec![("sasl.password".to_owned(), "kafka-pw".to_owned())]
+        );
+        let shown = format!("{broker:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("kafka-pw"), "{shown}");
+        assert!(shown.contains("relay:***@rabbit"), "{shown}");
+    }
+
+    #[test]
+    fn a_value_and_its_file_together_or_an_empty_file_are_errors() {
+        let url = temp_file("db", "postgres://db\n");
+        let common = Common {
+            database_url: Some("postgres://other".into()),
+            database_url_file: Some(url),
+            outbox_table: None,
+            config: None,
+        };
+        let err = database_url(&common, &FileConfig::default()).expect_err("both given");
+        assert!(err.to_string().contains("keep one"), "{err}");
+
+        let empty = temp_file("empty", "\n");
+        let args = BrokerArgs {
+            broker_file: Some(empty),
+            ..no_broker_args()
+        };
+        let err = broker(None, &args, &FileConfig::default(), Vec::new()).expect_err("empty");
+        assert!(err.to_string().contains("is empty"), "{err}");
+
+        let args = BrokerArgs {
+            broker_file: Some(PathBuf::from("/nonexistent/broker-url")),
+            ..no_broker_args()
+        };
+        let err = broker(None, &args, &FileConfig::default(), Vec::new()).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/broker-url"), "{err}");
+
+        let args = BrokerArgs {
+            broker_file: Some(PathBuf::from("/dev/zero")),
+            ..no_broker_args()
+        };
+        let err = broker(None, &args, &FileConfig::default(), Vec::new()).expect_err("endless");
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn flags_beat_the_file_layer_for_urls() {
+        let file = FileConfig::parse("database_url_file = \"/nonexistent\"\n").expect("valid");
+        let common = Common {
+            database_url: Some("postgres://flag".into()),
+            database_url_file: None,
+            outbox_table: None,
+            config: None,
+        };
+        let url = database_url(&common, &file).expect("the flag wins; the file is not read");
+        assert_eq!(url.expose(), "postgres://flag");
+    }
+
     #[test]
     fn unknown_keys_in_the_file_are_errors() {
         let err = FileConfig::parse("batch_sise = 10").expect_err("typo must fail");
@@ -407,11 +546,7 @@ mod tests {
         };
         let run = RunArgs {
             broker: None,
-            broker_tls: BrokerArgs {
-                broker_file: None,
-                broker_ca_file: None,
-                producer_set_file: Vec::new(),
-            },
+            broker_tls: no_broker_args(),
             http: None,
             source: None,
             name: None,

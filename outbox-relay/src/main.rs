@@ -6,6 +6,7 @@ mod broker;
 mod config;
 mod database;
 mod http;
+mod redact;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -111,7 +112,7 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("outbox-relay: {}", broker::redact(&e.to_string()));
+            eprintln!("outbox-relay: {}", redact::redact(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -241,7 +242,7 @@ async fn relay(cfg: config::Resolved) -> Result<()> {
     let listener = http::bind(cfg.http)
         .await
         .map_err(|e| eventbus::Error::Config(format!("cannot listen on {}: {e}", cfg.http)))?;
-    tracing::info!(http = %cfg.http, broker = %broker::redact(cfg.broker.url.expose()), relay = %relay.id(), "relay starting");
+    tracing::info!(http = %cfg.http, broker = %redact::redact(cfg.broker.url.expose()), relay = %relay.id(), "relay starting");
     let server = tokio::spawn(http::serve(listener, relay.metrics()));
     let result = relay.run(shutdown_signal()).await;
     server.abort();

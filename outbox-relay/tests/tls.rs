@@ -1,8 +1,10 @@
 //! TLS and credentials end to end: the `outbox-relay` binary reaches a
 //! PostgreSQL that accepts TLS connections only (with a password), RabbitMQ
 //! over `amqps://` and Kafka over SSL, each verifying the server against a
-//! private certificate authority; URLs come from files; an untrusted server
-//! or a wrong password is a clear error; no password shows in any output.
+//! private certificate authority and presenting a client certificate to the
+//! brokers (mutual TLS); URLs and passwords come from files; an untrusted
+//! server or a wrong password is a clear error; no password shows in any
+//! output.
 //!
 //! The brokers sit behind a TLS-terminating proxy (`eventbus_tests::tls`), so
 //! the relay's clients speak TLS exactly as to brokers with TLS listeners.
@@ -18,7 +20,7 @@ use eventbus_tests::postgres_cluster::{ClusterOptions, PostgresCluster};
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{assert_per_key_order, pending, publish_steps, steps, Step};
 use eventbus_tests::relay_cli::{command, free_port, output, sigterm, text};
-use eventbus_tests::tls::{TestCa, TlsProxy};
+use eventbus_tests::tls::{Clients, TestCa, TlsProxy};
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -68,6 +70,19 @@ fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .expect("restrict the secret file");
     path
+}
+
+/// A PKCS#12 client identity for `name` and a file holding its password;
+/// returns both paths.
+fn client_identity(ca: &TestCa, name: &str) -> (String, String) {
+    let password = "p12-Secret-41c";
+    let path = ca.dir().join(format!("{name}.p12"));
+    std::fs::write(&path, ca.client_identity(name, password)).expect("write the identity");
+    let password_file = secret_file(ca.dir(), &format!("{name}.p12.password"), password);
+    (
+        path.display().to_string(),
+        password_file.display().to_string(),
+    )
 }
 
 fn assert_no_password(what: &str, output: &str) {
@@ -198,8 +213,9 @@ async fn relay_runs_over_tls_to_postgres_and_rabbitmq_with_urls_from_files() {
     let ca = TestCa::new("relay");
     let cluster = tls_postgres(&ca).await;
     let amqp = amqp_url().await;
-    let proxy = TlsProxy::start(&ca, rabbit_addr(&amqp)).await;
+    let proxy = TlsProxy::start(&ca, Clients::Certified, rabbit_addr(&amqp)).await;
     let secrets = ca.dir();
+    let (identity, identity_password) = client_identity(&ca, "relay");
     let db_url = pg_url(&cluster, DB_PASSWORD, "verify-full", Some(&ca.ca_file()));
     let db_file = secret_file(secrets, "database-url", &db_url);
     let broker = format!("amqps://guest:guest@127.0.0.1:{}/%2f", proxy.port());
@@ -255,6 +271,10 @@ async fn relay_runs_over_tls_to_postgres_and_rabbitmq_with_urls_from_files() {
             &broker_file_arg,
             "--broker-ca-file",
             &ca_arg,
+            "--broker-client-identity",
+            &identity,
+            "--broker-client-identity-password-file",
+            &identity_password,
             "--destination-prefix",
             &prefix,
         ],
@@ -310,7 +330,13 @@ async fn relay_publishes_to_kafka_over_tls() {
     let plain_port = free_port();
     let log_dir = ca.dir();
     let mut tansu = start_tansu(plain_port, tls_port, log_dir).await;
-    let proxy = TlsProxy::serve(&ca, tls_listener, ([127, 0, 0, 1], plain_port).into());
+    let proxy = TlsProxy::serve(
+        &ca,
+        Clients::Certified,
+        tls_listener,
+        ([127, 0, 0, 1], plain_port).into(),
+    );
+    let (identity, identity_password) = client_identity(&ca, "relay");
     let brokers = format!("127.0.0.1:{tls_port}");
 
     let db = TestDb::migrated().await;
@@ -329,6 +355,10 @@ async fn relay_publishes_to_kafka_over_tls() {
             &broker,
             "--broker-ca-file",
             &ca_arg,
+            "--broker-client-identity",
+            &identity,
+            "--broker-client-identity-password-file",
+            &identity_password,
             "--destination-prefix",
             &prefix,
         ],
@@ -339,7 +369,14 @@ async fn relay_publishes_to_kafka_over_tls() {
     let mut config = consumer_config(&brokers);
     config
         .set("security.protocol", "ssl")
-        .set("ssl.ca.location", &ca_arg);
+        .set("ssl.ca.location", &ca_arg)
+        .set("ssl.keystore.location", &identity)
+        .set(
+            "ssl.keystore.password",
+            std::fs::read_to_string(&identity_password)
+                .expect("password")
+                .trim(),
+        );
     let messages = read_all_with(config, &topic, 200, Duration::from_secs(60)).await;
     let received: Vec<Step> = messages
         .iter()

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
@@ -18,11 +21,20 @@ use tokio_rustls::TlsAcceptor;
 /// A certificate authority made for one test, and a server certificate it
 /// signed for `localhost` and `127.0.0.1`, written as PEM files into a
 /// temporary directory.
-#[derive(Debug)]
 pub struct TestCa {
     dir: tempfile::TempDir,
+    ca_cert: Certificate,
+    ca_key: KeyPair,
     server_cert_der: CertificateDer<'static>,
     server_key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestCa {
@@ -61,6 +73,8 @@ impl TestCa {
             .expect("write server.key");
         TestCa {
             dir,
+            ca_cert,
+            ca_key,
             server_cert_der: server_cert.der().clone(),
             server_key_der: server_key.serialize_der(),
         }
@@ -86,22 +100,72 @@ impl TestCa {
         self.dir.path()
     }
 
+    /// A client certificate for `name` signed by this CA, with its key, as a
+    /// PKCS#12 archive encrypted with `password`.
+    ///
+    /// # Panics
+    ///
+    /// When key generation, signing or encoding fails.
+    pub fn client_identity(&self, name: &str, password: &str) -> Vec<u8> {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("client certificate");
+        let chain = [cert.der(), self.ca_cert.der()]
+            .into_iter()
+            .map(|der| p12_keystore::Certificate::from_der(der).expect("DER certificate"));
+        let entry = p12_keystore::PrivateKeyChain::new(key.serialize_der(), name.as_bytes(), chain);
+        let mut store = p12_keystore::KeyStore::new();
+        store.add_entry(name, p12_keystore::KeyStoreEntry::PrivateKeyChain(entry));
+        store.writer(password).write().expect("PKCS#12 archive")
+    }
+
     fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).expect("read a CA file")
     }
 
-    fn server_config(&self) -> rustls::ServerConfig {
+    /// The proxy's TLS settings; with [`Clients::Certified`] it requires a
+    /// client certificate signed by this CA.
+    fn server_config(&self, clients: Clients) -> rustls::ServerConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
+            .expect("TLS versions");
+        let builder = match clients {
+            Clients::Anyone => builder.with_no_client_auth(),
+            Clients::Certified => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(self.ca_cert.der().clone())
+                    .expect("the CA as a client root");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        builder
             .with_single_cert(
                 vec![self.server_cert_der.clone()],
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key_der.clone())),
             )
             .expect("server TLS config")
     }
+}
+
+/// Who may connect to a [`TlsProxy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Any client (server authentication only).
+    Anyone,
+    /// Only clients presenting a certificate of the proxy's CA (mutual TLS).
+    Certified,
 }
 
 /// Accepts TLS on a free loopback port and forwards the decrypted stream to
@@ -114,23 +178,29 @@ pub struct TlsProxy {
 }
 
 impl TlsProxy {
-    /// Starts the proxy in front of `upstream`, with `ca`'s server certificate.
+    /// Starts the proxy in front of `upstream`, with `ca`'s server
+    /// certificate, admitting `clients`.
     ///
     /// # Panics
     ///
     /// When no port can be bound.
-    pub async fn start(ca: &TestCa, upstream: SocketAddr) -> Self {
+    pub async fn start(ca: &TestCa, clients: Clients, upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the TLS proxy");
-        Self::serve(ca, listener, upstream)
+        Self::serve(ca, clients, listener, upstream)
     }
 
     /// Serves on an already bound listener (whose port may have been
     /// advertised to clients before the upstream started).
-    pub fn serve(ca: &TestCa, listener: TcpListener, upstream: SocketAddr) -> Self {
+    pub fn serve(
+        ca: &TestCa,
+        clients: Clients,
+        listener: TcpListener,
+        upstream: SocketAddr,
+    ) -> Self {
         let port = listener.local_addr().expect("proxy address").port();
-        let acceptor = TlsAcceptor::from(Arc::new(ca.server_config()));
+        let acceptor = TlsAcceptor::from(Arc::new(ca.server_config(clients)));
         let handshakes = Arc::new(AtomicUsize::new(0));
         let counted = handshakes.clone();
         let accept = tokio::spawn(async move {
