@@ -10,6 +10,7 @@ use eventbus::Event;
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{assert_per_key_order, pending, publish_steps, steps, Step};
+use eventbus_tests::relay_cli::{self, free_port, sigterm};
 use eventbus_tests::{amqp_url, unique_name};
 use tokio::process::{Child, Command};
 
@@ -19,43 +20,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
 /// `--batch-size` of the relay processes: the most a SIGKILL can duplicate.
 const BATCH: usize = 200;
 
-/// `outbox-relay` with no `EVENTBUS_*` setting inherited from the test run.
 fn relay_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EVENTBUS_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+    relay_cli::command(BIN, args)
 }
 
-/// Runs `outbox-relay args…` to completion; asserts success; returns stdout.
 async fn cli_ok(args: &[&str]) -> String {
-    let out = tokio::time::timeout(Duration::from_secs(60), relay_command(args).output())
-        .await
-        .expect("outbox-relay finishes within 60 s")
-        .expect("run outbox-relay");
-    assert!(
-        out.status.success(),
-        "`outbox-relay {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    relay_cli::cli_ok(BIN, args).await
 }
 
 /// Starts `outbox-relay run` named `name`, logging to a temporary file.
@@ -85,20 +55,6 @@ fn start_relay(name: &str, url: &str, amqp: &str, prefix: &str) -> Child {
     .stderr(Stdio::null())
     .spawn()
     .expect("start outbox-relay run")
-}
-
-async fn sigterm(relay: &mut Child) {
-    let pid = relay.id().expect("relay pid").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("send SIGTERM");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), relay.wait())
-        .await
-        .expect("the relay exits within 30 s of SIGTERM")
-        .expect("wait for the relay");
-    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use eventbus::Event;
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{assert_per_key_order, pending, publish_steps, steps, Step};
+use eventbus_tests::relay_cli::{self, free_port, sigterm};
 use eventbus_tests::sqlite::TestSqlite;
 use eventbus_tests::{amqp_url, unique_name};
 use tokio::process::Command;
@@ -15,35 +16,12 @@ use tokio::process::Command;
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
 
-/// `outbox-relay` with no `EVENTBUS_*` setting inherited from the test run.
 fn relay_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EVENTBUS_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+    relay_cli::command(BIN, args)
 }
 
 async fn output(args: &[&str]) -> std::process::Output {
-    tokio::time::timeout(Duration::from_secs(60), relay_command(args).output())
-        .await
-        .expect("outbox-relay finishes within 60 s")
-        .expect("run outbox-relay")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    relay_cli::output(BIN, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -108,17 +86,7 @@ async fn migrate_run_and_stop_on_a_sqlite_file() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let pid = relay.id().expect("relay pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("send SIGTERM");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), relay.wait())
-        .await
-        .expect("the relay exits within 30 s of SIGTERM")
-        .expect("wait for the relay");
-    assert!(status.success(), "exit status {status}");
+    sigterm(&mut relay).await;
     // A clean stop gives the partition back.
     let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM eventbus_outbox_partitions")
         .fetch_one(&pool)

@@ -35,6 +35,23 @@ pub async fn output(bin: &str, args: &[&str]) -> Output {
         .expect("run outbox-relay")
 }
 
+/// Runs `bin args…` to completion, asserts it succeeded, and returns its
+/// standard output.
+///
+/// # Panics
+///
+/// As [`output`], and when it fails (showing its standard error).
+pub async fn cli_ok(bin: &str, args: &[&str]) -> String {
+    let out = output(bin, args).await;
+    assert!(
+        out.status.success(),
+        "`{bin} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Stdout and stderr of `out` as one text.
 pub fn text(out: &Output) -> String {
     format!(
