@@ -23,7 +23,7 @@ use eventbus::transport::kafka::rdkafka;
 use eventbus::transport::rabbitmq::lapin::message::Delivery;
 use eventbus::transport::rabbitmq::{envelope_from_delivery, RabbitPublisher};
 use eventbus::{Event, Publisher};
-use eventbus_tests::kafka::{consumer_config, publisher_builder};
+use eventbus_tests::kafka::{consumer_config, publisher_builder, tansu_bin};
 use eventbus_tests::rabbitmq::{delete_exchange, TcpProxy, TestQueue};
 use eventbus_tests::relay::{
     assert_per_key_order, pending, publish_steps, spawn_relay, steps, test_config, wait_drained,
@@ -1176,22 +1176,6 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-/// The tansu binary: `TANSU_BIN`, else `~/.cargo/bin/tansu`.
-fn tansu_bin() -> PathBuf {
-    let path = std::env::var_os("TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
-        });
-    assert!(
-        path.is_file(),
-        "this test starts a private Kafka-protocol broker, but {} does not exist: install it with \
-         `cargo install tansu --version 0.6.0 --locked --features dynostore` or set TANSU_BIN",
-        path.display()
-    );
-    path
 }
 
 /// Starts a private tansu broker with in-memory storage on a free port; returns
