@@ -1,0 +1,329 @@
+//! [`ConsumerBuilder`]: handlers, delivery mode, retries, limits, then
+//! [`ConsumerBuilder::build`].
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::handler::Registry;
+use super::{
+    pace, BatchContext, Consumer, ConsumerMetrics, Context, DeliveryMode, NewerVersions,
+    RetryPolicy, Shared, UnknownTypes,
+};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::inbox::{BoxError, InboxDatabase};
+use crate::outbox::{Outbox, OutboxDatabase};
+use crate::schema::Upcasters;
+use crate::table::TableName;
+use crate::transport::{Publisher, Subscriber};
+
+/// Builds a [`Consumer`].
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
+/// #               dead_letters: std::sync::Arc<dyn eventbus::Publisher>) -> eventbus::Result<()> {
+/// use eventbus::consumer::{Consumer, DeliveryMode};
+/// use eventbus::Event;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+/// #[event(type = "com.example.order.placed", destination = "orders", key = order_id)]
+/// struct OrderPlaced { order_id: String, amount_cents: i64 }
+///
+/// let consumer = Consumer::builder("billing")
+///     .mode(DeliveryMode::EffectivelyOnce)
+///     .on(|ctx: eventbus::consumer::Context<sqlx::Postgres>, event: OrderPlaced| async move {
+///         let mut tx = ctx.tx().await?;
+///         sqlx::query("INSERT INTO invoices (order_id, cents) VALUES ($1, $2)")
+///             .bind(&event.order_id).bind(event.amount_cents)
+///             .execute(&mut **tx).await?;
+///         Ok(())
+///     })
+///     .build(pool, subscriber, dead_letters)?;
+/// consumer.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ConsumerBuilder<DB: sqlx::Database> {
+    group: String,
+    mode: DeliveryMode,
+    registry: Registry<DB>,
+    retry: RetryPolicy,
+    unknown: UnknownTypes,
+    newer_versions: NewerVersions,
+    max_in_flight: usize,
+    rate_limit: Option<u32>,
+    batch_linger: Duration,
+    inbox_table: TableName,
+    outbox: Outbox,
+}
+
+impl<DB> ConsumerBuilder<DB>
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    /// A builder for group `group` on any supported database.
+    pub fn new(group: impl Into<String>) -> Self {
+        ConsumerBuilder {
+            group: group.into(),
+            mode: DeliveryMode::EffectivelyOnce,
+            registry: Registry::default(),
+            retry: RetryPolicy::default(),
+            unknown: UnknownTypes::DeadLetter,
+            newer_versions: NewerVersions::default(),
+            max_in_flight: 64,
+            rate_limit: None,
+            batch_linger: Duration::ZERO,
+            inbox_table: crate::inbox::default_table(),
+            outbox: Outbox::new(),
+        }
+    }
+
+    /// The delivery mode (default: effectively once).
+    pub fn mode(mut self, mode: DeliveryMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Registers the handler for event type `E` (and its older versions),
+    /// replacing any handler of `E` registered before.
+    pub fn on<E, F, Fut>(mut self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(Context<DB>, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        self.registry.add::<E, F, Fut>(handler);
+        self
+    }
+
+    /// Registers a batch handler for event type `E` (and its older versions),
+    /// replacing any handler of `E` registered before: it gets up to `max`
+    /// events (at least 1) at once, all handled in one database transaction —
+    /// in effectively-once mode with one inbox insert for the whole batch,
+    /// after which the handler gets only the events not seen before.
+    ///
+    /// A batch is what a lane (a Kafka partition, a RabbitMQ key lane) has
+    /// queued when its worker gets to it: consecutive messages of type `E`,
+    /// waiting up to [`batch_linger`](Self::batch_linger) for more. Messages
+    /// of other types between them are handled on their own, in order, so
+    /// per-lane order holds. A batch is never larger than the messages the
+    /// consumer and the subscriber keep in flight ([`max_in_flight`](Self::max_in_flight),
+    /// the subscriber's prefetch): set those at least as high as `max`.
+    ///
+    /// If the batch fails, it is split in halves, recursively, and each half
+    /// handled in a transaction of its own: the good events commit, and an
+    /// event that fails alone goes through the [retry policy](Self::retry)
+    /// to the dead-letter destination with the reason. Every message of the
+    /// batch is settled afterwards. The handler must therefore be ready to see
+    /// an event again in a smaller batch after a failure.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
+    /// #               dead_letters: std::sync::Arc<dyn eventbus::Publisher>) -> eventbus::Result<()> {
+    /// use std::time::Duration;
+    /// use eventbus::consumer::{BatchContext, Consumer};
+    /// use eventbus::Event;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+    /// #[event(type = "com.example.page.viewed", destination = "views", key = page)]
+    /// struct PageViewed { page: String }
+    ///
+    /// let consumer = Consumer::builder("analytics")
+    ///     .max_in_flight(500)
+    ///     .on_batch(500, |ctx: BatchContext<sqlx::Postgres>, views: Vec<PageViewed>| async move {
+    ///         let pages: Vec<String> = views.into_iter().map(|v| v.page).collect();
+    ///         let mut tx = ctx.tx().await?;
+    ///         sqlx::query(
+    ///             "INSERT INTO page_views (page, views) SELECT p, count(*) FROM UNNEST($1::text[]) p \
+    ///              GROUP BY p ON CONFLICT (page) DO UPDATE SET views = page_views.views + EXCLUDED.views",
+    ///         )
+    ///         .bind(&pages)
+    ///         .execute(&mut **tx)
+    ///         .await?;
+    ///         Ok(())
+    ///     })
+    ///     .batch_linger(Duration::from_millis(20))
+    ///     .build(pool, subscriber, dead_letters)?;
+    /// consumer.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_batch<E, F, Fut>(mut self, max: usize, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(BatchContext<DB>, Vec<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        self.registry.add_batch::<E, F, Fut>(max, handler);
+        self
+    }
+
+    /// How long a lane waits for more messages to fill a batch once it has
+    /// one (default zero: a batch is what is queued already, so batches grow
+    /// with the backlog and an idle consumer adds no latency).
+    pub fn batch_linger(mut self, linger: Duration) -> Self {
+        self.batch_linger = linger;
+        self
+    }
+
+    /// The retry policy (default: 2 immediate, 3 delayed from 1 s).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Registers the upcaster of `E`'s payload from schema version `from` to
+    /// `from + 1`, for messages older than `E::VERSION`: the handler of `E`
+    /// receives a v1 message once every step from v1 to `E::VERSION` has
+    /// turned its JSON into the current shape. See [`Upcasters`] for the
+    /// rules (once `E` has an upcaster, every step from the oldest version
+    /// still around must be registered — a step that changes nothing is
+    /// `Ok`); a message whose chain has a gap, or whose step fails, is
+    /// dead-lettered at once with the [`UpcastError`](crate::schema::UpcastError)
+    /// as the reason.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
+    /// #               dead_letters: std::sync::Arc<dyn eventbus::Publisher>) -> eventbus::Result<()> {
+    /// use eventbus::consumer::{Consumer, Context};
+    /// use eventbus::Event;
+    /// use serde::{Deserialize, Serialize};
+    /// use serde_json::json;
+    ///
+    /// /// v2 renamed `amount_cents` to `amount`; v3 added `currency`.
+    /// #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+    /// #[event(type = "com.example.order.placed", version = 3, destination = "orders", key = order_id)]
+    /// struct OrderPlaced { order_id: String, amount: i64, currency: String }
+    ///
+    /// let consumer = Consumer::builder("billing")
+    ///     .on(|_ctx: Context<sqlx::Postgres>, order: OrderPlaced| async move {
+    ///         println!("{} {} {}", order.order_id, order.amount, order.currency);
+    ///         Ok(())
+    ///     })
+    ///     .upcast::<OrderPlaced>(1, |mut v| {
+    ///         let cents = v["amount_cents"].take();
+    ///         v["amount"] = cents;
+    ///         Ok(v)
+    ///     })
+    ///     .upcast::<OrderPlaced>(2, |mut v| {
+    ///         v["currency"] = json!("EUR");
+    ///         Ok(v)
+    ///     })
+    ///     .build(pool, subscriber, dead_letters)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn upcast<E: Event>(
+        mut self,
+        from: u32,
+        step: impl Fn(serde_json::Value) -> std::result::Result<serde_json::Value, BoxError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.registry.upcast::<E>(from, step);
+        self
+    }
+
+    /// Adds every upcaster of `upcasters` (a set built once and shared by
+    /// several consumers), as [`upcast`](Self::upcast) does one.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.registry.add_upcasters(upcasters);
+        self
+    }
+
+    /// What to do with messages of a schema version newer than their
+    /// handler knows (default: hold 5 s, then give back to the broker).
+    pub fn newer_versions(mut self, newer: NewerVersions) -> Self {
+        self.newer_versions = newer;
+        self
+    }
+
+    /// What to do with event types that have no handler.
+    pub fn unknown_types(mut self, unknown: UnknownTypes) -> Self {
+        self.unknown = unknown;
+        self
+    }
+
+    /// At most this many messages are unsettled at once (default 64).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// At most this many messages start per second (each message of a batch
+    /// counts). Default: no limit.
+    pub fn rate_limit(mut self, per_second: u32) -> Self {
+        self.rate_limit = (per_second > 0).then_some(per_second);
+        self
+    }
+
+    /// The inbox table (default `eventbus_inbox`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid name.
+    pub fn inbox_table(mut self, table: &str) -> Result<Self> {
+        self.inbox_table = TableName::parse(table)?;
+        Ok(self)
+    }
+
+    /// The outbox that [`Context::publish`] writes follow-up events to.
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// Finishes the consumer: handlers run against `pool`, messages come from
+    /// `subscriber`, dead letters go out through `dead_letters`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if no handler is registered, [`Error::Schema`] if an
+    /// upcaster was invalid (from version 0, not below its event's version,
+    /// or registered twice).
+    pub fn build(
+        mut self,
+        pool: sqlx::Pool<DB>,
+        subscriber: Box<dyn Subscriber>,
+        dead_letters: Arc<dyn Publisher>,
+    ) -> Result<Consumer<DB>> {
+        if self.registry.is_empty() {
+            return Err(Error::config(format!(
+                "consumer `{}` has no handler: register one with `.on(...)` or `.on_batch(...)`",
+                self.group
+            )));
+        }
+        if let Some(e) = self.registry.invalid_upcaster.take() {
+            return Err(Error::Schema(e));
+        }
+        let metrics = ConsumerMetrics::new(self.group.clone());
+        Ok(Consumer {
+            shared: Arc::new(Shared {
+                group: self.group,
+                mode: self.mode,
+                registry: self.registry,
+                retry: self.retry,
+                unknown: self.unknown,
+                newer_versions: self.newer_versions,
+                max_in_flight: self.max_in_flight,
+                rate_limit: self.rate_limit,
+                pacer: self.rate_limit.map(pace::Pacer::new),
+                batch_linger: self.batch_linger,
+                inbox_table: self.inbox_table,
+                outbox: self.outbox,
+                pool,
+                dead_letters,
+                dead_letter_destinations: tokio::sync::Mutex::new(HashSet::new()),
+                metrics,
+                stopping: Notify::new(),
+                stopped: std::sync::atomic::AtomicBool::new(false),
+            }),
+            subscriber: tokio::sync::Mutex::new(subscriber),
+        })
+    }
+}
