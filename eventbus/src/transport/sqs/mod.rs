@@ -68,6 +68,79 @@ use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{Error, Result};
 use crate::transport::PublishError;
 
+/// The connection options both SQS builders take, as builder methods that
+/// write their `connect: ConnectOptions` field: the endpoint, region,
+/// profile, credentials, an own SDK client, the connect timeout, and
+/// [`from_url`] for all of them at once.
+macro_rules! connect_options {
+    ($builder:expr, $example:literal) => {
+        /// Options from a broker URL: `sqs://` (endpoint, region and
+        /// credentials from the AWS sources), `sqs://host[:port]` (an HTTPS
+        /// endpoint) or `sqs+http://host:port` (a local server), with optional
+        /// query options `region=…`, `profile=…` and `fifo=true` (see
+        /// [`fifo`](Self::fifo)).
+        ///
+        #[doc = concat!("```\n", $example, "\n# Ok::<(), eventbus::Error>(())\n```")]
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Config`](crate::Error::Config) for another scheme,
+        /// credentials in the URL, a path, or an unknown option.
+        pub fn from_url(url: &str) -> Result<Self> {
+            let options = super::parse_url(url)?;
+            let mut builder = $builder.fifo(options.fifo);
+            builder.connect.apply_url(&options);
+            Ok(builder)
+        }
+
+        /// The SQS endpoint, overriding the AWS sources: a local server such
+        /// as `http://127.0.0.1:4566`, or a VPC endpoint.
+        #[must_use]
+        pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+            self.connect.endpoint = Some(url.into());
+            self
+        }
+
+        /// The AWS region, overriding the AWS sources.
+        #[must_use]
+        pub fn region(mut self, region: impl Into<String>) -> Self {
+            self.connect.region = Some(region.into());
+            self
+        }
+
+        /// The profile of the shared AWS config files, instead of `AWS_PROFILE`.
+        #[must_use]
+        pub fn profile(mut self, profile: impl Into<String>) -> Self {
+            self.connect.profile = Some(profile.into());
+            self
+        }
+
+        /// Fixed credentials instead of the AWS sources' (e.g. for a local
+        /// test server). Never printed.
+        #[must_use]
+        pub fn credentials(mut self, credentials: aws_sdk_sqs::config::Credentials) -> Self {
+            self.connect.credentials = Some(credentials);
+            self
+        }
+
+        /// An SDK client configured by the caller; the endpoint, region,
+        /// profile and credentials options are then ignored.
+        #[must_use]
+        pub fn client(mut self, client: aws_sdk_sqs::Client) -> Self {
+            self.connect.client = Some(client);
+            self
+        }
+
+        /// How long opening a connection may take; default
+        /// [`DEFAULT_CONNECT_TIMEOUT`](super::DEFAULT_CONNECT_TIMEOUT).
+        #[must_use]
+        pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+            self.connect.connect_timeout = Some(timeout);
+            self
+        }
+    };
+}
+
 mod publisher;
 mod queues;
 mod subscriber;

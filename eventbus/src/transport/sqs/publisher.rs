@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use super::queues::{QueueInfo, Queues};
 use super::{
     deduplication_id, fnv1a, invalid_char, message_attributes, message_body, message_group_id,
-    message_size, parse_url, queue_name, sdk_attributes, timed, ConnectOptions, Failure,
+    message_size, queue_name, sdk_attributes, timed, ConnectOptions, Failure,
     DEFAULT_BROKER_TIMEOUT, SYSTEM,
 };
 use crate::error::Result;
@@ -64,74 +64,10 @@ impl fmt::Debug for SqsPublisherBuilder {
 }
 
 impl SqsPublisherBuilder {
-    /// Options from a broker URL: `sqs://` (endpoint, region and credentials
-    /// from the AWS sources), `sqs://host[:port]` (an HTTPS endpoint) or
-    /// `sqs+http://host:port` (a local server), with optional query options
-    /// `region=…`, `profile=…` and `fifo=true` (see [`fifo`](Self::fifo)).
-    ///
-    /// ```
-    /// use eventbus::transport::sqs::SqsPublisherBuilder;
-    ///
-    /// let builder = SqsPublisherBuilder::from_url("sqs+http://127.0.0.1:4566?fifo=true")?;
-    /// # Ok::<(), eventbus::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`](crate::Error::Config) for another scheme, credentials
-    /// in the URL, a path, or an unknown option.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let options = parse_url(url)?;
-        let mut builder = SqsPublisher::builder().fifo(options.fifo);
-        builder.connect.apply_url(&options);
-        Ok(builder)
-    }
-
-    /// The SQS endpoint, overriding the AWS sources: a local server such as
-    /// `http://127.0.0.1:4566`, or a VPC endpoint.
-    #[must_use]
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.connect.endpoint = Some(url.into());
-        self
-    }
-
-    /// The AWS region, overriding the AWS sources.
-    #[must_use]
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.connect.region = Some(region.into());
-        self
-    }
-
-    /// The profile of the shared AWS config files, instead of `AWS_PROFILE`.
-    #[must_use]
-    pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.connect.profile = Some(profile.into());
-        self
-    }
-
-    /// Fixed credentials instead of the AWS sources' (e.g. for a local test
-    /// server). Never printed.
-    #[must_use]
-    pub fn credentials(mut self, credentials: aws_sdk_sqs::config::Credentials) -> Self {
-        self.connect.credentials = Some(credentials);
-        self
-    }
-
-    /// An SDK client configured by the caller; the endpoint, region, profile
-    /// and credentials options are then ignored.
-    #[must_use]
-    pub fn client(mut self, client: aws_sdk_sqs::Client) -> Self {
-        self.connect.client = Some(client);
-        self
-    }
-
-    /// How long opening a connection may take; default
-    /// [`DEFAULT_CONNECT_TIMEOUT`](super::DEFAULT_CONNECT_TIMEOUT).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect.connect_timeout = Some(timeout);
-        self
-    }
+    connect_options!(
+        SqsPublisher::builder(),
+        "use eventbus::transport::sqs::SqsPublisherBuilder;\n\nlet builder = SqsPublisherBuilder::from_url(\"sqs+http://127.0.0.1:4566?fifo=true\")?;"
+    );
 
     /// How long SQS may take to answer one request (the SDK's retries of
     /// throttled requests included); default [`DEFAULT_BROKER_TIMEOUT`].

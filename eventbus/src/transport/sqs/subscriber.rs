@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::queues::{QueueInfo, Queues};
 use super::{
-    envelope_from_message, fnv1a, parse_url, queue_name, received_key, timed, ConnectOptions,
-    Failure, DEFAULT_BROKER_TIMEOUT, SYSTEM,
+    envelope_from_message, fnv1a, queue_name, received_key, timed, ConnectOptions, Failure,
+    DEFAULT_BROKER_TIMEOUT, SYSTEM,
 };
 use crate::error::{Error, Result};
 use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
@@ -92,64 +92,10 @@ impl fmt::Debug for SqsSubscriberBuilder {
 }
 
 impl SqsSubscriberBuilder {
-    /// Options from a broker URL, as for
-    /// [`SqsPublisherBuilder::from_url`](super::SqsPublisherBuilder::from_url).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for another scheme, credentials in the URL, a path,
-    /// or an unknown option.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let options = parse_url(url)?;
-        let mut builder = SqsSubscriber::builder().fifo(options.fifo);
-        builder.connect.apply_url(&options);
-        Ok(builder)
-    }
-
-    /// The SQS endpoint, overriding the AWS sources (a local server such as
-    /// `http://127.0.0.1:4566`, a VPC endpoint).
-    #[must_use]
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.connect.endpoint = Some(url.into());
-        self
-    }
-
-    /// The AWS region, overriding the AWS sources.
-    #[must_use]
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.connect.region = Some(region.into());
-        self
-    }
-
-    /// The profile of the shared AWS config files, instead of `AWS_PROFILE`.
-    #[must_use]
-    pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.connect.profile = Some(profile.into());
-        self
-    }
-
-    /// Fixed credentials instead of the AWS sources' (e.g. for a local test
-    /// server). Never printed.
-    #[must_use]
-    pub fn credentials(mut self, credentials: aws_sdk_sqs::config::Credentials) -> Self {
-        self.connect.credentials = Some(credentials);
-        self
-    }
-
-    /// An SDK client configured by the caller; the endpoint, region, profile
-    /// and credentials options are then ignored.
-    #[must_use]
-    pub fn client(mut self, client: aws_sdk_sqs::Client) -> Self {
-        self.connect.client = Some(client);
-        self
-    }
-
-    /// How long opening a connection may take.
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect.connect_timeout = Some(timeout);
-        self
-    }
+    connect_options!(
+        SqsSubscriber::builder(),
+        "use eventbus::transport::sqs::SqsSubscriberBuilder;\n\nlet builder = SqsSubscriberBuilder::from_url(\"sqs+http://127.0.0.1:4566?fifo=true\")?;"
+    );
 
     /// How long SQS may take to answer one request (a long poll gets its
     /// wait time on top); default [`DEFAULT_BROKER_TIMEOUT`].
