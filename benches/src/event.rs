@@ -67,6 +67,7 @@ pub(crate) fn message(tick: &Tick, id: i64, destination: &str) -> Result<Outgoin
         payload: tick.json()?,
         created_at: Utc::now(),
         attempts: 0,
+        defect: None,
     };
     let envelope = record
         .to_envelope(DEFAULT_SOURCE)

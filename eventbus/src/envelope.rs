@@ -38,6 +38,10 @@ pub enum EnvelopeError {
     /// `specversion` is not `1.0`.
     #[error("unsupported CloudEvents specversion `{0}`, expected `1.0`")]
     UnsupportedSpecVersion(String),
+    /// An outbox row holds a value that cannot be read (see
+    /// [`OutboxRecord::defect`](crate::outbox::OutboxRecord::defect)).
+    #[error("the outbox row cannot be read: {0}")]
+    UnreadableRow(String),
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> EnvelopeError {

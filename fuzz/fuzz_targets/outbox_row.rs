@@ -49,6 +49,7 @@ fuzz_target!(|row: Row| {
         payload: row.payload,
         created_at,
         attempts: row.attempts,
+        defect: None,
     };
     if let Ok(envelope) = record.to_envelope(&row.default_source) {
         // What the relay sends must be readable by our own consumers.

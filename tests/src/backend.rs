@@ -108,9 +108,40 @@ pub trait TestDatabase: Sized + Send + Sync + 'static {
         sql: &'c str,
     ) -> BoxFuture<'c, sqlx::Result<u64>>;
 
+    /// The integer the single-value query `sql` returns on `conn`, e.g.
+    /// inside an open transaction; panics on error.
+    fn scalar_in<'c>(
+        conn: &'c mut <Self::DB as sqlx::Database>::Connection,
+        sql: &'c str,
+    ) -> BoxFuture<'c, i64>;
+
+    /// `name` quoted as a column name, for reserved words such as
+    /// `partition`: `"name"`, or `` `name` `` on MySQL.
+    fn quoted(name: &str) -> String {
+        format!("\"{name}\"")
+    }
+
     /// A point in time long past (2001-01-01, UTC) as a literal of the
     /// backend's timestamp columns.
     const LONG_AGO: &'static str;
+
+    /// A point in time in the year 10000 as a literal of the backend's
+    /// timestamp columns: past what RFC 3339 can write.
+    const YEAR_10000: &'static str;
+
+    /// Whether the timestamp columns take [`Self::YEAR_10000`]: PostgreSQL's
+    /// `timestamptz` goes on to the year 294276, MySQL's `DATETIME` and
+    /// SQLite's date functions stop at 9999.
+    const HOLDS_YEAR_10000: bool = false;
+
+    /// SQL for the JSON text `{"note":"<0x80>"}`, whose string holds a byte
+    /// that is not UTF-8, sent as a writer that never checks its encoding
+    /// would send it.
+    const NON_UTF8_JSON: &'static str;
+
+    /// Whether text columns keep bytes that are not UTF-8 (SQLite checks
+    /// nothing; PostgreSQL and MySQL refuse them).
+    const HOLDS_NON_UTF8: bool = false;
 
     /// The first column of every row of `sql`, as text (`NULL` as `None`).
     fn texts(&self, sql: &str) -> impl Future<Output = Vec<Option<String>>> + Send;
@@ -142,6 +173,44 @@ fn panic_on(sql: &str, e: impl std::fmt::Display) -> ! {
     panic!("{sql}: {e}")
 }
 
+/// The items every backend's impl writes alike, for a test database with
+/// `pool` and `url` fields: those two, and running SQL without parameters on
+/// the pool or on a connection.
+macro_rules! plain_sql_on_own_pool {
+    () => {
+        fn pool(&self) -> &sqlx::Pool<Self::DB> {
+            &self.pool
+        }
+
+        fn url(&self) -> &str {
+            &self.url
+        }
+
+        async fn execute(&self, sql: &str) -> sqlx::Result<u64> {
+            Ok(self.pool.execute(sql).await?.rows_affected())
+        }
+
+        fn execute_in<'c>(
+            conn: &'c mut <Self::DB as sqlx::Database>::Connection,
+            sql: &'c str,
+        ) -> BoxFuture<'c, sqlx::Result<u64>> {
+            Box::pin(async move { Ok(conn.execute(sql).await?.rows_affected()) })
+        }
+
+        fn scalar_in<'c>(
+            conn: &'c mut <Self::DB as sqlx::Database>::Connection,
+            sql: &'c str,
+        ) -> BoxFuture<'c, i64> {
+            Box::pin(async move {
+                sqlx::query_scalar(sql)
+                    .fetch_one(conn)
+                    .await
+                    .unwrap_or_else(|e| panic_on(sql, e))
+            })
+        }
+    };
+}
+
 impl TestDatabase for TestDb {
     type DB = Postgres;
     const NAME: &'static str = "PostgreSQL";
@@ -153,13 +222,7 @@ impl TestDatabase for TestDb {
         TestDb::new().await
     }
 
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn url(&self) -> &str {
-        &self.url
-    }
+    plain_sql_on_own_pool!();
 
     async fn connect(&self) -> PgPool {
         sqlx::postgres::PgPoolOptions::new()
@@ -179,10 +242,6 @@ impl TestDatabase for TestDb {
 
     fn param(n: usize) -> String {
         format!("${n}")
-    }
-
-    async fn execute(&self, sql: &str) -> sqlx::Result<u64> {
-        Ok(self.pool.execute(sql).await?.rows_affected())
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
@@ -208,14 +267,10 @@ impl TestDatabase for TestDb {
         format!("{column}::text")
     }
 
-    fn execute_in<'c>(
-        conn: &'c mut sqlx::PgConnection,
-        sql: &'c str,
-    ) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move { Ok(conn.execute(sql).await?.rows_affected()) })
-    }
-
     const LONG_AGO: &'static str = "'2001-01-01 00:00:00+00'";
+    const YEAR_10000: &'static str = "'10000-01-01 00:00:00+00'";
+    const HOLDS_YEAR_10000: bool = true;
+    const NON_UTF8_JSON: &'static str = r#"E'{"note":"\x80"}'"#;
 
     async fn partition_of(&self, key: &str) -> i32 {
         sqlx::query_scalar("SELECT (hashtext($1) & 2147483647) % 64")
@@ -282,13 +337,7 @@ impl TestDatabase for TestSqlite {
         TestSqlite::new().await
     }
 
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    fn url(&self) -> &str {
-        &self.url
-    }
+    plain_sql_on_own_pool!();
 
     async fn connect(&self) -> SqlitePool {
         TestSqlite::connect(self).await
@@ -309,10 +358,6 @@ impl TestDatabase for TestSqlite {
         format!("?{n}")
     }
 
-    async fn execute(&self, sql: &str) -> sqlx::Result<u64> {
-        Ok(self.pool.execute(sql).await?.rows_affected())
-    }
-
     async fn scalar(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)
@@ -331,14 +376,10 @@ impl TestDatabase for TestSqlite {
         0
     }
 
-    fn execute_in<'c>(
-        conn: &'c mut sqlx::SqliteConnection,
-        sql: &'c str,
-    ) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move { Ok(conn.execute(sql).await?.rows_affected()) })
-    }
-
     const LONG_AGO: &'static str = "'2001-01-01T00:00:00.000Z'";
+    const YEAR_10000: &'static str = "'10000-01-01T00:00:00.000Z'";
+    const NON_UTF8_JSON: &'static str = "CAST(x'7b226e6f7465223a2280227d' AS TEXT)";
+    const HOLDS_NON_UTF8: bool = true;
 
     async fn create_effects(&self) {
         self.pool
@@ -392,13 +433,7 @@ impl TestDatabase for TestMySql {
         TestMySql::new().await
     }
 
-    fn pool(&self) -> &MySqlPool {
-        &self.pool
-    }
-
-    fn url(&self) -> &str {
-        &self.url
-    }
+    plain_sql_on_own_pool!();
 
     async fn connect(&self) -> MySqlPool {
         TestMySql::connect(self).await
@@ -422,8 +457,8 @@ impl TestDatabase for TestMySql {
         "?".to_owned()
     }
 
-    async fn execute(&self, sql: &str) -> sqlx::Result<u64> {
-        Ok(self.pool.execute(sql).await?.rows_affected())
+    fn quoted(name: &str) -> String {
+        format!("`{name}`")
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
@@ -448,14 +483,9 @@ impl TestDatabase for TestMySql {
         eventbus::mysql::partition_of(key, Self::PARTITIONS)
     }
 
-    fn execute_in<'c>(
-        conn: &'c mut sqlx::MySqlConnection,
-        sql: &'c str,
-    ) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move { Ok(conn.execute(sql).await?.rows_affected()) })
-    }
-
     const LONG_AGO: &'static str = "'2001-01-01 00:00:00'";
+    const YEAR_10000: &'static str = "'10000-01-01 00:00:00'";
+    const NON_UTF8_JSON: &'static str = "x'7b226e6f7465223a2280227d'";
 
     async fn create_effects(&self) {
         // `key` is a reserved word in MySQL: quoted here and in every

@@ -321,6 +321,28 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+/// The tansu binary, for tests that start a private Kafka-protocol broker:
+/// `TANSU_BIN`, else `~/.cargo/bin/tansu`.
+///
+/// # Panics
+///
+/// When it does not exist, saying how to install it.
+pub fn tansu_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("TANSU_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cargo/bin/tansu")
+        });
+    assert!(
+        path.is_file(),
+        "this test starts a private Kafka-protocol broker, but {} does not exist: install it with \
+         `cargo install tansu --version 0.6.0 --locked --features dynostore` or set TANSU_BIN",
+        path.display()
+    );
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,26 +364,4 @@ mod tests {
             assert_eq!(murmur2(input.as_bytes()), hash, "{input}");
         }
     }
-}
-
-/// The tansu binary, for tests that start a private Kafka-protocol broker:
-/// `TANSU_BIN`, else `~/.cargo/bin/tansu`.
-///
-/// # Panics
-///
-/// When it does not exist, saying how to install it.
-pub fn tansu_bin() -> std::path::PathBuf {
-    let path = std::env::var_os("TANSU_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cargo/bin/tansu")
-        });
-    assert!(
-        path.is_file(),
-        "this test starts a private Kafka-protocol broker, but {} does not exist: install it with \
-         `cargo install tansu --version 0.6.0 --locked --features dynostore` or set TANSU_BIN",
-        path.display()
-    );
-    path
 }

@@ -3,7 +3,7 @@
 //! (`eventbus_tests::suites::consumer`), the same scenarios and assertions as
 //! on PostgreSQL.
 
-use eventbus_tests::consumer::Broker;
+use eventbus_tests::consumer::{effectively_once_scenario, Broker};
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::suites::consumer;
 
@@ -19,9 +19,10 @@ async fn batch_handlers_skip_redelivered_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn effectively_once_under_redeliveries_and_a_crash() {
-    consumer::effectively_once_under_redeliveries_and_a_crash::<TestMySql>(env!(
-        "CARGO_BIN_EXE_consumer_worker"
-    ))
+    effectively_once_scenario::<TestMySql>(
+        &Broker::rabbitmq().await,
+        env!("CARGO_BIN_EXE_consumer_worker"),
+    )
     .await;
 }
 

@@ -42,6 +42,17 @@ async fn a_poisoned_event_is_parked_and_blocks_only_its_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_from_other_writers_that_are_not_events_are_parked_with_a_reason() {
+    relay::rows_from_other_writers_that_are_not_events_are_parked_with_a_reason::<TestMySql>()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it() {
+    relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_and_status_report_the_backlog_falling_to_zero() {
     relay::metrics_and_status_report_the_backlog_falling_to_zero::<TestMySql>().await;
 }

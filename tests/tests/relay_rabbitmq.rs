@@ -42,6 +42,16 @@ async fn three_relays_one_killed_lose_nothing_and_keep_order() {
     println!("PostgreSQL, three relays, one killed: {run:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_from_other_writers_that_are_not_events_are_parked_with_a_reason() {
+    relay::rows_from_other_writers_that_are_not_events_are_parked_with_a_reason::<TestDb>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it() {
+    relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<TestDb>().await;
+}
+
 fn header(
     props: &eventbus::transport::rabbitmq::lapin::BasicProperties,
     name: &str,

@@ -70,6 +70,17 @@ async fn relays_5000_events_over_100_keys_in_order() {
     println!("SQLite → RabbitMQ: 5,000 events relayed in {took:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_from_other_writers_that_are_not_events_are_parked_with_a_reason() {
+    relay::rows_from_other_writers_that_are_not_events_are_parked_with_a_reason::<TestSqlite>()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it() {
+    relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<TestSqlite>().await;
+}
+
 async fn wait_owns(metrics: &RelayMetrics, partitions: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while metrics.snapshot().owned_partitions != partitions {

@@ -306,6 +306,7 @@ async fn claim_and_delete_all(pool: &PgPool, bar: &indicatif::ProgressBar) -> Re
                 payload: row.try_get::<serde_json::Value, _>("payload")?.to_string(),
                 created_at: row.try_get("created_at")?,
                 attempts: row.try_get("attempts")?,
+                defect: None,
             };
             let _ = record.to_envelope(DEFAULT_SOURCE);
             ids.push(record.id);

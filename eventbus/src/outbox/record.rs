@@ -38,6 +38,11 @@ pub struct OutboxRecord {
     pub created_at: DateTime<Utc>,
     /// Publish attempts that failed for this row.
     pub attempts: i32,
+    /// Why the row as stored could not be read, when a writer left a value
+    /// the database accepts but eventbus cannot decode (a JSON number beyond
+    /// `f64`, text that is not UTF-8, an `event_id` that is not a UUID). Such a
+    /// row never becomes an event: the relay parks it with this reason.
+    pub defect: Option<String>,
 }
 
 impl OutboxRecord {
@@ -46,9 +51,16 @@ impl OutboxRecord {
     ///
     /// # Errors
     ///
-    /// [`EnvelopeError::InvalidAttribute`] when `headers` is not an object of
-    /// scalar values, or an attribute name is not lowercase alphanumeric.
+    /// [`EnvelopeError::UnreadableRow`] when the row has a
+    /// [`defect`](Self::defect); [`EnvelopeError::InvalidAttribute`] when
+    /// `headers` is not an object of scalar values, an attribute breaks the
+    /// CloudEvents rules (a name that is not lowercase alphanumeric, an empty
+    /// type, a `time` header that is not a timestamp), or `created_at` lies
+    /// outside the years 0000–9999.
     pub fn to_envelope(&self, default_source: &str) -> Result<Envelope, EnvelopeError> {
+        if let Some(defect) = &self.defect {
+            return Err(EnvelopeError::UnreadableRow(defect.clone()));
+        }
         let mut attrs: BTreeMap<String, String> = BTreeMap::new();
         match &self.headers {
             Value::Object(map) => {
@@ -136,6 +148,7 @@ mod tests {
             payload: r#"{"order_id":"o-1"}"#.into(),
             created_at: Utc::now(),
             attempts: 0,
+            defect: None,
         }
     }
 

@@ -24,9 +24,10 @@ use uuid::Uuid;
 
 use super::config::Retention;
 use super::metrics::Snapshot;
+use super::row::Lenient;
 use super::store::{Rejection, RelayStore};
 use crate::error::{Error, Result};
-use crate::mysql::{begin_read_committed, int_list, micros, text, NOW};
+use crate::mysql::{begin_read_committed, int_list, micros, NOW};
 use crate::outbox::OutboxRecord;
 use crate::table::TableName;
 
@@ -291,25 +292,28 @@ fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static)
     }
 }
 
+/// A claimed row: text read from its bytes (whatever the collation), JSON
+/// parsed here, a non-strict session's zero date noted rather than fatal.
 fn record(row: &MySqlRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
-    let event_id: String = row.try_get("event_id")?;
-    let headers: String = row.try_get("headers")?;
-    Ok(OutboxRecord {
-        id: row.try_get("id")?,
-        event_id: Uuid::parse_str(&event_id).map_err(|e| decode_error("event_id", e))?,
-        source: row.try_get("source")?,
-        destination: row.try_get("destination")?,
-        partition_key: text(row, "partition_key")?,
-        partition: row.try_get("partition")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        subject: row.try_get("subject")?,
-        headers: serde_json::from_str(&headers).map_err(|e| decode_error("headers", e))?,
+    let mut r = Lenient::new(row);
+    let record = OutboxRecord {
+        id: r.required("id")?,
+        event_id: r.uuid("event_id"),
+        source: r.optional_text("source"),
+        destination: r.text("destination"),
+        partition_key: r.text("partition_key"),
+        partition: r.required("partition")?,
+        event_type: r.text("event_type"),
+        schema_version: r.required("schema_version")?,
+        subject: r.optional_text("subject"),
+        headers: r.json("headers"),
         // LONGTEXT keeps the bytes the writer stored: no re-encoding needed.
-        payload: row.try_get("payload")?,
-        created_at: row.try_get("created_at")?,
-        attempts: row.try_get("attempts")?,
-    })
+        payload: r.text("payload"),
+        created_at: r.get("created_at").unwrap_or_default(),
+        attempts: r.required("attempts")?,
+        defect: None,
+    };
+    Ok(r.finish(record))
 }
 
 /// Drops from `claimed` (in id order) every row behind a row of its key that
@@ -608,6 +612,7 @@ mod tests {
             payload: "{}".into(),
             created_at: chrono::Utc::now(),
             attempts: 0,
+            defect: None,
         }
     }
 

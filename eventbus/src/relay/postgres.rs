@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::config::Retention;
 use super::metrics::Snapshot;
+use super::row::Lenient;
 use super::store::{Rejection, RelayStore};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxRecord;
@@ -155,24 +156,34 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A claimed row; PostgreSQL's types guarantee every column but the JSON
+/// ones, whose numbers may exceed what serde_json reads.
 fn record(row: &PgRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
-    Ok(OutboxRecord {
-        id: row.try_get("id")?,
-        event_id: row.try_get("event_id")?,
-        source: row.try_get("source")?,
-        destination: row.try_get("destination")?,
-        partition_key: row.try_get("partition_key")?,
-        partition: row.try_get("partition")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        subject: row.try_get("subject")?,
-        headers: row.try_get("headers")?,
-        // jsonb comes back re-spaced (`{"a": 1}`); send the compact form the
-        // publisher measured and wrote.
-        payload: row.try_get::<serde_json::Value, _>("payload")?.to_string(),
-        created_at: row.try_get("created_at")?,
-        attempts: row.try_get("attempts")?,
-    })
+    let mut r = Lenient::new(row);
+    let headers = r.get("headers").unwrap_or(serde_json::Value::Null);
+    // jsonb comes back re-spaced (`{"a": 1}`); send the compact form the
+    // publisher measured and wrote.
+    let payload = r
+        .get::<serde_json::Value>("payload")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let record = OutboxRecord {
+        id: r.required("id")?,
+        event_id: r.required("event_id")?,
+        source: r.required("source")?,
+        destination: r.required("destination")?,
+        partition_key: r.required("partition_key")?,
+        partition: r.required("partition")?,
+        event_type: r.required("event_type")?,
+        schema_version: r.required("schema_version")?,
+        subject: r.required("subject")?,
+        headers,
+        payload,
+        created_at: r.required("created_at")?,
+        attempts: r.required("attempts")?,
+        defect: None,
+    };
+    Ok(r.finish(record))
 }
 
 #[async_trait::async_trait]

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::config::Retention;
 use super::metrics::Snapshot;
+use super::row::Lenient;
 use super::store::{Rejection, RelayStore};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxRecord;
@@ -198,26 +199,37 @@ fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static)
     }
 }
 
+/// A claimed row. SQLite checks little (`json_valid` lets bytes that are not
+/// UTF-8 through, a column takes a value of any type), so every text column
+/// is read leniently.
 fn record(row: &SqliteRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
-    let event_id: String = row.try_get("event_id")?;
-    let headers: String = row.try_get("headers")?;
-    let created_at: String = row.try_get("created_at")?;
-    Ok(OutboxRecord {
-        id: row.try_get("id")?,
-        event_id: Uuid::parse_str(&event_id).map_err(|e| decode_error("event_id", e))?,
-        source: row.try_get("source")?,
-        destination: row.try_get("destination")?,
-        partition_key: row.try_get("partition_key")?,
-        partition: row.try_get("partition")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        subject: row.try_get("subject")?,
-        headers: serde_json::from_str(&headers).map_err(|e| decode_error("headers", e))?,
+    let mut r = Lenient::new(row);
+    let created_at = r.text("created_at");
+    let created_at = parse_timestamp(&created_at).unwrap_or_else(|e| {
+        r.note(
+            "created_at",
+            format!("`{created_at}` is not a timestamp: {e}"),
+        );
+        chrono::DateTime::<chrono::Utc>::default()
+    });
+    let record = OutboxRecord {
+        id: r.required("id")?,
+        event_id: r.uuid("event_id"),
+        source: r.optional_text("source"),
+        destination: r.text("destination"),
+        partition_key: r.text("partition_key"),
+        partition: r.required("partition")?,
+        event_type: r.text("event_type"),
+        schema_version: r.required("schema_version")?,
+        subject: r.optional_text("subject"),
+        headers: r.json("headers"),
         // TEXT keeps the bytes the writer stored: no re-encoding needed.
-        payload: row.try_get("payload")?,
-        created_at: parse_timestamp(&created_at).map_err(|e| decode_error("created_at", e))?,
-        attempts: row.try_get("attempts")?,
-    })
+        payload: r.text("payload"),
+        created_at,
+        attempts: r.required("attempts")?,
+        defect: None,
+    };
+    Ok(r.finish(record))
 }
 
 #[async_trait::async_trait]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use eventbus::consumer::dead_letter;
 use eventbus::transport::kafka::envelope_from_message;
 use eventbus::transport::kafka::rdkafka;
-use eventbus::transport::rabbitmq::lapin::options::BasicPublishOptions;
+use eventbus::transport::rabbitmq::lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use eventbus::transport::rabbitmq::lapin::types::FieldTable;
 use eventbus::transport::rabbitmq::lapin::BasicProperties;
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::transport::sqs::aws_sdk_sqs::types::QueueAttributeName;
@@ -284,7 +285,7 @@ impl Broker {
                 );
                 messages - committed
             }
-            Broker::RabbitMq(_) => i64::from(crate::suites::consumer::ready_in_queue(group).await),
+            Broker::RabbitMq(_) => i64::from(ready_in_queue(group).await),
             Broker::Sqs(_) => {
                 let publisher = sqs::publisher(true).await;
                 let client = publisher.client();
@@ -508,4 +509,23 @@ fn assert_letters(letters: &[Envelope], expected: usize) {
         "dead letters: {:#?}",
         letters.iter().map(|l| &l.extensions).collect::<Vec<_>>()
     );
+}
+
+/// Messages ready in `group`'s queue (not counting those delivered and unacknowledged).
+async fn ready_in_queue(group: &str) -> u32 {
+    let connection = rabbitmq::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = channel
+        .queue_declare(
+            group,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive queue.declare");
+    let _ = connection.close(200, "counted").await;
+    queue.message_count()
 }

@@ -3,6 +3,7 @@
 //! (tests/src/bin/consumer_worker.rs) in each delivery mode, and what each
 //! mode promises about the effects afterwards.
 
+use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,8 @@ pub struct CrashOutcome {
     pub repeated: i64,
     /// Rows in the inbox.
     pub inbox: i64,
+    /// Effects whose event id has no inbox row.
+    pub effects_without_inbox_row: i64,
     /// How long the second worker took until the group had acknowledged
     /// everything.
     pub recovery: Duration,
@@ -207,7 +210,14 @@ async fn crash_run<D: TestDatabase>(
         "every message acknowledged once the worker left"
     );
 
-    let counts = EffectCounts::of(&db.effects().await);
+    let effects = db.effects().await;
+    let counts = EffectCounts::of(&effects);
+    let inbox_ids: HashSet<String> = db
+        .texts("SELECT message_id FROM eventbus_inbox")
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let count = |n: usize| i64::try_from(n).expect("fits");
     let outcome = CrashOutcome {
         events,
@@ -217,6 +227,12 @@ async fn crash_run<D: TestDatabase>(
         distinct: count(counts.distinct),
         repeated: count(counts.repeated),
         inbox: db.scalar("SELECT count(*) FROM eventbus_inbox").await,
+        effects_without_inbox_row: count(
+            effects
+                .iter()
+                .filter(|e| !inbox_ids.contains(&e.event_id))
+                .count(),
+        ),
         recovery,
     };
     eprintln!(
@@ -233,8 +249,9 @@ async fn crash_run<D: TestDatabase>(
 /// second copy of every tenth (same ids: redeliveries), consumed effectively
 /// once by the worker `bin`, SIGKILLed when about a third of the effects exist
 /// and started again. Every (key, seq) ends with exactly one effect and one
-/// inbox row: the inbox absorbs the copies and the messages handled but not
-/// yet acknowledged before the crash.
+/// inbox row, and every effect's event has its inbox row: the inbox absorbs
+/// the copies and the messages handled but not yet acknowledged before the
+/// crash.
 pub async fn effectively_once_scenario<D: TestDatabase>(
     broker: &Broker,
     bin: &str,
@@ -264,6 +281,10 @@ pub async fn effectively_once_scenario<D: TestDatabase>(
         "exactly one effect per event"
     );
     assert_eq!(outcome.inbox, outcome.events, "one inbox row per event id");
+    assert_eq!(
+        outcome.effects_without_inbox_row, 0,
+        "every effect has its inbox row"
+    );
     outcome
 }
 

@@ -1,7 +1,8 @@
 //! The consumer suite, on any database: effectively once through the inbox
 //! when events are delivered again (single and batch handlers, follow-up events
-//! written to the outbox in the handler's transaction), under a crash of the
-//! consumer process, batch handlers with poison, and the rate limit.
+//! written to the outbox in the handler's transaction), batch handlers with
+//! poison, and the rate limit. A crash of the consumer process, on any
+//! database and broker, is in [`crate::consumer`] (`effectively_once_scenario`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventbus::consumer::{dead_letter, BatchContext, Consumer, Context, RetryPolicy};
-use eventbus::transport::rabbitmq::lapin::options::QueueDeclareOptions;
-use eventbus::transport::rabbitmq::lapin::types::FieldTable;
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::{BoxError, Envelope, Event};
 use serde::{Deserialize, Serialize};
@@ -286,209 +285,6 @@ pub async fn batch_handlers_skip_redelivered_events<D: TestDatabase>() {
     assert_each_step_counted_once(&db, &envelopes).await;
     rabbitmq::delete_group(&group).await;
     rabbitmq::delete_exchange(&exchange).await;
-}
-
-// ------------------------------------------------------------ a crash
-
-/// A `consumer_worker` process (tests/src/bin/consumer_worker.rs) consuming
-/// `exchange` for `group` over RabbitMQ; killed if the test panics.
-#[derive(Debug)]
-pub struct Worker {
-    child: tokio::process::Child,
-}
-
-impl Worker {
-    /// Starts the worker binary `bin` on `database_url` and waits until it
-    /// says it is consuming.
-    pub async fn start(
-        bin: &str,
-        database_url: &str,
-        group: &str,
-        exchange: &str,
-        mode: &str,
-        max_in_flight: usize,
-        sleep_ms: u64,
-    ) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(bin)
-            .args([
-                database_url,
-                amqp_url().await.as_str(),
-                group,
-                exchange,
-                mode,
-                &max_in_flight.to_string(),
-                &sleep_ms.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start consumer_worker");
-        let stdout = child.stdout.take().expect("worker stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
-        match ready {
-            Ok(Ok(Some(line))) if line.trim() == "ready" => {}
-            other => panic!("consumer_worker did not get ready: {other:?}"),
-        }
-        Worker { child }
-    }
-
-    /// SIGKILL: no clean-up of any kind.
-    pub async fn kill(mut self) {
-        self.child.kill().await.expect("SIGKILL the worker");
-    }
-
-    /// SIGINT: the worker finishes its handlers and leaves; waits for its exit.
-    pub async fn interrupt(mut self) {
-        let pid = self.child.id().expect("worker pid");
-        let sent = std::process::Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGINT the worker");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the worker exits within 30 s of SIGINT")
-            .expect("worker status");
-        assert!(status.success(), "the worker exits cleanly: {status}");
-    }
-}
-
-/// Declares `group`'s queue (bound to `exchange`) as the worker will, so that
-/// what is published before the worker runs is kept.
-pub async fn declare_group(group: &str, exchange: &str) {
-    let url = amqp_url().await;
-    let mut subscriber = rabbitmq::subscriber(&url, group, &[exchange], 64).await;
-    subscriber.close().await.expect("close");
-}
-
-/// Messages ready in `group`'s queue (not counting those delivered and unacknowledged).
-pub async fn ready_in_queue(group: &str) -> u32 {
-    let connection = rabbitmq::connect().await;
-    let channel = connection.create_channel().await.expect("channel");
-    let queue = channel
-        .queue_declare(
-            group,
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive queue.declare");
-    let _ = connection.close(200, "counted").await;
-    queue.message_count()
-}
-
-/// Waits until the queue is empty and the effects stop changing for a second.
-pub async fn wait_quiet<D: TestDatabase>(db: &D, group: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut last = -1;
-    loop {
-        let n = db.scalar("SELECT count(*) FROM effects").await;
-        if n == last && ready_in_queue(group).await == 0 {
-            return;
-        }
-        last = n;
-        assert!(
-            Instant::now() < deadline,
-            "still busy after {timeout:?}: {n} effects"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// 20,000 events over 200 keys, with a copy of every tenth one published
-/// again (same id: a redelivery), consumed over RabbitMQ by a worker process
-/// (`worker`, the `consumer_worker` binary) that is SIGKILLed mid-run and
-/// started again: every (key, seq) takes effect exactly once, with one inbox
-/// row each. Returns the number of effects at the kill.
-pub async fn effectively_once_under_redeliveries_and_a_crash<D: TestDatabase>(worker: &str) -> i64 {
-    let started = Instant::now();
-    let db = D::migrated().await;
-    db.create_effects().await;
-    let prefix = format!("{}.", unique_name("once"));
-    let exchange = format!("{prefix}{}", Step::DESTINATION);
-    let group = format!("{prefix}once");
-    declare_group(&group, &exchange).await;
-    let publisher = Arc::new(
-        RabbitPublisher::connect(&amqp_url().await)
-            .await
-            .expect("connect to RabbitMQ"),
-    );
-    let originals: Vec<Envelope> = steps(20_000, 200).iter().map(envelope).collect();
-    // Each chunk of 1,000 is followed by copies of every tenth event so far
-    // not yet copied: 2,000 redeliveries, some soon after the original, some
-    // long after.
-    let mut copies = originals.iter().step_by(10);
-    let mut stream = Vec::with_capacity(22_000);
-    for chunk in originals.chunks(1_000) {
-        stream.extend_from_slice(chunk);
-        stream.extend(copies.by_ref().take(100).cloned());
-    }
-    assert_eq!(stream.len(), 22_000);
-
-    let start = || {
-        Worker::start(
-            worker,
-            db.url(),
-            &group,
-            &exchange,
-            "effectively-once",
-            64,
-            0,
-        )
-    };
-    let first = start().await;
-    let publishing = tokio::spawn({
-        let publisher = Arc::clone(&publisher);
-        let exchange = exchange.clone();
-        async move { publish(&*publisher, &exchange, &stream).await }
-    });
-    wait_effects(&db, 6_000, false, Duration::from_secs(180)).await;
-    first.kill().await;
-    let at_kill = db.scalar("SELECT count(*) FROM effects").await;
-    let second = start().await;
-    publishing.await.expect("publishing");
-    let took = wait_effects(&db, 20_000, true, Duration::from_secs(300)).await;
-    wait_quiet(&db, &group, Duration::from_secs(60)).await;
-    second.interrupt().await;
-
-    assert!(
-        at_kill < 20_000,
-        "the kill came mid-run ({at_kill} effects)"
-    );
-    let effects = db.effects().await;
-    let counts = EffectCounts::of(&effects);
-    assert_eq!(counts.total, 20_000, "one effect per event, no more");
-    assert_eq!(counts.once, 20_000, "each (key, seq) exactly once");
-    let inbox: HashSet<String> = db
-        .texts("SELECT message_id FROM eventbus_inbox")
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-    assert_eq!(inbox.len(), 20_000);
-    assert!(
-        effects.iter().all(|e| inbox.contains(&e.event_id)),
-        "every effect has its inbox row"
-    );
-    assert_eq!(
-        ready_in_queue(&group).await,
-        0,
-        "all 22,000 deliveries consumed"
-    );
-    println!(
-        "effectively once on {}: killed at {at_kill} effects; 22,000 deliveries -> 20,000 \
-         effects once each; {took:?} after the restart, {:?} in all",
-        D::NAME,
-        started.elapsed()
-    );
-    rabbitmq::delete_group(&group).await;
-    rabbitmq::delete_exchange(&exchange).await;
-    at_kill
 }
 
 // ------------------------------------------------------------ batches, rate

@@ -1,6 +1,7 @@
 //! The inbox suite, on any database: concurrent duplicates processed exactly
-//! once, rollback on handler failure, a waiting delivery taking over after a
-//! rollback, one row per consumer, batches, and per-consumer cleanup.
+//! once, rollback on handler failure, the `begin` API, a waiting delivery
+//! taking over after a rollback, one row per consumer, batches, per-consumer
+//! cleanup, and the error before migration.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,7 +110,8 @@ pub async fn concurrent_duplicates_are_processed_exactly_once<D: TestDatabase>()
 }
 
 /// A failing handler leaves nothing (no inbox row, no write); the redelivery
-/// is processed; a third delivery is a duplicate whose handler never runs.
+/// is processed; a third delivery is a duplicate whose handler never runs,
+/// while another consumer group still processes the message.
 pub async fn handler_failure_rolls_back_and_a_redelivery_is_processed<D: TestDatabase>() {
     let db = D::migrated().await;
     create_counter(&db).await;
@@ -133,6 +135,10 @@ pub async fn handler_failure_rolls_back_and_a_redelivery_is_processed<D: TestDat
         Error::Handler(source) => assert_eq!(source.to_string(), "payment service declined"),
         other => panic!("expected Error::Handler, got {other:?}"),
     }
+    assert!(
+        err.to_string().contains("payment service declined"),
+        "{err}"
+    );
     assert_eq!(db.scalar("SELECT count(*) FROM eventbus_inbox").await, 0);
     assert_eq!(db.scalar("SELECT count(*) FROM handler_writes").await, 0);
 
@@ -163,6 +169,47 @@ pub async fn handler_failure_rolls_back_and_a_redelivery_is_processed<D: TestDat
         .await
         .expect("duplicate");
     assert_eq!(outcome, Processed::Duplicate);
+
+    let outcome = Inbox::new("shipping")
+        .process(db.pool(), &envelope, |_tx| {
+            Box::pin(async move { Ok::<_, sqlx::Error>(7) })
+        })
+        .await
+        .expect("another consumer group");
+    assert_eq!(outcome, Processed::Handled(7));
+}
+
+/// `begin` without `commit` leaves no trace (no inbox row, no handler
+/// write), so the message comes back as new; once committed, it is a
+/// duplicate.
+pub async fn begin_without_commit_leaves_no_trace<D: TestDatabase>() {
+    let db = D::migrated().await;
+    create_counter(&db).await;
+    let inbox = Inbox::new("billing");
+    let envelope = envelope();
+
+    let Delivery::New(mut tx) = inbox.begin(db.pool(), &envelope).await.expect("begin") else {
+        panic!("a new message must not be a duplicate");
+    };
+    D::execute_in(&mut *tx, "INSERT INTO handler_writes VALUES ('dropped')")
+        .await
+        .expect("handler write");
+    drop(tx);
+    assert_eq!(db.scalar("SELECT count(*) FROM eventbus_inbox").await, 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM handler_writes").await, 0);
+
+    let Delivery::New(mut tx) = inbox.begin(db.pool(), &envelope).await.expect("begin") else {
+        panic!("an uncommitted delivery must not count as processed");
+    };
+    D::execute_in(&mut *tx, "INSERT INTO handler_writes VALUES ('committed')")
+        .await
+        .expect("handler write");
+    tx.commit().await.expect("commit");
+    assert_eq!(db.scalar("SELECT count(*) FROM eventbus_inbox").await, 1);
+    assert_eq!(db.scalar("SELECT count(*) FROM handler_writes").await, 1);
+
+    let again = inbox.begin(db.pool(), &envelope).await.expect("begin");
+    assert!(matches!(again, Delivery::Duplicate), "{again:?}");
 }
 
 /// A second delivery waits while the first is in progress; when the first
@@ -302,10 +349,15 @@ pub async fn cleanup_deletes_old_entries_of_one_consumer_in_batches<D: TestDatab
         .flatten()
         .collect();
     assert_eq!(left, ["new-1", "new-2", "new-3"]);
+    let shipping: Vec<String> = db
+        .texts("SELECT message_id FROM eventbus_inbox WHERE consumer = 'shipping' ORDER BY 1")
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     assert_eq!(
-        db.scalar("SELECT count(*) FROM eventbus_inbox WHERE consumer = 'shipping'")
-            .await,
-        5,
+        shipping,
+        ["old-1", "old-2", "old-3", "old-4", "old-5"],
         "another consumer's entries stay"
     );
     let deleted = Inbox::new("billing")
@@ -313,4 +365,20 @@ pub async fn cleanup_deletes_old_entries_of_one_consumer_in_batches<D: TestDatab
         .await
         .expect("cleanup");
     assert_eq!(deleted, 0, "nothing of the last hour goes");
+}
+
+/// Before migration, processing says which table is missing and what to run.
+pub async fn processing_before_migration_says_to_migrate<D: TestDatabase>() {
+    let db = D::create().await;
+    let err = Inbox::new("billing")
+        .process(db.pool(), &envelope(), |_tx| {
+            Box::pin(async move { Ok::<_, BoxError>(()) })
+        })
+        .await
+        .expect_err("no inbox table");
+    match &err {
+        Error::NotMigrated { table } => assert_eq!(table, "eventbus_inbox"),
+        other => panic!("expected NotMigrated, got {other:?}"),
+    }
+    assert!(err.to_string().contains("outbox-relay migrate"), "{err}");
 }
