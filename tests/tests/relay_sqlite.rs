@@ -77,6 +77,11 @@ async fn rows_from_other_writers_that_are_not_events_are_parked_with_a_reason() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_for_a_missing_destination_is_parked_with_the_reason() {
+    relay::an_event_for_a_missing_destination_is_parked_with_the_reason::<TestSqlite>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it() {
     relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<TestSqlite>().await;
 }

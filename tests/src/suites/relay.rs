@@ -963,6 +963,56 @@ pub async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it<D: T
     queue.delete().await;
 }
 
+/// An event for a destination the broker does not have, with creating
+/// destinations turned off: the broker refuses it (RabbitMQ `NOT_FOUND`), it
+/// is retried, then parked with the broker's reason; events for the
+/// destination that exists, before and after it, are delivered.
+pub async fn an_event_for_a_missing_destination_is_parked_with_the_reason<D: TestDatabase>() {
+    let db = D::migrated().await;
+    let (_, prefix, mut queue) = rabbit("missing_destination").await;
+    let publisher = RabbitPublisher::builder(amqp_url().await)
+        .declare_exchanges(false)
+        .connect()
+        .await
+        .expect("connect to RabbitMQ");
+    for row in [
+        Written::valid("before", 1),
+        Written::parked("lost", 1, ("destination", "'nowhere'"), "NOT_FOUND"),
+        Written::valid("after", 1),
+    ] {
+        row.insert(&db).await;
+    }
+    let mut config = test_config(&prefix);
+    config.create_destinations = false;
+    config.max_attempts = 2;
+    config.retry_initial = Duration::from_millis(100);
+    let relay = relay_on(&db, Arc::new(publisher), config);
+
+    let delivered = decode_amqp(&queue.try_read(2, Duration::from_secs(30)).await);
+    let mut keys: Vec<&str> = delivered.iter().map(|s| s.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["after", "before"],
+        "the events for the existing destination"
+    );
+    wait_parked(&db, 1, Duration::from_secs(30)).await;
+    let errors = db
+        .texts("SELECT last_error FROM eventbus_outbox WHERE state = 'failed'")
+        .await;
+    let error = errors[0].as_deref().unwrap_or_default();
+    assert!(
+        error.contains("NOT_FOUND") && error.contains("nowhere"),
+        "the reason names the missing exchange: {error}"
+    );
+    let attempts = db
+        .scalar("SELECT max(attempts) FROM eventbus_outbox WHERE state = 'failed'")
+        .await;
+    assert_eq!(attempts, 2, "parked after its attempts, not at once");
+    relay.stop().await;
+    queue.delete().await;
+}
+
 // ------------------------------------------------------------ operations
 
 /// The backlog gauge shows pending work, then zero; the Prometheus text has
