@@ -48,7 +48,7 @@ pub(crate) struct RunArgs {
     pub(crate) broker: Option<String>,
 
     #[command(flatten)]
-    pub(crate) broker_tls: BrokerArgs,
+    pub(crate) broker_options: BrokerArgs,
 
     /// Address of the HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "EVENTBUS_HTTP")]
@@ -382,7 +382,7 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
         })?;
         producer.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    let broker = broker(run.broker.as_ref(), &run.broker_tls, &file, producer)?;
+    let broker = broker(run.broker.as_ref(), &run.broker_options, &file, producer)?;
     let mut relay = RelayConfig {
         table: table(common, &file)?,
         ..RelayConfig::default()
@@ -546,7 +546,7 @@ mod tests {
         };
         let run = RunArgs {
             broker: None,
-            broker_tls: no_broker_args(),
+            broker_options: no_broker_args(),
             http: None,
             source: None,
             name: None,

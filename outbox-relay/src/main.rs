@@ -72,7 +72,7 @@ enum DlqAction {
         #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
         broker: Option<String>,
         #[command(flatten)]
-        broker_tls: BrokerArgs,
+        broker_options: BrokerArgs,
         /// Consumer group (Kafka group id / RabbitMQ queue) reading the dead letters.
         #[arg(long, default_value = "eventbus-dlq-replay")]
         group: String,
@@ -203,7 +203,7 @@ async fn dlq(action: DlqAction, file: &FileConfig) -> Result<()> {
         DlqAction::Replay {
             destination,
             broker,
-            broker_tls,
+            broker_options,
             group,
             idle_ms,
         } => {
@@ -212,7 +212,7 @@ async fn dlq(action: DlqAction, file: &FileConfig) -> Result<()> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let broker = config::broker(broker.as_ref(), &broker_tls, file, properties)?;
+            let broker = config::broker(broker.as_ref(), &broker_options, file, properties)?;
             let dead = eventbus::consumer::dead_letter::destination_of(&destination);
             let publisher = broker::connect(&broker).await?;
             let mut subscriber = broker::subscribe(&broker, &group, &dead).await?;
