@@ -90,6 +90,12 @@ ensure_build_deps() {
   apt_install libssl-dev pkg-config
 }
 
+# The soak starts its own PostgreSQL cluster and RabbitMQ node.
+ensure_server_binaries() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_install rabbitmq-server
+}
+
 ensure_services() {
   ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql && ensure_sqs
 }

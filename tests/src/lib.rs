@@ -20,6 +20,7 @@ pub mod consumer;
 pub mod kafka;
 pub mod mysql;
 pub mod postgres_cluster;
+pub mod rabbit_node;
 pub mod rabbitmq;
 pub mod relay;
 pub mod relay_cli;

@@ -2,8 +2,10 @@
 //! rising per key) through the outbox while relays and consumers run as
 //! processes, and faults are injected at random — a relay or a consumer
 //! SIGKILLed, the broker unreachable (every connection cut, new ones refused,
-//! through a proxy in front of RabbitMQ), PostgreSQL crashed and restarted
-//! (`pg_ctl restart -m immediate`, so it recovers from its WAL). Then the
+//! through a proxy in front of RabbitMQ), the broker crashed and restarted
+//! (its Erlang VM SIGKILLed, then booted again on the same data: it recovers
+//! its durable queues), PostgreSQL crashed and restarted (`pg_ctl stop -m
+//! immediate`, then started, so it recovers from its WAL). Then the
 //! harness waits for the backlog to drain and checks, from the database:
 //! every committed step applied (none lost), each exactly once (no duplicate
 //! effects), and in `seq` order per key.
@@ -14,19 +16,20 @@
 //! ```
 //!
 //! PostgreSQL is a private cluster on a free port (the machine's PostgreSQL
-//! binaries, run as the `postgres` user when started as root), so crashing it
-//! disturbs nothing else; RabbitMQ is the shared server (`AMQP_URL`), reached
-//! through the proxy. It prints one line a script can check:
+//! binaries, run as the `postgres` user when started as root) and RabbitMQ a
+//! private node on free ports (the machine's `rabbitmq-server`, see
+//! [`eventbus_tests::rabbit_node`]), reached through the proxy, so crashing
+//! them disturbs nothing else. It prints one line a script can check:
 //!
 //! ```text
-//! soak: seconds=120 events=41234 faults=30 relay_kills=8 consumer_kills=7 broker_outages=8 database_crashes=7 lost=0 duplicate_effects=0 order_violations=0
+//! soak: seconds=120 events=15234 faults=24 relay_kills=5 consumer_kills=6 broker_outages=5 database_crashes=5 broker_restarts=3 lost=0 duplicate_effects=0 order_violations=0
 //! ```
 //!
 //! and exits non-zero unless `lost`, `duplicate_effects` and
 //! `order_violations` are all zero. `soak consume …` is the consumer process
 //! it starts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,7 +39,9 @@ use eventbus::consumer::{Consumer, Context, DeliveryMode, RetryPolicy};
 use eventbus::outbox::Outbox;
 use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
 use eventbus::BoxError;
-use eventbus_tests::rabbitmq::{url_host_port, url_with_host_port, TcpProxy};
+use eventbus_tests::postgres_cluster::PostgresCluster;
+use eventbus_tests::rabbit_node::RabbitNode;
+use eventbus_tests::rabbitmq::{url_with_host_port, TcpProxy};
 use eventbus_tests::relay::Step;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
@@ -49,7 +54,12 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
         Some("run") => match Options::parse(&args[1..]) {
-            Ok(options) => run(options).await,
+            // Interrupted, `run` is dropped: the private PostgreSQL and
+            // RabbitMQ and the child processes stop on drop.
+            Ok(options) => tokio::select! {
+                outcome = run(options) => outcome,
+                _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+            },
             Err(e) => Err(e),
         },
         Some("consume") if args.len() == 6 => {
@@ -118,6 +128,44 @@ impl Options {
 
 // ---------------------------------------------------------------- the driver
 
+/// A fault the driver injects.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    RelayKill,
+    ConsumerKill,
+    BrokerOutage,
+    DatabaseCrash,
+    BrokerRestart,
+}
+
+/// How often each fault is chosen, relative to the others. A broker restart
+/// keeps RabbitMQ away for the 5 to 15 s a node takes to boot (and the
+/// relays' back-off a little longer), so it comes half as often as each of
+/// the others: chosen as often, restarts and cut-offs together would keep the
+/// broker away for about a third of the run, and the backlog would take long
+/// to drain.
+const FAULT_WEIGHTS: [(Fault, u64); 5] = [
+    (Fault::RelayKill, 2),
+    (Fault::ConsumerKill, 2),
+    (Fault::BrokerOutage, 2),
+    (Fault::DatabaseCrash, 2),
+    (Fault::BrokerRestart, 1),
+];
+
+impl Fault {
+    fn pick(rng: &mut Lcg) -> Fault {
+        let total: u64 = FAULT_WEIGHTS.iter().map(|(_, w)| w).sum();
+        let mut roll = rng.below(total);
+        for (fault, weight) in FAULT_WEIGHTS {
+            if roll < weight {
+                return fault;
+            }
+            roll -= weight;
+        }
+        Fault::RelayKill
+    }
+}
+
 /// Counts of what was injected.
 #[derive(Debug, Default)]
 struct Faults {
@@ -125,11 +173,29 @@ struct Faults {
     consumer_kills: u64,
     broker_outages: u64,
     database_crashes: u64,
+    broker_restarts: u64,
+    /// How long the restarted node took to accept connections, in all and at most.
+    restart_time: Duration,
+    longest_restart: Duration,
+}
+
+impl Faults {
+    fn total(&self) -> u64 {
+        self.relay_kills
+            + self.consumer_kills
+            + self.broker_outages
+            + self.database_crashes
+            + self.broker_restarts
+    }
 }
 
 async fn run(options: Options) -> Result<()> {
-    let amqp = eventbus_tests::amqp_url().await;
-    let postgres = PrivatePostgres::start().await?;
+    let began = Instant::now();
+    // Both take seconds to start: side by side.
+    let (rabbit, postgres) =
+        tokio::join!(RabbitNode::start("eventbus-soak"), PostgresCluster::start());
+    let (mut rabbit, postgres) = (rabbit?, postgres?);
+    let amqp = rabbit.url();
     let db = postgres.url();
     let pool = connect(&db).await?;
     eventbus::migrate::migrate(&pool).await?;
@@ -145,7 +211,7 @@ async fn run(options: Options) -> Result<()> {
         sqlx::query(ddl).execute(&pool).await?;
     }
 
-    let proxy = TcpProxy::start(&url_host_port(&amqp)).await;
+    let proxy = TcpProxy::start(&rabbit.addr()).await;
     let proxied = url_with_host_port(&amqp, &proxy.addr().to_string());
     let run_id = eventbus_tests::unique_name("soak");
     let prefix = format!("{run_id}.");
@@ -210,6 +276,13 @@ async fn run(options: Options) -> Result<()> {
         })
         .collect();
 
+    // Consumers first: until their queue is bound, what the relays publish is
+    // unroutable, refused and, after a few attempts, parked.
+    for s in &mut consumers {
+        s.ensure();
+    }
+    wait_subscribed(&amqp, &group, Duration::from_secs(60)).await?;
+
     let started = Instant::now();
     let mut faults = Faults::default();
     let mut rng = Lcg::seeded();
@@ -218,25 +291,41 @@ async fn run(options: Options) -> Result<()> {
             s.ensure();
         }
         tokio::time::sleep(options.fault_every.mul_f64(0.5 + rng.unit())).await;
-        match rng.below(4) {
-            0 => {
+        let mut fault = Fault::pick(&mut rng);
+        // Every run restarts the broker at least once: by chance alone,
+        // about one two-minute run in ten would not.
+        if faults.broker_restarts == 0
+            && started.elapsed() > Duration::from_secs(options.seconds) / 2
+        {
+            fault = Fault::BrokerRestart;
+        }
+        match fault {
+            Fault::RelayKill => {
                 relays[rng.below(2) as usize].kill().await;
                 faults.relay_kills += 1;
             }
-            1 => {
+            Fault::ConsumerKill => {
                 consumers[rng.below(2) as usize].kill().await;
                 faults.consumer_kills += 1;
             }
-            2 => {
+            Fault::BrokerOutage => {
                 proxy.refuse();
                 proxy.cut().await;
                 tokio::time::sleep(Duration::from_millis(1000 + 2000 * rng.below(2))).await;
                 proxy.accept();
                 faults.broker_outages += 1;
             }
-            _ => {
+            Fault::DatabaseCrash => {
                 postgres.crash_and_restart().await?;
                 faults.database_crashes += 1;
+            }
+            Fault::BrokerRestart => {
+                // The proxy stays: its connections end with the node, and
+                // new ones fail until the node listens again.
+                let took = rabbit.crash_and_restart().await?;
+                faults.broker_restarts += 1;
+                faults.restart_time += took;
+                faults.longest_restart = faults.longest_restart.max(took);
             }
         }
     }
@@ -248,7 +337,9 @@ async fn run(options: Options) -> Result<()> {
     for s in relays.iter_mut().chain(consumers.iter_mut()) {
         s.ensure();
     }
+    let draining = Instant::now();
     let ledger = wait_drained(&pool, &mut relays, &mut consumers, Duration::from_secs(60)).await?;
+    let drained = draining.elapsed();
     let lost: i64 = scalar(
         &pool,
         "SELECT count(*) FROM ledger l WHERE NOT EXISTS \
@@ -265,20 +356,28 @@ async fn run(options: Options) -> Result<()> {
     for s in relays.iter_mut().chain(consumers.iter_mut()) {
         s.kill().await;
     }
-    eventbus_tests::rabbitmq::delete_group(&group).await;
+    // The node stops, and its directory goes, when `rabbit` is dropped.
+    // Where the time went, for the CI budget (not part of the summary line).
+    eprintln!(
+        "soak: set-up {:.1} s, faults {:.1} s, drain {:.1} s; a restarted broker took \
+         {:.1} s on average to accept connections (at most {:.1} s)",
+        (started - began).as_secs_f64(),
+        (draining - started).as_secs_f64(),
+        drained.as_secs_f64(),
+        faults.restart_time.as_secs_f64() / faults.broker_restarts.max(1) as f64,
+        faults.longest_restart.as_secs_f64(),
+    );
     println!(
         "soak: seconds={} events={ledger} faults={} relay_kills={} consumer_kills={} \
-         broker_outages={} database_crashes={} lost={lost} duplicate_effects={duplicates} \
-         order_violations={violations}",
+         broker_outages={} database_crashes={} broker_restarts={} lost={lost} \
+         duplicate_effects={duplicates} order_violations={violations}",
         options.seconds,
-        faults.relay_kills
-            + faults.consumer_kills
-            + faults.broker_outages
-            + faults.database_crashes,
+        faults.total(),
         faults.relay_kills,
         faults.consumer_kills,
         faults.broker_outages,
         faults.database_crashes,
+        faults.broker_restarts,
     );
     if lost + duplicates + violations > 0 || ledger == 0 {
         return Err("the soak found lost, duplicate or out-of-order events (or wrote none)".into());
@@ -449,6 +548,44 @@ async fn declare_exchange(amqp: &str, exchange: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until a consumer is subscribed to `group`'s queue (declared and
+/// bound by then).
+async fn wait_subscribed(amqp: &str, group: &str, timeout: Duration) -> Result<()> {
+    use eventbus::transport::rabbitmq::lapin::options::QueueDeclareOptions;
+    use eventbus::transport::rabbitmq::lapin::types::FieldTable;
+    use eventbus::transport::rabbitmq::lapin::{Connection, ConnectionProperties};
+    let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A missing queue closes the channel: a new one per look.
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(group, passive, FieldTable::default())
+            .await;
+        if queue.is_ok_and(|q| q.consumer_count() > 0) {
+            break;
+        }
+        let _ = channel.close(200, "").await;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no consumer subscribed to queue {group} within {timeout:?} (see {})",
+                std::env::temp_dir()
+                    .join("eventbus-soak-consumer-0.log")
+                    .display()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only a look: closing may race the broker closing a refused channel.
+    let _ = connection.close(0, "").await;
+    Ok(())
+}
+
 /// The binary `name` next to this one (same build profile).
 fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -581,153 +718,6 @@ impl Supervised {
             let _ = child.wait().await;
         }
     }
-}
-
-// -------------------------------------------------------- private PostgreSQL
-
-/// A PostgreSQL cluster of our own on a free port, to crash at will.
-struct PrivatePostgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PrivatePostgres {
-    async fn start() -> Result<Self> {
-        let bin = postgres_bin()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("eventbus-soak-pg-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        as_postgres_owner(&dir).await?;
-        let pg = PrivatePostgres { bin, dir, port };
-        pg.pg(&[
-            "initdb",
-            "-D",
-            &pg.data(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ])
-        .await?;
-        pg.ctl(&["start"]).await?;
-        Ok(pg)
-    }
-
-    fn data(&self) -> String {
-        self.dir.join("data").display().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Stops PostgreSQL as a crash would (no checkpoint, connections
-    /// dropped), then starts it again: it recovers from its WAL.
-    async fn crash_and_restart(&self) -> Result<()> {
-        self.ctl(&["stop", "-m", "immediate"]).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        self.ctl(&["start"]).await
-    }
-
-    async fn ctl(&self, args: &[&str]) -> Result<()> {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on \
-             -c synchronous_commit=on -c max_connections=100",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("log").display().to_string();
-        let data = self.data();
-        let mut all = vec![
-            "pg_ctl", "-D", &data, "-w", "-t", "60", "-l", &log, "-o", &options,
-        ];
-        all.extend_from_slice(args);
-        self.pg(&all).await
-    }
-
-    /// Runs a PostgreSQL program, as the `postgres` user when we are root
-    /// (PostgreSQL refuses to run as root).
-    async fn pg(&self, args: &[&str]) -> Result<()> {
-        let program = self.bin.join(args[0]);
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let out = cmd.args(&args[1..]).stdin(Stdio::null()).output().await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into())
-        }
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let pg_ctl = self.bin.join("pg_ctl");
-        let data = self.data();
-        let mut cmd = if is_root() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-            c
-        } else {
-            std::process::Command::new(&pg_ctl)
-        };
-        let _ = cmd.args(["-D", &data, "stop", "-m", "immediate"]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The newest PostgreSQL server binaries on this machine.
-fn postgres_bin() -> Result<PathBuf> {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
-        .map_err(|_| "PostgreSQL server binaries not found under /usr/lib/postgresql: install postgresql (apt-get install postgresql)")?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .filter(|(_, bin)| bin.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| "no PostgreSQL with initdb under /usr/lib/postgresql".into())
-}
-
-fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// Gives `dir` to the `postgres` user when we are root.
-async fn as_postgres_owner(dir: &Path) -> Result<()> {
-    if is_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir)
-            .status()
-            .await?;
-        if !status.success() {
-            return Err(format!("chown postgres {} failed", dir.display()).into());
-        }
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------------ random
