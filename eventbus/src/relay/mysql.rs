@@ -296,24 +296,8 @@ fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static)
 /// parsed here, a non-strict session's zero date noted rather than fatal.
 fn record(row: &MySqlRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
     let mut r = Lenient::new(row);
-    let record = OutboxRecord {
-        id: r.required("id")?,
-        event_id: r.uuid("event_id"),
-        source: r.optional_text("source"),
-        destination: r.text("destination"),
-        partition_key: r.text("partition_key"),
-        partition: r.required("partition")?,
-        event_type: r.text("event_type"),
-        schema_version: r.required("schema_version")?,
-        subject: r.optional_text("subject"),
-        headers: r.json("headers"),
-        // LONGTEXT keeps the bytes the writer stored: no re-encoding needed.
-        payload: r.text("payload"),
-        created_at: r.get("created_at").unwrap_or_default(),
-        attempts: r.required("attempts")?,
-        defect: None,
-    };
-    Ok(r.finish(record))
+    let created_at = r.get("created_at").unwrap_or_default();
+    r.text_record(created_at)
 }
 
 /// Drops from `claimed` (in id order) every row behind a row of its key that

@@ -6,6 +6,7 @@
 //! good; instead the row is read as far as it goes and marked with the
 //! problem ([`OutboxRecord::defect`]), and the relay parks it with that reason.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
@@ -127,6 +128,38 @@ where
     /// Notes a problem found while converting a value read some other way.
     pub(crate) fn note(&mut self, column: &'static str, problem: impl std::fmt::Display) {
         self.problems.push(format!("{column}: {problem}"));
+    }
+
+    /// The whole record of a row whose text columns are read from their
+    /// bytes (MySQL, SQLite), with `created_at` as the caller decoded it.
+    pub(crate) fn text_record(
+        mut self,
+        created_at: DateTime<Utc>,
+    ) -> Result<OutboxRecord, sqlx::Error>
+    where
+        i64: Decode<'r, R::Database> + Type<R::Database>,
+        i32: Decode<'r, R::Database> + Type<R::Database>,
+        Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+        Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        let record = OutboxRecord {
+            id: self.required("id")?,
+            event_id: self.uuid("event_id"),
+            source: self.optional_text("source"),
+            destination: self.text("destination"),
+            partition_key: self.text("partition_key"),
+            partition: self.required("partition")?,
+            event_type: self.text("event_type"),
+            schema_version: self.required("schema_version")?,
+            subject: self.optional_text("subject"),
+            headers: self.json("headers"),
+            // The bytes the writer stored: no re-encoding needed.
+            payload: self.text("payload"),
+            created_at,
+            attempts: self.required("attempts")?,
+            defect: None,
+        };
+        Ok(self.finish(record))
     }
 
     /// Marks `record` with what did not decode, if anything.

@@ -212,24 +212,7 @@ fn record(row: &SqliteRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
         );
         chrono::DateTime::<chrono::Utc>::default()
     });
-    let record = OutboxRecord {
-        id: r.required("id")?,
-        event_id: r.uuid("event_id"),
-        source: r.optional_text("source"),
-        destination: r.text("destination"),
-        partition_key: r.text("partition_key"),
-        partition: r.required("partition")?,
-        event_type: r.text("event_type"),
-        schema_version: r.required("schema_version")?,
-        subject: r.optional_text("subject"),
-        headers: r.json("headers"),
-        // TEXT keeps the bytes the writer stored: no re-encoding needed.
-        payload: r.text("payload"),
-        created_at,
-        attempts: r.required("attempts")?,
-        defect: None,
-    };
-    Ok(r.finish(record))
+    r.text_record(created_at)
 }
 
 #[async_trait::async_trait]
