@@ -448,18 +448,17 @@ mod tests {
         }
     }
 
-    fn temp_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("outbox-relay-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(name);
+    fn temp_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
         std::fs::write(&path, text).expect("write");
         path
     }
 
     #[test]
     fn urls_and_secrets_come_from_files_without_the_newline() {
-        let url = temp_file("broker", "amqps://relay:s3cret@rabbit:5671/%2f\n");
-        let password = temp_file("sasl", "kafka-pw\n");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = temp_file(&dir, "broker", "amqps://relay:s3cret@rabbit:5671/%2f\n");
+        let password = temp_file(&dir, "sasl", "kafka-pw\n");
         let args = BrokerArgs {
             broker_file: Some(url),
             producer_set_file: vec![format!("sasl.password={}", password.display())],
@@ -479,7 +478,8 @@ mod tests {
 
     #[test]
     fn a_value_and_its_file_together_or_an_empty_file_are_errors() {
-        let url = temp_file("db", "postgres://db\n");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = temp_file(&dir, "db", "postgres://db\n");
         let common = Common {
             database_url: Some("postgres://other".into()),
             database_url_file: Some(url),
@@ -489,7 +489,7 @@ mod tests {
         let err = database_url(&common, &FileConfig::default()).expect_err("both given");
         assert!(err.to_string().contains("keep one"), "{err}");
 
-        let empty = temp_file("empty", "\n");
+        let empty = temp_file(&dir, "empty", "\n");
         let args = BrokerArgs {
             broker_file: Some(empty),
             ..no_broker_args()
