@@ -141,14 +141,8 @@ fn is_connection_property(key: &str) -> bool {
 /// The CA file's path, checked now rather than by librdkafka at its first
 /// connection, whose error would only reach the log.
 fn ca_path(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read the CA file {}: {e}", path.display())))?;
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(Error::Config(format!(
-            "the CA file {} holds no PEM certificate",
-            path.display()
-        )));
-    }
+    // The same checks, and messages, as for a RabbitMQ CA file.
+    RabbitTls::new().ca_file(path)?;
     path.to_str()
         .map(str::to_owned)
         .ok_or_else(|| Error::Config(format!("the CA file path {} is not UTF-8", path.display())))
