@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use eventbus::relay::{Rejection, RelayStore, Retention, Snapshot};
+use eventbus::relay::{ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
 use eventbus::transport::Delivered;
 use eventbus::{OutboxRecord, OutgoingMessage, PublishError, Publisher};
 use tokio::sync::Notify;
@@ -180,7 +180,7 @@ impl RelayStore for PollingOnly {
         relay: Uuid,
         partitions: &[i32],
         ttl: Duration,
-    ) -> eventbus::Result<Vec<i32>> {
+    ) -> eventbus::Result<Vec<Lease>> {
         self.0.renew(relay, partitions, ttl).await
     }
     async fn acquire(
@@ -188,7 +188,7 @@ impl RelayStore for PollingOnly {
         relay: Uuid,
         partitions: &[i32],
         ttl: Duration,
-    ) -> eventbus::Result<Vec<i32>> {
+    ) -> eventbus::Result<Vec<Lease>> {
         self.0.acquire(relay, partitions, ttl).await
     }
     async fn release(&self, relay: Uuid, partitions: &[i32]) -> eventbus::Result<()> {
@@ -201,26 +201,35 @@ impl RelayStore for PollingOnly {
         &self,
         relay: Uuid,
         partitions: &[i32],
-        limit: u32,
+        limits: ClaimLimits,
     ) -> eventbus::Result<Vec<OutboxRecord>> {
-        self.0.claim(relay, partitions, limit).await
+        self.0.claim(relay, partitions, limits).await
     }
     async fn acknowledge(
         &self,
         relay: Uuid,
+        leases: &[Lease],
         ids: &[i64],
         retention: Retention,
     ) -> eventbus::Result<u64> {
-        self.0.acknowledge(relay, ids, retention).await
+        self.0.acknowledge(relay, leases, ids, retention).await
     }
-    async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> eventbus::Result<()> {
-        self.0.reject(relay, rejections).await
+    async fn reject(
+        &self,
+        relay: Uuid,
+        leases: &[Lease],
+        rejections: &[Rejection],
+    ) -> eventbus::Result<()> {
+        self.0.reject(relay, leases, rejections).await
     }
     async fn stats(&self, partitions: &[i32]) -> eventbus::Result<Snapshot> {
         self.0.stats(partitions).await
     }
     async fn delete_published(&self, keep: Duration, batch: i64) -> eventbus::Result<u64> {
         self.0.delete_published(keep, batch).await
+    }
+    async fn expired_published(&self, keep: Duration) -> eventbus::Result<u64> {
+        self.0.expired_published(keep).await
     }
     async fn listen(&self, _notify: Arc<Notify>) -> eventbus::Result<()> {
         std::future::pending().await

@@ -18,7 +18,7 @@
 //! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/shop").await?;
 //! eventbus::migrate(&pool).await?;
 //!
-//! let outbox = Outbox::new().source("urn:service:orders");
+//! let outbox = Outbox::new("urn:service:orders");
 //! let mut tx = pool.begin().await?;
 //! outbox.publish(&mut tx, &OrderPlaced { order_id: "o-1".into(), amount_cents: 990 }).await?;
 //! tx.commit().await?;

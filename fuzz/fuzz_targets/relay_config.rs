@@ -12,6 +12,9 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../outbox-relay/src/config.rs"]
 mod config;
 #[allow(dead_code, unreachable_pub)]
+#[path = "../../outbox-relay/src/destinations.rs"]
+mod destinations;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../outbox-relay/src/redact.rs"]
 mod redact;
 

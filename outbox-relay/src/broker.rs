@@ -5,12 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use eventbus::transport::kafka::{KafkaPublisher, KafkaSubscriber};
-use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber, RabbitTls};
+use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber, RabbitTls, Unroutable};
 use eventbus::transport::sqs::{SqsPublisherBuilder, SqsSubscriberBuilder};
 use eventbus::transport::Subscriber;
 use eventbus::{Error, Publisher, Result};
 
 use crate::config::Broker;
+use crate::destinations;
 use crate::redact::redact;
 
 /// Builds the publisher a broker URL names.
@@ -31,14 +32,24 @@ pub(crate) async fn connect(broker: &Broker) -> Result<Arc<dyn Publisher>> {
             for (k, v) in kafka_properties(broker, |_| true)? {
                 builder = builder.set(k, v);
             }
+            let publishing = &broker.publishing;
+            if let Some(n) = publishing.topic_partitions {
+                builder = builder.partitions(n);
+            }
+            if let Some(n) = publishing.topic_replication_factor {
+                builder = builder.replication_factor(n);
+            }
             Ok(Arc::new(builder.build()?))
         }
-        "amqp" | "amqps" => Ok(Arc::new(
-            RabbitPublisher::builder(url)
+        "amqp" | "amqps" => {
+            let mut builder = RabbitPublisher::builder(url)
                 .tls(rabbit_tls(broker)?)
-                .connect()
-                .await?,
-        )),
+                .unroutable(unroutable(broker.publishing.unroutable));
+            for (exchange, policy) in &broker.publishing.unroutable_by_exchange {
+                builder = builder.unroutable_for(exchange.clone(), unroutable(*policy));
+            }
+            Ok(Arc::new(builder.connect().await?))
+        }
         "sqs" | "sqs+http" | "sqs+https" => {
             Ok(Arc::new(SqsPublisherBuilder::from_url(url)?.connect().await?))
         }
@@ -84,6 +95,14 @@ pub(crate) async fn subscribe(
             "unsupported broker URL `{}`: use kafka://, amqp://, amqps://, sqs:// or sqs+http://",
             redact(url)
         ))),
+    }
+}
+
+/// The transport's policy for a configured one.
+fn unroutable(policy: destinations::Unroutable) -> Unroutable {
+    match policy {
+        destinations::Unroutable::Drop => Unroutable::Drop,
+        destinations::Unroutable::Park => Unroutable::Park,
     }
 }
 

@@ -12,6 +12,8 @@ use eventbus::relay::{RelayConfig, Retention};
 use eventbus::{Error, Result, TableName};
 use serde::Deserialize;
 
+use crate::destinations::{DestinationArgs, DestinationFile, Publishing, Unroutable};
+
 /// Settings shared by every subcommand.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
@@ -66,6 +68,11 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "EVENTBUS_BATCH_SIZE")]
     pub(crate) batch_size: Option<u32>,
 
+    /// Payload bytes per batch, measured in the database before loading
+    /// (at least one row per batch) [default: 16777216].
+    #[arg(long, env = "EVENTBUS_CLAIM_BYTES")]
+    pub(crate) claim_bytes: Option<usize>,
+
     /// Fallback poll interval in milliseconds [default: 1000].
     #[arg(long, env = "EVENTBUS_POLL_INTERVAL_MS")]
     pub(crate) poll_interval_ms: Option<u64>,
@@ -101,6 +108,9 @@ pub(crate) struct RunArgs {
     /// Extra producer setting `key=value` (Kafka client properties); repeatable.
     #[arg(long = "producer-set", value_name = "KEY=VALUE")]
     pub(crate) producer_set: Vec<String>,
+
+    #[command(flatten)]
+    pub(crate) destinations: DestinationArgs,
 }
 
 /// Broker settings beside the URL, shared by `run` and `dlq replay`.
@@ -146,6 +156,7 @@ pub(crate) struct FileConfig {
     pub(crate) source: Option<String>,
     pub(crate) name: Option<String>,
     pub(crate) batch_size: Option<u32>,
+    pub(crate) claim_bytes: Option<usize>,
     pub(crate) poll_interval_ms: Option<u64>,
     pub(crate) lease_ttl_ms: Option<u64>,
     pub(crate) max_attempts: Option<u32>,
@@ -154,6 +165,15 @@ pub(crate) struct FileConfig {
     pub(crate) keep_published_secs: Option<u64>,
     pub(crate) destination_prefix: Option<String>,
     pub(crate) create_destinations: Option<bool>,
+    /// Strict mode and allow-list, Kafka topic creation, RabbitMQ unroutable
+    /// policies: see `crate::destinations`.
+    pub(crate) strict_destinations: Option<bool>,
+    #[serde(default)]
+    pub(crate) allowed_destinations: Vec<String>,
+    pub(crate) topic_partitions: Option<u32>,
+    pub(crate) topic_replication_factor: Option<u32>,
+    #[serde(default)]
+    pub(crate) unroutable: HashMap<String, Unroutable>,
     /// Logical destination → broker name.
     #[serde(default)]
     pub(crate) destinations: HashMap<String, String>,
@@ -218,6 +238,8 @@ pub(crate) struct Broker {
     /// `ssl.*`, `sasl.*`) also apply to consumers. Values are redacted by the
     /// Kafka transport's `Debug`, never logged here.
     pub(crate) properties: Properties,
+    /// Topic creation and unroutable policies (`run` only).
+    pub(crate) publishing: Publishing,
 }
 
 /// Kafka client properties; `Debug` shows the keys only (values can be secrets).
@@ -361,6 +383,7 @@ pub(crate) fn broker(
             .or_else(|| file.broker_ca_file.clone()),
         client_identity,
         properties: Properties(properties),
+        publishing: Publishing::default(),
     })
 }
 
@@ -382,7 +405,7 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
         })?;
         producer.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    let broker = broker(run.broker.as_ref(), &run.broker_options, &file, producer)?;
+    let mut broker = broker(run.broker.as_ref(), &run.broker_options, &file, producer)?;
     let mut relay = RelayConfig {
         table: table(common, &file)?,
         ..RelayConfig::default()
@@ -395,6 +418,9 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
     }
     if let Some(v) = run.batch_size.or(file.batch_size) {
         relay.batch_size = v;
+    }
+    if let Some(v) = run.claim_bytes.or(file.claim_bytes) {
+        relay.claim_bytes = v;
     }
     if let Some(v) = run.poll_interval_ms.or(file.poll_interval_ms) {
         relay.poll_interval = Duration::from_millis(v);
@@ -421,6 +447,15 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
     relay.create_destinations =
         !run.no_create_destinations && file.create_destinations.unwrap_or(true);
     relay.destination_map = file.destinations;
+    let destination_file = DestinationFile {
+        strict_destinations: file.strict_destinations,
+        allowed_destinations: file.allowed_destinations,
+        topic_partitions: file.topic_partitions,
+        topic_replication_factor: file.topic_replication_factor,
+        unroutable: file.unroutable,
+    };
+    broker.publishing =
+        crate::destinations::resolve(&run.destinations, &destination_file, &mut relay)?;
     relay.validate()?;
 
     Ok(Resolved {
@@ -534,7 +569,7 @@ mod tests {
     #[test]
     fn file_values_fill_what_flags_leave_open() {
         let file = FileConfig::parse(
-            "database_url = \"postgres://db\"\nbroker = \"kafka://k:9092\"\nbatch_size = 50\n\
+            "database_url = \"postgres://db\"\nbroker = \"kafka://k:9092\"\nbatch_size = 50\nclaim_bytes = 4096\n\
              [destinations]\norders = \"shop.orders\"\n[producer]\n\"linger.ms\" = \"5\"\n",
         )
         .expect("valid");
@@ -551,6 +586,7 @@ mod tests {
             source: None,
             name: None,
             batch_size: Some(7),
+            claim_bytes: None,
             poll_interval_ms: None,
             lease_ttl_ms: None,
             max_attempts: None,
@@ -560,10 +596,12 @@ mod tests {
             destination_prefix: None,
             no_create_destinations: false,
             producer_set: vec!["acks=all".into()],
+            destinations: DestinationArgs::default(),
         };
         let r = resolve(&common, &run, file).expect("resolves");
         assert_eq!(r.database_url.expose(), "postgres://db");
         assert_eq!(r.relay.batch_size, 7, "flag beats file");
+        assert_eq!(r.relay.claim_bytes, 4096, "from the file");
         assert_eq!(r.relay.broker_destination("orders"), "shop.orders");
         let properties = &r.broker.properties.0;
         assert!(properties.contains(&("linger.ms".into(), "5".into())));

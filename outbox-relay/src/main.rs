@@ -5,6 +5,7 @@
 mod broker;
 mod config;
 mod database;
+mod destinations;
 mod http;
 mod redact;
 mod telemetry;

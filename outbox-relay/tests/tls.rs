@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eventbus::Event;
-use eventbus_tests::kafka::{consumer_config, read_all_with, tansu_bin};
+use eventbus_tests::kafka::{consumer_config, read_all_with, start_tansu};
 use eventbus_tests::postgres_cluster::{ClusterOptions, PostgresCluster};
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{assert_per_key_order, pending, publish_steps, steps, Step};
@@ -24,7 +24,7 @@ use eventbus_tests::tls::{Clients, TestCa, TlsProxy};
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::Child;
 
 /// The binary under test.
@@ -383,39 +383,4 @@ async fn relay_publishes_to_kafka_over_tls() {
     assert!(proxy.handshakes() > 0, "the relay did not use TLS");
     sigterm(&mut relay).await;
     let _ = tansu.kill().await;
-}
-
-/// A private tansu listening on `plain_port` and advertising `advertised_port`.
-async fn start_tansu(plain_port: u16, advertised_port: u16, dir: &Path) -> Child {
-    let log = std::fs::File::create(dir.join("tansu.log")).expect("tansu log");
-    let mut tansu = tokio::process::Command::new(tansu_bin())
-        .args([
-            "broker",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{plain_port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{advertised_port}"),
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tansu");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", plain_port)).await.is_err() {
-        assert!(
-            tansu.try_wait().ok().flatten().is_none(),
-            "tansu exited during start-up"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "tansu does not listen on {plain_port} after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tansu
 }

@@ -1,7 +1,7 @@
 //! Kafka helpers for the integration suites: a publisher and a subscriber with
 //! test-friendly settings, reading a topic back from the beginning without
-//! joining a consumer group, topic metadata, and the Java client's key
-//! partitioner.
+//! joining a consumer group, topic metadata, the Java client's key
+//! partitioner, and a private tansu broker.
 
 use std::time::{Duration, Instant};
 
@@ -341,6 +341,56 @@ pub fn tansu_bin() -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// Starts a private tansu (in-memory storage) listening on `listen_port` and
+/// advertising `advertised_port` (a proxy's, say, so that every connection a
+/// client makes after bootstrapping goes through it), logging to
+/// `dir/tansu.log`; waits until it accepts connections. It is killed when the
+/// returned child is dropped.
+///
+/// # Panics
+///
+/// When tansu is missing ([`tansu_bin`]), exits, or does not listen within 30 s.
+pub async fn start_tansu(
+    listen_port: u16,
+    advertised_port: u16,
+    dir: &std::path::Path,
+) -> tokio::process::Child {
+    let log = std::fs::File::create(dir.join("tansu.log")).expect("tansu log");
+    let mut tansu = tokio::process::Command::new(tansu_bin())
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{listen_port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised_port}"),
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tansu");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", listen_port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tansu.try_wait().ok().flatten().is_none(),
+            "tansu exited during start-up"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "tansu does not listen on {listen_port} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tansu
 }
 
 #[cfg(test)]

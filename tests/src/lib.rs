@@ -17,6 +17,8 @@ use tokio::sync::OnceCell;
 
 pub mod backend;
 pub mod consumer;
+pub mod failing_publisher;
+pub mod history;
 pub mod kafka;
 pub mod mysql;
 pub mod postgres_cluster;
@@ -25,6 +27,7 @@ pub mod rabbitmq;
 pub mod relay;
 pub mod relay_cli;
 pub mod services;
+pub mod soak;
 pub mod sqlite;
 pub mod sqs;
 pub mod suites;

@@ -44,7 +44,7 @@ pub async fn publish_steps<DB: OutboxDatabase>(
     events: &[Step],
     per_tx: usize,
 ) {
-    let outbox = eventbus::Outbox::new().source("urn:test:relay");
+    let outbox = eventbus::Outbox::new("urn:test:relay");
     for chunk in events.chunks(per_tx.max(1)) {
         let mut tx = pool.begin().await.expect("begin");
         outbox

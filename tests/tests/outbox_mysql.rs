@@ -100,7 +100,7 @@ async fn partition_payload_and_time_are_stored_as_documented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_of_one_partition_take_turns_and_others_do_not_wait() {
     let db = TestMySql::migrated().await;
-    let outbox = Outbox::new();
+    let outbox = Outbox::new("urn:service:orders");
     let mut first = db.pool.begin().await.expect("begin");
     outbox
         .publish(&mut first, &step("k", 1))
@@ -112,7 +112,7 @@ async fn writers_of_one_partition_take_turns_and_others_do_not_wait() {
         let pool = db.pool.clone();
         async move {
             let mut tx = pool.begin().await.expect("begin");
-            Outbox::new()
+            Outbox::new("urn:service:orders")
                 .publish(&mut tx, &step("k", 2))
                 .await
                 .expect("publish");
@@ -164,7 +164,7 @@ async fn writers_of_one_partition_take_turns_and_others_do_not_wait() {
 async fn a_plain_sql_insert_waits_for_an_open_publish_of_its_partition() {
     let db = TestMySql::migrated().await;
     let mut first = db.pool.begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish(&mut first, &step("k", 1))
         .await
         .expect("publish");

@@ -116,7 +116,7 @@ async fn publish_all_uses_one_statement_in_one_transaction() {
         ..Metadata::default()
     };
     let mut tx = db.pool.begin().await.expect("begin");
-    let ids = Outbox::new()
+    let ids = Outbox::new("urn:service:orders")
         .publish_all(&mut tx, &events, &meta)
         .await
         .expect("publish_all");
@@ -209,7 +209,7 @@ async fn committed_insert_notifies_the_relay_channel() {
 
     // A rolled-back publish sends nothing.
     let mut tx = db.pool.begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(1))
         .await
         .expect("publish");
@@ -221,7 +221,7 @@ async fn committed_insert_notifies_the_relay_channel() {
     );
 
     let mut tx = db.pool.begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(2))
         .await
         .expect("publish");
@@ -317,7 +317,9 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
 
     let mut listener = PgListener::connect(&db.url).await.expect("listener");
     listener.listen("svc_outbox").await.expect("listen");
-    let outbox = Outbox::new().table("svc.outbox").expect("valid name");
+    let outbox = Outbox::new("urn:service:orders")
+        .table("svc.outbox")
+        .expect("valid name");
     let mut tx = db.pool.begin().await.expect("begin");
     outbox
         .publish_all(&mut tx, &[order(1), order(2)], &Metadata::default())
@@ -342,7 +344,7 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
 
     // The default-named outbox was not created, and says so.
     let mut tx = db.pool.begin().await.expect("begin");
-    let err = Outbox::new()
+    let err = Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(3))
         .await
         .expect_err("eventbus_outbox does not exist");

@@ -128,7 +128,7 @@ async fn concurrent_migrations_are_idempotent() {
 async fn timestamps_ids_and_headers_are_stored_as_documented() {
     let db = TestSqlite::migrated().await;
     let mut tx = db.pool.begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(1))
         .await
         .expect("publish");
@@ -233,7 +233,9 @@ async fn attached_schema_tables_migrate_and_publish() {
         ["inbox", "outbox", "outbox_partitions", "outbox_relays"]
     );
 
-    let outbox = Outbox::new().table("svc.outbox").expect("valid name");
+    let outbox = Outbox::new("urn:service:orders")
+        .table("svc.outbox")
+        .expect("valid name");
     let mut tx = pool.begin().await.expect("begin");
     outbox
         .publish_all(&mut tx, &[order(1), order(2)], &Metadata::default())
@@ -262,7 +264,7 @@ async fn a_writer_locked_out_past_its_busy_timeout_gets_a_transient_error() {
         .await
         .expect("open");
     let mut tx = impatient.begin().await.expect("begin");
-    let err = Outbox::new()
+    let err = Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(1))
         .await
         .expect_err("the write lock is taken");
@@ -272,7 +274,7 @@ async fn a_writer_locked_out_past_its_busy_timeout_gets_a_transient_error() {
     holder.rollback().await.expect("release the lock");
 
     let mut tx = impatient.begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(1))
         .await
         .expect("the retry succeeds");

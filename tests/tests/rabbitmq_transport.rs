@@ -35,8 +35,12 @@ fn message(destination: &str, envelope: Envelope) -> OutgoingMessage {
     }
 }
 
+/// A publisher that rejects unroutable messages (the `park` policy), so that
+/// these tests see returns as errors.
 async fn connect_publisher() -> RabbitPublisher {
-    RabbitPublisher::connect(&amqp_url().await)
+    RabbitPublisher::builder(amqp_url().await)
+        .unroutable(eventbus::transport::rabbitmq::Unroutable::Park)
+        .connect()
         .await
         .expect("connect to RabbitMQ")
 }

@@ -25,7 +25,7 @@ fn config() -> RelayConfig {
 
 async fn publish(db: &TestSqlite, events: &[Step]) {
     let mut tx = db.pool.begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:test:relay")
         .publish_all(&mut tx, events, &Metadata::default())
         .await
         .expect("publish_all");

@@ -44,7 +44,7 @@ async fn a_poisoned_event_is_parked_and_blocks_only_its_key() {
 async fn relayed_messages_follow_the_cloudevents_kafka_binding() {
     let db = TestDb::migrated().await;
     let (publisher, prefix, topic, brokers) = setup("binding").await;
-    let outbox = Outbox::new().source("urn:test:orders");
+    let outbox = Outbox::new("urn:test:orders");
     let meta = eventbus::Metadata {
         correlation_id: Some("corr-1".into()),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),

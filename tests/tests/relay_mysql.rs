@@ -79,3 +79,17 @@ async fn three_relays_one_killed_lose_nothing_and_keep_order() {
     println!("MySQL, three relays, one killed: {run:?}");
     assert!(run.took < Duration::from_secs(600));
 }
+
+// Commit order under interleavings (issue 15): `eventbus_tests::suites::commit_order`.
+
+use eventbus_tests::suites::commit_order;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_early_transaction_id_does_not_let_a_later_event_overtake() {
+    commit_order::an_early_transaction_id_does_not_let_a_later_event_overtake::<TestMySql>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_interleavings_keep_commit_order_per_key() {
+    commit_order::random_interleavings_keep_commit_order_per_key::<TestMySql>(5).await;
+}

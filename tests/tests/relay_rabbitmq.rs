@@ -73,7 +73,7 @@ fn header(
 async fn relayed_messages_follow_the_cloudevents_amqp_binding() {
     let db = TestDb::migrated().await;
     let (publisher, prefix, mut queue) = setup("binding").await;
-    let outbox = Outbox::new().source("urn:test:orders");
+    let outbox = Outbox::new("urn:test:orders");
     let meta = eventbus::Metadata {
         causation_id: Some("cause-1".into()),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
@@ -125,4 +125,30 @@ async fn relayed_messages_follow_the_cloudevents_amqp_binding() {
     assert_eq!(decoded, event);
     relay.stop().await;
     queue.delete().await;
+}
+
+// Commit order under interleavings (issue 15): `eventbus_tests::suites::commit_order`.
+
+use eventbus_tests::suites::commit_order;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_early_transaction_id_does_not_let_a_later_event_overtake() {
+    commit_order::an_early_transaction_id_does_not_let_a_later_event_overtake::<TestDb>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_interleavings_keep_commit_order_per_key() {
+    commit_order::random_interleavings_keep_commit_order_per_key::<TestDb>(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejection_reported_late_holds_back_the_rest_of_its_key() {
+    let failure = eventbus::transport::PublishError::Rejected("nacked".into());
+    commit_order::a_failure_reported_late_holds_back_the_rest_of_its_key::<TestDb>(failure).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_reported_late_holds_back_the_rest_of_its_key() {
+    let failure = eventbus::transport::PublishError::Unavailable("delivery timed out".into());
+    commit_order::a_failure_reported_late_holds_back_the_rest_of_its_key::<TestDb>(failure).await;
 }

@@ -139,7 +139,7 @@ async fn a_second_relay_on_the_same_file_stands_by_then_takes_over() {
     let more: Vec<Step> = (0..300)
         .map(|i| step(&format!("key-{}", i % 50), 100 + i / 50))
         .collect();
-    let outbox = Outbox::new().source("urn:test:relay");
+    let outbox = Outbox::new("urn:test:relay");
     let mut tx = db.pool.begin().await.expect("begin");
     outbox
         .publish_all(&mut tx, &more, &Metadata::default())
@@ -159,4 +159,14 @@ async fn a_second_relay_on_the_same_file_stands_by_then_takes_over() {
     assert_eq!(pending(&db.pool).await, 0);
     second.stop().await;
     queue.delete().await;
+}
+
+// Commit order under interleavings (issue 15): `eventbus_tests::suites::commit_order`.
+// The deterministic interleaving needs concurrent writers: not SQLite's.
+
+use eventbus_tests::suites::commit_order;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_interleavings_keep_commit_order_per_key() {
+    commit_order::random_interleavings_keep_commit_order_per_key::<TestSqlite>(3).await;
 }

@@ -34,7 +34,7 @@ async fn relays_2k_events_over_100_keys_in_order() {
 async fn relayed_messages_carry_the_event_as_cloudevents_json_with_attributes() {
     let db = TestDb::migrated().await;
     let (prefix, destination) = names("wire");
-    let outbox = Outbox::new().source("urn:test:orders");
+    let outbox = Outbox::new("urn:test:orders");
     let meta = eventbus::Metadata {
         causation_id: Some("cause-1".into()),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),

@@ -570,9 +570,9 @@ async fn publish_time_validation_rejects_invalid_payloads_and_writes_nothing() {
     let db = TestDb::migrated().await;
     // On by default in debug builds, which is how the suite is built.
     let outbox = if cfg!(debug_assertions) {
-        Outbox::new()
+        Outbox::new("urn:test:schema-evolution")
     } else {
-        Outbox::new().validate_payloads(true)
+        Outbox::new("urn:test:schema-evolution").validate_payloads(true)
     };
 
     let mut tx = db.pool.begin().await.expect("begin");
@@ -631,7 +631,7 @@ async fn publish_time_validation_rejects_invalid_payloads_and_writes_nothing() {
     assert_eq!(outbox_rows(&db.pool).await, 1);
 
     // Turned off, the outbox writes what serde writes.
-    let unchecked = Outbox::new().validate_payloads(false);
+    let unchecked = Outbox::new("urn:test:schema-evolution").validate_payloads(false);
     let mut tx = db.pool.begin().await.expect("begin");
     unchecked
         .publish(&mut tx, &seats[1])

@@ -172,7 +172,7 @@ fn service_b(
     dead_letters: Arc<dyn Publisher>,
 ) -> Consumer<Postgres> {
     Consumer::builder(group)
-        .outbox(Outbox::new().source("urn:test:service-b"))
+        .outbox(Outbox::new("urn:test:service-b"))
         .on(|ctx: Context<Postgres>, order: OrderPlaced| async move {
             ctx.publish(&PaymentRequested {
                 order_id: order.order_id,
@@ -241,7 +241,7 @@ async fn saga_is_one_trace(broker: Broker) {
     let request = opentelemetry::Context::new().with_span(tracer.start("POST /orders"));
     let trace = request.span().span_context().trace_id();
     let order_id = unique_name("order");
-    let outbox = Outbox::new().source("urn:test:service-a");
+    let outbox = Outbox::new("urn:test:service-a");
     let event_id = async {
         let mut tx = db_a.pool.begin().await.expect("begin");
         let id = outbox
@@ -610,7 +610,7 @@ async fn metrics_after_a_run(broker: Broker) {
         .expect("consumer");
     let running = run(consumer);
 
-    let outbox = Outbox::new().source("urn:test:service-a");
+    let outbox = Outbox::new("urn:test:service-a");
     let mut tx = db_a.pool.begin().await.expect("begin");
     for id in ["o-1", "o-2", "o-3", "flaky", "poison"] {
         let event = OrderPlaced {

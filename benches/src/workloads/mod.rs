@@ -129,7 +129,7 @@ impl Broker {
 /// Writes `ticks` through the outbox in one transaction (statements of 1,000
 /// events), so that they all become pending at the same instant: the commit.
 pub(crate) async fn fill_outbox(pool: &PgPool, ticks: &[Tick], bar: &ProgressBar) -> Result<()> {
-    let outbox = Outbox::new().source("urn:bench");
+    let outbox = Outbox::new("urn:bench");
     let mut tx = pool.begin().await?;
     for chunk in ticks.chunks(1_000) {
         outbox

@@ -67,7 +67,7 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         .insert("client_tasks".into(), serde_json::json!(CLIENTS));
     let db = BenchDb::migrated(&ctx.services, &ctx.run_id, "w1", 10).await?;
     sqlx::query(PLAIN_TABLE).execute(&db.pool).await?;
-    let outbox = Outbox::new().source("urn:bench:w1");
+    let outbox = Outbox::new("urn:bench:w1");
 
     for tx_size in TX_SIZES {
         for clients in CLIENTS {

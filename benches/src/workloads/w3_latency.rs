@@ -271,7 +271,7 @@ async fn ours(
         let total = u64::from(rate) * seconds;
         let bar = ctx.progress.bar(format!("W3 {label} writes"), total);
         let (pool, tl) = (db.pool.clone(), Arc::clone(&timeline));
-        let outbox = Outbox::new().source("urn:bench:w3");
+        let outbox = Outbox::new("urn:bench:w3");
         paced(rate, seconds, writers_for(rate), &bar, move |_| {
             let (pool, tl, outbox) = (pool.clone(), Arc::clone(&tl), outbox.clone());
             async move {

@@ -372,7 +372,7 @@ async fn latency_ours(ctx: &Ctx, r: u32) -> Result<Latencies> {
     let outcome = async {
         relay.wait_ready(&db.pool).await?;
         let pool = db.pool.clone();
-        let outbox = Outbox::new().source("urn:bench:w5");
+        let outbox = Outbox::new("urn:bench:w5");
         measure(ctx, &format!("W5 ours {r}/s"), r, &timeline, move |tick| {
             let (pool, outbox) = (pool.clone(), outbox.clone());
             async move {

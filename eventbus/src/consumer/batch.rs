@@ -356,22 +356,25 @@ where
             return Ok(outcomes);
         }
         let ctx = BatchContext::new(chosen, attempt, self.outbox.clone(), tx);
-        let result = (registration.call)(ctx.clone(), &self.registry.upcasters).await;
-        let tx = ctx.finish().await;
-        match (result, tx) {
-            (Ok(()), Some(tx)) => {
+        let result = super::supervise::supervised(self.handler_timeout, || {
+            (registration.call)(ctx.clone(), &self.registry.upcasters)
+        })
+        .await;
+        if let Err(f) = result {
+            // Failed, panicked or timed out: nothing of the attempt stays.
+            if let Some(tx) = ctx.abandon() {
+                let _ = tx.rollback().await;
+            }
+            return Err(f);
+        }
+        match ctx.finish().await.map_err(transient)? {
+            Some(tx) => {
                 tx.commit().await.map_err(|e| transient(e.into()))?;
                 Ok(outcomes)
             }
-            (Ok(()), None) => Err(Failure::Transient(
+            None => Err(Failure::Transient(
                 "the batch handler's transaction vanished".into(),
             )),
-            (Err(f), tx) => {
-                if let Some(tx) = tx {
-                    let _ = tx.rollback().await;
-                }
-                Err(f)
-            }
         }
     }
 }

@@ -53,6 +53,7 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     mode: DeliveryMode,
     registry: Registry<DB>,
     retry: RetryPolicy,
+    handler_timeout: Option<Duration>,
     unknown: UnknownTypes,
     newer_versions: NewerVersions,
     max_in_flight: usize,
@@ -68,18 +69,22 @@ where
 {
     /// A builder for group `group` on any supported database.
     pub fn new(group: impl Into<String>) -> Self {
+        let group = group.into();
+        // Follow-ups need a source of their own; the group's name is stable.
+        let outbox = Outbox::new(format!("urn:eventbus:consumer:{group}"));
         ConsumerBuilder {
-            group: group.into(),
+            group,
             mode: DeliveryMode::EffectivelyOnce,
             registry: Registry::default(),
             retry: RetryPolicy::default(),
+            handler_timeout: None,
             unknown: UnknownTypes::DeadLetter,
             newer_versions: NewerVersions::default(),
             max_in_flight: 64,
             rate_limit: None,
             batch_linger: Duration::ZERO,
             inbox_table: crate::inbox::default_table(),
-            outbox: Outbox::new(),
+            outbox,
         }
     }
 
@@ -174,6 +179,20 @@ where
     /// The retry policy (default: 2 immediate, 3 delayed from 1 s).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// The longest one handler call (single-event or batch) may take; off by
+    /// default. A call that takes longer is cancelled — its future dropped at
+    /// its next `.await`, its transaction rolled back — and counts as a failed
+    /// attempt: retried per the [retry policy](Self::retry), then
+    /// dead-lettered with the timeout as the reason (a batch is split first,
+    /// as after any failure). Choose it well above the slowest legitimate
+    /// call: a handler that blocks its thread without awaiting is not
+    /// interrupted, and side effects outside the transaction (a call to
+    /// another service) may already have happened.
+    pub fn handler_timeout(mut self, limit: Duration) -> Self {
+        self.handler_timeout = Some(limit);
         self
     }
 
@@ -273,6 +292,9 @@ where
     }
 
     /// The outbox that [`Context::publish`] writes follow-up events to.
+    /// Default: the default table, with the source
+    /// `urn:eventbus:consumer:<group>`; give your service's own outbox to
+    /// publish under its name.
     pub fn outbox(mut self, outbox: Outbox) -> Self {
         self.outbox = outbox;
         self
@@ -308,6 +330,7 @@ where
                 mode: self.mode,
                 registry: self.registry,
                 retry: self.retry,
+                handler_timeout: self.handler_timeout,
                 unknown: self.unknown,
                 newer_versions: self.newer_versions,
                 max_in_flight: self.max_in_flight,

@@ -2,7 +2,7 @@
 //! the envelopes, the attempt number, and the database transaction its writes
 //! (and follow-up events) commit in.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::outbox::{Metadata, Outbox, OutboxDatabase};
+use crate::outbox::{Metadata, Outbox, OutboxDatabase, OutboxEntry};
 use crate::telemetry::TraceContext;
 
 /// The handler's transaction, locked for as long as this guard lives:
@@ -21,6 +21,28 @@ pub type TransactionGuard<DB> =
 /// The handler's view of the message being handled. Cheap to clone; all clones
 /// share one transaction, which the consumer commits after the handler
 /// returns `Ok` (together with the inbox row in effectively-once mode).
+///
+/// [`tx`](Self::tx) and [`publish`](Self::publish) work together in any
+/// order: `publish` never waits for the transaction. While a guard from `tx`
+/// is held (by this handler, or a clone of its context), a published event is
+/// staged and written into the transaction the next time it is taken (`tx`
+/// or `publish`), and at the latest right before the commit — so the
+/// handler's writes and its follow-up events commit together, or not at all.
+///
+/// ```no_run
+/// # use eventbus::Event;
+/// # #[derive(Event, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// # #[event(type = "com.example.stock.reserved", destination = "stock", key = sku)]
+/// # struct StockReserved { sku: String }
+/// # async fn demo(ctx: eventbus::consumer::Context<sqlx::Postgres>) -> Result<(), eventbus::BoxError> {
+/// let mut tx = ctx.tx().await?;
+/// sqlx::query("UPDATE stock SET reserved = reserved + 1 WHERE sku = 'a'")
+///     .execute(&mut **tx)
+///     .await?;
+/// // Fine with the guard held: the event joins the same transaction.
+/// ctx.publish(&StockReserved { sku: "a".into() }).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Context<DB: sqlx::Database> {
     inner: Arc<Inner<DB>>,
@@ -41,21 +63,122 @@ struct Inner<DB: sqlx::Database> {
 /// which a borrowed `MappedMutexGuard` is not for a transaction type with a
 /// lifetime.
 #[derive(Debug)]
-struct SharedTx<DB: sqlx::Database>(Arc<Mutex<Option<sqlx::Transaction<'static, DB>>>>);
+struct SharedTx<DB: sqlx::Database> {
+    tx: Arc<Mutex<Option<sqlx::Transaction<'static, DB>>>>,
+    /// Follow-up events published while a guard was out, in publish order;
+    /// `None` once the handler is done (nothing more may be published).
+    staged: std::sync::Mutex<Option<Vec<OutboxEntry>>>,
+}
 
 impl<DB: sqlx::Database> SharedTx<DB> {
     fn new(tx: sqlx::Transaction<'static, DB>) -> Self {
-        SharedTx(Arc::new(Mutex::new(Some(tx))))
+        SharedTx {
+            tx: Arc::new(Mutex::new(Some(tx))),
+            staged: std::sync::Mutex::new(Some(Vec::new())),
+        }
+    }
+}
+
+impl<DB: OutboxDatabase> SharedTx<DB> {
+    fn finished() -> Error {
+        Error::config("the handler's transaction is already finished")
     }
 
-    async fn lock(&self) -> Result<TransactionGuard<DB>> {
-        let guard = Arc::clone(&self.0).lock_owned().await;
-        OwnedMutexGuard::try_map(guard, Option::as_mut)
-            .map_err(|_| Error::config("the handler's transaction is already finished"))
+    /// The transaction, once no guard is out; staged events are written
+    /// into it first.
+    async fn lock(&self, outbox: &Outbox) -> Result<TransactionGuard<DB>> {
+        let guard = Arc::clone(&self.tx).lock_owned().await;
+        self.ready(guard, outbox).await
     }
 
-    async fn take(&self) -> Option<sqlx::Transaction<'static, DB>> {
-        self.0.lock().await.take()
+    async fn ready(
+        &self,
+        guard: OwnedMutexGuard<Option<sqlx::Transaction<'static, DB>>>,
+        outbox: &Outbox,
+    ) -> Result<TransactionGuard<DB>> {
+        let mut guard =
+            OwnedMutexGuard::try_map(guard, Option::as_mut).map_err(|_| Self::finished())?;
+        let staged = std::mem::take(
+            self.staged
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .ok_or_else(Self::finished)?,
+        );
+        if !staged.is_empty() {
+            if let Err(e) = outbox.publish_entries(&mut guard, &staged).await {
+                // Kept for the commit, which then fails too: a handler that
+                // ignores this error cannot commit without its events.
+                if let Some(queue) = self
+                    .staged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_mut()
+                {
+                    queue.splice(0..0, staged);
+                }
+                return Err(e);
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Writes `entry` into the transaction if no guard is out, else stages it
+    /// (waiting could deadlock: the guard may be held by the very handler
+    /// that publishes).
+    async fn publish(&self, outbox: &Outbox, entry: OutboxEntry) -> Result<()> {
+        match Arc::clone(&self.tx).try_lock_owned() {
+            Ok(guard) => {
+                let mut guard = self.ready(guard, outbox).await?;
+                outbox
+                    .publish_entries(&mut guard, std::slice::from_ref(&entry))
+                    .await
+            }
+            Err(_) => {
+                self.staged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_mut()
+                    .ok_or_else(Self::finished)?
+                    .push(entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the transaction back once the handler returned `Ok` (waiting for
+    /// guards still out), with the staged events written into it. `Ok(None)`
+    /// if it was taken already.
+    async fn finish(&self, outbox: &Outbox) -> Result<Option<sqlx::Transaction<'static, DB>>> {
+        let mut slot = self.tx.lock().await;
+        let staged = self
+            .staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        let Some(mut tx) = slot.take() else {
+            return Ok(None);
+        };
+        if !staged.is_empty() {
+            if let Err(e) = outbox.publish_entries(&mut tx, &staged).await {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        }
+        Ok(Some(tx))
+    }
+
+    /// Takes the transaction back after the handler failed, panicked or timed
+    /// out, for a rollback; staged events are dropped. Does not wait: a guard
+    /// still out (held by a task the handler spawned) keeps the transaction,
+    /// which rolls back when that guard goes.
+    fn abandon(&self) -> Option<sqlx::Transaction<'static, DB>> {
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.tx.try_lock().ok().and_then(|mut slot| slot.take())
     }
 }
 
@@ -105,8 +228,12 @@ impl<DB: sqlx::Database> Context<DB> {
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
     }
+}
 
-    /// The transaction the handler's writes belong to.
+impl<DB: OutboxDatabase> Context<DB> {
+    /// The transaction the handler's writes belong to, with the events
+    /// [published](Self::publish) while another guard was out written into
+    /// it first.
     ///
     /// ```no_run
     /// # async fn demo(ctx: eventbus::consumer::Context<sqlx::Postgres>) -> Result<(), eventbus::BoxError> {
@@ -119,9 +246,10 @@ impl<DB: sqlx::Database> Context<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if called after the handler finished.
+    /// [`Error::Config`] if called after the handler finished; as for
+    /// [`Outbox::publish`] if writing staged events fails.
     pub async fn tx(&self) -> Result<TransactionGuard<DB>> {
-        self.inner.tx.lock().await
+        self.inner.tx.lock(&self.inner.outbox).await
     }
 
     /// Publishes a follow-up event through the outbox in the handler's
@@ -131,25 +259,36 @@ impl<DB: sqlx::Database> Context<DB> {
     /// a whole saga is one trace; without the feature, the message's own trace
     /// context is passed on.
     ///
+    /// Never waits for the transaction: if a guard from [`tx`](Self::tx) is
+    /// out, the event is staged and written into the transaction before the
+    /// commit (see [`Context`]). The id returned is the event's either way.
+    ///
     /// # Errors
     ///
-    /// As for [`Outbox::publish`].
-    pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid>
-    where
-        DB: OutboxDatabase,
-    {
+    /// As for [`Outbox::publish`]; [`Error::Config`] after the handler
+    /// finished. A staged event's database error comes from the next
+    /// [`tx`](Self::tx) or `publish`, or fails the commit.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid> {
         let mut meta = Metadata::caused_by(&self.inner.envelope);
         if let Some(trace) = &self.inner.trace {
             meta.traceparent = Some(trace.traceparent());
             meta.tracestate = trace.tracestate().map(str::to_owned);
         }
-        let mut tx = self.tx().await?;
-        self.inner.outbox.publish_with(&mut tx, event, &meta).await
+        let entry = self.inner.outbox.entry(event, &meta)?;
+        let id = entry.event_id;
+        self.inner.tx.publish(&self.inner.outbox, entry).await?;
+        Ok(id)
     }
 
-    /// Takes the transaction back once the handler is done.
-    pub(crate) async fn finish(&self) -> Option<sqlx::Transaction<'static, DB>> {
-        self.inner.tx.take().await
+    /// Takes the transaction back once the handler returned `Ok`, staged
+    /// events written into it.
+    pub(crate) async fn finish(&self) -> Result<Option<sqlx::Transaction<'static, DB>>> {
+        self.inner.tx.finish(&self.inner.outbox).await
+    }
+
+    /// Takes the transaction back after the handler failed, for a rollback.
+    pub(crate) fn abandon(&self) -> Option<sqlx::Transaction<'static, DB>> {
+        self.inner.tx.abandon()
     }
 }
 
@@ -211,19 +350,22 @@ impl<DB: sqlx::Database> BatchContext<DB> {
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
     }
+}
 
+impl<DB: OutboxDatabase> BatchContext<DB> {
     /// The transaction the whole batch's writes belong to; see [`Context::tx`].
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if called after the handler finished.
+    /// As for [`Context::tx`].
     pub async fn tx(&self) -> Result<TransactionGuard<DB>> {
-        self.inner.tx.lock().await
+        self.inner.tx.lock(&self.inner.outbox).await
     }
 
     /// Publishes a follow-up event through the outbox in the batch's
     /// transaction, with correlation, causation and trace context taken from
-    /// `cause` (one of [`envelopes`](Self::envelopes)).
+    /// `cause` (one of [`envelopes`](Self::envelopes)). Usable with a guard
+    /// from [`tx`](Self::tx) held, as [`Context::publish`] is.
     ///
     /// ```no_run
     /// # use eventbus::Event;
@@ -240,18 +382,23 @@ impl<DB: sqlx::Database> BatchContext<DB> {
     ///
     /// # Errors
     ///
-    /// As for [`Outbox::publish`].
-    pub async fn publish_caused_by<E: Event>(&self, cause: &Envelope, event: &E) -> Result<Uuid>
-    where
-        DB: OutboxDatabase,
-    {
+    /// As for [`Context::publish`].
+    pub async fn publish_caused_by<E: Event>(&self, cause: &Envelope, event: &E) -> Result<Uuid> {
         let meta = Metadata::caused_by(cause);
-        let mut tx = self.tx().await?;
-        self.inner.outbox.publish_with(&mut tx, event, &meta).await
+        let entry = self.inner.outbox.entry(event, &meta)?;
+        let id = entry.event_id;
+        self.inner.tx.publish(&self.inner.outbox, entry).await?;
+        Ok(id)
     }
 
-    /// Takes the transaction back once the handler is done.
-    pub(crate) async fn finish(&self) -> Option<sqlx::Transaction<'static, DB>> {
-        self.inner.tx.take().await
+    /// Takes the transaction back once the handler returned `Ok`; see
+    /// [`Context::finish`].
+    pub(crate) async fn finish(&self) -> Result<Option<sqlx::Transaction<'static, DB>>> {
+        self.inner.tx.finish(&self.inner.outbox).await
+    }
+
+    /// Takes the transaction back after the handler failed, for a rollback.
+    pub(crate) fn abandon(&self) -> Option<sqlx::Transaction<'static, DB>> {
+        self.inner.tx.abandon()
     }
 }

@@ -21,6 +21,7 @@ mod handler;
 mod metrics;
 mod pace;
 mod retry;
+mod supervise;
 mod telemetry;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,8 @@ struct Shared<DB: sqlx::Database> {
     mode: DeliveryMode,
     registry: Registry<DB>,
     retry: RetryPolicy,
+    /// The longest a handler call may take (off by default).
+    handler_timeout: Option<Duration>,
     unknown: UnknownTypes,
     newer_versions: NewerVersions,
     max_in_flight: usize,
@@ -445,22 +448,25 @@ where
         // The `process` span active around us: follow-up events are its children.
         let trace = crate::telemetry::span::current();
         let ctx = Context::new(envelope.clone(), attempt, self.outbox.clone(), tx, trace);
-        let result = (registration.call)(ctx.clone(), envelope, &self.registry.upcasters).await;
-        let tx = ctx.finish().await;
-        match (result, tx) {
-            (Ok(()), Some(tx)) => {
+        let result = supervise::supervised(self.handler_timeout, || {
+            (registration.call)(ctx.clone(), envelope, &self.registry.upcasters)
+        })
+        .await;
+        if let Err(f) = result {
+            // Failed, panicked or timed out: nothing of the attempt stays.
+            if let Some(tx) = ctx.abandon() {
+                let _ = tx.rollback().await;
+            }
+            return Err(f);
+        }
+        match ctx.finish().await.map_err(transient)? {
+            Some(tx) => {
                 tx.commit().await.map_err(|e| transient(e.into()))?;
                 Ok(Outcome::Handled)
             }
-            (Ok(()), None) => Err(Failure::Transient(
+            None => Err(Failure::Transient(
                 "the handler's transaction vanished".into(),
             )),
-            (Err(f), tx) => {
-                if let Some(tx) = tx {
-                    let _ = tx.rollback().await;
-                }
-                Err(f)
-            }
         }
     }
 

@@ -6,17 +6,23 @@ use std::time::Duration;
 /// Immediate retries, then delayed retries with exponential backoff, then the
 /// dead-letter destination. Retries hold only the failing message's lane; other
 /// lanes keep flowing.
+///
+/// Every pause is jittered ("equal jitter"): drawn at random from the upper
+/// half of its nominal length, so that consumers failing together (a database
+/// outage) do not all retry in step, while each pause stays at least half as
+/// long as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries right after a failure (a short pause of `immediate_delay`).
     pub immediate: u32,
-    /// Pause before each immediate retry.
+    /// Pause before each immediate retry (jittered into `[d/2, d]`).
     pub immediate_delay: Duration,
     /// Retries after growing delays, starting at `delayed_initial`.
     pub delayed: u32,
-    /// First delayed-retry pause; doubles each time.
+    /// First delayed-retry pause; doubles each time (each jittered into
+    /// `[d/2, d]`).
     pub delayed_initial: Duration,
-    /// Longest delayed-retry pause.
+    /// Longest delayed-retry pause: no draw exceeds it.
     pub delayed_max: Duration,
 }
 
@@ -42,15 +48,18 @@ impl RetryPolicy {
         }
     }
 
-    /// The pause before attempt `next` (2 = the first retry), or `None` when the
-    /// attempts are used up.
+    /// The pause before attempt `next` (2 = the first retry), jittered, or
+    /// `None` when the attempts are used up.
     pub fn delay_before(&self, next: u32) -> Option<Duration> {
         let retry = next.checked_sub(1)?;
         if retry == 0 {
             return None;
         }
         if retry <= self.immediate {
-            return Some(self.immediate_delay);
+            return Some(crate::relay::equal_jitter(
+                self.immediate_delay,
+                crate::relay::unit_random(),
+            ));
         }
         let delayed = retry - self.immediate;
         (delayed <= self.delayed)
@@ -76,18 +85,18 @@ mod tests {
             delayed_initial: Duration::from_millis(100),
             delayed_max: Duration::from_millis(300),
         };
-        let delays: Vec<_> = (2..=7).map(|n| p.delay_before(n)).collect();
-        assert_eq!(
-            delays,
-            vec![
-                Some(Duration::from_millis(10)),
-                Some(Duration::from_millis(10)),
-                Some(Duration::from_millis(100)),
-                Some(Duration::from_millis(200)),
-                Some(Duration::from_millis(300)),
-                None,
-            ]
-        );
+        // The nominal pauses; each draw lies in the upper half of its own.
+        let nominal = [10, 10, 100, 200, 300].map(Duration::from_millis);
+        for _ in 0..200 {
+            for (next, ceiling) in (2..).zip(nominal) {
+                let d = p.delay_before(next).expect("a retry left");
+                assert!(d >= ceiling / 2 && d <= ceiling, "attempt {next}: {d:?}");
+            }
+            assert_eq!(p.delay_before(7), None);
+        }
+        // Not in step: two consumers' pauses differ.
+        let draws: std::collections::HashSet<_> = (0..100).map(|_| p.delay_before(5)).collect();
+        assert!(draws.len() > 50, "{draws:?}");
         assert_eq!(p.max_attempts(), 6);
         assert_eq!(RetryPolicy::none().delay_before(2), None);
     }

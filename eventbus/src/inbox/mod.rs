@@ -1,7 +1,8 @@
 //! The inbox: effectively-once processing of incoming events. The inbox row and
 //! the handler's own writes commit in one database transaction, so a redelivered
-//! duplicate changes nothing.
+//! duplicate changes nothing. Rows are keyed by [`InboxKey`].
 
+mod key;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -17,6 +18,8 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::table::TableName;
 
+pub use key::{InboxKey, UUID_SCOPE};
+
 /// The default inbox table name.
 pub const DEFAULT_TABLE: &str = "eventbus_inbox";
 
@@ -24,6 +27,10 @@ pub const DEFAULT_TABLE: &str = "eventbus_inbox";
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Records processed message ids per consumer.
+///
+/// A message is recorded under its [`InboxKey`]: its id alone when the id is
+/// a UUID (every event eventbus relays), so the relay that sent it and its
+/// `--source` make no difference; otherwise its CloudEvents source and id.
 ///
 /// ```no_run
 /// # #[cfg(feature = "postgres")]
@@ -73,9 +80,11 @@ pub enum Processed<T> {
 /// A database the inbox can live in. Implemented for each compiled-in backend.
 #[async_trait::async_trait]
 pub trait InboxDatabase: sqlx::Database {
-    /// Inserts the inbox row (consumer, source, id) unless present; `true` if it
-    /// was inserted. Waits for a concurrent insert of the same message to commit
-    /// or roll back. CloudEvents ids are unique per source, hence both.
+    /// Inserts the inbox row of `envelope` for `consumer`, keyed by
+    /// [`InboxKey::of`], unless present; `true` if it was inserted. Waits for
+    /// a concurrent insert of the same message to commit or roll back. A row
+    /// under the message's [`InboxKey::legacy`] key, written by an earlier
+    /// version, also makes it a duplicate.
     async fn try_record(
         conn: &mut Self::Connection,
         table: &TableName,
@@ -87,7 +96,9 @@ pub trait InboxDatabase: sqlx::Database {
     /// [`try_record`](Self::try_record) does for one: one flag per envelope,
     /// in input order, `true` where its row was inserted. An id that occurs
     /// twice in `envelopes` is inserted once, and only its first occurrence
-    /// reports `true`. Batch handlers record their whole batch with it.
+    /// reports `true` (the same message under two sources counts as a
+    /// repeat where [`InboxKey`] says so). Batch handlers record their whole
+    /// batch with it.
     ///
     /// The default calls `try_record` for each envelope; a backend that can
     /// insert many rows in one statement should override it.

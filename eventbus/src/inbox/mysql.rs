@@ -1,4 +1,4 @@
-//! The MySQL inbox: a plain `INSERT` on (consumer, source, id) whose
+//! The MySQL inbox: a plain `INSERT` on (consumer, [`InboxKey`]) whose
 //! duplicate-key error means "seen before"; a batch is recorded row by row in
 //! key order.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::{MySql, MySqlConnection, MySqlPool};
 
-use super::InboxDatabase;
+use super::{InboxDatabase, InboxKey};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::mysql::{micros, NOW};
@@ -33,18 +33,38 @@ impl InboxDatabase for MySql {
             "INSERT INTO {} (consumer, source, message_id, event_type) VALUES (?, ?, ?, ?)",
             table.mysql_quoted()
         );
+        let key = InboxKey::of(envelope);
         let inserted = sqlx::query(&sql)
             .bind(consumer)
-            .bind(&envelope.source)
-            .bind(&envelope.id)
+            .bind(key.source)
+            .bind(key.message_id)
             .bind(&envelope.event_type)
-            .execute(conn)
+            .execute(&mut *conn)
             .await;
         match inserted {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
-            Err(e) => Err(Error::from_table_query(e, table)),
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(false),
+            Err(e) => return Err(Error::from_table_query(e, table)),
         }
+        let Some(legacy) = InboxKey::legacy(envelope) else {
+            return Ok(true);
+        };
+        // A row under the legacy key was committed before the upgrade: a plain
+        // read finds it. It runs after the insert, as `INSERT … SELECT … WHERE
+        // NOT EXISTS` would take gap locks that deadlock concurrent deliveries.
+        // The new row it leaves for a duplicate only records it again.
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE consumer = ? AND source = ? AND message_id = ?",
+            table.mysql_quoted()
+        );
+        let old: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(consumer)
+            .bind(legacy.source)
+            .bind(legacy.message_id)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| Error::from_table_query(e, table))?;
+        Ok(old.is_none())
     }
 
     async fn try_record_many(
@@ -57,13 +77,11 @@ impl InboxDatabase for MySql {
         // One insert per distinct id, in key order, so two transactions
         // recording overlapping batches wait for each other in the same order
         // instead of deadlocking on the primary key.
-        let mut by_key: BTreeMap<(&str, &str), &Envelope> = BTreeMap::new();
+        let mut by_key: BTreeMap<InboxKey<'_>, &Envelope> = BTreeMap::new();
         for e in envelopes {
-            by_key
-                .entry((e.source.as_str(), e.id.as_str()))
-                .or_insert(e);
+            by_key.entry(InboxKey::of(e)).or_insert(e);
         }
-        let mut fresh: BTreeMap<(&str, &str), bool> = BTreeMap::new();
+        let mut fresh: BTreeMap<InboxKey<'_>, bool> = BTreeMap::new();
         for (key, envelope) in by_key {
             let inserted = Self::try_record(&mut *conn, table, consumer, envelope).await?;
             fresh.insert(key, inserted);
@@ -71,11 +89,7 @@ impl InboxDatabase for MySql {
         // `remove`: a repeat of an id within the batch is not fresh.
         Ok(envelopes
             .iter()
-            .map(|e| {
-                fresh
-                    .remove(&(e.source.as_str(), e.id.as_str()))
-                    .unwrap_or(false)
-            })
+            .map(|e| fresh.remove(&InboxKey::of(e)).unwrap_or(false))
             .collect())
     }
 

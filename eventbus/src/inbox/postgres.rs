@@ -1,12 +1,12 @@
 //! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer,
-//! source, id), one row at a time or a batch in one statement.
+//! [`InboxKey`]), one row at a time or a batch in one statement.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use super::InboxDatabase;
+use super::{InboxDatabase, InboxKey};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::table::TableName;
@@ -21,17 +21,23 @@ impl InboxDatabase for Postgres {
     ) -> Result<bool> {
         // A concurrent delivery of the same id blocks on the unique index until the
         // first transaction ends: then it either conflicts (duplicate) or inserts
-        // (the first rolled back). Exactly one handler's writes survive.
+        // (the first rolled back). Exactly one handler's writes survive. A row
+        // under the legacy key ($5, NULL when there is none) was committed
+        // before the upgrade, so a plain look-up suffices for it.
         let sql = format!(
-            "INSERT INTO {} (consumer, source, message_id, event_type) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO {t} (consumer, source, message_id, event_type) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
+             WHERE consumer = $1 AND source = $5 AND message_id = $3) \
              ON CONFLICT DO NOTHING",
-            table.quoted()
+            t = table.quoted()
         );
+        let key = InboxKey::of(envelope);
         let done = sqlx::query(&sql)
             .bind(consumer)
-            .bind(&envelope.source)
-            .bind(&envelope.id)
+            .bind(key.source)
+            .bind(key.message_id)
             .bind(&envelope.event_type)
+            .bind(InboxKey::legacy(envelope).map(|k| k.source))
             .execute(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
@@ -51,28 +57,37 @@ impl InboxDatabase for Postgres {
         // transactions recording overlapping batches wait for each other in
         // the same order instead of deadlocking on the unique index.
         let sql = format!(
-            "INSERT INTO {} (consumer, source, message_id, event_type) \
-             SELECT $1, s, m, t FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(s, m, t) \
-             ORDER BY s, m \
+            "INSERT INTO {t} (consumer, source, message_id, event_type) \
+             SELECT $1, u.s, u.m, u.t \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(s, m, t, l) \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} o \
+             WHERE o.consumer = $1 AND o.source = u.l AND o.message_id = u.m) \
+             ORDER BY u.s, u.m \
              ON CONFLICT DO NOTHING RETURNING source, message_id",
-            table.quoted()
+            t = table.quoted()
         );
-        let sources: Vec<&str> = envelopes.iter().map(|e| e.source.as_str()).collect();
-        let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
+        let keys: Vec<InboxKey<'_>> = envelopes.iter().map(|e| InboxKey::of(e)).collect();
+        let sources: Vec<&str> = keys.iter().map(|k| k.source).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.message_id).collect();
         let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+        let legacy: Vec<Option<&str>> = envelopes
+            .iter()
+            .map(|e| InboxKey::legacy(e).map(|k| k.source))
+            .collect();
         let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
             .bind(consumer)
             .bind(&sources)
             .bind(&ids)
             .bind(&types)
+            .bind(&legacy)
             .fetch_all(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
         let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
         // `remove`: a repeat of an id within the batch is not fresh.
-        Ok(envelopes
+        Ok(keys
             .iter()
-            .map(|e| inserted.remove(&(e.source.clone(), e.id.clone())))
+            .map(|k| inserted.remove(&(k.source.to_owned(), k.message_id.to_owned())))
             .collect())
     }
 

@@ -1,4 +1,4 @@
-//! The SQLite inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer, source, id),
+//! The SQLite inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer, [`InboxKey`]),
 //! one row at a time or a batch in one statement; SQLite's single write lock
 //! makes a concurrent delivery wait for the first.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use super::InboxDatabase;
+use super::{InboxDatabase, InboxKey};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::sqlite::{json_array, now_shifted, shift};
@@ -24,17 +24,22 @@ impl InboxDatabase for Sqlite {
         // This is the transaction's first statement and a write: it takes the
         // database's write lock (waiting out the busy timeout behind a concurrent
         // delivery), so it sees every committed inbox row — a duplicate conflicts,
-        // and a first delivery that rolled back left nothing behind.
+        // and a first delivery that rolled back left nothing behind. A row under
+        // the legacy key (?5, NULL when there is none) is a duplicate too.
         let sql = format!(
-            "INSERT INTO {} (consumer, source, message_id, event_type) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO {t} (consumer, source, message_id, event_type) \
+             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
+             WHERE consumer = ?1 AND source = ?5 AND message_id = ?3) \
              ON CONFLICT DO NOTHING",
-            table.quoted()
+            t = table.quoted()
         );
+        let key = InboxKey::of(envelope);
         let done = sqlx::query(&sql)
             .bind(consumer)
-            .bind(&envelope.source)
-            .bind(&envelope.id)
+            .bind(key.source)
+            .bind(key.message_id)
             .bind(&envelope.event_type)
+            .bind(InboxKey::legacy(envelope).map(|k| k.source))
             .execute(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
@@ -51,17 +56,25 @@ impl InboxDatabase for Sqlite {
             return Ok(Vec::new());
         }
         // The batch travels as one JSON array, so its size is not bounded by the
-        // parameter limit. `WHERE true` is SQLite's required disambiguation
-        // between a join's ON and the upsert's ON CONFLICT.
+        // parameter limit. The `WHERE` (needed anyway) is also SQLite's
+        // required disambiguation between a join's ON and the upsert's ON
+        // CONFLICT. Element 3 is the legacy key's source, or null.
         let sql = format!(
-            "INSERT INTO {} (consumer, source, message_id, event_type) \
-             SELECT ?1, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?2) WHERE true \
+            "INSERT INTO {t} (consumer, source, message_id, event_type) \
+             SELECT ?1, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?2) \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} o WHERE o.consumer = ?1 \
+             AND o.source = value ->> 3 AND o.message_id = value ->> 1) \
              ON CONFLICT DO NOTHING RETURNING source, message_id",
-            table.quoted()
+            t = table.quoted()
         );
-        let rows: Vec<(&str, &str, &str)> = envelopes
+        let keys: Vec<InboxKey<'_>> = envelopes.iter().map(|e| InboxKey::of(e)).collect();
+        let rows: Vec<(&str, &str, &str, Option<&str>)> = envelopes
             .iter()
-            .map(|e| (e.source.as_str(), e.id.as_str(), e.event_type.as_str()))
+            .zip(&keys)
+            .map(|(e, k)| {
+                let legacy = InboxKey::legacy(e).map(|l| l.source);
+                (k.source, k.message_id, e.event_type.as_str(), legacy)
+            })
             .collect();
         let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
             .bind(consumer)
@@ -71,9 +84,9 @@ impl InboxDatabase for Sqlite {
             .map_err(|e| Error::from_table_query(e, table))?;
         let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
         // `remove`: a repeat of an id within the batch is not fresh.
-        Ok(envelopes
+        Ok(keys
             .iter()
-            .map(|e| inserted.remove(&(e.source.clone(), e.id.clone())))
+            .map(|k| inserted.remove(&(k.source.to_owned(), k.message_id.to_owned())))
             .collect())
     }
 

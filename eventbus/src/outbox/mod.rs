@@ -44,7 +44,7 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1_000_000;
 /// #[event(type = "com.example.order.placed", destination = "orders", key = order_id)]
 /// struct OrderPlaced { order_id: String, amount_cents: i64 }
 ///
-/// let outbox = Outbox::new().source("urn:service:orders");
+/// let outbox = Outbox::new("urn:service:orders");
 /// let mut tx = pool.begin().await?;
 /// sqlx::query("INSERT INTO orders (id, amount_cents) VALUES ($1, $2)")
 ///     .bind("o-1").bind(1250_i64)
@@ -56,15 +56,9 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct Outbox {
     table: TableName,
-    source: Option<String>,
+    source: String,
     max_event_bytes: usize,
     validate_payloads: bool,
-}
-
-impl Default for Outbox {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Correlation, causation and trace context attached to an event when it is
@@ -117,7 +111,8 @@ impl Metadata {
 pub struct OutboxEntry {
     /// The event id (CloudEvents `id`).
     pub event_id: Uuid,
-    /// CloudEvents `source`; `None` lets the relay fill in its configured source.
+    /// CloudEvents `source`; `None` takes the source of the [`Outbox`] that
+    /// writes the entry.
     pub source: Option<String>,
     /// Logical destination (topic / exchange).
     pub destination: String,
@@ -149,21 +144,27 @@ pub trait OutboxDatabase: sqlx::Database {
 }
 
 impl Outbox {
-    /// An outbox writing to the default table `eventbus_outbox`, leaving `source`
-    /// to the relay's configuration.
-    pub fn new() -> Self {
+    /// An outbox of the service named `source`, writing to the default table
+    /// `eventbus_outbox`.
+    ///
+    /// `source` is the CloudEvents `source` of every event it writes: a URI
+    /// reference naming this service, such as `urn:service:orders`. It is
+    /// stored in each row, so the event leaves under it whichever relay
+    /// sends it. Keep it stable: together with the event id it identifies
+    /// the event (`docs/adr/0007-event-source-and-inbox-key.md`). An empty
+    /// source makes every publish fail with [`Error::Config`].
+    pub fn new(source: impl Into<String>) -> Self {
         Outbox {
             table: default_table(),
-            source: None,
+            source: source.into(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             validate_payloads: cfg!(debug_assertions),
         }
     }
 
-    /// Sets the CloudEvents `source` (a URI naming this service).
-    pub fn source(mut self, source: impl Into<String>) -> Self {
-        self.source = Some(source.into());
-        self
+    /// The CloudEvents `source` this outbox writes.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Uses another table (validated; `schema.table` allowed).
@@ -209,7 +210,7 @@ impl Outbox {
     ///     passengers: u8,
     /// }
     ///
-    /// let outbox = Outbox::new().validate_payloads(true);
+    /// let outbox = Outbox::new("urn:service:seats").validate_payloads(true);
     /// let err = outbox
     ///     .entry(&SeatBooked { seat: "12A".into(), passengers: 9 }, &Metadata::default())
     ///     .unwrap_err();
@@ -243,7 +244,7 @@ impl Outbox {
     /// #[event(type = "com.example.stock.reserved", destination = "stock", key = sku)]
     /// struct StockReserved { sku: String, quantity: u32 }
     ///
-    /// let outbox = eventbus::Outbox::new().source("urn:service:inventory");
+    /// let outbox = eventbus::Outbox::new("urn:service:inventory");
     /// let mut tx = pool.begin().await?;
     /// let id = outbox.publish(&mut tx, &StockReserved { sku: "a-1".into(), quantity: 2 }).await?;
     /// tx.commit().await?;
@@ -256,8 +257,9 @@ impl Outbox {
     /// [`Error::Serialize`] if the event does not serialize,
     /// [`Error::InvalidPayload`] if it does not match its schema (when
     /// [validating](Self::validate_payloads); nothing is written),
-    /// [`Error::EventTooLarge`] above the size limit, [`Error::NotMigrated`] if
-    /// the table is missing, or [`Error::Database`].
+    /// [`Error::EventTooLarge`] above the size limit, [`Error::Config`] for an
+    /// empty source, [`Error::NotMigrated`] if the table is missing, or
+    /// [`Error::Database`].
     pub async fn publish<DB, E>(
         &self,
         tx: &mut sqlx::Transaction<'_, DB>,
@@ -321,10 +323,12 @@ impl Outbox {
     }
 
     /// Writes prepared entries (of any event types) with one statement inside `tx`.
+    /// An entry without a `source` is written with this outbox's.
     ///
     /// # Errors
     ///
-    /// [`Error::EventTooLarge`], [`Error::NotMigrated`] or [`Error::Database`].
+    /// [`Error::EventTooLarge`], [`Error::Config`] for an empty source,
+    /// [`Error::NotMigrated`] or [`Error::Database`].
     pub async fn publish_entries<DB>(
         &self,
         tx: &mut sqlx::Transaction<'_, DB>,
@@ -339,7 +343,18 @@ impl Outbox {
         if entries.is_empty() {
             return Ok(());
         }
-        self.insert_traced(tx, entries).await
+        if entries.iter().all(|e| e.source.is_some()) {
+            return self.insert_traced(tx, entries).await;
+        }
+        let source = self.checked_source()?;
+        let sourced: Vec<OutboxEntry> = entries
+            .iter()
+            .map(|e| OutboxEntry {
+                source: e.source.clone().or_else(|| Some(source.to_owned())),
+                ..e.clone()
+            })
+            .collect();
+        self.insert_traced(tx, &sourced).await
     }
 
     /// Inserts `entries` inside a `publish` span per event, whose trace
@@ -368,8 +383,10 @@ impl Outbox {
     /// # Errors
     ///
     /// [`Error::Serialize`], [`Error::InvalidPayload`] (when
-    /// [validating](Self::validate_payloads)) or [`Error::EventTooLarge`].
+    /// [validating](Self::validate_payloads)), [`Error::EventTooLarge`], or
+    /// [`Error::Config`] for an empty source.
     pub fn entry<E: Event>(&self, event: &E, meta: &Metadata) -> Result<OutboxEntry> {
+        let source = self.checked_source()?;
         let payload = serde_json::to_string(event).map_err(|source| Error::Serialize {
             event_type: E::TYPE.to_owned(),
             source,
@@ -393,7 +410,7 @@ impl Outbox {
         }
         Ok(OutboxEntry {
             event_id: Uuid::now_v7(),
-            source: self.source.clone(),
+            source: Some(source.to_owned()),
             destination: E::DESTINATION.to_owned(),
             partition_key: event.partition_key(),
             event_type: E::TYPE.to_owned(),
@@ -403,6 +420,16 @@ impl Outbox {
             payload,
             created_at: Utc::now(),
         })
+    }
+
+    /// The source, refused when empty: CloudEvents requires one.
+    fn checked_source(&self) -> Result<&str> {
+        if self.source.is_empty() {
+            return Err(Error::config(
+                "the outbox source must not be empty: Outbox::new(\"urn:service:<name>\")",
+            ));
+        }
+        Ok(&self.source)
     }
 
     fn check_size(&self, event_type: &str, size: usize) -> Result<()> {

@@ -47,7 +47,10 @@ pub struct OutboxRecord {
 
 impl OutboxRecord {
     /// Builds the CloudEvent for this row. `default_source` fills a missing
-    /// `source` (rows written by plain SQL from other languages).
+    /// `source` (rows written by plain SQL from other languages). The row's
+    /// UUID id is what the inbox deduplicates such an event on
+    /// ([`InboxKey`](crate::inbox::InboxKey)), so the value chosen here
+    /// cannot make a redelivery look new.
     ///
     /// # Errors
     ///

@@ -1,7 +1,7 @@
 //! [`RelayConfig`]: batch sizes, intervals, retry policy, retention and the
 //! mapping from logical destinations to broker names.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -27,6 +27,11 @@ pub struct RelayConfig {
     pub default_source: String,
     /// Rows claimed and published per batch.
     pub batch_size: u32,
+    /// Payload bytes claimed per batch, measured in the database before
+    /// anything is loaded: a batch stops at this budget (but always holds at
+    /// least one row), which bounds the relay's memory whatever the writers
+    /// stored.
+    pub claim_bytes: usize,
     /// Fallback poll interval when no notification arrives.
     pub poll_interval: Duration,
     /// How often the relay heartbeats, renews leases and rebalances.
@@ -53,6 +58,12 @@ pub struct RelayConfig {
     pub destination_map: HashMap<String, String>,
     /// Create missing topics/exchanges before first use.
     pub create_destinations: bool,
+    /// Strict mode: when set, only these logical destinations (as written in
+    /// the outbox, before mapping and prefix) may be published to; a row for
+    /// any other is parked at once, never sent, its destination never
+    /// created. `None` (default): any destination but a dead-letter one. See
+    /// [`RelayConfig::check_destination`].
+    pub allowed_destinations: Option<BTreeSet<String>>,
     /// How often backlog statistics are refreshed.
     pub stats_interval: Duration,
 }
@@ -64,6 +75,7 @@ impl Default for RelayConfig {
             name: default_name(),
             default_source: "urn:eventbus:outbox-relay".into(),
             batch_size: 1000,
+            claim_bytes: DEFAULT_CLAIM_BYTES,
             poll_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_millis(1000),
             lease_ttl: Duration::from_secs(5),
@@ -77,6 +89,7 @@ impl Default for RelayConfig {
             destination_prefix: String::new(),
             destination_map: HashMap::new(),
             create_destinations: true,
+            allowed_destinations: None,
             stats_interval: Duration::from_secs(2),
         }
     }
@@ -92,6 +105,9 @@ impl RelayConfig {
         let bad = |m: &str| Err(Error::config(m));
         if self.batch_size == 0 || self.batch_size > 100_000 {
             return bad("batch_size must be between 1 and 100000");
+        }
+        if self.claim_bytes == 0 {
+            return bad("claim_bytes must be at least 1");
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1");
@@ -117,6 +133,35 @@ impl RelayConfig {
         format!("{}{mapped}", self.destination_prefix)
     }
 
+    /// Whether rows for the logical `destination` may be published; `Err`
+    /// says why not, for the row's `last_error`.
+    ///
+    /// A dead-letter destination is never valid, strict mode or not: its name
+    /// (logical or broker-level) ends in `.dlq`, what consumers dead-letter to
+    /// (or in `-dlq`, the SQS queue of such a destination), before an optional
+    /// `.fifo`. In strict mode ([`allowed_destinations`](Self::allowed_destinations)
+    /// set) the destination must also be in the allow-list.
+    ///
+    /// # Errors
+    ///
+    /// The reason the destination is refused.
+    pub fn check_destination(&self, destination: &str) -> std::result::Result<(), String> {
+        let broker = self.broker_destination(destination);
+        if is_dead_letter(destination) || is_dead_letter(&broker) {
+            return Err(format!(
+                "destination `{destination}` (`{broker}` on the broker) is a dead-letter \
+                 destination, which only consumers publish to: refused without sending"
+            ));
+        }
+        match &self.allowed_destinations {
+            Some(allowed) if !allowed.contains(destination) => Err(format!(
+                "destination `{destination}` is not in the relay's allowed destinations \
+                 (strict mode): refused without sending or creating it"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The retry delay after `attempts` failed attempts (exponential, capped).
     pub fn retry_delay(&self, attempts: u32) -> Duration {
         exponential(
@@ -127,11 +172,47 @@ impl RelayConfig {
     }
 }
 
-/// `initial * 2^step`, capped at `max`.
+/// Payload bytes claimed per batch unless configured: 16 MiB.
+pub(crate) const DEFAULT_CLAIM_BYTES: usize = 16 * 1024 * 1024;
+
+/// `initial * 2^step`, capped at `max`, with equal jitter: a uniform draw
+/// from the upper half of that, `[d/2, d]`.
+///
+/// Equal rather than full jitter (`[0, d]`): after a shared outage it spreads
+/// the relays and consumers that failed together just as well, but keeps
+/// every pause at least half its nominal length, so pauses still grow with
+/// `step` and a broker that is down is never hammered by near-zero retries.
+/// The cap holds: a draw never exceeds `d`.
 pub(crate) fn exponential(initial: Duration, max: Duration, step: u32) -> Duration {
+    equal_jitter(exponential_ceiling(initial, max, step), unit_random())
+}
+
+/// `initial * 2^step`, capped at `max`: the longest [`exponential`] pause.
+fn exponential_ceiling(initial: Duration, max: Duration, step: u32) -> Duration {
     initial
         .checked_mul(1u32 << step.min(20))
         .map_or(max, |d| d.min(max))
+}
+
+/// `d/2 + r * d/2` for `r` in `[0, 1]`: from `d/2` up to `d`.
+pub(crate) fn equal_jitter(d: Duration, r: f64) -> Duration {
+    let half = d / 2;
+    half + (d - half).mul_f64(r.clamp(0.0, 1.0))
+}
+
+/// A uniform draw from `[0, 1)`: the low 53 bits of a v4 UUID, which are all
+/// random (the OS's randomness through a crate we depend on already; a
+/// backoff draws rarely).
+pub(crate) fn unit_random() -> f64 {
+    const BITS: u32 = 53;
+    let random = (uuid::Uuid::new_v4().as_u128() as u64) & ((1 << BITS) - 1);
+    random as f64 / (1u64 << BITS) as f64
+}
+
+/// Whether `name` is a dead-letter destination or queue name.
+fn is_dead_letter(name: &str) -> bool {
+    let stem = name.strip_suffix(".fifo").unwrap_or(name);
+    stem.ends_with(".dlq") || stem.ends_with("-dlq")
 }
 
 fn default_name() -> String {
@@ -150,11 +231,49 @@ mod tests {
             retry_max: Duration::from_secs(1),
             ..RelayConfig::default()
         };
-        assert_eq!(c.retry_delay(1), Duration::from_millis(100));
-        assert_eq!(c.retry_delay(2), Duration::from_millis(200));
-        assert_eq!(c.retry_delay(4), Duration::from_millis(800));
-        assert_eq!(c.retry_delay(5), Duration::from_secs(1));
-        assert_eq!(c.retry_delay(60), Duration::from_secs(1));
+        // Jittered into the upper half of 100 ms * 2^(attempts - 1), capped.
+        for (attempts, ceiling) in [(1, 100), (2, 200), (4, 800), (5, 1_000), (60, 1_000)] {
+            let ceiling = Duration::from_millis(ceiling);
+            for _ in 0..100 {
+                let d = c.retry_delay(attempts);
+                assert!(d >= ceiling / 2 && d <= ceiling, "{attempts}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_draws_spread_over_the_upper_half_and_keep_the_cap() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(10);
+        // Step 3: a ceiling of 800 ms, draws within [400 ms, 800 ms].
+        let draws: Vec<Duration> = (0..1_000).map(|_| exponential(initial, max, 3)).collect();
+        let (low, high) = (Duration::from_millis(400), Duration::from_millis(800));
+        assert!(draws.iter().all(|d| *d >= low && *d <= high), "{draws:?}");
+        let distinct: std::collections::HashSet<_> = draws.iter().collect();
+        assert!(
+            distinct.len() > 900,
+            "only {} distinct of 1,000",
+            distinct.len()
+        );
+        // Uniform over 400 ms: mean 600 ms, standard error about 3.7 ms.
+        let mean = draws.iter().sum::<Duration>() / 1_000;
+        assert!(
+            mean > Duration::from_millis(570) && mean < Duration::from_millis(630),
+            "{mean:?}"
+        );
+        // Both halves of the range are used: the spread is not a sliver.
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(500)));
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(700)));
+        // The cap holds at every step, however large.
+        for step in [10, 20, 31, u32::MAX] {
+            let d = exponential(initial, max, step);
+            assert!(d >= max / 2 && d <= max, "step {step}: {d:?}");
+        }
+        assert_eq!(equal_jitter(high, 0.0), low);
+        assert_eq!(equal_jitter(high, 1.0), high);
+        assert!((0..1_000)
+            .map(|_| unit_random())
+            .all(|r| (0.0..1.0).contains(&r)));
     }
 
     #[test]
@@ -167,6 +286,33 @@ mod tests {
             .insert("orders".into(), "shop-orders".into());
         assert_eq!(c.broker_destination("orders"), "prod.shop-orders");
         assert_eq!(c.broker_destination("payments"), "prod.payments");
+    }
+
+    #[test]
+    fn dead_letter_destinations_are_refused_and_strict_mode_allows_only_its_list() {
+        let mut c = RelayConfig::default();
+        assert_eq!(c.check_destination("orders"), Ok(()));
+        for dead in [
+            "orders.dlq",
+            "orders-dlq",
+            "orders.fifo.dlq",
+            "orders-dlq.fifo",
+        ] {
+            let reason = c.check_destination(dead).expect_err(dead);
+            assert!(reason.contains("dead-letter"), "{reason}");
+        }
+        // A mapping onto a dead-letter destination is refused too.
+        c.destination_map
+            .insert("audit".into(), "orders.dlq".into());
+        assert!(c.check_destination("audit").is_err());
+
+        c.allowed_destinations = Some(["orders".to_owned()].into());
+        assert_eq!(c.check_destination("orders"), Ok(()));
+        let reason = c.check_destination("payments").expect_err("not allowed");
+        assert!(
+            reason.contains("`payments`") && reason.contains("allowed"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::config::RelayConfig;
 use super::metrics::RelayMetrics;
-use super::store::RelayStore;
+use super::store::{Lease, RelayStore};
 
 /// This relay's view of partition ownership, shared by the heartbeat task and
 /// the work loop.
@@ -30,8 +30,8 @@ pub(crate) struct Membership {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Leases held, with the instant until which we trust them.
-    owned: BTreeMap<i32, Instant>,
+    /// Leases held: partition → (epoch, the instant until which we trust it).
+    owned: BTreeMap<i32, (i64, Instant)>,
     /// Partitions the current membership assigns to us.
     assigned: BTreeSet<i32>,
 }
@@ -57,17 +57,53 @@ impl Membership {
         let s = self.state();
         s.owned
             .iter()
-            .filter(|(p, until)| **until > now && s.assigned.contains(p))
+            .filter(|(p, (_, until))| *until > now && s.assigned.contains(p))
             .map(|(p, _)| *p)
             .collect()
     }
 
-    /// Whether our lease on `partition` is still valid.
-    pub(crate) fn holds(&self, partition: i32) -> bool {
-        self.state()
-            .owned
-            .get(&partition)
-            .is_some_and(|until| *until > Instant::now())
+    /// The leases (with their epochs) we hold among `partitions`, trusted or not.
+    pub(crate) fn leases(&self, partitions: &[i32]) -> Vec<Lease> {
+        let s = self.state();
+        partitions
+            .iter()
+            .filter_map(|p| {
+                s.owned.get(p).map(|(epoch, _)| Lease {
+                    partition: *p,
+                    epoch: *epoch,
+                })
+            })
+            .collect()
+    }
+
+    /// Until when every lease in `leases` is trusted, in the same tenure;
+    /// `None` if one is not held any more (or was taken again since).
+    pub(crate) fn trusted_until(&self, leases: &[Lease]) -> Option<Instant> {
+        let s = self.state();
+        leases
+            .iter()
+            .map(|l| match s.owned.get(&l.partition) {
+                Some((epoch, until)) if *epoch == l.epoch => Some(*until),
+                _ => None,
+            })
+            .try_fold(None, |earliest: Option<Instant>, until| {
+                until.map(|u| Some(earliest.map_or(u, |e| e.min(u))))
+            })
+            .flatten()
+    }
+
+    /// Completes when a lease in `leases` is no longer trusted. Renewals
+    /// while it waits push the moment back, so a long send under a lease
+    /// kept alive is not cut short.
+    pub(crate) async fn lapse(&self, leases: &[Lease]) {
+        loop {
+            match self.trusted_until(leases) {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Leases held on partitions now assigned to another relay.
@@ -134,7 +170,7 @@ pub(crate) async fn keep_alive(
             let renewed = store.renew(me, &held, ttl).await?;
             let wanted: Vec<i32> = assigned
                 .iter()
-                .filter(|p| !renewed.contains(p))
+                .filter(|p| !renewed.iter().any(|l| l.partition == **p))
                 .copied()
                 .collect();
             let acquired = if wanted.is_empty() {
@@ -154,7 +190,7 @@ pub(crate) async fn keep_alive(
                     s.owned = renewed
                         .iter()
                         .chain(&acquired)
-                        .map(|p| (*p, until))
+                        .map(|l| (l.partition, (l.epoch, until)))
                         .collect();
                     s.assigned = assigned;
                 }
@@ -180,6 +216,78 @@ pub(crate) async fn keep_alive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn holding(leases: &[(i32, i64, Duration)]) -> Membership {
+        let m = Membership::new(Uuid::now_v7(), (0..4).collect());
+        let now = Instant::now();
+        m.state().owned = leases
+            .iter()
+            .map(|(p, epoch, left)| (*p, (*epoch, now + *left)))
+            .collect();
+        m
+    }
+
+    #[test]
+    fn a_batch_is_trusted_until_its_first_lease_runs_out_and_only_in_its_tenure() {
+        let m = holding(&[
+            (0, 3, Duration::from_secs(4)),
+            (1, 7, Duration::from_secs(2)),
+        ]);
+        let batch = m.leases(&[0, 1]);
+        assert_eq!(
+            batch,
+            [
+                Lease {
+                    partition: 0,
+                    epoch: 3
+                },
+                Lease {
+                    partition: 1,
+                    epoch: 7
+                }
+            ]
+        );
+        let until = m.trusted_until(&batch).expect("held");
+        assert!(until <= Instant::now() + Duration::from_secs(2));
+        // Lost partition 1 and got it back: a new tenure.
+        m.state()
+            .owned
+            .insert(1, (8, Instant::now() + Duration::from_secs(9)));
+        assert_eq!(m.trusted_until(&batch), None, "the old tenure is over");
+        m.state().owned.remove(&0);
+        assert_eq!(
+            m.trusted_until(&m.leases(&[0, 1])),
+            Some(m.state().owned[&1].1)
+        );
+    }
+
+    // Real time: leases are measured with `std::time::Instant`.
+    #[tokio::test]
+    async fn lapse_waits_for_renewals_and_fires_once_a_lease_is_not_renewed() {
+        let m = Arc::new(holding(&[(0, 1, Duration::from_millis(100))]));
+        let batch = m.leases(&[0]);
+        let renewer = {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                    m.state()
+                        .owned
+                        .insert(0, (1, Instant::now() + Duration::from_millis(100)));
+                }
+            })
+        };
+        let started = tokio::time::Instant::now();
+        m.lapse(&batch).await;
+        let waited = started.elapsed();
+        // Three renewals at 80 ms steps, then 100 ms: not before 340 ms.
+        assert!(
+            waited >= Duration::from_millis(340) && waited < Duration::from_secs(3),
+            "lapsed after {waited:?}"
+        );
+        renewer.await.expect("renewer");
+    }
 
     #[test]
     fn partitions_are_split_round_robin_among_live_relays() {

@@ -14,8 +14,15 @@ pub struct RelayMetrics {
     published: AtomicU64,
     rejected: AtomicU64,
     parked: AtomicU64,
+    /// Events dropped as unroutable, per broker-level destination.
+    unroutable: Mutex<BTreeMap<String, u64>>,
     outages: AtomicU64,
+    /// Batches abandoned mid-send because a lease lapsed.
+    abandoned: AtomicU64,
     batches: AtomicU64,
+    /// Retention: rows deleted, and expired rows not yet deleted.
+    retention_deleted: AtomicU64,
+    retention_backlog: AtomicU64,
     latency: Histogram,
     batch_size: Histogram,
     outbox_wait: Histogram,
@@ -28,8 +35,12 @@ impl Default for RelayMetrics {
             published: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             parked: AtomicU64::new(0),
+            unroutable: Mutex::new(BTreeMap::new()),
             outages: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            retention_deleted: AtomicU64::new(0),
+            retention_backlog: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),
             batch_size: Histogram::new(SIZE_BUCKETS),
             outbox_wait: Histogram::new(WAIT_BUCKETS),
@@ -68,8 +79,18 @@ impl RelayMetrics {
     pub(crate) fn parked(&self, n: u64) {
         self.parked.fetch_add(n, Ordering::Relaxed);
     }
+    /// One event the broker routed nowhere and `destination`'s policy dropped.
+    pub(crate) fn unroutable(&self, destination: &str) {
+        if let Ok(mut counts) = self.unroutable.lock() {
+            *counts.entry(destination.to_owned()).or_default() += 1;
+        }
+    }
     pub(crate) fn outage(&self) {
         self.outages.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A batch abandoned in flight because its lease lapsed (fencing).
+    pub(crate) fn lease_lapsed(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn batch(&self, publish_latency: Duration, size: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -79,6 +100,12 @@ impl RelayMetrics {
     /// One row acknowledged by the broker `waited` after it was written.
     pub(crate) fn outbox_wait(&self, waited: Duration) {
         self.outbox_wait.observe_duration(waited);
+    }
+    pub(crate) fn retention_deleted(&self, n: u64) {
+        self.retention_deleted.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn retention_backlog(&self, n: u64) {
+        self.retention_backlog.store(n, Ordering::Relaxed);
     }
     pub(crate) fn update_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
         if let Ok(mut s) = self.snapshot.lock() {
@@ -99,6 +126,34 @@ impl RelayMetrics {
     /// Rows parked as `failed` by this relay since start.
     pub fn parked_total(&self) -> u64 {
         self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Events the broker routed to no queue and that were dropped by their
+    /// destination's policy (counted as published too), per broker-level
+    /// destination, since start.
+    pub fn unroutable_total(&self) -> BTreeMap<String, u64> {
+        self.unroutable
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Batches abandoned in flight since start because a partition lease
+    /// lapsed before the broker answered (see `Relay`'s fencing).
+    pub fn abandoned_batches_total(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Published rows past the retention window, not yet deleted, as last
+    /// counted by this relay's clean-up (0 when caught up, or when another
+    /// relay does the clean-up).
+    pub fn retention_backlog_rows(&self) -> u64 {
+        self.retention_backlog.load(Ordering::Relaxed)
+    }
+
+    /// Published rows deleted by this relay's retention clean-up since start.
+    pub fn retention_deleted_total(&self) -> u64 {
+        self.retention_deleted.load(Ordering::Relaxed)
     }
 
     /// The latest backlog statistics.
@@ -135,6 +190,14 @@ impl RelayMetrics {
             &[],
             self.parked_total(),
         );
+        for (destination, n) in self.unroutable_total() {
+            out.counter(
+                "eventbus_relay_unroutable_total",
+                "Events the broker routed to no queue, dropped by the destination's policy (also counted as published).",
+                &[("destination", &destination)],
+                n,
+            );
+        }
         out.counter(
             "eventbus_relay_broker_outages_total",
             "Batches that found the broker unavailable.",
@@ -142,10 +205,29 @@ impl RelayMetrics {
             self.outages.load(Ordering::Relaxed),
         );
         out.counter(
+            "eventbus_relay_abandoned_batches_total",
+            "Batches abandoned while being sent because a partition lease lapsed.",
+            &[],
+            self.abandoned_batches_total(),
+        );
+        out.counter(
             "eventbus_relay_batches_total",
             "Batches published.",
             &[],
             self.batches.load(Ordering::Relaxed),
+        );
+
+        out.counter(
+            "eventbus_relay_retention_deleted_total",
+            "Published rows deleted by the retention clean-up.",
+            &[],
+            self.retention_deleted_total(),
+        );
+        out.gauge(
+            "eventbus_outbox_retention_backlog_rows",
+            "Published rows older than the retention window, not yet deleted.",
+            &[],
+            self.retention_backlog_rows() as f64,
         );
 
         let backlog = "eventbus_outbox_backlog";
@@ -227,6 +309,8 @@ mod tests {
     fn renders_counters_gauges_and_histograms() {
         let m = RelayMetrics::default();
         m.published(5);
+        m.unroutable("shop.orders");
+        m.unroutable("shop.orders");
         m.batch(Duration::from_millis(3), 5);
         m.outbox_wait(Duration::from_millis(40));
         m.update_snapshot(|s| {
@@ -244,5 +328,9 @@ mod tests {
         assert!(text.contains("eventbus_relay_outbox_wait_seconds_bucket{le=\"0.025\"} 0"));
         assert!(text.contains("eventbus_relay_outbox_wait_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("eventbus_relay_broker_up 1"));
+        assert!(
+            text.contains("eventbus_relay_unroutable_total{destination=\"shop.orders\"} 2"),
+            "{text}"
+        );
     }
 }

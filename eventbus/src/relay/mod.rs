@@ -12,12 +12,14 @@
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod admin;
 mod config;
+mod key_gate;
 mod membership;
 mod metrics;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod retention;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod row;
 #[cfg(feature = "sqlite")]
@@ -25,7 +27,7 @@ mod sqlite;
 mod store;
 mod telemetry;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +41,7 @@ use crate::transport::{OutgoingMessage, PublishError, Publisher};
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use admin::{FailedRow, OutboxAdmin, Status};
-pub(crate) use config::exponential;
+pub(crate) use config::{equal_jitter, exponential, unit_random};
 pub use config::{RelayConfig, Retention};
 pub use metrics::{RelayMetrics, Snapshot};
 #[cfg(feature = "mysql")]
@@ -48,8 +50,9 @@ pub use mysql::MySqlRelayStore;
 pub use postgres::PgRelayStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteRelayStore;
-pub use store::{Rejection, RelayStore};
+pub use store::{ClaimLimits, Lease, Rejection, RelayStore};
 
+use key_gate::KeyGate;
 use membership::Membership;
 
 /// Forwards outbox rows to a broker. Build one with [`Relay::new`], then
@@ -159,6 +162,18 @@ impl Relay {
             Arc::clone(&self.metrics),
         )));
 
+        // Retention mode: expired rows are deleted by a task of their own, so
+        // the clean-up keeps pace with the drain instead of taking turns with it.
+        let cleaner = match self.config.retention {
+            Retention::Keep(keep) => Some(AbortOnDrop(tokio::spawn(retention::clean_up(
+                Arc::clone(&membership),
+                Arc::clone(&self.store),
+                Arc::clone(&self.config),
+                Arc::clone(&self.metrics),
+                keep,
+            )))),
+            Retention::Delete => None,
+        };
         let worker = self.work(
             Arc::clone(&membership),
             Arc::clone(&wake),
@@ -174,7 +189,7 @@ impl Relay {
                 worker.await;
             }
         }
-        drop((heart, listener, stats));
+        drop((heart, listener, stats, cleaner));
         if let Err(e) = self.store.deregister(self.id).await {
             tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
         }
@@ -186,7 +201,6 @@ impl Relay {
     async fn work(&self, membership: Arc<Membership>, wake: Arc<Notify>, stop: Arc<Notify>) {
         let mut known_destinations: HashSet<String> = HashSet::new();
         let mut outage_step = 0u32;
-        let mut next_cleanup = Instant::now();
         loop {
             // Hand back partitions a rebalance gave to others, between batches so
             // no batch of theirs is in flight.
@@ -201,13 +215,10 @@ impl Relay {
             let mut full_batch = false;
             let mut found_rows = false;
             if !owned.is_empty() {
-                match self
-                    .store
-                    .claim(self.id, &owned, self.config.batch_size)
-                    .await
-                {
+                match self.store.claim(self.id, &owned, self.claim_limits()).await {
                     Ok(rows) => {
-                        full_batch = rows.len() as u64 >= u64::from(self.config.batch_size);
+                        full_batch = rows.len() as u64 >= u64::from(self.config.batch_size)
+                            || self.cut_by_bytes(&rows);
                         found_rows = !rows.is_empty();
                         if !rows.is_empty() {
                             match self
@@ -237,17 +248,6 @@ impl Relay {
                             return;
                         }
                         continue;
-                    }
-                }
-            }
-            if let Retention::Keep(keep) = self.config.retention {
-                // One relay does the clean-up: whoever owns the lowest partition.
-                if Instant::now() >= next_cleanup
-                    && owned.first() == membership.lowest_partition().as_ref()
-                {
-                    next_cleanup = Instant::now() + self.config.poll_interval * 10;
-                    if let Err(e) = self.store.delete_published(keep, 10_000).await {
-                        tracing::warn!(error = %e, "retention clean-up failed");
                     }
                 }
             }
@@ -281,17 +281,28 @@ impl Relay {
         membership: &Membership,
         known_destinations: &mut HashSet<String>,
     ) -> BatchOutcome {
+        // The tenure the rows were claimed in: every write about them is
+        // fenced on it, and the send must finish while it is trusted.
+        let partitions: Vec<i32> = rows
+            .iter()
+            .map(|r| r.partition)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let leases = membership.leases(&partitions);
         let mut rejections: Vec<Rejection> = Vec::new();
-        let mut blocked_keys: HashSet<(i32, String)> = HashSet::new();
+        // Once a row of a key is refused here, no later row of that key is
+        // sent in this batch: they wait behind it, in order.
+        let mut refused = KeyGate::default();
         let mut sendable: Vec<(&OutboxRecord, OutgoingMessage)> = Vec::with_capacity(rows.len());
         for row in &rows {
-            if blocked_keys.contains(&(row.partition, row.partition_key.clone())) {
-                continue; // an earlier row of this key failed: keep the order
+            if refused.is_stopped(row) {
+                continue;
             }
             match self.prepare(row) {
                 Ok(message) => sendable.push((row, message)),
                 Err(reason) => {
-                    blocked_keys.insert((row.partition, row.partition_key.clone()));
+                    refused.stop(row);
                     rejections.push(self.rejection(row, reason.error, reason.permanent));
                 }
             }
@@ -319,10 +330,12 @@ impl Relay {
             }
         }
 
-        // Fencing: publish only while every lease in the batch is still ours.
-        if !sendable
-            .iter()
-            .all(|(row, _)| membership.holds(row.partition))
+        // Fencing: publish only while every lease of the batch is still ours,
+        // in the tenure the rows were claimed in.
+        if leases.len() != partitions.len()
+            || membership
+                .trusted_until(&leases)
+                .is_none_or(|until| until <= Instant::now())
         {
             tracing::info!("lease expired before publishing; dropping the batch");
             return BatchOutcome::Done;
@@ -340,27 +353,62 @@ impl Relay {
         let results = if messages.is_empty() {
             Vec::new()
         } else {
-            self.publisher.publish_batch(&messages).await
+            // The send is bounded by the leases: if one lapses first (this
+            // process was paused, or cut off from the database while the
+            // broker is slow), another relay may already publish these keys,
+            // so nothing more of this batch may go out.
+            tokio::select! {
+                results = self.publisher.publish_batch(&messages) => results,
+                () = membership.lapse(&leases) => {
+                    self.publisher.abandon().await;
+                    self.metrics.lease_lapsed();
+                    tracing::warn!(
+                        rows = messages.len(),
+                        "lease lapsed while the batch was being sent; abandoned it, \
+                         its rows stay pending for the partitions' next owner"
+                    );
+                    return BatchOutcome::Done;
+                }
+            }
         };
         let latency = started.elapsed();
         let acknowledged_at = chrono::Utc::now();
 
         let mut acked: Vec<i64> = Vec::with_capacity(results.len());
+        // Keys whose send failed, from that row on (sent rows are in id
+        // order). Rows refused before sending were never sent with their
+        // followers, so this starts afresh.
+        let mut failed = KeyGate::default();
         let mut unavailable: Option<String> = None;
         for ((row, result), span) in sent_rows.into_iter().zip(results).zip(spans) {
             if let Some(waited) = telemetry::finish_send(span, row, &result, acknowledged_at) {
                 self.metrics.outbox_wait(waited);
             }
+            // An earlier row of this key failed. This one may have reached
+            // the broker anyway (sends are pipelined), but it stays pending and
+            // goes again after that row: acknowledging it now would let the
+            // earlier row follow it for good.
+            if failed.is_stopped(row) {
+                continue;
+            }
             match result {
-                Ok(_) => acked.push(row.id),
+                Ok(delivered) => {
+                    if delivered.unroutable {
+                        let destination = self.config.broker_destination(&row.destination);
+                        tracing::info!(id = row.id, event_type = %row.event_type, %destination, "no queue is bound for the event; dropped (unroutable policy `drop`)");
+                        self.metrics.unroutable(&destination);
+                    }
+                    acked.push(row.id);
+                }
                 Err(PublishError::Unavailable(e)) => {
                     tracing::debug!(id = row.id, error = %e, "broker unavailable");
+                    failed.stop(row);
                     unavailable.get_or_insert(e);
                 }
                 // Stays pending, behind its key's rejected row; no attempt used.
-                Err(PublishError::NotSent(_)) => {}
+                Err(PublishError::NotSent(_)) => failed.stop(row),
                 Err(e) => {
-                    blocked_keys.insert((row.partition, row.partition_key.clone()));
+                    failed.stop(row);
                     rejections.push(self.rejection(row, e.to_string(), false));
                 }
             }
@@ -376,7 +424,7 @@ impl Relay {
         if !acked.is_empty() {
             if let Err(e) = self
                 .store
-                .acknowledge(self.id, &acked, self.config.retention)
+                .acknowledge(self.id, &leases, &acked, self.config.retention)
                 .await
             {
                 // The events reached the broker; they will be sent again, and the
@@ -392,7 +440,7 @@ impl Relay {
                     .and_then(telemetry::trace_id);
                 tracing::warn!(id = r.id, trace_id = trace_id.as_deref(), parked = r.park, error = %r.error, "event rejected");
             }
-            if let Err(e) = self.store.reject(self.id, &rejections).await {
+            if let Err(e) = self.store.reject(self.id, &leases, &rejections).await {
                 tracing::warn!(error = %e, "recording rejected rows failed");
             }
         }
@@ -409,6 +457,13 @@ impl Relay {
     /// Checks a row and builds its message; a row that can never be sent is
     /// refused here without bothering the broker.
     fn prepare(&self, row: &OutboxRecord) -> std::result::Result<OutgoingMessage, Refusal> {
+        // Before anything reaches the broker, or creates a destination there.
+        if let Err(error) = self.config.check_destination(&row.destination) {
+            return Err(Refusal {
+                error,
+                permanent: true,
+            });
+        }
         if row.payload.len() > self.config.max_message_bytes {
             return Err(Refusal {
                 error: format!(
@@ -429,6 +484,23 @@ impl Relay {
             destination: self.config.broker_destination(&row.destination),
             envelope,
         })
+    }
+
+    /// The claim's limits from the configuration.
+    fn claim_limits(&self) -> ClaimLimits {
+        ClaimLimits {
+            rows: self.config.batch_size,
+            bytes: self.config.claim_bytes as u64,
+            max_message_bytes: self.config.max_message_bytes as u64,
+        }
+    }
+
+    /// Whether the byte budget may have ended this claim early: then more
+    /// rows may be waiting, as after a full batch.
+    fn cut_by_bytes(&self, rows: &[OutboxRecord]) -> bool {
+        let loaded: usize = rows.iter().map(|r| r.payload.len()).sum();
+        // A row left out did not fit: it is at most `max_message_bytes`.
+        loaded.saturating_add(self.config.max_message_bytes) > self.config.claim_bytes
     }
 
     fn rejection(&self, row: &OutboxRecord, error: String, permanent: bool) -> Rejection {

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::config::Retention;
 use super::metrics::Snapshot;
 use super::row::Lenient;
-use super::store::{Rejection, RelayStore};
+use super::store::{leases, ClaimLimits, Lease, Rejection, RelayStore};
 use crate::error::{Error, Result};
 use crate::mysql::{begin_read_committed, int_list, micros, NOW};
 use crate::outbox::OutboxRecord;
@@ -72,6 +72,7 @@ pub struct MySqlRelayStore {
 #[derive(Debug)]
 struct Statements {
     claim: String,
+    payloads: String,
     claimable_count: String,
     claimable: String,
     delete: String,
@@ -91,6 +92,7 @@ struct Statements {
     deregister: String,
     partitions: String,
     delete_published: String,
+    expired_published: String,
 }
 
 impl Statements {
@@ -112,15 +114,18 @@ impl Statements {
         );
         let ids = "JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) j";
         Statements {
+            // Payloads are measured here and loaded by `payloads` afterwards,
+            // only those within the claim's byte budget.
             claim: format!(
                 "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, \
                         o.`partition`, o.event_type, o.schema_version, o.subject, o.headers, \
-                        o.payload, o.created_at, o.attempts \
+                        '' AS payload, CAST(LENGTH(o.payload) AS SIGNED) AS size, o.created_at, o.attempts \
                  FROM {t} o \
                  WHERE {publishable} \
                  ORDER BY o.id LIMIT ? \
                  FOR UPDATE SKIP LOCKED"
             ),
+            payloads: format!("SELECT o.id, o.payload FROM {t} o JOIN {ids} ON o.id = j.id"),
             claimable_count: format!(
                 "SELECT COUNT(*) FROM {t} o WHERE {publishable} AND o.id <= ?"
             ),
@@ -164,11 +169,11 @@ impl Statements {
                        OR lease_expires_at IS NULL OR lease_expires_at < {NOW})"
             ),
             held: format!(
-                "SELECT `partition` FROM {p} WHERE owner = ? AND lease_expires_at > {NOW} \
+                "SELECT `partition`, epoch FROM {p} WHERE owner = ? AND lease_expires_at > {NOW} \
                  ORDER BY `partition`"
             ),
             owned: format!(
-                "SELECT `partition` FROM {p} WHERE owner = ? AND FIND_IN_SET(`partition`, ?) \
+                "SELECT `partition`, epoch FROM {p} WHERE owner = ? AND FIND_IN_SET(`partition`, ?) \
                  ORDER BY `partition`"
             ),
             release: format!(
@@ -195,6 +200,10 @@ impl Statements {
             delete_published: format!(
                 "DELETE FROM {t} WHERE state = 'published' \
                  AND published_at < {NOW} - INTERVAL ? MICROSECOND LIMIT ?"
+            ),
+            expired_published: format!(
+                "SELECT COUNT(*) FROM {t} WHERE state = 'published' \
+                 AND published_at < {NOW} - INTERVAL ? MICROSECOND"
             ),
         }
     }
@@ -235,35 +244,75 @@ impl MySqlRelayStore {
         relay: Uuid,
         partitions: &[i32],
         update: sqlx::query::Query<'_, MySql, sqlx::mysql::MySqlArguments>,
-    ) -> Result<Vec<i32>> {
+    ) -> Result<Vec<Lease>> {
         let mut tx = self.begin().await?;
         update.execute(&mut *tx).await.map_err(|e| self.err(e))?;
-        let owned: Vec<i32> = sqlx::query_scalar(&self.sql.owned)
+        let owned: Vec<(i32, i64)> = sqlx::query_as(&self.sql.owned)
             .bind(relay_id(relay))
             .bind(int_list(partitions))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(owned)
+        Ok(leases(owned))
     }
 
-    /// The partitions whose lease `relay` holds right now, read without
-    /// locking in `tx`.
-    async fn held(&self, tx: &mut Transaction<'static, MySql>, relay: Uuid) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.held)
+    /// Loads the payloads of `claimed` (whose sizes are `sizes`, in order)
+    /// that are within `limits`; marks the others with their size.
+    async fn load_payloads(
+        &self,
+        tx: &mut Transaction<'static, MySql>,
+        claimed: &mut [OutboxRecord],
+        sizes: &[u64],
+        limits: ClaimLimits,
+    ) -> Result<()> {
+        let wanted = limits.wanted(claimed, sizes);
+        let payloads: HashMap<i64, Vec<u8>> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            // Serializing integers cannot fail.
+            let ids = serde_json::to_string(&wanted).unwrap_or_else(|_| "[]".to_owned());
+            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.payloads)
+                .bind(ids)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(|e| self.err(e))?
+                .into_iter()
+                .collect()
+        };
+        limits.fill(claimed, sizes, payloads);
+        Ok(())
+    }
+
+    /// The leases `relay` holds right now, read without locking in `tx`.
+    async fn held(&self, tx: &mut Transaction<'static, MySql>, relay: Uuid) -> Result<Vec<Lease>> {
+        sqlx::query_as(&self.sql.held)
             .bind(relay_id(relay))
             .fetch_all(&mut **tx)
             .await
+            .map(leases)
             .map_err(|e| self.err(e))
     }
 
     /// Runs the fenced row write `sql` for `rows` (a JSON array) at `READ
     /// COMMITTED`, on the rows of partitions `relay` holds; returns the rows
     /// affected.
-    async fn fenced_write(&self, sql: &str, rows: String, relay: Uuid) -> Result<u64> {
+    async fn fenced_write(
+        &self,
+        sql: &str,
+        rows: String,
+        relay: Uuid,
+        leases: &[Lease],
+    ) -> Result<u64> {
         let mut tx = self.begin().await?;
-        let held = self.held(&mut tx, relay).await?;
+        // Only partitions still held in the tenure the rows were claimed in.
+        let held: Vec<i32> = self
+            .held(&mut tx, relay)
+            .await?
+            .into_iter()
+            .filter(|lease| leases.contains(lease))
+            .map(|lease| lease.partition)
+            .collect();
         if held.is_empty() {
             tx.commit().await.map_err(|e| self.err(e))?;
             return Ok(0);
@@ -376,7 +425,7 @@ impl RelayStore for MySqlRelayStore {
         Ok(live)
     }
 
-    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
+    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
@@ -387,7 +436,7 @@ impl RelayStore for MySqlRelayStore {
         self.update_leases(relay, partitions, update).await
     }
 
-    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
+    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
@@ -430,7 +479,7 @@ impl RelayStore for MySqlRelayStore {
         &self,
         relay: Uuid,
         partitions: &[i32],
-        limit: u32,
+        limits: ClaimLimits,
     ) -> Result<Vec<OutboxRecord>> {
         if partitions.is_empty() {
             return Ok(Vec::new());
@@ -440,7 +489,7 @@ impl RelayStore for MySqlRelayStore {
         let partitions: Vec<i32> = partitions
             .iter()
             .copied()
-            .filter(|p| held.contains(p))
+            .filter(|p| held.iter().any(|lease| lease.partition == *p))
             .collect();
         if partitions.is_empty() {
             tx.commit().await.map_err(|e| self.err(e))?;
@@ -453,15 +502,24 @@ impl RelayStore for MySqlRelayStore {
         // someone else, e.g. a fenced-out relay's late acknowledgement.
         let rows = sqlx::query(&self.sql.claim)
             .bind(&list)
-            .bind(i64::from(limit))
+            .bind(i64::from(limits.rows))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-        let claimed = rows
+        let sizes = rows
+            .iter()
+            .map(|row| row.try_get::<Option<i64>, _>("size"))
+            .map(|size| size.map(|s| u64::try_from(s.unwrap_or(0)).unwrap_or(0)))
+            .collect::<std::result::Result<Vec<u64>, _>>()
+            .map_err(Error::Database)?;
+        let fitting = limits.fitting(sizes.iter().copied());
+        let mut claimed = rows[..fitting]
             .iter()
             .map(record)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(Error::Database)?;
+        self.load_payloads(&mut tx, &mut claimed, &sizes, limits)
+            .await?;
         let Some(last) = claimed.last().map(|r| r.id) else {
             tx.commit().await.map_err(|e| self.err(e))?;
             return Ok(claimed);
@@ -495,7 +553,13 @@ impl RelayStore for MySqlRelayStore {
         Ok(claimed)
     }
 
-    async fn acknowledge(&self, relay: Uuid, ids: &[i64], retention: Retention) -> Result<u64> {
+    async fn acknowledge(
+        &self,
+        relay: Uuid,
+        leases: &[Lease],
+        ids: &[i64],
+        retention: Retention,
+    ) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -505,10 +569,10 @@ impl RelayStore for MySqlRelayStore {
         };
         // Serializing integers cannot fail.
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
-        self.fenced_write(sql, ids, relay).await
+        self.fenced_write(sql, ids, relay, leases).await
     }
 
-    async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> Result<()> {
+    async fn reject(&self, relay: Uuid, leases: &[Lease], rejections: &[Rejection]) -> Result<()> {
         if rejections.is_empty() {
             return Ok(());
         }
@@ -525,7 +589,8 @@ impl RelayStore for MySqlRelayStore {
             .collect();
         // Serializing integers and strings cannot fail.
         let rows = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned());
-        self.fenced_write(&self.sql.reject, rows, relay).await?;
+        self.fenced_write(&self.sql.reject, rows, relay, leases)
+            .await?;
         Ok(())
     }
 
@@ -569,6 +634,15 @@ impl RelayStore for MySqlRelayStore {
             .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn expired_published(&self, keep: Duration) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(&self.sql.expired_published)
+            .bind(micros(keep))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn listen(&self, _notify: Arc<Notify>) -> Result<()> {

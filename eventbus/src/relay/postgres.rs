@@ -10,9 +10,10 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::config::Retention;
+use super::key_gate::KeyGate;
 use super::metrics::Snapshot;
 use super::row::Lenient;
-use super::store::{Rejection, RelayStore};
+use super::store::{leases, ClaimLimits, Lease, Rejection, RelayStore};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxRecord;
 use crate::table::TableName;
@@ -44,6 +45,7 @@ struct Statements {
     release_all: String,
     partitions: String,
     delete_published: String,
+    expired_published: String,
 }
 
 impl Statements {
@@ -51,37 +53,65 @@ impl Statements {
         let t = table.quoted();
         let p = table.with_suffix("_partitions");
         let r = table.with_suffix("_relays");
-        // A row may be touched only while this relay ($owner) holds its partition.
-        let fence = format!(
-            "{p}.partition = o.partition AND {p}.owner = $2 AND {p}.lease_expires_at > now()"
-        );
+        // A row may be touched only while this relay ($2) holds its partition,
+        // in the tenure (epoch) it was claimed in: `$n` and `$n+1` are the
+        // partitions and epochs of the relay's leases.
+        let fence = |n: u8| {
+            format!(
+                "{p}.partition = o.partition AND {p}.owner = $2 AND {p}.lease_expires_at > now() \
+                 AND ({p}.partition, {p}.epoch) IN (SELECT * FROM UNNEST(${n}::int4[], ${m}::int8[]))",
+                m = n + 1
+            )
+        };
         Statements {
             // The lease fence is the set of partitions held now, computed once
             // (an init plan), not an EXISTS per row: with EXISTS the planner
             // misjudged how many rows survive and chose a full scan and sort
             // of the outbox (145 ms per claim at 200k pending rows, instead of
             // 1 ms walking the pending index in id order). See also `claim`.
+            //
+            // The byte budget: each payload is measured here (`size`, $5 the
+            // largest loaded), a running total over the claimed rows keeps the
+            // prefix within $4 (always one row), and a payload over $5 is not
+            // sent at all. The size is of jsonb's text without the space it
+            // prints after each `,` and `:` (compact JSON, as the publisher
+            // measured it; a `, ` inside a string loses its space too, so the
+            // size errs low, and `prepare` still checks what is loaded).
             claim: format!(
-                "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, o.partition, \
-                        o.event_type, o.schema_version, o.subject, o.headers, o.payload, \
-                        o.created_at, o.attempts \
+                "SELECT w.id, w.event_id, w.source, w.destination, w.partition_key, w.partition, \
+                        w.event_type, w.schema_version, w.subject, w.headers, \
+                        CASE WHEN w.size <= $5 THEN w.payload END AS payload, w.size, \
+                        w.created_at, w.attempts, w.settled \
+                 FROM (SELECT c.*, row_number() OVER claimed AS n, \
+                              sum(CASE WHEN c.size <= $5 THEN c.size ELSE 0 END) OVER claimed AS running \
+                       FROM (SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, \
+                                    o.partition, o.event_type, o.schema_version, o.subject, \
+                                    o.headers, o.payload, o.created_at, o.attempts, \
+                                    octet_length(replace(replace(o.payload::text, ', ', ','), ': ', ':'))::int8 AS size, \
+                                    o.txid < pg_snapshot_xmin(pg_current_snapshot()) AS settled \
                  FROM {t} o \
                  WHERE o.state = 'pending' \
                    AND o.partition = ANY(ARRAY(SELECT {p}.partition FROM {p} \
                        WHERE {p}.partition = ANY($1) AND {p}.owner = $2 \
                          AND {p}.lease_expires_at > now())) \
-                   AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) \
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
                    AND NOT EXISTS (SELECT 1 FROM {t} b \
                        WHERE b.partition = o.partition AND b.partition_key = o.partition_key \
                          AND b.id < o.id \
                          AND (b.state = 'failed' OR (b.state = 'pending' AND b.attempts > 0))) \
-                 ORDER BY o.id LIMIT $3"
+                 ORDER BY o.id LIMIT $3) c \
+                       WINDOW claimed AS (ORDER BY c.id ROWS UNBOUNDED PRECEDING)) w \
+                 WHERE w.n = 1 OR w.running <= $4 \
+                 ORDER BY w.id"
             ),
-            delete: format!("DELETE FROM {t} o USING {p} WHERE o.id = ANY($1) AND {fence}"),
+            delete: format!(
+                "DELETE FROM {t} o USING {p} WHERE o.id = ANY($1) AND {fence}",
+                fence = fence(3)
+            ),
             mark_published: format!(
                 "UPDATE {t} o SET state = 'published', published_at = now() FROM {p} \
-                 WHERE o.id = ANY($1) AND {fence}"
+                 WHERE o.id = ANY($1) AND {fence}",
+                fence = fence(3)
             ),
             reject: format!(
                 "UPDATE {t} o SET attempts = o.attempts + 1, \
@@ -90,7 +120,8 @@ impl Statements {
                             ELSE now() + u.delay_ms * interval '1 millisecond' END, \
                         last_error = u.err \
                  FROM UNNEST($1::int8[], $3::bool[], $4::int8[], $5::text[]) AS u(id, park, delay_ms, err), {p} \
-                 WHERE o.id = u.id AND {fence}"
+                 WHERE o.id = u.id AND {fence}",
+                fence = fence(6)
             ),
             stats: format!(
                 "SELECT o.partition, count(*)::int8 AS n, \
@@ -102,14 +133,14 @@ impl Statements {
             parked: format!("SELECT count(*)::int8 FROM {t} WHERE state = 'failed'"),
             renew: format!(
                 "UPDATE {p} SET lease_expires_at = now() + $3 * interval '1 millisecond' \
-                 WHERE owner = $1 AND partition = ANY($2) RETURNING partition"
+                 WHERE owner = $1 AND partition = ANY($2) RETURNING partition, epoch"
             ),
             acquire: format!(
                 "UPDATE {p} SET owner = $1, epoch = epoch + 1, \
                         lease_expires_at = now() + $3 * interval '1 millisecond' \
                  WHERE partition = ANY($2) AND (owner IS NULL OR lease_expires_at IS NULL \
                        OR lease_expires_at < now()) \
-                 RETURNING partition"
+                 RETURNING partition, epoch"
             ),
             release: format!(
                 "UPDATE {p} SET owner = NULL, lease_expires_at = NULL \
@@ -136,6 +167,10 @@ impl Statements {
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
                  AND published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
             ),
+            expired_published: format!(
+                "SELECT count(*)::int8 FROM {t} WHERE state = 'published' \
+                 AND published_at < now() - $1 * interval '1 millisecond'"
+            ),
         }
     }
 }
@@ -150,6 +185,11 @@ impl PgRelayStore {
     fn err(&self, e: sqlx::Error) -> Error {
         Error::from_table_query(e, &self.table)
     }
+}
+
+/// Leases as the two arrays the fence unnests.
+fn split(leases: &[Lease]) -> (Vec<i32>, Vec<i64>) {
+    leases.iter().map(|l| (l.partition, l.epoch)).unzip()
 }
 
 fn millis(d: Duration) -> i64 {
@@ -214,23 +254,25 @@ impl RelayStore for PgRelayStore {
             .map_err(|e| self.err(e))
     }
 
-    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.renew)
+    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
+        sqlx::query_as::<_, (i32, i64)>(&self.sql.renew)
             .bind(relay)
             .bind(partitions)
             .bind(millis(ttl))
             .fetch_all(&self.pool)
             .await
+            .map(leases)
             .map_err(|e| self.err(e))
     }
 
-    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.acquire)
+    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
+        sqlx::query_as::<_, (i32, i64)>(&self.sql.acquire)
             .bind(relay)
             .bind(partitions)
             .bind(millis(ttl))
             .fetch_all(&self.pool)
             .await
+            .map(leases)
             .map_err(|e| self.err(e))
     }
 
@@ -262,7 +304,7 @@ impl RelayStore for PgRelayStore {
         &self,
         relay: Uuid,
         partitions: &[i32],
-        limit: u32,
+        limits: ClaimLimits,
     ) -> Result<Vec<OutboxRecord>> {
         // The claim must walk the pending index in id order and stop after
         // `limit` rows. Without fresh statistics (a large backlog written
@@ -281,18 +323,38 @@ impl RelayStore for PgRelayStore {
         let rows = sqlx::query(&self.sql.claim)
             .bind(partitions)
             .bind(relay)
-            .bind(i64::from(limit))
+            .bind(i64::from(limits.rows))
+            .bind(i64::try_from(limits.bytes).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limits.max_message_bytes).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(record)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(Error::Database)
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut gate = KeyGate::default();
+        for row in &rows {
+            let settled: bool = row.try_get("settled")?;
+            let size: i64 = row.try_get("size")?;
+            let mut record = record(row)?;
+            let size = u64::try_from(size).unwrap_or(0);
+            if limits.withholds(size) {
+                record.defect = Some(limits.oversized(size));
+            }
+            if gate.admit(settled, &record) {
+                claimed.push(record);
+            }
+        }
+        Ok(claimed)
     }
 
-    async fn acknowledge(&self, relay: Uuid, ids: &[i64], retention: Retention) -> Result<u64> {
+    async fn acknowledge(
+        &self,
+        relay: Uuid,
+        leases: &[Lease],
+        ids: &[i64],
+        retention: Retention,
+    ) -> Result<u64> {
+        let (partitions, epochs) = split(leases);
         let sql = match retention {
             Retention::Delete => &self.sql.delete,
             Retention::Keep(_) => &self.sql.mark_published,
@@ -300,13 +362,16 @@ impl RelayStore for PgRelayStore {
         let done = sqlx::query(sql)
             .bind(ids)
             .bind(relay)
+            .bind(partitions)
+            .bind(epochs)
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
     }
 
-    async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> Result<()> {
+    async fn reject(&self, relay: Uuid, leases: &[Lease], rejections: &[Rejection]) -> Result<()> {
+        let (partitions, epochs) = split(leases);
         let ids: Vec<i64> = rejections.iter().map(|r| r.id).collect();
         let park: Vec<bool> = rejections.iter().map(|r| r.park).collect();
         let delays: Vec<i64> = rejections.iter().map(|r| millis(r.retry_in)).collect();
@@ -317,6 +382,8 @@ impl RelayStore for PgRelayStore {
             .bind(&park)
             .bind(&delays)
             .bind(&errors)
+            .bind(partitions)
+            .bind(epochs)
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -359,6 +426,15 @@ impl RelayStore for PgRelayStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn expired_published(&self, keep: Duration) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(&self.sql.expired_published)
+            .bind(millis(keep))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn listen(&self, notify: Arc<Notify>) -> Result<()> {

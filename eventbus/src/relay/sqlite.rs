@@ -6,6 +6,7 @@
 //! transaction holds until it ends, so ids become visible in commit order
 //! (`docs/adr/0003-sqlite-outbox.md`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use super::config::Retention;
 use super::metrics::Snapshot;
 use super::row::Lenient;
-use super::store::{Rejection, RelayStore};
+use super::store::{leases, ClaimLimits, Lease, Rejection, RelayStore};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxRecord;
 use crate::sqlite::{json_array, now_shifted, parse_timestamp, shift, NOW};
@@ -59,6 +60,7 @@ pub struct SqliteRelayStore {
 #[derive(Debug)]
 struct Statements {
     claim: String,
+    payloads: String,
     delete: String,
     mark_published: String,
     reject: String,
@@ -74,6 +76,7 @@ struct Statements {
     deregister: String,
     partitions: String,
     delete_published: String,
+    expired_published: String,
 }
 
 impl Statements {
@@ -87,10 +90,21 @@ impl Statements {
             "EXISTS (SELECT 1 FROM {p} l WHERE l.\"partition\" = o.\"partition\" \
              AND l.owner = ?2 AND l.lease_expires_at > {NOW})"
         );
+        // Writes also check the tenure: ?3 holds the relay's leases as a JSON
+        // array of `[partition, epoch]`.
+        let tenure = format!(
+            "{fence} AND EXISTS (SELECT 1 FROM {p} l, json_each(?3) h \
+             WHERE l.\"partition\" = o.\"partition\" AND h.value ->> 0 = l.\"partition\" \
+               AND h.value ->> 1 = l.epoch)"
+        );
         Statements {
+            // Payloads are measured here (`octet_length` of a column reads
+            // its length, not its content) and loaded by `payloads`
+            // afterwards, only those within the claim's byte budget.
             claim: format!(
                 "SELECT o.id, o.event_id, o.source, o.destination, o.partition_key, \
-                        o.\"partition\", o.event_type, o.schema_version, o.subject, o.headers, o.payload, \
+                        o.\"partition\", o.event_type, o.schema_version, o.subject, o.headers, \
+                        '' AS payload, octet_length(o.payload) AS size, \
                         strftime('%Y-%m-%dT%H:%M:%fZ', o.created_at) AS created_at, o.attempts \
                  FROM {t} o \
                  WHERE o.state = 'pending' AND o.\"partition\" IN {partitions} \
@@ -103,10 +117,17 @@ impl Statements {
                  ORDER BY o.id LIMIT ?3",
                 partitions = list(1),
             ),
-            delete: format!("DELETE FROM {t} AS o WHERE o.id IN {ids} AND {fence}", ids = list(1)),
+            payloads: format!(
+                "SELECT o.id, CAST(o.payload AS BLOB) AS payload FROM {t} o WHERE o.id IN {ids}",
+                ids = list(1)
+            ),
+            delete: format!(
+                "DELETE FROM {t} AS o WHERE o.id IN {ids} AND {tenure}",
+                ids = list(1)
+            ),
             mark_published: format!(
                 "UPDATE {t} AS o SET state = 'published', published_at = {NOW} \
-                 WHERE o.id IN {ids} AND {fence}",
+                 WHERE o.id IN {ids} AND {tenure}",
                 ids = list(1)
             ),
             reject: format!(
@@ -117,7 +138,7 @@ impl Statements {
                         last_error = u.err \
                  FROM (SELECT value ->> 0 AS id, value ->> 1 AS park, value ->> 2 AS delay, \
                               value ->> 3 AS err FROM json_each(?1)) AS u \
-                 WHERE o.id = u.id AND {fence}"
+                 WHERE o.id = u.id AND {tenure}"
             ),
             stats: format!(
                 "SELECT o.\"partition\" AS \"partition\", count(*) AS n, \
@@ -129,7 +150,7 @@ impl Statements {
             parked: format!("SELECT count(*) FROM {t} WHERE state = 'failed'"),
             renew: format!(
                 "UPDATE {p} SET lease_expires_at = {until} \
-                 WHERE owner = ?1 AND \"partition\" IN {partitions} RETURNING \"partition\"",
+                 WHERE owner = ?1 AND \"partition\" IN {partitions} RETURNING \"partition\", epoch",
                 until = now_shifted(3),
                 partitions = list(2)
             ),
@@ -137,7 +158,7 @@ impl Statements {
                 "UPDATE {p} SET owner = ?1, epoch = epoch + 1, lease_expires_at = {until} \
                  WHERE \"partition\" IN {partitions} AND (owner IS NULL \
                        OR lease_expires_at IS NULL OR lease_expires_at < {NOW}) \
-                 RETURNING \"partition\"",
+                 RETURNING \"partition\", epoch",
                 until = now_shifted(3),
                 partitions = list(2)
             ),
@@ -169,8 +190,18 @@ impl Statements {
                  AND published_at < {before} LIMIT ?2)",
                 before = now_shifted(1)
             ),
+            expired_published: format!(
+                "SELECT count(*) FROM {t} WHERE state = 'published' AND published_at < {before}",
+                before = now_shifted(1)
+            ),
         }
     }
+}
+
+/// The relay's leases as the JSON array of `[partition, epoch]` the fence reads.
+fn tenures(leases: &[Lease]) -> String {
+    let pairs: Vec<(i32, i64)> = leases.iter().map(|l| (l.partition, l.epoch)).collect();
+    json_array(&pairs)
 }
 
 impl SqliteRelayStore {
@@ -246,23 +277,25 @@ impl RelayStore for SqliteRelayStore {
             .collect()
     }
 
-    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.renew)
+    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
+        sqlx::query_as::<_, (i32, i64)>(&self.sql.renew)
             .bind(relay_id(relay))
             .bind(json_array(partitions))
             .bind(shift(ttl, 1))
             .fetch_all(&self.pool)
             .await
+            .map(leases)
             .map_err(|e| self.err(e))
     }
 
-    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.acquire)
+    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
+        sqlx::query_as::<_, (i32, i64)>(&self.sql.acquire)
             .bind(relay_id(relay))
             .bind(json_array(partitions))
             .bind(shift(ttl, 1))
             .fetch_all(&self.pool)
             .await
+            .map(leases)
             .map_err(|e| self.err(e))
     }
 
@@ -294,22 +327,53 @@ impl RelayStore for SqliteRelayStore {
         &self,
         relay: Uuid,
         partitions: &[i32],
-        limit: u32,
+        limits: ClaimLimits,
     ) -> Result<Vec<OutboxRecord>> {
+        // One read transaction: the payloads come from the same snapshot.
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let rows = sqlx::query(&self.sql.claim)
             .bind(json_array(partitions))
             .bind(relay_id(relay))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .bind(i64::from(limits.rows))
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-        rows.iter()
+        let sizes = rows
+            .iter()
+            .map(|row| row.try_get::<Option<i64>, _>("size"))
+            .map(|size| size.map(|s| u64::try_from(s.unwrap_or(0)).unwrap_or(0)))
+            .collect::<std::result::Result<Vec<u64>, _>>()
+            .map_err(Error::Database)?;
+        let fitting = limits.fitting(sizes.iter().copied());
+        let mut claimed = rows[..fitting]
+            .iter()
             .map(record)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(Error::Database)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::Database)?;
+        let wanted = limits.wanted(&claimed, &sizes);
+        let payloads: HashMap<i64, Vec<u8>> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.payloads)
+                .bind(json_array(&wanted))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?
+                .into_iter()
+                .collect()
+        };
+        tx.commit().await.map_err(|e| self.err(e))?;
+        limits.fill(&mut claimed, &sizes, payloads);
+        Ok(claimed)
     }
 
-    async fn acknowledge(&self, relay: Uuid, ids: &[i64], retention: Retention) -> Result<u64> {
+    async fn acknowledge(
+        &self,
+        relay: Uuid,
+        leases: &[Lease],
+        ids: &[i64],
+        retention: Retention,
+    ) -> Result<u64> {
         let sql = match retention {
             Retention::Delete => &self.sql.delete,
             Retention::Keep(_) => &self.sql.mark_published,
@@ -317,13 +381,14 @@ impl RelayStore for SqliteRelayStore {
         let done = sqlx::query(sql)
             .bind(json_array(ids))
             .bind(relay_id(relay))
+            .bind(tenures(leases))
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
     }
 
-    async fn reject(&self, relay: Uuid, rejections: &[Rejection]) -> Result<()> {
+    async fn reject(&self, relay: Uuid, leases: &[Lease], rejections: &[Rejection]) -> Result<()> {
         let rows: Vec<(i64, bool, String, &str)> = rejections
             .iter()
             .map(|r| (r.id, r.park, shift(r.retry_in, 1), r.error.as_str()))
@@ -331,6 +396,7 @@ impl RelayStore for SqliteRelayStore {
         sqlx::query(&self.sql.reject)
             .bind(json_array(&rows))
             .bind(relay_id(relay))
+            .bind(tenures(leases))
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -373,6 +439,15 @@ impl RelayStore for SqliteRelayStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn expired_published(&self, keep: Duration) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(&self.sql.expired_published)
+            .bind(shift(keep, -1))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn listen(&self, _notify: Arc<Notify>) -> Result<()> {

@@ -41,7 +41,7 @@
 //!
 //! let tracer = opentelemetry::global::tracer("shop");
 //! let request = opentelemetry::Context::current_with_span(tracer.start("POST /orders"));
-//! let outbox = Outbox::new().source("urn:service:orders");
+//! let outbox = Outbox::new("urn:service:orders");
 //! async {
 //!     let mut tx = pool.begin().await?;
 //!     // The `publish` span is a child of "POST /orders"; its context is

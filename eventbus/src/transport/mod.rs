@@ -35,6 +35,11 @@ pub struct Delivered {
     pub partition: Option<i32>,
     /// Kafka offset.
     pub offset: Option<i64>,
+    /// The broker took the message but routed it to no consumer (RabbitMQ: no
+    /// queue bound for its routing key), and the destination's policy says to
+    /// drop such messages: it counts as published, and the relay counts it in
+    /// `eventbus_relay_unroutable_total`.
+    pub unroutable: bool,
 }
 
 /// Why a publish failed: the relay pauses on [`PublishError::Unavailable`] and
@@ -84,6 +89,14 @@ pub trait Publisher: Send + Sync + fmt::Debug + 'static {
 
     /// Creates `destination` (topic, exchange) if it does not exist.
     async fn ensure_destination(&self, destination: &str) -> Result<(), PublishError>;
+
+    /// Drops whatever was handed over but has not left the client yet. The
+    /// relay calls it when its lease lapsed while a batch was in flight: from
+    /// then on another relay may publish those keys, and a late send of the
+    /// old batch would land after its newer events. What is already on the
+    /// wire cannot be recalled. By default nothing is kept back, so there is
+    /// nothing to drop.
+    async fn abandon(&self) {}
 }
 
 /// Compile-time check that [`Publisher`] stays object safe.

@@ -216,7 +216,7 @@ for_each_database!(inventory_sql);
 /// The inventory service's handlers, for its consumer.
 pub fn handlers<DB: SagaDb>(builder: ConsumerBuilder<DB>) -> ConsumerBuilder<DB> {
     builder
-        .outbox(Outbox::new().source(SOURCE))
+        .outbox(Outbox::new(SOURCE))
         // Rejected orders reserved nothing.
         .unknown_types(UnknownTypes::Skip)
         .on(|ctx: Context<DB>, e: OrderPlaced| async move {

@@ -271,7 +271,7 @@ impl<DB: SagaDb> OrderService<DB> {
     pub fn new(pool: Pool<DB>, payment_timeout: Duration) -> Self {
         OrderService {
             pool,
-            outbox: Outbox::new().source(SOURCE),
+            outbox: Outbox::new(SOURCE),
             payment_timeout,
         }
     }

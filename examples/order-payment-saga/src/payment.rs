@@ -276,7 +276,7 @@ impl<DB: SagaDb> PaymentService<DB> {
     pub fn new(pool: Pool<DB>, gateway_delay: Duration) -> Self {
         PaymentService {
             pool,
-            outbox: Outbox::new().source(SOURCE),
+            outbox: Outbox::new(SOURCE),
             gateway_delay,
         }
     }

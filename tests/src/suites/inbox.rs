@@ -57,7 +57,8 @@ async fn count_once<D: TestDatabase>(
 
 /// Eight deliveries of one message at once, from eight pools as eight
 /// consumer processes would: exactly one handler runs and commits, seven are
-/// duplicates, one inbox row with the message's consumer, source, id and type.
+/// duplicates, one inbox row with the message's consumer, key (its UUID id
+/// alone) and type.
 pub async fn concurrent_duplicates_are_processed_exactly_once<D: TestDatabase>() {
     let db = D::migrated().await;
     create_counter(&db).await;
@@ -97,7 +98,8 @@ pub async fn concurrent_duplicates_are_processed_exactly_once<D: TestDatabase>()
     );
     assert_eq!(
         db.texts(&row("source")).await,
-        [Some("urn:service:orders".to_owned())]
+        [Some(eventbus::inbox::UUID_SCOPE.to_owned())],
+        "a UUID id is keyed alone, whatever its source"
     );
     assert_eq!(
         db.texts(&row("message_id")).await,

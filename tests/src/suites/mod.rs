@@ -4,6 +4,7 @@
 //! `consumer_rabbitmq.rs`, …) calls the scenarios that apply to it, so every
 //! backend is held to the same assertions.
 
+pub mod commit_order;
 pub mod consumer;
 pub mod inbox;
 pub mod outbox;

@@ -73,14 +73,21 @@ async fn claim_once<D: TestDatabase>(db: &D) -> Vec<OutboxRecord> {
         .heartbeat(relay, "test", ttl)
         .await
         .expect("heartbeat");
-    let mut acquired = store
+    let mut acquired: Vec<i32> = store
         .acquire(relay, &partitions, ttl)
         .await
-        .expect("acquire");
+        .expect("acquire")
+        .iter()
+        .map(|l| l.partition)
+        .collect();
     acquired.sort_unstable();
     assert_eq!(acquired, partitions, "every partition is free");
     let rows = store
-        .claim(relay, &partitions, 100_000)
+        .claim(
+            relay,
+            &partitions,
+            eventbus::relay::ClaimLimits::rows(100_000),
+        )
         .await
         .expect("claim");
     store.deregister(relay).await.expect("deregister");
@@ -118,7 +125,7 @@ async fn count<D: TestDatabase>(db: &D, table: &str) -> i64 {
 pub async fn commit_writes_business_row_and_outbox_row_together<D: TestDatabase>() {
     let db = D::migrated().await;
     create_orders_table(&db).await;
-    let outbox = Outbox::new().source("urn:service:orders");
+    let outbox = Outbox::new("urn:service:orders");
     let event = OrderPlaced {
         order_id: "o-1".into(),
         amount_cents: 1250,
@@ -207,7 +214,7 @@ pub async fn commit_writes_business_row_and_outbox_row_together<D: TestDatabase>
 pub async fn rollback_writes_neither_business_row_nor_outbox_row<D: TestDatabase>() {
     let db = D::migrated().await;
     create_orders_table(&db).await;
-    let outbox = Outbox::new();
+    let outbox = Outbox::new("urn:service:orders");
 
     let mut tx = db.pool().begin().await.expect("begin");
     D::execute_in(
@@ -259,7 +266,7 @@ pub async fn publish_all_writes_ten_thousand_events_in_order_atomically<D: TestD
     };
 
     let mut tx = db.pool().begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish_all(&mut tx, &events, &meta)
         .await
         .expect("publish_all");
@@ -268,7 +275,7 @@ pub async fn publish_all_writes_ten_thousand_events_in_order_atomically<D: TestD
 
     let started = std::time::Instant::now();
     let mut tx = db.pool().begin().await.expect("begin");
-    let ids = Outbox::new()
+    let ids = Outbox::new("urn:service:orders")
         .publish_all(&mut tx, &events, &meta)
         .await
         .expect("publish_all");
@@ -439,7 +446,7 @@ pub async fn rows_the_relay_could_not_read_are_refused_at_insert<D: TestDatabase
 /// batch, and the transaction stays usable.
 pub async fn oversized_event_is_rejected_and_nothing_is_written<D: TestDatabase>() {
     let db = D::migrated().await;
-    let outbox = Outbox::new().max_event_bytes(100);
+    let outbox = Outbox::new("urn:service:orders").max_event_bytes(100);
     let big = OrderPlaced {
         order_id: "o-big".into(),
         amount_cents: 1,
@@ -490,7 +497,7 @@ pub async fn oversized_event_is_rejected_and_nothing_is_written<D: TestDatabase>
 pub async fn using_tables_before_migration_says_to_migrate<D: TestDatabase>() {
     let db = D::create().await;
     let mut tx = db.pool().begin().await.expect("begin");
-    let err = Outbox::new()
+    let err = Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(1))
         .await
         .expect_err("no table yet");
@@ -563,7 +570,7 @@ pub async fn concurrent_migrations_are_idempotent<D: TestDatabase>() -> D {
         i64::from(D::PARTITIONS)
     );
     let mut tx = db.pool().begin().await.expect("begin");
-    Outbox::new()
+    Outbox::new("urn:service:orders")
         .publish(&mut tx, &order(1))
         .await
         .expect("publish");

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventbus::relay::{Rejection, RelayConfig, RelayMetrics, RelayStore, Retention};
+use eventbus::relay::{
+    ClaimLimits, Lease, Rejection, RelayConfig, RelayMetrics, RelayStore, Retention,
+};
 use eventbus::transport::kafka::envelope_from_message;
 use eventbus::transport::kafka::rdkafka::message::{Message, OwnedMessage};
 use eventbus::transport::kafka::KafkaPublisher;
@@ -109,7 +111,7 @@ fn relay_on<D: TestDatabase>(
 /// The (id, key, seq) of claimed rows, in claim order.
 async fn claim(store: &dyn RelayStore, relay: Uuid, partitions: &[i32]) -> Vec<(i64, String, u64)> {
     store
-        .claim(relay, partitions, 100)
+        .claim(relay, partitions, ClaimLimits::rows(100))
         .await
         .expect("claim")
         .iter()
@@ -138,7 +140,8 @@ async fn claim_fresh(
 }
 
 /// `partitions` in ascending order (PostgreSQL returns them in row order).
-fn sorted(mut partitions: Vec<i32>) -> Vec<i32> {
+fn sorted(leases: &[Lease]) -> Vec<i32> {
+    let mut partitions: Vec<i32> = leases.iter().map(|l| l.partition).collect();
     partitions.sort_unstable();
     partitions
 }
@@ -181,10 +184,8 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     let (r1, r2) = (Uuid::now_v7(), Uuid::now_v7());
     assert_eq!(store.heartbeat(r1, "one", ttl).await.expect("hb"), [r1]);
     assert_eq!(store.heartbeat(r2, "two", ttl).await.expect("hb"), [r1, r2]);
-    assert_eq!(
-        sorted(store.acquire(r1, &all, ttl).await.expect("acquire")),
-        all
-    );
+    let first = store.acquire(r1, &all, ttl).await.expect("acquire");
+    assert_eq!(sorted(&first), all);
     assert!(
         store
             .acquire(r2, &all, ttl)
@@ -196,7 +197,11 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     let rows = claim_fresh(store.as_ref(), r1, &all).await;
     assert_eq!(names(&rows), ["a0", "b0", "a1", "b1", "a2"], "id order");
     assert!(
-        store.claim(r2, &all, 100).await.expect("claim").is_empty(),
+        store
+            .claim(r2, &all, ClaimLimits::rows(100))
+            .await
+            .expect("claim")
+            .is_empty(),
         "nothing is claimed without the lease"
     );
     let id = |name: &str| {
@@ -208,7 +213,11 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
 
     // A retrying row holds back the later rows of its key only.
     store
-        .reject(r1, &[rejection(id("a0"), false, Duration::from_secs(3600))])
+        .reject(
+            r1,
+            &first,
+            &[rejection(id("a0"), false, Duration::from_secs(3600))],
+        )
         .await
         .expect("reject");
     assert_eq!(names(&claim(store.as_ref(), r1, &all).await), ["b0", "b1"]);
@@ -216,13 +225,13 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     // Writes are fenced: a relay without the lease changes nothing.
     assert_eq!(
         store
-            .acknowledge(r2, &[id("b0")], Retention::Delete)
+            .acknowledge(r2, &first, &[id("b0")], Retention::Delete)
             .await
             .expect("ack"),
         0
     );
     store
-        .reject(r2, &[rejection(id("b1"), true, Duration::ZERO)])
+        .reject(r2, &first, &[rejection(id("b1"), true, Duration::ZERO)])
         .await
         .expect("fenced reject");
     assert_eq!(names(&claim(store.as_ref(), r1, &all).await), ["b0", "b1"]);
@@ -230,21 +239,24 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     // Acknowledged rows leave: deleted, or kept as published.
     assert_eq!(
         store
-            .acknowledge(r1, &[id("b0")], Retention::Delete)
+            .acknowledge(r1, &first, &[id("b0")], Retention::Delete)
             .await
             .expect("ack"),
         1
     );
     let keep = Retention::Keep(Duration::from_secs(3600));
     assert_eq!(
-        store.acknowledge(r1, &[id("b1")], keep).await.expect("ack"),
+        store
+            .acknowledge(r1, &first, &[id("b1")], keep)
+            .await
+            .expect("ack"),
         1
     );
     assert!(claim(store.as_ref(), r1, &all).await.is_empty());
 
     // Parking keeps the key blocked; statistics see it.
     store
-        .reject(r1, &[rejection(id("a0"), true, Duration::ZERO)])
+        .reject(r1, &first, &[rejection(id("a0"), true, Duration::ZERO)])
         .await
         .expect("park");
     let row = |column: &str| {
@@ -278,7 +290,11 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     let c0 = claim_fresh(store.as_ref(), r1, &all).await;
     assert_eq!(names(&c0), ["c0"]);
     store
-        .reject(r1, &[rejection(c0[0].0, false, Duration::from_millis(400))])
+        .reject(
+            r1,
+            &first,
+            &[rejection(c0[0].0, false, Duration::from_millis(400))],
+        )
         .await
         .expect("reject");
     assert!(
@@ -286,7 +302,10 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
         "not due yet"
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let again = store.claim(r1, &all, 100).await.expect("claim");
+    let again = store
+        .claim(r1, &all, ClaimLimits::rows(100))
+        .await
+        .expect("claim");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
 
@@ -310,7 +329,7 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     store.release(r1, &all).await.expect("release");
     assert_eq!(
         sorted(
-            store
+            &store
                 .acquire(r2, &all, Duration::from_millis(300))
                 .await
                 .expect("acquire")
@@ -319,15 +338,52 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     );
     assert!(store.renew(r1, &all, ttl).await.expect("renew").is_empty());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        sorted(store.acquire(r1, &all, ttl).await.expect("take over")),
-        all,
-        "an expired lease is free"
-    );
+    let again = store.acquire(r1, &all, ttl).await.expect("take over");
+    assert_eq!(sorted(&again), all, "an expired lease is free");
     assert!(store.renew(r2, &all, ttl).await.expect("renew").is_empty());
     assert_eq!(
-        sorted(store.renew(r1, &all, ttl).await.expect("renew")),
+        sorted(&store.renew(r1, &all, ttl).await.expect("renew")),
         all
+    );
+
+    // Writes are fenced on the tenure too: r1 holds the partitions again, but
+    // a write from its first tenure (a batch claimed before it lost them)
+    // changes nothing.
+    assert!(
+        again.iter().all(|l| first
+            .iter()
+            .any(|f| f.partition == l.partition && f.epoch < l.epoch)),
+        "every acquisition starts a new epoch: {first:?} then {again:?}"
+    );
+    assert_eq!(
+        store
+            .acknowledge(r1, &again, &[c0[0].0], Retention::Delete)
+            .await
+            .expect("ack the retried row"),
+        1
+    );
+    publish_steps(db.pool(), &[step("d", 0)], 1).await;
+    let d0 = claim_fresh(store.as_ref(), r1, &all).await;
+    assert_eq!(names(&d0), ["d0"]);
+    assert_eq!(
+        store
+            .acknowledge(r1, &first, &[d0[0].0], Retention::Delete)
+            .await
+            .expect("stale ack"),
+        0,
+        "an acknowledgement from an earlier tenure is refused"
+    );
+    store
+        .reject(r1, &first, &[rejection(d0[0].0, true, Duration::ZERO)])
+        .await
+        .expect("stale reject");
+    assert_eq!(names(&claim(store.as_ref(), r1, &all).await), ["d0"]);
+    assert_eq!(
+        store
+            .acknowledge(r1, &again, &[d0[0].0], Retention::Delete)
+            .await
+            .expect("ack"),
+        1
     );
 
     store.deregister(r1).await.expect("deregister");
@@ -443,7 +499,7 @@ pub async fn volume_over_sqs<D: TestDatabase>(count: u64, keys: u64) -> Duration
 pub async fn an_older_transaction_committing_last_is_still_delivered_first<D: TestDatabase>() {
     let db = D::migrated().await;
     let (publisher, prefix, topic, brokers) = kafka("commit_order").await;
-    let outbox = Outbox::new();
+    let outbox = Outbox::new("urn:test:relay");
     let (first, second) = (step("k", 1), step("k", 2));
 
     let mut older = db.pool().begin().await.expect("begin");
@@ -456,7 +512,7 @@ pub async fn an_older_transaction_committing_last_is_still_delivered_first<D: Te
         let second = second.clone();
         async move {
             let mut newer = pool.begin().await.expect("begin");
-            Outbox::new()
+            Outbox::new("urn:test:relay")
                 .publish(&mut newer, &second)
                 .await
                 .expect("publish second");

@@ -41,7 +41,7 @@ use crate::error::Error;
 mod publisher;
 mod subscriber;
 
-pub use publisher::{KafkaPublisher, KafkaPublisherBuilder, DEFAULT_PARTITIONS};
+pub use publisher::{KafkaPublisher, KafkaPublisherBuilder};
 pub use subscriber::{KafkaSubscriber, KafkaSubscriberBuilder, DEFAULT_MAX_IN_FLIGHT};
 
 /// The rdkafka crate this transport is built on, re-exported so consumers and

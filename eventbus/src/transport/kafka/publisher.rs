@@ -17,9 +17,9 @@ use super::{canonical_key, config_error, kafka_headers, Settings};
 use crate::error::{Error, Result};
 use crate::transport::{Delivered, OutgoingMessage, PublishError, Publisher};
 
-/// Partitions of a topic created by [`Publisher::ensure_destination`] unless
-/// [`KafkaPublisherBuilder::partitions`] says otherwise.
-pub const DEFAULT_PARTITIONS: u32 = 4;
+/// In a CreateTopics request: "the cluster's default" (`num.partitions`,
+/// `default.replication.factor`; KIP-464, brokers from Kafka 2.4).
+const CLUSTER_DEFAULT: i32 = -1;
 
 /// How long admin requests (topic creation, metadata look-ups) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +67,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 ///
 /// let publisher = KafkaPublisher::builder("127.0.0.1:9092")
 ///     .set("linger.ms", "5")
-///     .partitions(8)
+///     .partitions(8) // the replication factor stays the cluster's default
 ///     .build()?;
 /// publisher.ensure_destination("orders").await?;
 ///
@@ -90,8 +90,10 @@ pub struct KafkaPublisher {
     /// bumping the epoch without ever reporting a fatal error, so we replace it.
     fenced: std::sync::atomic::AtomicBool,
     admin: tokio::sync::OnceCell<AdminClient<DefaultClientContext>>,
-    partitions: u32,
-    replication_factor: u32,
+    /// `None`: the cluster's default.
+    partitions: Option<u32>,
+    /// `None`: the cluster's default.
+    replication_factor: Option<u32>,
     /// `message.timeout.ms`; `None` when 0 (librdkafka: no limit).
     message_timeout: Option<Duration>,
 }
@@ -100,8 +102,8 @@ pub struct KafkaPublisher {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct KafkaPublisherBuilder {
     settings: Settings,
-    partitions: u32,
-    replication_factor: u32,
+    partitions: Option<u32>,
+    replication_factor: Option<u32>,
 }
 
 impl KafkaPublisher {
@@ -115,8 +117,8 @@ impl KafkaPublisher {
         }
         KafkaPublisherBuilder {
             settings,
-            partitions: DEFAULT_PARTITIONS,
-            replication_factor: 1,
+            partitions: None,
+            replication_factor: None,
         }
     }
 
@@ -213,6 +215,24 @@ impl KafkaPublisher {
         }
     }
 
+    /// On a cluster that cannot apply its own defaults to a new topic (older
+    /// than Kafka 2.4): an existing topic is used as it is; a missing one is not
+    /// created with guessed settings (a replication factor of 1 would lose
+    /// acknowledged events with one broker), and the relay waits, saying why.
+    async fn without_cluster_defaults(&self, topic: &str) -> std::result::Result<(), PublishError> {
+        let producer = self.producer();
+        match fetch_topic_metadata(&producer, topic, PROBE_TIMEOUT).await {
+            Ok(TopicState::Exists { .. }) => Ok(()),
+            Ok(TopicState::Missing(_)) => Err(PublishError::Unavailable(format!(
+                "cannot create Kafka topic `{topic}` with the cluster's default partition count \
+                 and replication factor: the cluster is older than Kafka 2.4 (KIP-464); set \
+                 both (`partitions` and `replication_factor` of the publisher; the relay's \
+                 --topic-partitions and --topic-replication-factor) or create the topic"
+            ))),
+            Err(e) => Err(PublishError::Unavailable(e)),
+        }
+    }
+
     /// Decides what a timed-out delivery to `topic` means: a missing (or
     /// forbidden, or invalid) topic is the message's problem, anything else the
     /// cluster's.
@@ -287,6 +307,7 @@ impl Publisher for KafkaPublisher {
                     Ok(Ok(d)) => Outcome::Done(Ok(Delivered {
                         partition: Some(d.partition),
                         offset: Some(d.offset),
+                        unroutable: false,
                     })),
                     Ok(Err((
                         KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
@@ -332,8 +353,10 @@ impl Publisher for KafkaPublisher {
 
     async fn ensure_destination(&self, destination: &str) -> std::result::Result<(), PublishError> {
         let admin = self.admin().await?;
-        let partitions = i32::try_from(self.partitions).unwrap_or(i32::MAX);
-        let replication = i32::try_from(self.replication_factor).unwrap_or(i32::MAX);
+        let explicit =
+            |n: Option<u32>| n.map_or(CLUSTER_DEFAULT, |n| i32::try_from(n).unwrap_or(i32::MAX));
+        let partitions = explicit(self.partitions);
+        let replication = explicit(self.replication_factor);
         let topic = NewTopic::new(
             destination,
             partitions,
@@ -342,17 +365,24 @@ impl Publisher for KafkaPublisher {
         let options = AdminOptions::new()
             .request_timeout(Some(ADMIN_TIMEOUT))
             .operation_timeout(Some(ADMIN_TIMEOUT));
-        let results = admin
-            .create_topics([&topic], &options)
-            .await
-            .map_err(|e| match e {
-                // The request as a whole failed, e.g. timed out without an answer.
-                KafkaError::AdminOp(code) => classify_code(code, destination),
-                other => PublishError::Unavailable(format!(
+        let results = match admin.create_topics([&topic], &options).await {
+            Ok(results) => results,
+            // librdkafka refuses to send "the cluster's default" to a broker
+            // older than Kafka 2.4 (CreateTopics v4).
+            Err(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature))
+                if partitions == CLUSTER_DEFAULT || replication == CLUSTER_DEFAULT =>
+            {
+                return self.without_cluster_defaults(destination).await;
+            }
+            // The request as a whole failed, e.g. timed out without an answer.
+            Err(KafkaError::AdminOp(code)) => return Err(classify_code(code, destination)),
+            Err(other) => {
+                return Err(PublishError::Unavailable(format!(
                     "cannot create Kafka topic `{destination}`: {}",
                     self.settings.scrub(&other.to_string())
-                )),
-            })?;
+                )))
+            }
+        };
         let mut created = true;
         for result in results {
             match result {
@@ -369,11 +399,12 @@ impl Publisher for KafkaPublisher {
         loop {
             match fetch_topic_metadata(&producer, destination, PROBE_TIMEOUT).await {
                 Ok(TopicState::Exists { partitions }) => {
-                    if !created && partitions != self.partitions as usize {
+                    let configured = self.partitions.map_or(partitions, |n| n as usize);
+                    if !created && partitions != configured {
                         tracing::warn!(
                             messaging.destination.name = destination,
                             partitions,
-                            configured = self.partitions,
+                            configured,
                             "Kafka topic already exists with a different partition count"
                         );
                     }
@@ -390,6 +421,14 @@ impl Publisher for KafkaPublisher {
                 Err(e) => return Err(PublishError::Unavailable(e)),
             }
         }
+    }
+
+    /// Purges the messages still queued in librdkafka: they have not been
+    /// written to a broker connection, and now never will be. Messages already
+    /// in a produce request stay in flight (the broker may still take them).
+    async fn abandon(&self) {
+        self.producer()
+            .purge(rdkafka::producer::PurgeConfig::default().queue());
     }
 }
 
@@ -417,17 +456,27 @@ impl KafkaPublisherBuilder {
         self
     }
 
-    /// Partition count of topics created by [`Publisher::ensure_destination`]
-    /// (default [`DEFAULT_PARTITIONS`]).
+    /// Partition count of topics created by [`Publisher::ensure_destination`].
+    /// Default: the cluster's (`num.partitions`). Existing topics are left as
+    /// they are.
     pub fn partitions(mut self, partitions: u32) -> Self {
-        self.partitions = partitions;
+        self.partitions = Some(partitions);
         self
     }
 
-    /// Replication factor of topics created by [`Publisher::ensure_destination`]
-    /// (default 1).
+    /// Replication factor of topics created by [`Publisher::ensure_destination`].
+    /// Default: the cluster's (`default.replication.factor`), so that a topic
+    /// the relay creates is as durable as the cluster is set up to make it.
+    ///
+    /// Acknowledgements mean something only with `min.insync.replicas` of at
+    /// least 2 on the topic or broker: with `acks=all` (the default here) the
+    /// broker then acknowledges only what two replicas hold.
+    ///
+    /// Clusters older than Kafka 2.4 cannot apply their defaults to a new
+    /// topic: there, set both this and [`partitions`](Self::partitions), or
+    /// create topics beforehand.
     pub fn replication_factor(mut self, replication_factor: u32) -> Self {
-        self.replication_factor = replication_factor;
+        self.replication_factor = Some(replication_factor);
         self
     }
 
@@ -446,16 +495,17 @@ impl KafkaPublisherBuilder {
             replication_factor,
         } = self;
         settings.check_common()?;
-        if partitions == 0 || i32::try_from(partitions).is_err() {
+        if let Some(n) = partitions.filter(|&n| n == 0 || i32::try_from(n).is_err()) {
             return Err(Error::config(format!(
-                "Kafka topic partition count must be between 1 and {}, got {partitions}",
+                "Kafka topic partition count must be between 1 and {}, got {n}",
                 i32::MAX
             )));
         }
-        if replication_factor == 0 || i32::try_from(replication_factor).is_err() {
+        // The protocol carries a replication factor as an int16.
+        if let Some(n) = replication_factor.filter(|&n| n == 0 || i16::try_from(n).is_err()) {
             return Err(Error::config(format!(
-                "Kafka replication factor must be between 1 and {}, got {replication_factor}",
-                i32::MAX
+                "Kafka replication factor must be between 1 and {}, got {n}",
+                i16::MAX
             )));
         }
         let message_timeout = match settings.get("message.timeout.ms") {
@@ -744,6 +794,7 @@ mod tests {
             KafkaPublisher::builder(""),
             KafkaPublisher::builder("127.0.0.1:1").partitions(0),
             KafkaPublisher::builder("127.0.0.1:1").replication_factor(0),
+            KafkaPublisher::builder("127.0.0.1:1").replication_factor(40_000),
             KafkaPublisher::builder("127.0.0.1:1").set("message.timeout.ms", "soon"),
             KafkaPublisher::builder("127.0.0.1:1").set("acks", "most"),
         ] {

@@ -183,6 +183,7 @@ impl Publisher for MemoryPublisher {
                 Ok(Delivered {
                     partition: Some(i32::try_from(partition).unwrap_or(i32::MAX)),
                     offset: Some(to_i64(offset)),
+                    unroutable: false,
                 })
             })
             .collect()

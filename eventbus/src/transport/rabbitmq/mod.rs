@@ -50,10 +50,12 @@ use crate::envelope::{Envelope, EnvelopeError, JSON_CONTENT_TYPE};
 mod publisher;
 mod subscriber;
 mod tls;
+mod unroutable;
 
 pub use publisher::{RabbitPublisher, RabbitPublisherBuilder, DEFAULT_MAX_MESSAGE_SIZE};
 pub use subscriber::{RabbitSubscriber, RabbitSubscriberBuilder, DEFAULT_LANES, DEFAULT_PREFETCH};
 pub use tls::RabbitTls;
+pub use unroutable::{UnknownUnroutable, Unroutable};
 
 /// lapin, re-exported so that consumers name the same version as
 /// [`envelope_from_delivery`] and [`message_properties`].

@@ -17,6 +17,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 use tokio::sync::Mutex;
 
 use super::tls::check_scheme;
+use super::unroutable::{Unroutable, UnroutablePolicies};
 use super::{
     is_soft, message_properties, redact_url, tokio_properties, with_sent_at, RabbitTls, Secrets,
     DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
@@ -51,6 +52,7 @@ pub struct RabbitPublisherBuilder {
     app_id: Option<String>,
     connection_name: Option<String>,
     tls: RabbitTls,
+    unroutable: UnroutablePolicies,
 }
 
 impl fmt::Debug for RabbitPublisherBuilder {
@@ -64,6 +66,7 @@ impl fmt::Debug for RabbitPublisherBuilder {
             .field("app_id", &self.app_id)
             .field("connection_name", &self.connection_name)
             .field("tls", &self.tls)
+            .field("unroutable", &self.unroutable)
             .finish()
     }
 }
@@ -131,6 +134,22 @@ impl RabbitPublisherBuilder {
         self
     }
 
+    /// What happens to a message no queue is bound for, for every destination
+    /// without a policy of its own; default [`Unroutable::Drop`].
+    #[must_use]
+    pub fn unroutable(mut self, policy: Unroutable) -> Self {
+        self.unroutable.default = policy;
+        self
+    }
+
+    /// What happens to a message no queue is bound for, for `exchange` (the
+    /// broker-level destination name, after any prefix or mapping).
+    #[must_use]
+    pub fn unroutable_for(mut self, exchange: impl Into<String>, policy: Unroutable) -> Self {
+        self.unroutable.by_exchange.insert(exchange.into(), policy);
+        self
+    }
+
     /// Connects to the broker and returns the publisher.
     ///
     /// # Errors
@@ -170,6 +189,7 @@ impl RabbitPublisherBuilder {
             app_id: self.app_id,
             connection_name: self.connection_name,
             tls: self.tls,
+            unroutable: self.unroutable,
             link: Mutex::new(None),
             generation: AtomicU64::new(0),
             idle: StdMutex::new(Vec::new()),
@@ -188,8 +208,11 @@ impl RabbitPublisherBuilder {
 /// Each destination is a durable `topic` exchange; the routing key is the
 /// CloudEvents `type`, so consumers bind queues with patterns such as
 /// `com.example.order.*`. A message counts as published only when the broker
-/// confirms it; an unroutable message (no queue bound for its routing key) is
-/// returned by the broker and fails with [`PublishError::Rejected`].
+/// confirms it. Messages are sent `mandatory`, so the broker returns one no
+/// queue is bound for; what happens then is the destination's [`Unroutable`]
+/// policy: by default it counts as published with
+/// [`Delivered::unroutable`] set, with [`Unroutable::Park`] it fails with
+/// [`PublishError::Rejected`].
 ///
 /// A batch is pipelined: every message is sent, then every confirm awaited.
 /// Concurrent batches use separate channels of one connection. When the
@@ -217,7 +240,9 @@ impl RabbitPublisherBuilder {
 /// envelope.partition_key = Some("o-1".into());
 /// let batch = [OutgoingMessage { destination: "orders".into(), envelope }];
 /// for result in publisher.publish_batch(&batch).await {
-///     result?; // `Rejected` when no queue is bound for `com.example.order.placed`
+///     // `unroutable` when no queue is bound for `com.example.order.placed`
+///     let delivered = result?;
+///     println!("routed: {}", !delivered.unroutable);
 /// }
 /// # Ok(()) }
 /// ```
@@ -234,6 +259,7 @@ pub struct RabbitPublisher {
     app_id: Option<String>,
     connection_name: Option<String>,
     tls: RabbitTls,
+    unroutable: UnroutablePolicies,
     /// The current connection; replaced when it is found dead.
     link: Mutex<Option<Link>>,
     /// Incremented per connection, so channels of an old one are never reused.
@@ -263,6 +289,7 @@ impl fmt::Debug for RabbitPublisher {
             .field("declare_exchanges", &self.declare_exchanges)
             .field("app_id", &self.app_id)
             .field("connection_name", &self.connection_name)
+            .field("unroutable", &self.unroutable)
             .finish_non_exhaustive()
     }
 }
@@ -271,6 +298,9 @@ impl fmt::Debug for RabbitPublisher {
 enum Attempt {
     /// Confirmed by the broker.
     Confirmed,
+    /// Confirmed, but routed to no queue, and the destination's policy drops
+    /// such messages.
+    Dropped,
     /// Failed for a reason that is not the channel's death.
     Failed(PublishError),
     /// The channel died (closed by the broker, connection lost, timed out).
@@ -306,6 +336,7 @@ impl RabbitPublisher {
             app_id: None,
             connection_name: None,
             tls: RabbitTls::default(),
+            unroutable: UnroutablePolicies::default(),
         }
     }
 
@@ -558,12 +589,17 @@ impl RabbitPublisher {
             let routing_key = ret.delivery.routing_key.as_str();
             let owner = out.iter_mut().find(|(i, attempt)| {
                 let m = &messages[*i];
-                !matches!(attempt, Attempt::Failed(_))
+                !matches!(attempt, Attempt::Failed(_) | Attempt::Dropped)
                     && id == Some(m.envelope.id.as_str())
                     && m.destination == exchange
                     && m.envelope.event_type == routing_key
             });
             match owner {
+                // Routing happens before the confirm: the broker has decided,
+                // even if the channel died before its ack arrived.
+                Some((_, attempt)) if self.unroutable.of(exchange) == Unroutable::Drop => {
+                    *attempt = Attempt::Dropped;
+                }
                 Some((_, attempt)) => {
                     *attempt = Attempt::Failed(PublishError::Rejected(format!(
                         "unroutable: no queue is bound to exchange `{exchange}` for routing key `{routing_key}` (broker returned {} {})",
@@ -626,8 +662,8 @@ impl RabbitPublisher {
                 Err(e) => Attempt::Failed(e),
             };
             let unavailable = match attempt {
-                Attempt::Confirmed => {
-                    results[i] = Some(Ok(Delivered::default()));
+                Attempt::Confirmed | Attempt::Dropped => {
+                    results[i] = Some(Ok(delivered(&attempt)));
                     pos += 1;
                     continue;
                 }
@@ -797,7 +833,9 @@ impl Publisher for RabbitPublisher {
         let mut loss: Option<ChannelFailure> = None;
         for (i, attempt) in attempts {
             match attempt {
-                Attempt::Confirmed => results[i] = Some(Ok(Delivered::default())),
+                Attempt::Confirmed | Attempt::Dropped => {
+                    results[i] = Some(Ok(delivered(&attempt)));
+                }
                 Attempt::Failed(e) => results[i] = Some(Err(e)),
                 Attempt::ChannelLost(failure) => {
                     // Prefer the broker's reason for closing the channel over the
@@ -839,6 +877,14 @@ impl Publisher for RabbitPublisher {
 
     async fn ensure_destination(&self, destination: &str) -> Result<(), PublishError> {
         self.declare(destination, false).await
+    }
+}
+
+/// What a confirmed attempt reports.
+fn delivered(attempt: &Attempt) -> Delivered {
+    Delivered {
+        unroutable: matches!(attempt, Attempt::Dropped),
+        ..Delivered::default()
     }
 }
 

@@ -1,0 +1,430 @@
+//! The `outbox-relay` process within its bounds, on PostgreSQL and RabbitMQ:
+//!
+//! - a claim is bounded by bytes: a plain-SQL row of 250 MB (jsonb's largest
+//!   is 256 MB) is parked from its size measured in the database, never
+//!   loaded, while the other keys keep flowing and the relay's peak memory
+//!   stays below 64 MiB plus its claim budget;
+//! - in retention mode the clean-up keeps up with a sustained rate above
+//!   5,000 events/s: the kept rows stay bounded by the window.
+//!
+//! Negative control: `BOUNDS_RELAY_BIN=/path/to/an/older/outbox-relay` runs
+//! these tests against another build (settings new to this one are passed as
+//! `EVENTBUS_*` variables, which an older build ignores).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus::transport::rabbitmq::envelope_from_delivery;
+use eventbus::transport::rabbitmq::lapin::options::{
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use eventbus::transport::rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use eventbus::transport::rabbitmq::lapin::{Channel, Connection};
+use eventbus::Event;
+use eventbus_tests::rabbitmq::{connect, declare_topic_exchange, TestQueue};
+use eventbus_tests::relay::{assert_per_key_order, publish_steps, steps, Step};
+use eventbus_tests::relay_cli::{command, free_port};
+use eventbus_tests::{amqp_url, unique_name, TestDb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Child;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The relay's claim budget in these tests (the default).
+const CLAIM_BYTES: u64 = 16 * MIB;
+
+/// The binary under test: this build, or another one for a negative control.
+fn relay_bin() -> String {
+    std::env::var("BOUNDS_RELAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_outbox-relay").to_owned())
+}
+
+/// A relay process logging to a file; killed when dropped, its log's end
+/// printed if the test is failing.
+struct RelayProc {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl RelayProc {
+    fn start(database_url: &str, prefix: &str, extra_env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("bounds_relay")));
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file handle");
+        let http = format!("127.0.0.1:{port}");
+        let broker = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let mut cmd = command(
+            &relay_bin(),
+            &[
+                "run",
+                "--database-url",
+                database_url,
+                "--broker",
+                &broker,
+                "--destination-prefix",
+                prefix,
+                "--http",
+                &http,
+            ],
+        );
+        for (key, value) in extra_env {
+            cmd.env(key, value);
+        }
+        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+        let child = cmd.spawn().expect("start outbox-relay");
+        RelayProc { child, log, port }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("the relay is running")
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A sample of `/metrics`, when the relay answers.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(self.port, "/metrics").await.ok()?;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "----- last lines of {} -----\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`.
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::other("HTTP request timed out"))??;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// The number after `payload is ` in `text`.
+fn reported_size(text: &str) -> Option<u64> {
+    let rest = text.split_once("payload is ")?.1;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_250_mb_row_is_parked_from_its_size_unloaded_while_other_keys_flow() {
+    let db = TestDb::migrated().await;
+    let _ = amqp_url().await;
+    let prefix = format!("{}.", unique_name("bounds"));
+    let mut queue = TestQueue::bind_all(&format!("{prefix}{}", Step::DESTINATION)).await;
+    let events = steps(4_000, 200);
+    let (before, after) = events.split_at(2_000);
+    publish_steps(&db.pool, before, 500).await;
+
+    // Written server-side, as a plain-SQL writer would: the test process never
+    // holds it. jsonb cannot hold 300 MB (256 MB at most): ten 25 MB members.
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO eventbus_outbox (destination, partition_key, event_type, payload) \
+         SELECT 'steps', 'huge', 'com.example.test.step', \
+                jsonb_object_agg('k' || i, repeat('x', 25000000)) \
+         FROM generate_series(1, 10) i",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("insert the 250 MB row");
+    eprintln!("250 MB row written in {:?}", started.elapsed());
+
+    let mut relay = RelayProc::start(
+        &db.url,
+        &prefix,
+        &[
+            ("EVENTBUS_CLAIM_BYTES", CLAIM_BYTES.to_string()),
+            ("EVENTBUS_BATCH_SIZE", "500".to_owned()),
+            ("EVENTBUS_POLL_INTERVAL_MS", "100".to_owned()),
+        ],
+    );
+
+    // Other keys keep being written while the relay works.
+    let writer = {
+        let pool = db.pool.clone();
+        let after = after.to_vec();
+        tokio::spawn(async move {
+            for chunk in after.chunks(100) {
+                publish_steps(&pool, chunk, 100).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // Everything but the huge row arrives, in order per key.
+    let deliveries = queue.read(events.len(), Duration::from_secs(120)).await;
+    writer.await.expect("writer");
+    let received: Vec<Step> = deliveries
+        .iter()
+        .map(|d| {
+            let envelope = envelope_from_delivery(&d.properties, &d.data).expect("a CloudEvent");
+            serde_json::from_slice(&envelope.data).expect("a Step")
+        })
+        .collect();
+    assert_per_key_order(&received);
+    let distinct: HashSet<(String, u64)> =
+        received.iter().map(|s| (s.key.clone(), s.seq)).collect();
+    assert_eq!(distinct.len(), events.len(), "every other event arrived");
+    assert!(
+        received.iter().all(|s| s.key != "huge"),
+        "the huge row is never sent"
+    );
+
+    // The huge row is parked with its size.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (state, last_error) = loop {
+        let row: (String, Option<String>) = sqlx::query_as(
+            "SELECT state, last_error FROM eventbus_outbox WHERE partition_key = 'huge'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("read the huge row");
+        if row.0 == "failed" || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(relay.running(), "the relay is still running");
+    let peak = relay.peak_rss();
+    eprintln!(
+        "relay peak RSS {:.1} MiB; huge row {state}: {last_error:?}",
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        peak < 64 * MIB + CLAIM_BYTES,
+        "the relay's peak RSS is {:.1} MiB, over 64 MiB + the {} MiB claim budget",
+        peak as f64 / MIB as f64,
+        CLAIM_BYTES / MIB
+    );
+    assert_eq!(state, "failed", "the huge row is parked");
+    let last_error = last_error.unwrap_or_default();
+    let size = reported_size(&last_error);
+    assert!(
+        size.is_some_and(|n| (250_000_000..250_001_000).contains(&n)),
+        "last_error names the payload's size (250,000,000 bytes and its keys): {last_error}"
+    );
+    assert!(last_error.contains("max_message_bytes"), "{last_error}");
+    queue.delete().await;
+}
+
+/// A queue bound to `exchange` that keeps only the latest messages, so the
+/// broker's memory stays small however many are published.
+async fn capped_queue(exchange: &str) -> (Connection, Channel, String) {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.expect("open channel");
+    declare_topic_exchange(&channel, exchange).await;
+    let name = unique_name("bounds_capped");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1_000));
+    arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+    channel
+        .queue_declare(&name, QueueDeclareOptions::default(), arguments)
+        .await
+        .expect("declare capped queue");
+    channel
+        .queue_bind(
+            &name,
+            exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind capped queue");
+    (connection, channel, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_keeps_the_kept_rows_within_the_window_at_6000_events_per_second() {
+    const RATE: u64 = 6_000;
+    const LOAD: Duration = Duration::from_secs(60);
+    const WINDOW: Duration = Duration::from_secs(10);
+    const SLACK: Duration = Duration::from_secs(5);
+    const WRITERS: u64 = 4;
+    const TICK: Duration = Duration::from_millis(100);
+    /// Sampling goes on this long after the load, while the relay publishes
+    /// (and the clean-up deletes) what is left.
+    const AFTER: Duration = Duration::from_secs(9);
+
+    let db = TestDb::migrated().await;
+    let _ = amqp_url().await;
+    let prefix = format!("{}.", unique_name("retention"));
+    let exchange = format!("{prefix}{}", Step::DESTINATION);
+    let (connection, channel, queue) = capped_queue(&exchange).await;
+
+    // Default poll interval: the old clean-up ran every ten of them.
+    let relay = RelayProc::start(
+        &db.url,
+        &prefix,
+        &[("EVENTBUS_KEEP_PUBLISHED_SECS", WINDOW.as_secs().to_string())],
+    );
+
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let pool = db.pool.clone();
+        let written = Arc::clone(&written);
+        let stop = Arc::clone(&stop);
+        writers.push(tokio::spawn(async move {
+            let per_tick = RATE / WRITERS * TICK.as_millis() as u64 / 1000;
+            let mut tick = tokio::time::interval(TICK);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let batch: Vec<Step> = (0..per_tick)
+                    .map(|i| Step {
+                        key: format!("w{w}-k{}", i % 50),
+                        seq: seq + i / 50,
+                        pad: "p".repeat(100),
+                    })
+                    .collect();
+                seq += per_tick / 50 + 1;
+                publish_steps(&pool, &batch, batch.len()).await;
+                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // Sample the kept rows while the load runs, and a little after. How fast
+    // the relay publishes depends on the machine (a debug build here); the
+    // clean-up must keep up with whatever it publishes: nothing is kept past
+    // the window and its slack.
+    let mut max_kept = 0i64;
+    let mut max_overdue = 0i64;
+    let mut samples: Vec<(u64, i64, i64, i64, Option<f64>)> = Vec::new();
+    let mut left;
+    let mut rate = 0.0;
+    let mut total = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if started.elapsed() >= LOAD && !stop.swap(true, Ordering::Relaxed) {
+            for w in writers.drain(..) {
+                w.await.expect("writer");
+            }
+            total = written.load(Ordering::Relaxed);
+            rate = total as f64 / started.elapsed().as_secs_f64();
+        }
+        let (kept, overdue, pending): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'published'), \
+                    count(*) FILTER (WHERE state = 'published' \
+                        AND published_at < now() - $1 * interval '1 millisecond'), \
+                    count(*) FILTER (WHERE state = 'pending') \
+             FROM eventbus_outbox",
+        )
+        .bind(i64::try_from((WINDOW + SLACK).as_millis()).expect("millis"))
+        .fetch_one(&db.pool)
+        .await
+        .expect("count kept rows");
+        let backlog = relay.metric("eventbus_outbox_retention_backlog_rows").await;
+        samples.push((started.elapsed().as_secs(), kept, overdue, pending, backlog));
+        max_kept = max_kept.max(kept);
+        max_overdue = max_overdue.max(overdue);
+        left = pending;
+        if started.elapsed() >= LOAD + AFTER {
+            break;
+        }
+    }
+    eprintln!(
+        "wrote {total} events at {rate:.0}/s, {left} still pending at the end; \
+         samples (s, kept, overdue, pending, backlog metric):"
+    );
+    for s in &samples {
+        eprintln!("    {s:?}");
+    }
+    let published = relay
+        .metric("eventbus_relay_published_total")
+        .await
+        .unwrap_or(0.0);
+    let deleted = relay
+        .metric("eventbus_relay_retention_deleted_total")
+        .await
+        .unwrap_or(0.0);
+    eprintln!("published {published}, deleted by retention {deleted}");
+
+    assert!(
+        rate > 5_000.0,
+        "the premise: above 5,000 events/s, got {rate:.0}/s"
+    );
+    let done = total - u64::try_from(left).unwrap_or(0);
+    assert!(
+        published >= done as f64 && published > 0.0,
+        "every row no longer pending reached the broker: {published} published, {done} done"
+    );
+    let bound = rate * (WINDOW + SLACK).as_secs_f64();
+    assert!(
+        (max_kept as f64) < bound,
+        "up to {max_kept} published rows were kept, more than {rate:.0}/s × {:?} = {bound:.0}",
+        WINDOW + SLACK
+    );
+    assert_eq!(
+        max_overdue,
+        0,
+        "rows published more than {:?} ago were still kept",
+        WINDOW + SLACK
+    );
+
+    let _ = channel
+        .queue_delete(&queue, QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "test done").await;
+    drop(relay);
+}

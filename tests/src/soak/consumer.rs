@@ -1,0 +1,157 @@
+//! The consumer process (`soak consume …`) and the history it records: one
+//! `effects` row per handling, and an `order_violations` row when a step
+//! does not follow its key's last applied one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus::consumer::{Consumer, Context, DeliveryMode, RetryPolicy};
+use eventbus::transport::rabbitmq::{RabbitPublisher, RabbitSubscriber};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::Postgres;
+
+use super::Result;
+use crate::relay::Step;
+
+/// The consumers' tables. `effects` deliberately has no unique key: a
+/// duplicate effect must be countable, not prevented here.
+pub(crate) const DDL: [&str; 3] = [
+    "CREATE TABLE effects (key text NOT NULL, seq bigint NOT NULL)",
+    "CREATE INDEX ON effects (key, seq)",
+    "CREATE TABLE order_violations (key text NOT NULL, seq bigint NOT NULL, previous bigint)",
+];
+
+/// A consumer process: effectively once (or at least once, for the
+/// negative control), RabbitMQ single active consumer (so the standby takes
+/// over in order when the active one is killed), retrying long enough to
+/// outlast a database restart.
+pub(crate) async fn consume(
+    db: &str,
+    amqp: &str,
+    group: &str,
+    exchange: &str,
+    mode: &str,
+) -> Result<()> {
+    let mode = match mode {
+        "effectively-once" => DeliveryMode::EffectivelyOnce,
+        "at-least-once" => DeliveryMode::AtLeastOnce,
+        other => return Err(format!("unknown mode {other}").into()),
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(db)
+        .await?;
+    let subscriber = RabbitSubscriber::builder(amqp)
+        .group(group)
+        .prefetch(64)
+        .single_active_consumer(true)
+        .bind_all(exchange)
+        .connect()
+        .await?;
+    let dead_letters: Arc<dyn eventbus::Publisher> =
+        Arc::new(RabbitPublisher::connect(amqp).await?);
+    let retry = RetryPolicy {
+        delayed: 30,
+        delayed_max: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    };
+    let consumer = Consumer::builder(group)
+        .on(|ctx: Context<Postgres>, step: Step| async move { apply(&ctx, &step).await })
+        .retry(retry)
+        .mode(mode)
+        .build(pool, Box::new(subscriber), dead_letters)?;
+    consumer
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// The side effect: one `effects` row, and an order violation recorded when
+/// `seq` does not follow the key's last applied step (the writers number a
+/// key's steps 0, 1, 2, … in commit order, under the aggregate's lock).
+async fn apply(ctx: &Context<Postgres>, step: &Step) -> Result<()> {
+    let seq = i64::try_from(step.seq)?;
+    let mut tx = ctx.tx().await?;
+    let previous: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM effects WHERE key = $1")
+        .bind(&step.key)
+        .fetch_one(&mut **tx)
+        .await?;
+    if previous.map_or(seq != 0, |p| seq != p + 1) {
+        sqlx::query("INSERT INTO order_violations (key, seq, previous) VALUES ($1, $2, $3)")
+            .bind(&step.key)
+            .bind(seq)
+            .bind(previous)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO effects (key, seq) VALUES ($1, $2)")
+        .bind(&step.key)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Declares `exchange` as the relay does (durable topic), so the consumers'
+/// queue can bind to it before the first event is relayed.
+pub(crate) async fn declare_exchange(amqp: &str, exchange: &str) -> Result<()> {
+    use eventbus::transport::rabbitmq::lapin::options::ExchangeDeclareOptions;
+    use eventbus::transport::rabbitmq::lapin::types::FieldTable;
+    use eventbus::transport::rabbitmq::lapin::{Connection, ConnectionProperties, ExchangeKind};
+    let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    connection.close(0, "").await?;
+    Ok(())
+}
+
+/// Waits until a consumer is subscribed to `group`'s queue (declared and
+/// bound by then).
+pub(crate) async fn wait_subscribed(amqp: &str, group: &str, timeout: Duration) -> Result<()> {
+    use eventbus::transport::rabbitmq::lapin::options::QueueDeclareOptions;
+    use eventbus::transport::rabbitmq::lapin::types::FieldTable;
+    use eventbus::transport::rabbitmq::lapin::{Connection, ConnectionProperties};
+    let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A missing queue closes the channel: a new one per look.
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(group, passive, FieldTable::default())
+            .await;
+        if queue.is_ok_and(|q| q.consumer_count() > 0) {
+            break;
+        }
+        let _ = channel.close(200, "").await;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no consumer subscribed to queue {group} within {timeout:?} (see {})",
+                std::env::temp_dir()
+                    .join("eventbus-soak-consumer-0.log")
+                    .display()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only a look: closing may race the broker closing a refused channel.
+    let _ = connection.close(0, "").await;
+    Ok(())
+}
