@@ -7,6 +7,7 @@ mod config;
 mod database;
 mod destinations;
 mod http;
+mod inbox;
 mod redact;
 mod telemetry;
 
@@ -59,6 +60,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Maintain consumers' inbox tables.
+    Inbox {
+        #[command(subcommand)]
+        action: inbox::InboxAction,
     },
 }
 
@@ -167,6 +173,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Dlq { action } => dlq(action, &file).await,
+        Command::Inbox { action } => inbox::run(action, &cli.common, &file).await,
         Command::Failed { action } => {
             let admin = admin(&cli.common, &file, "failed").await?;
             match action {

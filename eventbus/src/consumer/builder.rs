@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 
 use super::handler::Registry;
 use super::{
-    pace, BatchContext, Consumer, ConsumerMetrics, Context, DeliveryMode, NewerVersions,
-    RetryPolicy, Shared, UnknownTypes,
+    inbox_retention, pace, BatchContext, Consumer, ConsumerMetrics, Context, DeliveryMode,
+    NewerVersions, RetryPolicy, Shared, UnknownTypes,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -60,6 +60,7 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     rate_limit: Option<u32>,
     batch_linger: Duration,
     inbox_table: TableName,
+    inbox_retention: Option<Duration>,
     outbox: Outbox,
 }
 
@@ -84,6 +85,7 @@ where
             rate_limit: None,
             batch_linger: Duration::ZERO,
             inbox_table: crate::inbox::default_table(),
+            inbox_retention: None,
             outbox,
         }
     }
@@ -291,6 +293,30 @@ where
         Ok(self)
     }
 
+    /// Deletes this group's inbox rows older than `window` in the background
+    /// while [`Consumer::run`] runs: off by default. The first sweep starts
+    /// within seconds of `run`; each deletes in bounded batches, back to back
+    /// while old rows remain, then sleeps about a 24th of the window (between
+    /// one minute and one hour, jittered); it stops with `run`. Every member
+    /// of the group may run it (their deletes overlap harmlessly); a sweep
+    /// that fails is logged and tried again after the pause.
+    ///
+    /// The window must be longer than the longest time a message can still
+    /// be delivered again — broker retention, consumer offset expiry, dead
+    /// letter replays (see `docs/delivery-guarantees.md`, "Inbox retention"):
+    /// a redelivery that finds no inbox row is handled again. It is off by
+    /// default because that horizon is a broker setting the consumer cannot
+    /// see, and a window too short breaks effectively-once silently, whereas
+    /// an inbox kept forever costs only disk space.
+    ///
+    /// [`build`](Self::build) rejects a window under one minute (a unit
+    /// mistake, not a retention). `outbox-relay inbox cleanup` does the same
+    /// clean-up once, from the command line.
+    pub fn inbox_retention(mut self, window: Duration) -> Self {
+        self.inbox_retention = Some(window);
+        self
+    }
+
     /// The outbox that [`Context::publish`] writes follow-up events to.
     /// Default: the default table, with the source
     /// `urn:eventbus:consumer:<group>`; give your service's own outbox to
@@ -305,7 +331,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if no handler is registered, [`Error::Schema`] if an
+    /// [`Error::Config`] if no handler is registered or the
+    /// [inbox retention](Self::inbox_retention) is under a minute, [`Error::Schema`] if an
     /// upcaster was invalid (from version 0, not below its event's version,
     /// or registered twice).
     pub fn build(
@@ -323,6 +350,16 @@ where
         if let Some(e) = self.registry.invalid_upcaster.take() {
             return Err(Error::Schema(e));
         }
+        if let Some(window) = self.inbox_retention {
+            if window < inbox_retention::MIN_WINDOW {
+                return Err(Error::config(format!(
+                    "consumer `{}`: inbox retention of {window:?} is shorter than the minimum \
+                     of {:?}; keep inbox rows longer than a message can be redelivered",
+                    self.group,
+                    inbox_retention::MIN_WINDOW
+                )));
+            }
+        }
         let metrics = ConsumerMetrics::new(self.group.clone());
         Ok(Consumer {
             shared: Arc::new(Shared {
@@ -338,6 +375,7 @@ where
                 pacer: self.rate_limit.map(pace::Pacer::new),
                 batch_linger: self.batch_linger,
                 inbox_table: self.inbox_table,
+                inbox_retention: self.inbox_retention,
                 outbox: self.outbox,
                 pool,
                 dead_letters,

@@ -18,6 +18,7 @@ mod context;
 pub mod dead_letter;
 mod gate;
 mod handler;
+mod inbox_retention;
 mod metrics;
 mod pace;
 mod retry;
@@ -95,6 +96,8 @@ struct Shared<DB: sqlx::Database> {
     pacer: Option<pace::Pacer>,
     batch_linger: Duration,
     inbox_table: TableName,
+    /// How long inbox rows are kept, when a background sweep deletes them.
+    inbox_retention: Option<Duration>,
     outbox: Outbox,
     pool: sqlx::Pool<DB>,
     dead_letters: Arc<dyn Publisher>,
@@ -153,6 +156,14 @@ where
             .map(|n| Duration::from_secs_f64(1.0 / f64::from(n)));
         let mut next_start = tokio::time::Instant::now();
         let mut subscriber = self.subscriber.lock().await;
+        let sweeper = self.shared.inbox_retention.map(|window| {
+            inbox_retention::Sweeper::start(
+                self.shared.pool.clone(),
+                self.shared.inbox_table.clone(),
+                self.shared.group.clone(),
+                window,
+            )
+        });
         tokio::pin!(shutdown);
         loop {
             // Backpressure: no permit, no fetch.
@@ -202,6 +213,9 @@ where
         self.shared.stopping.notify_waiters();
         drop(lanes);
         while workers.join_next().await.is_some() {}
+        if let Some(sweeper) = sweeper {
+            sweeper.stop().await;
+        }
         subscriber.close().await
     }
 }

@@ -209,7 +209,8 @@ impl Inbox {
     /// statement, until none are left. Returns the number deleted.
     ///
     /// Keep `older_than` well above the longest time a broker may redeliver a
-    /// message, or old duplicates will be processed again.
+    /// message, or old duplicates will be processed again. Consumers can run
+    /// it in the background with `ConsumerBuilder::inbox_retention`.
     ///
     /// # Errors
     ///

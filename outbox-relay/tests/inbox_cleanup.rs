@@ -1,0 +1,175 @@
+//! `outbox-relay inbox cleanup` on PostgreSQL, MySQL and SQLite: it deletes
+//! the inbox rows of one consumer group older than `--older-than`, in
+//! batches, prints how many, and leaves younger rows and other groups' rows.
+
+use eventbus_tests::mysql::TestMySql;
+use eventbus_tests::relay_cli;
+use eventbus_tests::sqlite::TestSqlite;
+use eventbus_tests::{unique_name, TestDb};
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
+
+/// Old rows of the group: three batches of `--batch 7`.
+const OLD: usize = 20;
+
+/// One `INSERT` of the seed rows: `OLD` rows of `group` two days old
+/// (`old` is the SQL for that time), 5 of `group` and 6 of `other`
+/// just received (`now`), and 4 of `other` two days old.
+fn seed_sql(old: &str, now: &str, group: &str, other: &str) -> String {
+    let mut rows = Vec::new();
+    let mut add = |consumer: &str, prefix: &str, at: &str, n: usize| {
+        for i in 0..n {
+            rows.push(format!(
+                "('{consumer}', 'urn:test', '{prefix}-{i}', 't', {at})"
+            ));
+        }
+    };
+    add(group, "old", old, OLD);
+    add(group, "new", now, 5);
+    add(other, "new", now, 6);
+    add(other, "old", old, 4);
+    format!(
+        "INSERT INTO eventbus_inbox (consumer, source, message_id, event_type, received_at) \
+         VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// Runs the clean-up of `group` (window one hour) against `url` and returns
+/// its standard output.
+async fn cleanup(url: &str, group: &str) -> String {
+    relay_cli::cli_ok(
+        BIN,
+        &[
+            "inbox",
+            "cleanup",
+            "--database-url",
+            url,
+            "--consumer",
+            group,
+            "--older-than",
+            "3600",
+            "--batch",
+            "7",
+        ],
+    )
+    .await
+}
+
+/// What the first and second clean-up print, and the rows left afterwards:
+/// (group's old, group's new, other's old, other's new).
+fn assert_outcome(first: &str, second: &str, left: (i64, i64, i64, i64)) {
+    assert!(
+        first.contains(&format!("{OLD} inbox rows of consumer")),
+        "the first run reports the {OLD} old rows: {first}"
+    );
+    assert!(
+        second.contains("0 inbox rows of consumer"),
+        "a second run finds nothing: {second}"
+    );
+    assert_eq!(
+        left,
+        (0, 5, 4, 6),
+        "only the group's rows past the window are deleted"
+    );
+}
+
+const COUNT: &str = "SELECT count(*) FROM eventbus_inbox WHERE consumer = ";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_on_postgres() {
+    let db = TestDb::migrated().await;
+    let (group, other) = (unique_name("billing"), unique_name("shipping"));
+    let sql = seed_sql("now() - interval '2 days'", "now()", &group, &other);
+    sqlx::query(&sql).execute(&db.pool).await.expect("seed");
+    let first = cleanup(&db.url, &group).await;
+    let second = cleanup(&db.url, &group).await;
+    let mut left = [0_i64; 4];
+    for (slot, (consumer, prefix)) in left.iter_mut().zip([
+        (&group, "old"),
+        (&group, "new"),
+        (&other, "old"),
+        (&other, "new"),
+    ]) {
+        *slot = sqlx::query_scalar(&format!("{COUNT} $1 AND message_id LIKE $2 || '-%'"))
+            .bind(consumer)
+            .bind(prefix)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    }
+    assert_outcome(&first, &second, (left[0], left[1], left[2], left[3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_on_mysql() {
+    let db = TestMySql::migrated().await;
+    let (group, other) = (unique_name("billing"), unique_name("shipping"));
+    let sql = seed_sql(
+        "UTC_TIMESTAMP(6) - INTERVAL 2 DAY",
+        "UTC_TIMESTAMP(6)",
+        &group,
+        &other,
+    );
+    sqlx::query(&sql).execute(&db.pool).await.expect("seed");
+    let first = cleanup(&db.url, &group).await;
+    let second = cleanup(&db.url, &group).await;
+    let mut left = [0_i64; 4];
+    for (slot, (consumer, prefix)) in left.iter_mut().zip([
+        (&group, "old"),
+        (&group, "new"),
+        (&other, "old"),
+        (&other, "new"),
+    ]) {
+        *slot = sqlx::query_scalar(&format!("{COUNT} ? AND message_id LIKE CONCAT(?, '-%')"))
+            .bind(consumer)
+            .bind(prefix)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    }
+    assert_outcome(&first, &second, (left[0], left[1], left[2], left[3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_on_sqlite() {
+    let db = TestSqlite::migrated().await;
+    let (group, other) = (unique_name("billing"), unique_name("shipping"));
+    let sql = seed_sql(
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days')",
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        &group,
+        &other,
+    );
+    sqlx::query(&sql).execute(&db.pool).await.expect("seed");
+    let first = cleanup(&db.url, &group).await;
+    let second = cleanup(&db.url, &group).await;
+    let mut left = [0_i64; 4];
+    for (slot, (consumer, prefix)) in left.iter_mut().zip([
+        (&group, "old"),
+        (&group, "new"),
+        (&other, "old"),
+        (&other, "new"),
+    ]) {
+        *slot = sqlx::query_scalar(&format!("{COUNT} ?1 AND message_id LIKE ?2 || '-%'"))
+            .bind(consumer)
+            .bind(prefix)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    }
+    assert_outcome(&first, &second, (left[0], left[1], left[2], left[3]));
+}
+
+/// Only the group's name says whose rows go: the option is required.
+#[tokio::test]
+async fn cleanup_without_a_consumer_is_refused() {
+    let out = relay_cli::output(BIN, &["inbox", "cleanup", "--older-than", "3600"]).await;
+    assert!(!out.status.success());
+    assert!(
+        relay_cli::text(&out).contains("--consumer"),
+        "{}",
+        relay_cli::text(&out)
+    );
+}
