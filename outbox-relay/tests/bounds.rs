@@ -27,10 +27,8 @@ use eventbus::transport::rabbitmq::lapin::{Channel, Connection};
 use eventbus::Event;
 use eventbus_tests::rabbitmq::{connect, declare_topic_exchange, TestQueue};
 use eventbus_tests::relay::{assert_per_key_order, publish_steps, steps, Step};
-use eventbus_tests::relay_cli::{command, free_port};
+use eventbus_tests::relay_cli::{command, free_port, http_get};
 use eventbus_tests::{amqp_url, unique_name, TestDb};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::Child;
 
 const MIB: u64 = 1024 * 1024;
@@ -105,7 +103,7 @@ impl RelayProc {
 
     /// A sample of `/metrics`, when the relay answers.
     async fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(self.port, "/metrics").await.ok()?;
+        let (_, body) = http_get(self.port, "/metrics").await.ok()?;
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -126,28 +124,6 @@ impl Drop for RelayProc {
             );
         }
     }
-}
-
-/// The body of `GET path` on 127.0.0.1:`port`.
-async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::other("HTTP request timed out"))??;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
 }
 
 /// The number after `payload is ` in `text`.

@@ -32,12 +32,10 @@ use eventbus::transport::kafka::rdkafka;
 use eventbus_tests::kafka::{publisher_with_topic, read_all, start_tansu};
 use eventbus_tests::rabbitmq::TcpProxy;
 use eventbus_tests::relay::{pending, publish_steps, Step};
-use eventbus_tests::relay_cli::{command, free_port};
+use eventbus_tests::relay_cli::{command, free_port, http_get};
 use eventbus_tests::{unique_name, TestDb};
 use rdkafka::message::Message;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::Child;
 
 /// The relays' lease: A stays stopped for at least twice this.
@@ -141,7 +139,7 @@ impl RelayProc {
 
     /// The unlabelled sample `name` on its /metrics, if it reports one.
     async fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(self.http_port, "/metrics").await.ok()?;
+        let (_, body) = http_get(self.http_port, "/metrics").await.ok()?;
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
@@ -169,28 +167,6 @@ impl Drop for RelayProc {
             );
         }
     }
-}
-
-/// The body of `GET path` on 127.0.0.1:`port`.
-async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::other("HTTP request timed out"))??;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
 }
 
 /// Event `seq` of `key`.

@@ -2,6 +2,7 @@
 //! the inbox rows of one consumer group older than `--older-than`, in
 //! batches, prints how many, and leaves younger rows and other groups' rows.
 
+use eventbus_tests::backend::TestDatabase;
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::relay_cli;
 use eventbus_tests::sqlite::TestSqlite;
@@ -75,91 +76,49 @@ fn assert_outcome(first: &str, second: &str, left: (i64, i64, i64, i64)) {
     );
 }
 
-const COUNT: &str = "SELECT count(*) FROM eventbus_inbox WHERE consumer = ";
+/// Seeds the inbox of a fresh `D` database (`old` and `now` are the SQL for
+/// two days ago and now), runs the clean-up twice and checks what it printed
+/// and what it left.
+async fn cleanup_scenario<D: TestDatabase>(old: &str, now: &str) {
+    let db = D::migrated().await;
+    let (group, other) = (unique_name("billing"), unique_name("shipping"));
+    db.execute(&seed_sql(old, now, &group, &other))
+        .await
+        .expect("seed");
+    let first = cleanup(db.url(), &group).await;
+    let second = cleanup(db.url(), &group).await;
+    let count = |consumer: &str, prefix: &str| {
+        format!(
+            "SELECT count(*) FROM eventbus_inbox \
+             WHERE consumer = '{consumer}' AND message_id LIKE '{prefix}-%'"
+        )
+    };
+    let left = (
+        db.scalar(&count(&group, "old")).await,
+        db.scalar(&count(&group, "new")).await,
+        db.scalar(&count(&other, "old")).await,
+        db.scalar(&count(&other, "new")).await,
+    );
+    assert_outcome(&first, &second, left);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_on_postgres() {
-    let db = TestDb::migrated().await;
-    let (group, other) = (unique_name("billing"), unique_name("shipping"));
-    let sql = seed_sql("now() - interval '2 days'", "now()", &group, &other);
-    sqlx::query(&sql).execute(&db.pool).await.expect("seed");
-    let first = cleanup(&db.url, &group).await;
-    let second = cleanup(&db.url, &group).await;
-    let mut left = [0_i64; 4];
-    for (slot, (consumer, prefix)) in left.iter_mut().zip([
-        (&group, "old"),
-        (&group, "new"),
-        (&other, "old"),
-        (&other, "new"),
-    ]) {
-        *slot = sqlx::query_scalar(&format!("{COUNT} $1 AND message_id LIKE $2 || '-%'"))
-            .bind(consumer)
-            .bind(prefix)
-            .fetch_one(&db.pool)
-            .await
-            .expect("count");
-    }
-    assert_outcome(&first, &second, (left[0], left[1], left[2], left[3]));
+    cleanup_scenario::<TestDb>("now() - interval '2 days'", "now()").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_on_mysql() {
-    let db = TestMySql::migrated().await;
-    let (group, other) = (unique_name("billing"), unique_name("shipping"));
-    let sql = seed_sql(
-        "UTC_TIMESTAMP(6) - INTERVAL 2 DAY",
-        "UTC_TIMESTAMP(6)",
-        &group,
-        &other,
-    );
-    sqlx::query(&sql).execute(&db.pool).await.expect("seed");
-    let first = cleanup(&db.url, &group).await;
-    let second = cleanup(&db.url, &group).await;
-    let mut left = [0_i64; 4];
-    for (slot, (consumer, prefix)) in left.iter_mut().zip([
-        (&group, "old"),
-        (&group, "new"),
-        (&other, "old"),
-        (&other, "new"),
-    ]) {
-        *slot = sqlx::query_scalar(&format!("{COUNT} ? AND message_id LIKE CONCAT(?, '-%')"))
-            .bind(consumer)
-            .bind(prefix)
-            .fetch_one(&db.pool)
-            .await
-            .expect("count");
-    }
-    assert_outcome(&first, &second, (left[0], left[1], left[2], left[3]));
+    cleanup_scenario::<TestMySql>("UTC_TIMESTAMP(6) - INTERVAL 2 DAY", "UTC_TIMESTAMP(6)").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_on_sqlite() {
-    let db = TestSqlite::migrated().await;
-    let (group, other) = (unique_name("billing"), unique_name("shipping"));
-    let sql = seed_sql(
+    cleanup_scenario::<TestSqlite>(
         "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days')",
         "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        &group,
-        &other,
-    );
-    sqlx::query(&sql).execute(&db.pool).await.expect("seed");
-    let first = cleanup(&db.url, &group).await;
-    let second = cleanup(&db.url, &group).await;
-    let mut left = [0_i64; 4];
-    for (slot, (consumer, prefix)) in left.iter_mut().zip([
-        (&group, "old"),
-        (&group, "new"),
-        (&other, "old"),
-        (&other, "new"),
-    ]) {
-        *slot = sqlx::query_scalar(&format!("{COUNT} ?1 AND message_id LIKE ?2 || '-%'"))
-            .bind(consumer)
-            .bind(prefix)
-            .fetch_one(&db.pool)
-            .await
-            .expect("count");
-    }
-    assert_outcome(&first, &second, (left[0], left[1], left[2], left[3]));
+    )
+    .await;
 }
 
 /// Only the group's name says whose rows go: the option is required.

@@ -29,12 +29,12 @@ use eventbus_tests::relay::{
     assert_per_key_order, pending, publish_steps, spawn_relay, steps, test_config, wait_drained,
     RunningRelay, Step,
 };
+use eventbus_tests::relay_cli::http_get;
 use eventbus_tests::{kafka_brokers, unique_name, TestDb};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -312,32 +312,6 @@ async fn wait_owns_partitions(relay: &RelayProc) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// `GET path` on 127.0.0.1:`port` over a plain TCP connection; status and body.
-async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(text(&buf))
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::other("HTTP request timed out"))??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// The value of the unlabelled Prometheus sample `name` in `text`.
