@@ -46,6 +46,27 @@ pub struct OutboxRecord {
 }
 
 impl OutboxRecord {
+    /// A plain pending row of `key` in `partition`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(id: i64, partition: i32, key: &str) -> Self {
+        OutboxRecord {
+            id,
+            event_id: Uuid::now_v7(),
+            source: None,
+            destination: "orders".into(),
+            partition_key: key.into(),
+            partition,
+            event_type: "t".into(),
+            schema_version: 1,
+            subject: None,
+            headers: Value::Null,
+            payload: "{}".into(),
+            created_at: Utc::now(),
+            attempts: 0,
+            defect: None,
+        }
+    }
+
     /// Builds the CloudEvent for this row. `default_source` fills a missing
     /// `source` (rows written by plain SQL from other languages). The row's
     /// UUID id is what the inbox deduplicates such an event on

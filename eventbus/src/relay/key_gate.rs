@@ -45,22 +45,7 @@ mod tests {
     use super::*;
 
     fn row(partition: i32, key: &str) -> OutboxRecord {
-        OutboxRecord {
-            id: 1,
-            event_id: uuid::Uuid::nil(),
-            source: None,
-            destination: "orders".into(),
-            partition_key: key.into(),
-            partition,
-            event_type: "t".into(),
-            schema_version: 1,
-            subject: None,
-            headers: serde_json::Value::Null,
-            payload: "{}".into(),
-            created_at: chrono::Utc::now(),
-            attempts: 0,
-            defect: None,
-        }
+        OutboxRecord::sample(1, partition, key)
     }
 
     #[test]

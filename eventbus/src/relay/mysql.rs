@@ -656,22 +656,7 @@ mod tests {
     use super::*;
 
     fn row(id: i64, partition: i32, key: &str) -> OutboxRecord {
-        OutboxRecord {
-            id,
-            event_id: Uuid::now_v7(),
-            source: None,
-            destination: "d".into(),
-            partition_key: key.into(),
-            partition,
-            event_type: "t".into(),
-            schema_version: 1,
-            subject: None,
-            headers: serde_json::Value::Null,
-            payload: "{}".into(),
-            created_at: chrono::Utc::now(),
-            attempts: 0,
-            defect: None,
-        }
+        OutboxRecord::sample(id, partition, key)
     }
 
     #[test]
