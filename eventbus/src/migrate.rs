@@ -225,10 +225,27 @@ BEGIN
 END $$;
 "#
         );
+        // Durable attempt counts (crate::inbox::AttemptsDatabase): a row per
+        // message being handled, keyed like the inbox.
+        let inbox_v2 = format!(
+            r#"
+CREATE TABLE IF NOT EXISTS {a} (
+    consumer    text NOT NULL,
+    source      text NOT NULL,
+    message_id  text NOT NULL,
+    attempts    int  NOT NULL,
+    last_error  text,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, source, message_id)
+);
+"#,
+            a = inbox.with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
+        );
         vec![
             (format!("outbox:{outbox}"), 1, outbox_v1),
             (format!("outbox:{outbox}"), 2, outbox_v2),
             (format!("inbox:{inbox}"), 1, inbox_v1),
+            (format!("inbox:{inbox}"), 2, inbox_v2),
         ]
     }
 

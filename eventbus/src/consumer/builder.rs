@@ -380,6 +380,7 @@ where
                 pool,
                 dead_letters,
                 dead_letter_destinations: tokio::sync::Mutex::new(HashSet::new()),
+                isolation: tokio::sync::RwLock::new(()),
                 metrics,
                 stopping: Notify::new(),
                 stopped: std::sync::atomic::AtomicBool::new(false),

@@ -12,6 +12,7 @@
 //! messages are upcast first ([`ConsumerBuilder::upcast`]), newer ones are set
 //! aside for an upgraded consumer ([`NewerVersions`]).
 
+mod attempts;
 mod batch;
 mod builder;
 mod context;
@@ -60,7 +61,10 @@ pub enum DeliveryMode {
     /// acknowledgement repeats the handler.
     AtLeastOnce,
     /// Like at-least-once, plus an inbox row in the handler's transaction: a
-    /// repeated delivery is recognised and skipped. The default.
+    /// repeated delivery is recognised and skipped. Attempts are counted in
+    /// the database too (`<inbox>_attempts`), so a message that kills the
+    /// process is dead-lettered after its attempts instead of looping. The
+    /// default.
     EffectivelyOnce,
 }
 
@@ -102,6 +106,9 @@ struct Shared<DB: sqlx::Database> {
     pool: sqlx::Pool<DB>,
     dead_letters: Arc<dyn Publisher>,
     dead_letter_destinations: tokio::sync::Mutex<HashSet<String>>,
+    /// Attempts share it; a message suspected of killing the process takes
+    /// it alone (`attempts` module).
+    isolation: tokio::sync::RwLock<()>,
     metrics: ConsumerMetrics,
     stopping: Notify,
     stopped: std::sync::atomic::AtomicBool,
@@ -380,10 +387,34 @@ where
                 )
                 .await;
         }
+        // Effectively once, every attempt (immediate retries too: a process
+        // can die in any of them) is counted in the database before it
+        // starts, so the count survives the process (`attempts` module).
+        let durable = self.mode == DeliveryMode::EffectivelyOnce;
         let mut attempt = 1;
+        let mut first_here = true;
         loop {
+            let mut counted = Ok(None);
+            if durable {
+                match attempts::count(self, &envelope, first_here).await {
+                    Ok(attempts::Count::Go(n, guard)) => {
+                        attempt = n;
+                        counted = Ok(Some(guard));
+                    }
+                    Ok(attempts::Count::UsedUp(n)) => {
+                        attempts.store(n, std::sync::atomic::Ordering::Relaxed);
+                        return attempts::give_up(self, destination, &envelope, n, span).await;
+                    }
+                    Err(f) => counted = Err(f),
+                }
+            }
+            first_here = false;
             attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
-            let failure = match self.attempt(&handler, &envelope, attempt).await {
+            let result = match counted {
+                Ok(_guard) => self.attempt(&handler, &envelope, attempt).await,
+                Err(f) => Err(f),
+            };
+            let failure = match result {
                 Ok(outcome) => return outcome,
                 Err(f) => f,
             };
@@ -392,6 +423,9 @@ where
                 Failure::Transient(r) => (r, false),
             };
             tracing::warn!(group = %self.group, id = %envelope.id, attempt, error = %reason, "handling failed");
+            if durable {
+                attempts::note_failure(self, &envelope, attempt, &reason).await;
+            }
             let delay = if permanent || once {
                 None
             } else {
@@ -404,7 +438,7 @@ where
                     "handler_failed"
                 };
                 span.fail(kind, &reason);
-                return self
+                let outcome = self
                     .dead_letter(dead_letter::for_event(
                         &envelope,
                         destination,
@@ -413,6 +447,10 @@ where
                         &reason,
                     ))
                     .await;
+                if durable {
+                    attempts::forget(self, &envelope, &outcome).await;
+                }
+                return outcome;
             };
             span.failed_attempt(attempt, &reason);
             self.metrics.retried();
@@ -443,9 +481,14 @@ where
                 let mut outcomes = self
                     .attempt_batch(registration, std::slice::from_ref(envelope), attempt)
                     .await?;
-                return outcomes.pop().ok_or_else(|| {
+                let outcome = outcomes.pop().ok_or_else(|| {
                     Failure::Transient("a batch of one ended without an outcome".into())
-                });
+                })?;
+                if self.mode == DeliveryMode::EffectivelyOnce {
+                    // Committed already: the count goes in a statement of its own.
+                    attempts::forget(self, envelope, &outcome).await;
+                }
+                return Ok(outcome);
             }
         };
         let transient = |e: Error| Failure::Transient(e.to_string());
@@ -454,8 +497,15 @@ where
             let fresh = DB::try_record(&mut *tx, &self.inbox_table, &self.group, envelope)
                 .await
                 .map_err(transient)?;
+            // The attempt count goes with the inbox row: gone if this commits
+            // (handled, or found a duplicate), back if it rolls back.
+            DB::forget_attempts(&mut *tx, &self.inbox_table, &self.group, envelope)
+                .await
+                .map_err(transient)?;
             if !fresh {
-                let _ = tx.rollback().await;
+                // Nothing but the count's deletion to keep; should it fail,
+                // a later delivery deletes it.
+                let _ = tx.commit().await;
                 return Ok(Outcome::Duplicate);
             }
         }

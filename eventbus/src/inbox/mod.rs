@@ -2,6 +2,7 @@
 //! the handler's own writes commit in one database transaction, so a redelivered
 //! duplicate changes nothing. Rows are keyed by [`InboxKey`].
 
+mod attempts;
 mod key;
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -18,6 +19,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::table::TableName;
 
+pub use attempts::{AttemptsDatabase, ATTEMPTS_SUFFIX};
 pub use key::{InboxKey, UUID_SCOPE};
 
 /// The default inbox table name.
@@ -77,9 +79,10 @@ pub enum Processed<T> {
     Duplicate,
 }
 
-/// A database the inbox can live in. Implemented for each compiled-in backend.
+/// A database the inbox can live in, with its durable attempt counts
+/// ([`AttemptsDatabase`]). Implemented for each compiled-in backend.
 #[async_trait::async_trait]
-pub trait InboxDatabase: sqlx::Database {
+pub trait InboxDatabase: sqlx::Database + AttemptsDatabase {
     /// Inserts the inbox row of `envelope` for `consumer`, keyed by
     /// [`InboxKey::of`], unless present; `true` if it was inserted. Waits for
     /// a concurrent insert of the same message to commit or roll back. A row

@@ -121,9 +121,23 @@ END"
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
         i = inbox.mysql_quoted(),
     )];
+    // Durable attempt counts (crate::inbox::AttemptsDatabase).
+    let inbox_v2 = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {a} (
+    consumer    VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    source      VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    message_id  VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    attempts    INT          NOT NULL,
+    last_error  TEXT,
+    updated_at  DATETIME(6)  NOT NULL DEFAULT ({NOW}),
+    PRIMARY KEY (consumer, source, message_id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+        a = inbox.mysql_with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
+    )];
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("inbox:{inbox}"), 1, inbox_v1),
+        (format!("inbox:{inbox}"), 2, inbox_v2),
     ]
 }
 

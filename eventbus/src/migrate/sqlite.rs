@@ -94,9 +94,25 @@ CREATE INDEX IF NOT EXISTS {received} ON {local} (consumer, received_at);
         local = inbox.local_with_suffix(""),
         received = inbox.with_suffix("_received_at"),
     );
+    // Durable attempt counts (crate::inbox::AttemptsDatabase).
+    let inbox_v2 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {a} (
+    consumer    TEXT    NOT NULL,
+    source      TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    attempts    INTEGER NOT NULL,
+    last_error  TEXT,
+    updated_at  TEXT    NOT NULL DEFAULT ({NOW}),
+    PRIMARY KEY (consumer, source, message_id)
+);
+"#,
+        a = inbox.with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
+    );
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("inbox:{inbox}"), 1, inbox_v1),
+        (format!("inbox:{inbox}"), 2, inbox_v2),
     ]
 }
 

@@ -320,6 +320,15 @@ async fn run(options: Options) -> Result<bool> {
         {
             fault = Fault::BrokerRestart;
         }
+        // The at-least-once control must see duplicates: a consumer killed
+        // between its commit and its acknowledgement makes them, so a short
+        // run gets one such kill early whatever the dice say.
+        if options.at_least_once
+            && faults.consumer_kills == 0
+            && started.elapsed() > Duration::from_secs(options.seconds) / 4
+        {
+            fault = Fault::ConsumerKill;
+        }
         match fault {
             Fault::RelayKill => {
                 relays[rng.below(2) as usize].kill().await;
