@@ -61,6 +61,7 @@ async fn concurrent_migrations_are_idempotent() {
         migrations(&db.pool).await,
         vec![
             ("inbox:eventbus_inbox".to_owned(), 1),
+            ("inbox:eventbus_inbox".to_owned(), 2),
             ("outbox:eventbus_outbox".to_owned(), 1),
             ("outbox:eventbus_outbox".to_owned(), 2)
         ]
@@ -75,6 +76,7 @@ async fn concurrent_migrations_are_idempotent() {
         tables,
         [
             "eventbus_inbox",
+            "eventbus_inbox_attempts",
             "eventbus_migrations",
             "eventbus_outbox",
             "eventbus_outbox_partitions",
@@ -291,6 +293,7 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
         migrations(&db.pool).await,
         vec![
             ("inbox:svc.inbox".to_owned(), 1),
+            ("inbox:svc.inbox".to_owned(), 2),
             ("outbox:svc.outbox".to_owned(), 1),
             ("outbox:svc.outbox".to_owned(), 2)
         ]
@@ -303,7 +306,13 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
     .expect("tables");
     assert_eq!(
         tables,
-        ["inbox", "outbox", "outbox_partitions", "outbox_relays"]
+        [
+            "inbox",
+            "inbox_attempts",
+            "outbox",
+            "outbox_partitions",
+            "outbox_relays"
+        ]
     );
     assert_eq!(count(&db.pool, "svc.outbox_partitions").await, 8);
     // Nothing leaked into the default schema besides the migrations ledger.

@@ -87,6 +87,7 @@ async fn concurrent_migrations_are_idempotent() {
         migrations,
         vec![
             ("inbox:eventbus_inbox".to_owned(), 1),
+            ("inbox:eventbus_inbox".to_owned(), 2),
             ("outbox:eventbus_outbox".to_owned(), 1)
         ]
     );
@@ -100,6 +101,7 @@ async fn concurrent_migrations_are_idempotent() {
         tables,
         [
             "eventbus_inbox",
+            "eventbus_inbox_attempts",
             "eventbus_migrations",
             "eventbus_outbox",
             "eventbus_outbox_partitions",
@@ -230,7 +232,13 @@ async fn attached_schema_tables_migrate_and_publish() {
     .expect("tables");
     assert_eq!(
         tables,
-        ["inbox", "outbox", "outbox_partitions", "outbox_relays"]
+        [
+            "inbox",
+            "inbox_attempts",
+            "outbox",
+            "outbox_partitions",
+            "outbox_relays"
+        ]
     );
 
     let outbox = Outbox::new("urn:service:orders")
@@ -243,7 +251,8 @@ async fn attached_schema_tables_migrate_and_publish() {
         .expect("publish into svc.outbox");
     tx.commit().await.expect("commit");
     assert_eq!(count(&pool, "svc.outbox").await, 2);
-    assert_eq!(count(&pool, "main.eventbus_migrations").await, 2);
+    // outbox 1, inbox 1 and 2 (the attempts table)
+    assert_eq!(count(&pool, "main.eventbus_migrations").await, 3);
 }
 
 #[tokio::test]
