@@ -56,8 +56,17 @@ pub(crate) async fn consume(
         delayed_max: Duration::from_secs(2),
         ..RetryPolicy::default()
     };
+    let crash_pool = (mode == DeliveryMode::AtLeastOnce).then(|| pool.clone());
     let consumer = Consumer::builder(group)
-        .on(|ctx: Context<Postgres>, step: Step| async move { apply(&ctx, &step).await })
+        .on(move |ctx: Context<Postgres>, step: Step| {
+            let crash_pool = crash_pool.clone();
+            async move {
+                if let Some(pool) = &crash_pool {
+                    crash_after_the_effect_once(pool, &step).await?;
+                }
+                apply(&ctx, &step).await
+            }
+        })
         .retry(retry)
         .mode(mode)
         .build(pool, Box::new(subscriber), dead_letters)?;
@@ -66,6 +75,37 @@ pub(crate) async fn consume(
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    Ok(())
+}
+
+/// The negative control's sure duplicate: without the inbox, a process that
+/// dies after its side effect and before its acknowledgement applies the
+/// message again when it comes back. Faults alone make that window rare in a
+/// short run, so at least once, the consumer writes the effect of one chosen
+/// step (step 20 of the first hot key) outside the handler's transaction and
+/// aborts; the redelivery, which finds the effect, is handled normally.
+async fn crash_after_the_effect_once(pool: &sqlx::PgPool, step: &Step) -> Result<()> {
+    if step.seq != 20 || !step.key.ends_with("-k0") {
+        return Ok(());
+    }
+    let seq = i64::try_from(step.seq)?;
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM effects WHERE key = $1 AND seq = $2")
+        .bind(&step.key)
+        .bind(seq)
+        .fetch_one(pool)
+        .await?;
+    if seen == 0 {
+        sqlx::query("INSERT INTO effects (key, seq) VALUES ($1, $2)")
+            .bind(&step.key)
+            .bind(seq)
+            .execute(pool)
+            .await?;
+        eprintln!(
+            "soak consume: at-least-once control: dying after the effect of {} step {seq}",
+            step.key
+        );
+        std::process::abort();
+    }
     Ok(())
 }
 
