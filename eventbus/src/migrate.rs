@@ -241,11 +241,39 @@ CREATE TABLE IF NOT EXISTS {a} (
 "#,
             a = inbox.with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
         );
+        // Parked messages (crate::inbox::ParkedDatabase): delayed retries,
+        // newer versions, dead letters and what waits behind them, per key.
+        let inbox_v3 = format!(
+            r#"
+CREATE TABLE IF NOT EXISTS {t} (
+    id          bigserial PRIMARY KEY,
+    consumer    text   NOT NULL,
+    message_key text   NOT NULL,
+    source      text   NOT NULL,
+    message_id  text   NOT NULL,
+    origin      text   NOT NULL,
+    state       text   NOT NULL,
+    holds_key   bigint NOT NULL,
+    attempts    bigint NOT NULL,
+    due_at      bigint NOT NULL,
+    parked_at   bigint NOT NULL,
+    reason      text,
+    event       text   NOT NULL,
+    UNIQUE (consumer, source, message_id)
+);
+CREATE INDEX IF NOT EXISTS {by_key} ON {t} (consumer, message_key, id);
+CREATE INDEX IF NOT EXISTS {by_due} ON {t} (consumer, due_at);
+"#,
+            t = inbox.with_suffix(crate::inbox::PARKED_SUFFIX),
+            by_key = inbox.local_with_suffix("_parked_key"),
+            by_due = inbox.local_with_suffix("_parked_due"),
+        );
         vec![
             (format!("outbox:{outbox}"), 1, outbox_v1),
             (format!("outbox:{outbox}"), 2, outbox_v2),
             (format!("inbox:{inbox}"), 1, inbox_v1),
             (format!("inbox:{inbox}"), 2, inbox_v2),
+            (format!("inbox:{inbox}"), 3, inbox_v3),
         ]
     }
 

@@ -5,6 +5,7 @@
 mod broker;
 mod config;
 mod database;
+mod dead_letters;
 mod destinations;
 mod http;
 mod inbox;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 use eventbus::relay::{OutboxAdmin, Relay};
 use eventbus::Result;
 
-use config::{BrokerArgs, Common, FileConfig, RunArgs};
+use config::{Common, FileConfig, RunArgs};
 use database::{Create, Database};
 
 /// Forwards events from the eventbus outbox table to Kafka or RabbitMQ, in order
@@ -56,36 +57,17 @@ enum Command {
         #[command(subcommand)]
         action: FailedAction,
     },
-    /// Work with consumers' dead-letter destinations (`<destination>.dlq`).
+    /// Consumers' dead letters: list, show and replay those in a group's
+    /// parked table (to that group only); import or re-drive those on the
+    /// broker (`<destination>.<group>.dlq`).
     Dlq {
         #[command(subcommand)]
-        action: DlqAction,
+        action: dead_letters::DlqAction,
     },
     /// Maintain consumers' inbox tables.
     Inbox {
         #[command(subcommand)]
         action: inbox::InboxAction,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum DlqAction {
-    /// Publish the dead letters of DESTINATION back to it (after fixing the
-    /// consumer), until none arrives for `--idle-ms`.
-    Replay {
-        /// The original destination; its dead letters are read from `DESTINATION.dlq`.
-        destination: String,
-        /// Broker URL, as for `run`.
-        #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
-        broker: Option<String>,
-        #[command(flatten)]
-        broker_options: BrokerArgs,
-        /// Consumer group (Kafka group id / RabbitMQ queue) reading the dead letters.
-        #[arg(long, default_value = "eventbus-dlq-replay")]
-        group: String,
-        /// Stop after this long without a dead letter.
-        #[arg(long, default_value_t = 5000)]
-        idle_ms: u64,
     },
 }
 
@@ -172,7 +154,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Dlq { action } => dlq(action, &file).await,
+        Command::Dlq { action } => dead_letters::run(action, &cli.common, &file).await,
         Command::Inbox { action } => inbox::run(action, &cli.common, &file).await,
         Command::Failed { action } => {
             let admin = admin(&cli.common, &file, "failed").await?;
@@ -201,36 +183,6 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 FailedAction::Skip { ids } => println!("{} skipped", admin.skip(&ids).await?),
             }
-            Ok(())
-        }
-    }
-}
-
-async fn dlq(action: DlqAction, file: &FileConfig) -> Result<()> {
-    match action {
-        DlqAction::Replay {
-            destination,
-            broker,
-            broker_options,
-            group,
-            idle_ms,
-        } => {
-            let properties = file
-                .producer
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let broker = config::broker(broker.as_ref(), &broker_options, file, properties)?;
-            let dead = eventbus::consumer::dead_letter::destination_of(&destination);
-            let publisher = broker::connect(&broker).await?;
-            let mut subscriber = broker::subscribe(&broker, &group, &dead).await?;
-            let (redriven, skipped) = eventbus::consumer::dead_letter::redrive(
-                subscriber.as_mut(),
-                publisher.as_ref(),
-                std::time::Duration::from_millis(idle_ms),
-            )
-            .await?;
-            println!("{redriven} re-driven to {destination}, {skipped} left in {dead}");
             Ok(())
         }
     }

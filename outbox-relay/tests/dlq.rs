@@ -1,5 +1,6 @@
-//! `outbox-relay dlq replay`: dead letters go back to the destination they came
-//! from, without their dead-letter attributes; what cannot be re-driven stays.
+//! `outbox-relay dlq redrive`: a group's broker dead letters go back to the
+//! destination they came from, without their dead-letter attributes; what
+//! cannot be re-driven stays.
 
 use std::time::Duration;
 
@@ -11,10 +12,10 @@ use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::{amqp_url, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dlq_replay_redrives_dead_letters_to_their_origin() {
+async fn dlq_redrive_sends_dead_letters_back_to_their_origin() {
     let url = amqp_url().await;
     let origin = unique_name("orders");
-    let dead = dead_letter::destination_of(&origin);
+    let dead = dead_letter::destination_of(&origin, "billing");
     let group = unique_name("replay");
     // The replay group's queue must exist before dead letters arrive.
     let mut queue = RabbitSubscriber::builder(url.clone())
@@ -53,11 +54,13 @@ async fn dlq_replay_redrives_dead_letters_to_their_origin() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
         .args([
             "dlq",
-            "replay",
+            "redrive",
             &origin,
+            "--consumer",
+            "billing",
             "--broker",
             &url,
-            "--group",
+            "--reader",
             &group,
             "--idle-ms",
             "1500",

@@ -124,16 +124,20 @@ pub async fn read_all(
     messages
 }
 
-/// Deletes the queues of `destinations` and of their dead-letter
-/// destinations (test clean-up; errors are ignored).
-pub async fn delete_queues(destinations: &[&str], fifo: bool) {
+/// Deletes the queues of `destinations`, of their native dead-letter
+/// queues and of `groups`' dead-letter destinations (test clean-up; errors
+/// are ignored).
+pub async fn delete_queues(destinations: &[&str], groups: &[&str], fifo: bool) {
     let publisher = publisher(fifo).await;
     let client = publisher.client();
     for destination in destinations {
-        for d in [
-            destination.to_string(),
-            dead_letter::destination_of(destination),
-        ] {
+        let mut names = vec![destination.to_string(), format!("{destination}.dlq")];
+        names.extend(
+            groups
+                .iter()
+                .map(|g| dead_letter::destination_of(destination, g)),
+        );
+        for d in names {
             let Ok(name) = queue_name(&d, fifo) else {
                 continue;
             };

@@ -91,7 +91,9 @@ async fn a_message_that_aborts_the_process_is_dead_lettered_after_its_attempts()
     let (destination, publisher) = broker.destination("attempts", 1).await;
     let group = unique_name("attempts_group");
     broker.prepare_group(&group, &destination).await;
-    let dead_letters = broker.dead_letters(&destination, publisher.as_ref()).await;
+    let dead_letters = broker
+        .dead_letters(&destination, &group, publisher.as_ref())
+        .await;
 
     let mut all: Vec<Envelope> = Vec::new();
     let mut poisoned = None;

@@ -54,7 +54,9 @@ impl Setup {
         let (destination, publisher) = broker.destination(tag, 4).await;
         let group = unique_name(&format!("{tag}_group"));
         let subscriber = broker.subscriber(&group, &destination, 64).await;
-        let dead_letters = broker.dead_letters(&destination, publisher.as_ref()).await;
+        let dead_letters = broker
+            .dead_letters(&destination, &group, publisher.as_ref())
+            .await;
         Setup {
             broker,
             db,

@@ -802,7 +802,7 @@ async fn the_consumer_applies_each_event_once_despite_duplicates() {
         "the copies were recognised"
     );
     assert_eq!(
-        broker.published(&dead_letter::destination_of(TOPIC)),
+        broker.published(&dead_letter::destination_of(TOPIC, "billing")),
         0,
         "no dead letters"
     );
@@ -854,7 +854,7 @@ async fn consumers_of_one_group_apply_each_event_once_across_rebalances() {
         "the copies were recognised"
     );
     assert_eq!(
-        broker.published(&dead_letter::destination_of(TOPIC)),
+        broker.published(&dead_letter::destination_of(TOPIC, "billing")),
         0,
         "no dead letters"
     );

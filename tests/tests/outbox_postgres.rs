@@ -62,6 +62,7 @@ async fn concurrent_migrations_are_idempotent() {
         vec![
             ("inbox:eventbus_inbox".to_owned(), 1),
             ("inbox:eventbus_inbox".to_owned(), 2),
+            ("inbox:eventbus_inbox".to_owned(), 3),
             ("outbox:eventbus_outbox".to_owned(), 1),
             ("outbox:eventbus_outbox".to_owned(), 2)
         ]
@@ -77,6 +78,7 @@ async fn concurrent_migrations_are_idempotent() {
         [
             "eventbus_inbox",
             "eventbus_inbox_attempts",
+            "eventbus_inbox_parked",
             "eventbus_migrations",
             "eventbus_outbox",
             "eventbus_outbox_partitions",
@@ -294,6 +296,7 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
         vec![
             ("inbox:svc.inbox".to_owned(), 1),
             ("inbox:svc.inbox".to_owned(), 2),
+            ("inbox:svc.inbox".to_owned(), 3),
             ("outbox:svc.outbox".to_owned(), 1),
             ("outbox:svc.outbox".to_owned(), 2)
         ]
@@ -309,6 +312,7 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
         [
             "inbox",
             "inbox_attempts",
+            "inbox_parked",
             "outbox",
             "outbox_partitions",
             "outbox_relays"

@@ -88,6 +88,7 @@ async fn concurrent_migrations_are_idempotent() {
         vec![
             ("inbox:eventbus_inbox".to_owned(), 1),
             ("inbox:eventbus_inbox".to_owned(), 2),
+            ("inbox:eventbus_inbox".to_owned(), 3),
             ("outbox:eventbus_outbox".to_owned(), 1)
         ]
     );
@@ -102,6 +103,7 @@ async fn concurrent_migrations_are_idempotent() {
         [
             "eventbus_inbox",
             "eventbus_inbox_attempts",
+            "eventbus_inbox_parked",
             "eventbus_migrations",
             "eventbus_outbox",
             "eventbus_outbox_partitions",
@@ -235,6 +237,7 @@ async fn attached_schema_tables_migrate_and_publish() {
         [
             "inbox",
             "inbox_attempts",
+            "inbox_parked",
             "outbox",
             "outbox_partitions",
             "outbox_relays"

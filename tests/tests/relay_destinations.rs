@@ -316,13 +316,14 @@ async fn a_row_for_a_dead_letter_destination_is_parked_without_strict_mode() {
     let db = TestDb::migrated().await;
     let prefix = format!("{}.", unique_name("to_dlq"));
     let exchange = format!("{prefix}{}", Step::DESTINATION);
-    let dead = eventbus::consumer::dead_letter::destination_of(&exchange);
+    let dead = eventbus::consumer::dead_letter::destination_of(&exchange, "billing");
     let mut queue = TestQueue::bind_all(&exchange).await;
     let publisher = RabbitPublisher::connect(&amqp_url().await)
         .await
         .expect("connect to RabbitMQ");
 
-    let dead_logical = eventbus::consumer::dead_letter::destination_of(Step::DESTINATION);
+    let dead_logical =
+        eventbus::consumer::dead_letter::destination_of(Step::DESTINATION, "billing");
     write(&db, "a", &[(dead_logical.as_str(), BOUND_TYPE, 1)]).await;
     write(&db, "b", &[(Step::DESTINATION, BOUND_TYPE, 1)]).await;
     let relay = spawn_relay(&db.pool, Arc::new(publisher), quick_config(&prefix));

@@ -134,5 +134,5 @@ async fn relayed_messages_carry_the_event_as_cloudevents_json_with_attributes() 
             .await
             .expect("delete");
     }
-    sqs::delete_queues(&[&destination], true).await;
+    sqs::delete_queues(&[&destination], &[], true).await;
 }

@@ -211,7 +211,7 @@ async fn v1_and_v2_messages_reach_a_v3_handler_upcast() {
     let mut dlq = rabbitmq::subscriber(
         &url,
         &dlq_group,
-        &[&dead_letter::destination_of(&exchange)],
+        &[&dead_letter::destination_of(&exchange, &group)],
         8,
     )
     .await;
@@ -279,7 +279,8 @@ async fn v1_and_v2_messages_reach_a_v3_handler_upcast() {
     delete_group(&group).await;
     delete_group(&dlq_group).await;
     delete_exchange(&exchange).await;
-    delete_exchange(&dead_letter::destination_of(&exchange)).await;
+    delete_group(&dead_letter::destination_of(&exchange, &group)).await;
+    delete_exchange(&dead_letter::destination_of(&exchange, &group)).await;
 }
 
 /// A consumer whose chain has a gap (v2 → v3 only) handles v2 messages and
@@ -296,7 +297,7 @@ async fn a_gap_in_the_upcaster_chain_dead_letters_with_the_reason() {
     let mut dlq = rabbitmq::subscriber(
         &url,
         &dlq_group,
-        &[&dead_letter::destination_of(&exchange)],
+        &[&dead_letter::destination_of(&exchange, &group)],
         8,
     )
     .await;
@@ -362,12 +363,13 @@ async fn a_gap_in_the_upcaster_chain_dead_letters_with_the_reason() {
     delete_group(&group).await;
     delete_group(&dlq_group).await;
     delete_exchange(&exchange).await;
-    delete_exchange(&dead_letter::destination_of(&exchange)).await;
+    delete_group(&dead_letter::destination_of(&exchange, &group)).await;
+    delete_exchange(&dead_letter::destination_of(&exchange, &group)).await;
 }
 
 /// A rolling deploy where the producer went first: a v3 consumer receives a
-/// v4 message. It does not handle it and does not dead-letter it: it gives it
-/// back, again and again. Once the consumer is upgraded (a new member of the
+/// v4 message. It does not handle it and does not dead-letter it: it parks it
+/// and looks at it again and again. Once the consumer is upgraded (a new member of the
 /// same group with a v4 handler), the message is handled — exactly once, as
 /// the inbox and the effects show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +383,7 @@ async fn a_newer_version_waits_for_the_upgraded_consumer() {
     let mut dlq = rabbitmq::subscriber(
         &url,
         &dlq_group,
-        &[&dead_letter::destination_of(&exchange)],
+        &[&dead_letter::destination_of(&exchange, &group)],
         8,
     )
     .await;
@@ -389,7 +391,7 @@ async fn a_newer_version_waits_for_the_upgraded_consumer() {
 
     let old_consumer = Consumer::builder(&group)
         .on(handle_v3)
-        .newer_versions(NewerVersions::Release {
+        .newer_versions(NewerVersions::Park {
             delay: Duration::from_millis(200),
         })
         .build(db.pool.clone(), subscriber, publisher.clone())
@@ -409,7 +411,7 @@ async fn a_newer_version_waits_for_the_upgraded_consumer() {
     });
     publish(&*publisher, &exchange, &[current.clone(), newer.clone()]).await;
 
-    // It comes round several times, and is given back each time.
+    // It is looked at several times, and parked again each time.
     let metrics = Arc::clone(&old_running.consumer);
     wait_until(
         "the v4 message is set aside three times",
@@ -439,7 +441,11 @@ async fn a_newer_version_waits_for_the_upgraded_consumer() {
     assert!(gated >= 3);
     assert_eq!(old_consumer.metrics().handled(), 1);
     assert_eq!(old_consumer.metrics().dead_lettered(), 0);
-    assert!(old_consumer.metrics().released() >= 3);
+    assert_eq!(
+        old_consumer.metrics().parked(),
+        1,
+        "parked once, looked at again and again"
+    );
     assert!(
         next_dead_letter(&mut dlq, Duration::from_millis(300))
             .await
@@ -531,7 +537,8 @@ async fn a_newer_version_waits_for_the_upgraded_consumer() {
     delete_group(&group).await;
     delete_group(&dlq_group).await;
     delete_exchange(&exchange).await;
-    delete_exchange(&dead_letter::destination_of(&exchange)).await;
+    delete_group(&dead_letter::destination_of(&exchange, &group)).await;
+    delete_exchange(&dead_letter::destination_of(&exchange, &group)).await;
 }
 
 // ------------------------------------------------------------------ publish-time validation

@@ -124,7 +124,7 @@ async fn fifo_queues_keep_each_groups_order_across_competing_subscribers() {
     let records = records.lock().expect("records").clone();
     assert_eq!(records.len(), 300, "every event once");
     assert_eq!(assert_per_key_order(&records), 0, "no duplicates");
-    sqs::delete_queues(&[&destination], true).await;
+    sqs::delete_queues(&[&destination], &[], true).await;
 }
 
 /// An event sent again (same id) — in the same batch, and in a later one, as a
@@ -178,8 +178,8 @@ async fn a_resent_event_is_dropped_by_fifo_deduplication() {
     let got = read_all(subscriber.as_mut(), 2, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 2, "a standard queue keeps both sends");
     subscriber.close().await.expect("close");
-    sqs::delete_queues(&[&destination], true).await;
-    sqs::delete_queues(&[&destination], false).await;
+    sqs::delete_queues(&[&destination], &[], true).await;
+    sqs::delete_queues(&[&destination], &[], false).await;
 }
 
 /// A batch of ten for a queue whose `MaximumMessageSize` is 1 KiB, one event
@@ -256,7 +256,7 @@ async fn one_oversized_entry_fails_alone_in_a_batch_of_ten() {
             e.id = uuid::Uuid::now_v7().to_string();
         }
     }
-    sqs::delete_queues(&[&destination], true).await;
+    sqs::delete_queues(&[&destination], &[], true).await;
 }
 
 /// A handler holds a message for 3.5 times the visibility timeout: another
@@ -325,7 +325,7 @@ async fn a_slow_handlers_message_stays_invisible_until_it_is_deleted() {
     let stray = tokio::time::timeout(visibility * 2, other.next()).await;
     assert!(stray.is_err(), "nothing else comes back: {stray:?}");
     other.close().await.expect("close");
-    sqs::delete_queues(&[&destination], false).await;
+    sqs::delete_queues(&[&destination], &[], false).await;
 }
 
 /// A FIFO queue with a redrive policy of two receives: a message released
@@ -368,13 +368,14 @@ async fn a_queue_dead_letters_a_message_after_max_receives() {
     assert!(third.is_err(), "moved away after two receives: {third:?}");
     subscriber.close().await.expect("close");
 
-    let dlq = dead_letter::destination_of(&destination);
+    // The queue's native dead-letter queue (`<queue>-dlq`).
+    let dlq = format!("{destination}.dlq");
     let mut dead = sqs::subscriber(&[&dlq], true, 10).await;
     let got = read_all(dead.as_mut(), 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0.id, event.id);
     dead.close().await.expect("close");
-    sqs::delete_queues(&[&destination], true).await;
+    sqs::delete_queues(&[&destination], &[], true).await;
 }
 
 /// The in-flight bound: with `max_in_flight(3)`, no more than 3 messages are
@@ -424,5 +425,5 @@ async fn no_more_than_max_in_flight_messages_are_held() {
         m.settle.release().await.expect("give back");
     }
     subscriber.close().await.expect("close");
-    sqs::delete_queues(&[&destination], false).await;
+    sqs::delete_queues(&[&destination], &[], false).await;
 }

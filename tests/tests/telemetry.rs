@@ -574,7 +574,9 @@ async fn metrics_after_a_run(broker: Broker) {
     let db_b = TestDb::migrated().await;
     let group = unique_name("tel_metrics_b");
     let subscriber = broker.subscriber(&group, &orders, 16).await;
-    let dead_letters = broker.dead_letters(&orders, publisher.as_ref()).await;
+    let dead_letters = broker
+        .dead_letters(&orders, &group, publisher.as_ref())
+        .await;
 
     let failed_once = Arc::new(AtomicBool::new(false));
     let handled: Arc<Mutex<Vec<Envelope>>> = Arc::default();

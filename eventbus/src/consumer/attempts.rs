@@ -14,7 +14,7 @@ use crate::outbox::OutboxDatabase;
 use crate::telemetry::span::MessagingSpan;
 
 use super::handler::Failure;
-use super::{dead_letter, Outcome, Shared};
+use super::{Outcome, Shared};
 
 /// What counting an attempt found.
 pub(super) enum Count<'a> {
@@ -148,13 +148,7 @@ where
     };
     span.fail("attempts_exhausted", &reason);
     let outcome = shared
-        .dead_letter(dead_letter::for_event(
-            envelope,
-            destination,
-            &shared.group,
-            attempts,
-            &reason,
-        ))
+        .dead_letter(envelope, destination, attempts, &reason)
         .await;
     forget(shared, envelope, &outcome).await;
     outcome

@@ -27,6 +27,14 @@ pub(super) enum Work<DB: sqlx::Database> {
 }
 
 impl<DB: sqlx::Database> Work<DB> {
+    /// Whether the event with id `id` is among the messages.
+    pub(super) fn carries(&self, id: &str) -> bool {
+        match self {
+            Work::One(queued) => queued.0.envelope.as_ref().is_ok_and(|e| e.id == id),
+            Work::Batch(_, batch) => batch.iter().any(|b| b.envelope.id == id),
+        }
+    }
+
     /// Gives every message back to the broker (shutdown before it started).
     pub(super) async fn release(self) {
         let settles: Vec<Box<dyn Settle>> = match self {
@@ -185,11 +193,13 @@ where
     DB: InboxDatabase + OutboxDatabase,
 {
     /// Handles a batch and settles each of its messages.
+    /// Handles a batch and settles its messages; the id of the first event
+    /// given back to the broker, if any.
     pub(super) async fn handle_batch(
         &self,
         registration: BatchRegistration<DB>,
         batch: Vec<Batched>,
-    ) {
+    ) -> Option<String> {
         self.metrics.batch(batch.len());
         let mut destinations = Vec::with_capacity(batch.len());
         let mut infos = Vec::with_capacity(batch.len());
@@ -236,6 +246,11 @@ where
         for outcome in &outcomes {
             self.metrics.record(outcome);
         }
+        let released = outcomes
+            .iter()
+            .zip(&envelopes)
+            .find(|(o, _)| matches!(o, Outcome::Released))
+            .map(|(_, e)| e.id.clone());
         for (outcome, settle) in outcomes.into_iter().zip(settles) {
             let settled = match outcome {
                 Outcome::Released => settle.release().await,
@@ -247,6 +262,7 @@ where
             }
         }
         drop(permits);
+        released.filter(|_| !once)
     }
 
     /// Handles `envelopes` in as few transactions as their failures allow: the
@@ -267,8 +283,16 @@ where
         // A stack of parts still to handle, the next one on top.
         let mut todo: Vec<Range<usize>> = Vec::new();
         todo.push(0..n);
+        // Once a message of the batch is parked, or if a key of it is held
+        // already, the rest goes one by one: each is checked against the
+        // parked keys, so none overtakes a parked message of its key.
+        let mut one_by_one = self.holds_any(envelopes).await;
         while let Some(part) = todo.pop() {
             if part.is_empty() {
+                continue;
+            }
+            if one_by_one && part.len() > 1 {
+                todo.extend(part.rev().map(|i| i..i + 1));
                 continue;
             }
             if part.len() == 1 {
@@ -277,6 +301,7 @@ where
                     .handle_event(&destinations[i], envelopes[i].clone(), once, &infos[i])
                     .await;
                 let released = matches!(outcome, Outcome::Released);
+                one_by_one |= matches!(outcome, Outcome::Parked | Outcome::DeadLettered);
                 outcomes.push(outcome);
                 if released {
                     // Stopping during its retries: the rest was not started.
@@ -305,6 +330,21 @@ where
             }
         }
         outcomes
+    }
+
+    /// Whether a parked message holds the key of any of `envelopes` (or the
+    /// parked table cannot be read: then the single path decides).
+    async fn holds_any(&self, envelopes: &[Envelope]) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        for envelope in envelopes {
+            let Some(key) = &envelope.partition_key else {
+                continue;
+            };
+            if seen.insert(key.as_str()) && self.key_is_held(envelope).await.unwrap_or(true) {
+                return true;
+            }
+        }
+        false
     }
 
     /// One attempt at a batch: transaction, inbox rows of the whole batch in

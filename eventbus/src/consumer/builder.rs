@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 
 use super::handler::Registry;
 use super::{
-    inbox_retention, pace, BatchContext, Consumer, ConsumerMetrics, Context, DeliveryMode,
-    NewerVersions, RetryPolicy, Shared, UnknownTypes,
+    inbox_retention, pace, BatchContext, Consumer, ConsumerMetrics, Context, DeadLetterKeys,
+    DeliveryMode, NewerVersions, RetryPolicy, Shared, UnknownTypes,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -20,6 +20,9 @@ use crate::outbox::{Outbox, OutboxDatabase};
 use crate::schema::Upcasters;
 use crate::table::TableName;
 use crate::transport::{Publisher, Subscriber};
+
+/// How often the parked table is read by default.
+const DEFAULT_PARKED_POLL: Duration = Duration::from_millis(250);
 
 /// Builds a [`Consumer`].
 ///
@@ -56,6 +59,8 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     handler_timeout: Option<Duration>,
     unknown: UnknownTypes,
     newer_versions: NewerVersions,
+    dead_letter_keys: DeadLetterKeys,
+    parked_poll: Duration,
     max_in_flight: usize,
     rate_limit: Option<u32>,
     batch_linger: Duration,
@@ -81,6 +86,8 @@ where
             handler_timeout: None,
             unknown: UnknownTypes::DeadLetter,
             newer_versions: NewerVersions::default(),
+            dead_letter_keys: DeadLetterKeys::default(),
+            parked_poll: DEFAULT_PARKED_POLL,
             max_in_flight: 64,
             rate_limit: None,
             batch_linger: Duration::ZERO,
@@ -258,9 +265,26 @@ where
     }
 
     /// What to do with messages of a schema version newer than their
-    /// handler knows (default: hold 5 s, then give back to the broker).
+    /// handler knows (default: park, its key behind it, and look again
+    /// every 5 s).
     pub fn newer_versions(mut self, newer: NewerVersions) -> Self {
         self.newer_versions = newer;
+        self
+    }
+
+    /// What a dead letter does to the later messages of its key (default
+    /// [`DeadLetterKeys::Continue`]).
+    pub fn dead_letter_keys(mut self, keys: DeadLetterKeys) -> Self {
+        self.dead_letter_keys = keys;
+        self
+    }
+
+    /// How often the group's parked table is read for messages that are due
+    /// (delayed retries, newer versions, what waits behind them, replayed
+    /// dead letters); default 250 ms. A delayed retry runs at most this long
+    /// after its time.
+    pub fn parked_poll_interval(mut self, every: Duration) -> Self {
+        self.parked_poll = every.max(Duration::from_millis(10));
         self
     }
 
@@ -370,6 +394,8 @@ where
                 handler_timeout: self.handler_timeout,
                 unknown: self.unknown,
                 newer_versions: self.newer_versions,
+                dead_letter_keys: self.dead_letter_keys,
+                parked_poll: self.parked_poll,
                 max_in_flight: self.max_in_flight,
                 rate_limit: self.rate_limit,
                 pacer: self.rate_limit.map(pace::Pacer::new),

@@ -1,6 +1,11 @@
-//! Dead letters: what goes to `<destination>.dlq` — the original event with the
-//! reason, attempt count, origin and group as extension attributes — and how a
-//! dead letter is turned back into its original event for re-driving.
+//! Dead letters: what goes to a consumer group's dead-letter destination
+//! `<destination>.<group>.dlq` — the original event with the reason, attempt
+//! count, origin and group as extension attributes — and how a dead letter is
+//! turned back into its original event.
+//!
+//! Where a dead letter goes follows [`DeadLetterKeys`]: to the broker (and,
+//! when the broker will not take it, to the consumer's parked table), or,
+//! when it must hold its key, straight to the parked table.
 
 use crate::envelope::Envelope;
 use crate::transport::OutgoingMessage;
@@ -23,9 +28,40 @@ pub const REDRIVEN_AT: &str = "redrivenat";
 /// The event type of a dead letter whose original was not a CloudEvent.
 pub const UNDECODABLE_TYPE: &str = "eventbus.deadletter.undecodable";
 
-/// The dead-letter destination of `destination`.
-pub fn destination_of(destination: &str) -> String {
-    format!("{destination}.dlq")
+/// What a dead letter does to the later messages of its key.
+///
+/// ```
+/// use eventbus::consumer::DeadLetterKeys;
+///
+/// assert_eq!(DeadLetterKeys::default(), DeadLetterKeys::Continue);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeadLetterKeys {
+    /// The dead letter goes to the group's dead-letter destination on the
+    /// broker and the key goes on: later events of the key are handled, and a
+    /// replayed dead letter lands after them. The default, as in most
+    /// messaging frameworks: one bad event does not stop its aggregate.
+    #[default]
+    Continue,
+    /// The dead letter stays in the consumer's parked table and holds its
+    /// key, as the relay's parked rows do: every later event of the key is
+    /// parked behind it, in order, until it is replayed (`outbox-relay dlq
+    /// replay`), so no event of the key is applied before it. Events without
+    /// a partition key hold nothing.
+    Block,
+}
+
+/// The dead-letter destination of consumer group `group` for messages from
+/// `destination`: each group has its own, so a replay reaches that group only.
+///
+/// ```
+/// use eventbus::consumer::dead_letter::destination_of;
+///
+/// assert_eq!(destination_of("orders", "billing"), "orders.billing.dlq");
+/// ```
+pub fn destination_of(destination: &str, group: &str) -> String {
+    format!("{destination}.{group}.dlq")
 }
 
 /// A dead letter for an event that could not be handled.
@@ -39,25 +75,21 @@ pub(crate) fn for_event(
     let mut dead = envelope.clone();
     annotate(&mut dead, origin, group, attempts, reason);
     OutgoingMessage {
-        destination: destination_of(origin),
+        destination: destination_of(origin, group),
         envelope: dead,
     }
 }
 
-/// A dead letter for bytes that were not a CloudEvent at all: wrapped, untouched,
-/// in an envelope of type [`UNDECODABLE_TYPE`].
-pub(crate) fn for_body(body: &[u8], origin: &str, group: &str, reason: &str) -> OutgoingMessage {
+/// Bytes that were not a CloudEvent at all, wrapped untouched in an envelope
+/// of type [`UNDECODABLE_TYPE`] to be dead-lettered.
+pub(crate) fn wrap_body(body: &[u8], group: &str) -> Envelope {
     let mut dead = Envelope::new(
         format!("urn:eventbus:consumer:{group}"),
         UNDECODABLE_TYPE,
         body.to_vec(),
     );
     dead.datacontenttype = Some("application/octet-stream".into());
-    annotate(&mut dead, origin, group, 1, reason);
-    OutgoingMessage {
-        destination: destination_of(origin),
-        envelope: dead,
-    }
+    dead
 }
 
 fn annotate(e: &mut Envelope, origin: &str, group: &str, attempts: u32, reason: &str) {

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use super::{dead_letter, Outcome, Shared};
+use super::{Outcome, Shared};
 use crate::envelope::Envelope;
 use crate::inbox::InboxDatabase;
+use crate::inbox::ParkedState;
 use crate::outbox::OutboxDatabase;
 use crate::telemetry::span::MessagingSpan;
 
@@ -14,24 +15,20 @@ use crate::telemetry::span::MessagingSpan;
 /// handler's [`Event::VERSION`](crate::Event::VERSION).
 ///
 /// Such a message is not bad: this consumer is simply older than its producer.
-/// By default it is held for a while and given back to the broker
-/// ([`Release`](Self::Release)), again and again, until a consumer of the
-/// group that knows the version (the upgraded deployment) takes it. It is
-/// neither handled nor dead-lettered, and the inbox does not record it.
-/// Each time, the consumer logs a warning with the reason and counts it in
+/// By default it is parked ([`Park`](Self::Park)): taken off the broker into
+/// the group's parked table (`<inbox>_parked`) and tried again every `delay`
+/// by whichever member of the group comes to it, until one that knows the
+/// version (the upgraded deployment) handles it. Its key waits behind it:
+/// later events of the key are parked after it and handled after it, so the
+/// key keeps its order, while other keys flow. Each time, the consumer logs a
+/// warning with the reason and counts it in
 /// [`ConsumerMetrics::version_gated`](super::ConsumerMetrics::version_gated)
-/// (`eventbus_consumer_version_gated_total`) and in the released messages.
-///
-/// What "given back" means follows the broker, as for a shutdown
-/// (see [`Settle::release`](crate::transport::Settle::release)): RabbitMQ
-/// requeues the message, SQS makes it visible again, Kafka rewinds the
-/// partition to it — so on Kafka nothing behind it in its partition is handled
-/// by this consumer until it is, which keeps per-key order.
+/// (`eventbus_consumer_version_gated_total`).
 ///
 /// In [`DeliveryMode::AtMostOnce`](super::DeliveryMode::AtMostOnce) the message
 /// was acknowledged before its handler was looked up and cannot be given back:
-/// it is dead-lettered with the reason whatever is chosen here, so that
-/// [`dead_letter::redrive`] can replay it once the consumer is upgraded.
+/// it is dead-lettered with the reason whatever is chosen here, to be
+/// replayed once the consumer is upgraded.
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool, subscriber: Box<dyn eventbus::transport::Subscriber>,
@@ -44,31 +41,29 @@ use crate::telemetry::span::MessagingSpan;
 ///
 /// let consumer = Consumer::builder("billing")
 ///     .on(|_ctx: Context<sqlx::Postgres>, _event: OrderPlaced| async move { Ok(()) })
-///     // Hold a newer message 30 s before giving it back.
-///     .newer_versions(NewerVersions::Release { delay: Duration::from_secs(30) })
+///     // Look at a parked newer message again every 30 s.
+///     .newer_versions(NewerVersions::Park { delay: Duration::from_secs(30) })
 ///     .build(pool, subscriber, dead_letters)?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NewerVersions {
-    /// Hold the message for `delay` (only its lane waits; a shutdown ends
-    /// the wait at once), then give it back to the broker for redelivery.
-    /// The default, with a delay of 5 s.
-    Release {
-        /// How long the message is held before it is given back: how often,
-        /// at most, each such message comes round while no consumer of the
-        /// group knows its version.
+    /// Park the message, and its key behind it, and look at it again every
+    /// `delay`. The default, with a delay of 5 s.
+    Park {
+        /// How often a parked newer message is looked at again while no
+        /// consumer of the group knows its version.
         delay: Duration,
     },
-    /// Send it to the dead-letter destination at once, with the reason; it
-    /// is replayed with [`dead_letter::redrive`] after the upgrade.
+    /// Dead-letter it at once, with the reason; it is replayed after the
+    /// upgrade.
     DeadLetter,
 }
 
 impl Default for NewerVersions {
     fn default() -> Self {
-        NewerVersions::Release {
+        NewerVersions::Park {
             delay: Duration::from_secs(5),
         }
     }
@@ -96,36 +91,26 @@ where
         span.fail("unsupported_schema_version", &reason);
         self.metrics.gated();
         let delay = match self.newer_versions {
-            NewerVersions::Release { delay } if !once => delay,
-            _ => {
-                return self
-                    .dead_letter(dead_letter::for_event(
-                        envelope,
-                        destination,
-                        &self.group,
-                        0,
-                        &reason,
-                    ))
-                    .await
-            }
+            NewerVersions::Park { delay } if !once => delay,
+            _ => return self.dead_letter(envelope, destination, 0, &reason).await,
         };
         tracing::warn!(
             group = %self.group,
             id = %envelope.id,
             %reason,
             ?delay,
-            "message of a newer schema version: giving it back for a consumer that knows it"
+            "message of a newer schema version: parked for a consumer that knows it"
         );
-        let stopping = self.stopping.notified();
-        tokio::pin!(stopping);
-        // Registered before the flag is read, so a stop in between still wakes us.
-        stopping.as_mut().enable();
-        if !self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stopping => {}
-            }
-        }
-        Outcome::Released
+        self.park(
+            envelope,
+            destination,
+            ParkedState::Newer,
+            0,
+            delay,
+            Some(&reason),
+            true,
+            Outcome::Parked,
+        )
+        .await
     }
 }

@@ -27,6 +27,7 @@ pub struct ConsumerMetrics {
     duplicates: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
+    parked: AtomicU64,
     retries: AtomicU64,
     batches: AtomicU64,
     batched: AtomicU64,
@@ -54,6 +55,7 @@ impl ConsumerMetrics {
             duplicates: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
@@ -86,6 +88,7 @@ impl ConsumerMetrics {
             Outcome::Duplicate => &self.duplicates,
             Outcome::DeadLettered => &self.dead_lettered,
             Outcome::Released => &self.released,
+            Outcome::Parked => &self.parked,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -120,7 +123,8 @@ impl ConsumerMetrics {
         self.duplicates.load(Ordering::Relaxed)
     }
 
-    /// Messages sent to the dead-letter destination.
+    /// Messages dead-lettered: sent to the group's dead-letter destination,
+    /// or kept dead in its parked table.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
     }
@@ -128,6 +132,14 @@ impl ConsumerMetrics {
     /// Messages given back to the broker (shutdown, dead-lettering impossible).
     pub fn released(&self) -> u64 {
         self.released.load(Ordering::Relaxed)
+    }
+
+    /// Messages taken off the broker into the parked table to be handled
+    /// later: a delayed retry, a newer schema version, or a message waiting
+    /// behind an earlier parked one of its key. Dead letters kept in the
+    /// table count as [`dead_lettered`](Self::dead_lettered).
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// Retries made.
@@ -159,7 +171,7 @@ impl ConsumerMetrics {
 
     /// Messages of a schema version newer than their handler knows, set aside
     /// (each time one comes round; see [`NewerVersions`](super::NewerVersions)).
-    /// Those given back also count as [`released`](Self::released).
+    /// Those parked also count as [`parked`](Self::parked).
     pub fn version_gated(&self) -> u64 {
         self.version_gated.load(Ordering::Relaxed)
     }
@@ -194,13 +206,18 @@ impl ConsumerMetrics {
             ),
             (
                 "eventbus_consumer_dead_lettered_total",
-                "Messages sent to the dead-letter destination.",
+                "Messages dead-lettered (to the broker or the parked table).",
                 self.dead_lettered(),
             ),
             (
                 "eventbus_consumer_released_total",
                 "Messages given back to the broker unhandled.",
                 self.released(),
+            ),
+            (
+                "eventbus_consumer_parked_total",
+                "Messages parked in the consumer's table to be handled later.",
+                self.parked(),
             ),
             (
                 "eventbus_consumer_retries_total",

@@ -22,6 +22,7 @@ mod handler;
 mod inbox_retention;
 mod metrics;
 mod pace;
+mod parking;
 mod retry;
 mod supervise;
 mod telemetry;
@@ -36,15 +37,15 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::inbox::InboxDatabase;
+use crate::inbox::ParkedState;
 use crate::outbox::{Outbox, OutboxDatabase};
 use crate::table::TableName;
 use crate::telemetry::span::MessagingSpan;
-use crate::transport::{
-    MessageInfo, OutgoingMessage, PublishError, Publisher, Received, Subscriber,
-};
+use crate::transport::{MessageInfo, Publisher, Received, Subscriber};
 
 pub use builder::ConsumerBuilder;
 pub use context::{BatchContext, Context, TransactionGuard};
+pub use dead_letter::DeadLetterKeys;
 pub use gate::NewerVersions;
 pub use metrics::ConsumerMetrics;
 pub use retry::RetryPolicy;
@@ -106,6 +107,10 @@ struct Shared<DB: sqlx::Database> {
     pool: sqlx::Pool<DB>,
     dead_letters: Arc<dyn Publisher>,
     dead_letter_destinations: tokio::sync::Mutex<HashSet<String>>,
+    /// What a dead letter does to its key.
+    dead_letter_keys: DeadLetterKeys,
+    /// How often the parked table is read for due messages.
+    parked_poll: Duration,
     /// Attempts share it; a message suspected of killing the process takes
     /// it alone (`attempts` module).
     isolation: tokio::sync::RwLock<()>,
@@ -132,8 +137,11 @@ enum Outcome {
     Handled,
     Duplicate,
     DeadLettered,
-    /// Given back to the broker (shutdown during retries).
+    /// Given back to the broker (shutdown during retries, or neither the
+    /// broker nor the database could take what had to be written).
     Released,
+    /// Taken off the broker into the parked table, to be handled later.
+    Parked,
 }
 
 impl<DB> Consumer<DB>
@@ -171,6 +179,7 @@ where
                 window,
             )
         });
+        let parked = tokio::spawn(parking::take_up_parked(Arc::clone(&self.shared)));
         tokio::pin!(shutdown);
         loop {
             // Backpressure: no permit, no fetch.
@@ -220,6 +229,9 @@ where
         self.shared.stopping.notify_waiters();
         drop(lanes);
         while workers.join_next().await.is_some() {}
+        if let Err(e) = parked.await {
+            tracing::warn!(group = %self.shared.group, error = %e, "the parked-message task ended abnormally");
+        }
         if let Some(sweeper) = sweeper {
             sweeper.stop().await;
         }
@@ -237,11 +249,22 @@ where
     DB: InboxDatabase + OutboxDatabase,
 {
     let mut lane = batch::Lane::new(rx);
+    // A message given back to the broker, until it comes round again: the
+    // messages behind it are given back too, so none overtakes it.
+    let mut returning: Option<(String, tokio::time::Instant)> = None;
     while let Some(work) = lane.next(&shared).await {
         if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             // Not started: back to the broker.
             work.release().await;
             continue;
+        }
+        if let Some((id, until)) = &returning {
+            if tokio::time::Instant::now() < *until && !work.carries(id) {
+                work.release().await;
+                continue;
+            }
+            // It is back (or went to another member of the group).
+            returning = None;
         }
         if let Some(pacer) = &shared.pacer {
             let messages = match &work {
@@ -253,7 +276,7 @@ where
                 continue;
             }
         }
-        match work {
+        let released = match work {
             batch::Work::One(queued) => {
                 let (message, _permit) = *queued;
                 shared.handle(message).await
@@ -261,16 +284,25 @@ where
             batch::Work::Batch(registration, batch) => {
                 shared.handle_batch(registration, batch).await
             }
+        };
+        if let Some(id) = released {
+            returning = Some((id, tokio::time::Instant::now() + RETURN_WAIT));
         }
     }
 }
+
+/// How long a lane gives back the messages behind one it gave back, waiting
+/// for it to come round again; after that the broker has handed it to
+/// another member of the group.
+const RETURN_WAIT: Duration = Duration::from_secs(30);
 
 impl<DB> Shared<DB>
 where
     DB: InboxDatabase + OutboxDatabase,
 {
-    /// Handles one message and settles it.
-    async fn handle(&self, message: Received) {
+    /// Handles one message and settles it; the id of the event if it was
+    /// given back to the broker.
+    async fn handle(&self, message: Received) -> Option<String> {
         let Received {
             destination,
             envelope,
@@ -279,43 +311,43 @@ where
             info,
             ..
         } = message;
+        let mut id = None;
         let outcome = match envelope {
             Err(e) => {
                 let reason = format!("not a CloudEvent: {e}");
-                self.dead_letter(dead_letter::for_body(
-                    &body,
-                    &destination,
-                    &self.group,
-                    &reason,
-                ))
-                .await
+                let wrapped = dead_letter::wrap_body(&body, &self.group);
+                self.dead_letter(&wrapped, &destination, 1, &reason).await
             }
             Ok(envelope) => {
+                id = Some(envelope.id.clone());
                 telemetry::arrived(&self.metrics, &envelope, &info);
                 if self.mode == DeliveryMode::AtMostOnce {
                     // Acknowledge first, durably: from here on the broker will
                     // not repeat it, even if this process dies next.
                     if let Err(e) = settle.ack_durably().await {
                         tracing::warn!(error = %e, "acknowledging failed; skipping the message");
-                        return;
+                        return None;
                     }
                     let outcome = self.handle_event(&destination, envelope, true, &info).await;
                     self.metrics.record(&outcome);
-                    return;
+                    return None;
                 }
                 self.handle_event(&destination, envelope, false, &info)
                     .await
             }
         };
         self.metrics.record(&outcome);
-        let settled = match outcome {
-            Outcome::Released => settle.release().await,
-            _ => settle.ack().await,
+        let released = matches!(outcome, Outcome::Released);
+        let settled = if released {
+            settle.release().await
+        } else {
+            settle.ack().await
         };
         if let Err(e) = settled {
             // It will be delivered again; the inbox absorbs the repeat.
             tracing::warn!(group = %self.group, error = %e, "settling a message failed");
         }
+        id.filter(|_| released)
     }
 
     /// Runs the handler with retries inside the message's `process` span
@@ -357,20 +389,36 @@ where
         span: &MessagingSpan,
         attempts: &std::sync::atomic::AtomicU32,
     ) -> Outcome {
+        // Behind a parked message of its key: parked too, to keep the order.
+        match self.key_is_held(&envelope).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return self
+                    .park(
+                        &envelope,
+                        destination,
+                        ParkedState::Waiting,
+                        0,
+                        Duration::ZERO,
+                        None,
+                        true,
+                        Outcome::Parked,
+                    )
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(group = %self.group, id = %envelope.id, error = %e, "cannot read the parked table; giving the message back");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Outcome::Released;
+            }
+        }
         let Some(handler) = self.registry.get(&envelope.event_type).cloned() else {
             return match self.unknown {
                 UnknownTypes::Skip => Outcome::Handled,
                 UnknownTypes::DeadLetter => {
                     let reason = format!("no handler for event type `{}`", envelope.event_type);
                     span.fail("no_handler", &reason);
-                    self.dead_letter(dead_letter::for_event(
-                        &envelope,
-                        destination,
-                        &self.group,
-                        0,
-                        &reason,
-                    ))
-                    .await
+                    self.dead_letter(&envelope, destination, 0, &reason).await
                 }
             };
         };
@@ -439,13 +487,7 @@ where
                 };
                 span.fail(kind, &reason);
                 let outcome = self
-                    .dead_letter(dead_letter::for_event(
-                        &envelope,
-                        destination,
-                        &self.group,
-                        attempt,
-                        &reason,
-                    ))
+                    .dead_letter(&envelope, destination, attempt, &reason)
                     .await;
                 if durable {
                     attempts::forget(self, &envelope, &outcome).await;
@@ -454,6 +496,26 @@ where
             };
             span.failed_attempt(attempt, &reason);
             self.metrics.retried();
+            if attempt > self.retry.immediate {
+                // A delayed retry: parked, so that the lane's other keys go
+                // on meanwhile; its own key waits behind it.
+                let outcome = self
+                    .park(
+                        &envelope,
+                        destination,
+                        ParkedState::Retry,
+                        attempt,
+                        delay,
+                        Some(&reason),
+                        true,
+                        Outcome::Parked,
+                    )
+                    .await;
+                if durable {
+                    attempts::forget(self, &envelope, &outcome).await;
+                }
+                return outcome;
+            }
             attempt += 1;
             let stopping = self.stopping.notified();
             tokio::select! {
@@ -531,52 +593,6 @@ where
             None => Err(Failure::Transient(
                 "the handler's transaction vanished".into(),
             )),
-        }
-    }
-
-    /// Publishes a dead letter, creating the dead-letter destination first. If
-    /// the broker cannot take it, the message is released rather than lost.
-    async fn dead_letter(&self, message: OutgoingMessage) -> Outcome {
-        let reason = message
-            .envelope
-            .extensions
-            .get(dead_letter::REASON)
-            .cloned()
-            .unwrap_or_default();
-        {
-            let mut known = self.dead_letter_destinations.lock().await;
-            if !known.contains(&message.destination) {
-                match self
-                    .dead_letters
-                    .ensure_destination(&message.destination)
-                    .await
-                {
-                    Ok(()) => {
-                        known.insert(message.destination.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(destination = %message.destination, error = %e, "cannot create dead-letter destination")
-                    }
-                }
-            }
-        }
-        let results = self
-            .dead_letters
-            .publish_batch(std::slice::from_ref(&message))
-            .await;
-        match results.into_iter().next() {
-            Some(Ok(_)) => {
-                tracing::warn!(group = %self.group, id = %message.envelope.id, destination = %message.destination, %reason, "dead-lettered");
-                Outcome::DeadLettered
-            }
-            Some(Err(e)) => {
-                tracing::error!(group = %self.group, error = %e, "dead-lettering failed; giving the message back");
-                if matches!(e, PublishError::Unavailable(_)) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Outcome::Released
-            }
-            None => Outcome::Released,
         }
     }
 }

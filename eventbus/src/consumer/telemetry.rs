@@ -99,6 +99,7 @@ pub(super) fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Duplicate => "duplicate",
         Outcome::DeadLettered => "dead_lettered",
         Outcome::Released => "released",
+        Outcome::Parked => "parked",
     }
 }
 

@@ -6,6 +6,7 @@ mod attempts;
 mod key;
 #[cfg(feature = "mysql")]
 mod mysql;
+mod parked;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -21,6 +22,9 @@ use crate::table::TableName;
 
 pub use attempts::{AttemptsDatabase, ATTEMPTS_SUFFIX};
 pub use key::{InboxKey, UUID_SCOPE};
+pub use parked::{
+    message_key, ParkRequest, Parked, ParkedDatabase, ParkedState, Reschedule, PARKED_SUFFIX,
+};
 
 /// The default inbox table name.
 pub const DEFAULT_TABLE: &str = "eventbus_inbox";
@@ -80,9 +84,9 @@ pub enum Processed<T> {
 }
 
 /// A database the inbox can live in, with its durable attempt counts
-/// ([`AttemptsDatabase`]). Implemented for each compiled-in backend.
+/// ([`AttemptsDatabase`]) and parked messages ([`ParkedDatabase`]). Implemented for each compiled-in backend.
 #[async_trait::async_trait]
-pub trait InboxDatabase: sqlx::Database + AttemptsDatabase {
+pub trait InboxDatabase: sqlx::Database + AttemptsDatabase + ParkedDatabase {
     /// Inserts the inbox row of `envelope` for `consumer`, keyed by
     /// [`InboxKey::of`], unless present; `true` if it was inserted. Waits for
     /// a concurrent insert of the same message to commit or roll back. A row

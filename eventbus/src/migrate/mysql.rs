@@ -134,10 +134,33 @@ END"
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
         a = inbox.mysql_with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
     )];
+    // Parked messages (crate::inbox::ParkedDatabase).
+    let inbox_v3 = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+    id          BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    consumer    VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    message_key VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    source      VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    message_id  VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    origin      VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    state       VARCHAR(16)  NOT NULL,
+    holds_key   BIGINT       NOT NULL,
+    attempts    BIGINT       NOT NULL,
+    due_at      BIGINT       NOT NULL,
+    parked_at   BIGINT       NOT NULL,
+    reason      TEXT,
+    event       LONGTEXT     COLLATE utf8mb4_bin NOT NULL,
+    UNIQUE KEY message (consumer, source, message_id),
+    KEY by_key (consumer, message_key, id),
+    KEY by_due (consumer, due_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+        t = inbox.mysql_with_suffix(crate::inbox::PARKED_SUFFIX),
+    )];
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("inbox:{inbox}"), 1, inbox_v1),
         (format!("inbox:{inbox}"), 2, inbox_v2),
+        (format!("inbox:{inbox}"), 3, inbox_v3),
     ]
 }
 

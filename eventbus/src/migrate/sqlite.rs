@@ -109,10 +109,38 @@ CREATE TABLE IF NOT EXISTS {a} (
 "#,
         a = inbox.with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
     );
+    // Parked messages (crate::inbox::ParkedDatabase).
+    let inbox_v3 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {t} (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    consumer    TEXT    NOT NULL,
+    message_key TEXT    NOT NULL,
+    source      TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    origin      TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    holds_key   INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    due_at      INTEGER NOT NULL,
+    parked_at   INTEGER NOT NULL,
+    reason      TEXT,
+    event       TEXT    NOT NULL,
+    UNIQUE (consumer, source, message_id)
+);
+CREATE INDEX IF NOT EXISTS {by_key} ON {local} (consumer, message_key, id);
+CREATE INDEX IF NOT EXISTS {by_due} ON {local} (consumer, due_at);
+"#,
+        t = inbox.with_suffix(crate::inbox::PARKED_SUFFIX),
+        local = inbox.local_with_suffix(crate::inbox::PARKED_SUFFIX),
+        by_key = inbox.with_suffix("_parked_key"),
+        by_due = inbox.with_suffix("_parked_due"),
+    );
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("inbox:{inbox}"), 1, inbox_v1),
         (format!("inbox:{inbox}"), 2, inbox_v2),
+        (format!("inbox:{inbox}"), 3, inbox_v3),
     ]
 }
 

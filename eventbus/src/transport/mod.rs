@@ -90,6 +90,16 @@ pub trait Publisher: Send + Sync + fmt::Debug + 'static {
     /// Creates `destination` (topic, exchange) if it does not exist.
     async fn ensure_destination(&self, destination: &str) -> Result<(), PublishError>;
 
+    /// Creates the dead-letter destination `destination` of one consumer
+    /// group so that what is published to it is kept: RabbitMQ declares a
+    /// durable queue of the same name bound to the exchange (an exchange alone
+    /// would drop the letters). By default the same as
+    /// [`ensure_destination`](Self::ensure_destination), for brokers that
+    /// keep what a destination receives.
+    async fn ensure_dead_letter_destination(&self, destination: &str) -> Result<(), PublishError> {
+        self.ensure_destination(destination).await
+    }
+
     /// Drops whatever was handed over but has not left the client yet. The
     /// relay calls it when its lease lapsed while a batch was in flight: from
     /// then on another relay may publish those keys, and a late send of the

@@ -310,11 +310,16 @@ impl Broker {
         }
     }
 
-    /// Prepares to read the dead letters of `destination`: the dead-letter
-    /// topic exists (Kafka), a queue is bound to the dead-letter exchange
-    /// (RabbitMQ keeps only what some queue is bound for).
-    pub async fn dead_letters(&self, destination: &str, publisher: &dyn Publisher) -> DeadLetters {
-        let dlq = dead_letter::destination_of(destination);
+    /// Prepares to read the dead letters of `group` for `destination`: the
+    /// dead-letter topic exists (Kafka), a queue of the reader's own is bound
+    /// to the dead-letter exchange (RabbitMQ).
+    pub async fn dead_letters(
+        &self,
+        destination: &str,
+        group: &str,
+        publisher: &dyn Publisher,
+    ) -> DeadLetters {
+        let dlq = dead_letter::destination_of(destination, group);
         match self {
             Broker::Kafka(brokers) => {
                 publisher
@@ -349,16 +354,19 @@ impl Broker {
     /// them in memory).
     pub async fn clean_up(&self, groups: &[&str], destinations: &[&str]) {
         if let Broker::Sqs(_) = self {
-            sqs::delete_queues(destinations, true).await;
+            sqs::delete_queues(destinations, groups, true).await;
         }
         if let Broker::RabbitMq(_) = self {
             for group in groups {
                 rabbitmq::delete_group(group).await;
             }
             for destination in destinations {
-                let dlq = dead_letter::destination_of(destination);
-                rabbitmq::delete_group(&format!("{dlq}.reader")).await;
-                rabbitmq::delete_exchange(&dlq).await;
+                for group in groups {
+                    let dlq = dead_letter::destination_of(destination, group);
+                    rabbitmq::delete_group(&format!("{dlq}.reader")).await;
+                    rabbitmq::delete_group(&dlq).await;
+                    rabbitmq::delete_exchange(&dlq).await;
+                }
                 rabbitmq::delete_exchange(destination).await;
             }
         }

@@ -40,7 +40,9 @@ pub async fn poison_scenario(broker: &Broker) {
     // The group's queue and the dead-letter reader exist before anything is
     // published: RabbitMQ drops what no queue is bound for.
     let subscriber = broker.subscriber(&group, &destination, 64).await;
-    let mut dead_letters = broker.dead_letters(&destination, publisher.as_ref()).await;
+    let mut dead_letters = broker
+        .dead_letters(&destination, &group, publisher.as_ref())
+        .await;
 
     let count = match broker {
         Broker::Sqs(_) => 1_000,

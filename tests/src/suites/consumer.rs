@@ -306,7 +306,9 @@ pub async fn batch_handler<D: TestDatabase>(broker: &Broker) -> BatchRun {
     let (destination, publisher) = broker.destination("batch", 4).await;
     let group = unique_name("batch_group");
     let subscriber = broker.subscriber(&group, &destination, 200).await;
-    let dead_letters = broker.dead_letters(&destination, publisher.as_ref()).await;
+    let dead_letters = broker
+        .dead_letters(&destination, &group, publisher.as_ref())
+        .await;
 
     let mut events = steps(2_000, 20);
     let poison = 777;

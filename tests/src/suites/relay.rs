@@ -484,7 +484,7 @@ pub async fn volume_over_sqs<D: TestDatabase>(count: u64, keys: u64) -> Duration
     assert_eq!(db.scalar(COUNT_ROWS).await, 0, "published rows are deleted");
     relay.stop().await;
     subscriber.close().await.expect("close");
-    crate::sqs::delete_queues(&[&destination], true).await;
+    crate::sqs::delete_queues(&[&destination], &[], true).await;
     took
 }
 

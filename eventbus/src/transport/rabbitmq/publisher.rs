@@ -9,7 +9,10 @@ use std::sync::{Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use lapin::message::BasicReturnMessage;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
@@ -877,6 +880,54 @@ impl Publisher for RabbitPublisher {
 
     async fn ensure_destination(&self, destination: &str) -> Result<(), PublishError> {
         self.declare(destination, false).await
+    }
+
+    async fn ensure_dead_letter_destination(&self, destination: &str) -> Result<(), PublishError> {
+        self.declare(destination, false).await?;
+        check_short("dead-letter queue name", destination)?;
+        let pooled = self.acquire().await?;
+        let channel = pooled.channel.clone();
+        // A durable queue of the exchange's name takes every letter sent to it.
+        let declaring = async {
+            channel
+                .queue_declare(
+                    destination,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    destination,
+                    destination,
+                    "#",
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        let what = format!("cannot declare dead-letter queue `{destination}`");
+        match tokio::time::timeout(self.broker_timeout, declaring).await {
+            Ok(Ok(())) => {
+                self.release(pooled);
+                Ok(())
+            }
+            Ok(Err(e)) if is_soft(&e) => Err(PublishError::Rejected(format!(
+                "{what}: {}",
+                self.secrets.scrub(&e)
+            ))),
+            Ok(Err(e)) => Err(PublishError::Unavailable(format!(
+                "{what}: {}",
+                self.secrets.scrub(&e)
+            ))),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "{what}: no answer from RabbitMQ within {:?}",
+                self.broker_timeout
+            ))),
+        }
     }
 }
 

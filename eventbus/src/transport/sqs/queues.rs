@@ -240,11 +240,7 @@ mod tests {
             ("ns.orders.fifo", false),
         ] {
             let queue = queue_name(destination, fifo).expect("valid");
-            let dead = queue_name(
-                &crate::consumer::dead_letter::destination_of(destination),
-                fifo,
-            )
-            .expect("valid");
+            let dead = queue_name(&format!("{destination}.dlq"), fifo).expect("valid");
             assert_eq!(dead_letter_queue_of(&queue), dead, "{destination}");
             assert!(is_dead_letter_queue(&dead));
             assert!(!is_dead_letter_queue(&queue));
