@@ -286,6 +286,27 @@ pub async fn delete_group(group: &str) {
     let _ = connection.close(200, "test clean-up").await;
 }
 
+/// How many messages queue `queue` holds, or `None` if it does not exist
+/// (a passive declare answers both).
+pub async fn queue_depth(queue: &str) -> Option<u32> {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.expect("a channel");
+    let found = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    let _ = connection.close(200, "test").await;
+    found
+}
+
 /// The `host:port` of an AMQP (or any `scheme://user:pass@host:port/…`) URL.
 pub fn url_host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);

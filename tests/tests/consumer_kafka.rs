@@ -17,9 +17,10 @@ use eventbus::transport::{Settle, Subscriber};
 use eventbus::{Envelope, Event};
 use eventbus_tests::consumer::{
     at_least_once_scenario, at_most_once_scenario, backpressure_scenario, batch_handler_scenario,
-    create_effects, effectively_once_scenario, envelope, groups_scenario, poison_scenario, publish,
-    rate_limit_scenario, record_batch, run, scalar, wait_count, wait_until, Broker, Gauge,
-    ALL_EFFECTS, DISTINCT_EFFECTS, REPEATED_EFFECTS,
+    create_effects, delayed_retry_scenario, effectively_once_scenario, envelope, groups_scenario,
+    newer_version_keeps_key_order_scenario, poison_scenario, publish, rate_limit_scenario,
+    record_batch, refused_dead_letter_scenario, run, scalar, wait_count, wait_until, Broker, Gauge,
+    Refusal, ALL_EFFECTS, DISTINCT_EFFECTS, REPEATED_EFFECTS,
 };
 use eventbus_tests::kafka::{self, committed_total, java_partition, one_per_batch_publisher};
 use eventbus_tests::relay::{assert_per_key_order, steps, Step};
@@ -429,4 +430,26 @@ async fn rebalance_mid_batch_loses_nothing_and_applies_nothing_twice() {
     );
     assert_eq!(scalar(&db.pool, ALL_EFFECTS).await, 1_201);
     eprintln!("rebalance test took {:?}", started.elapsed());
+}
+
+/// Version gating keeps a key's order: m5 (a newer version) parked, m6 and
+/// m7 parked behind it, other keys handled; the upgraded member handles m5,
+/// m6, m7 in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_version_holds_its_key_not_the_partition() {
+    newer_version_keeps_key_order_scenario(&Broker::kafka().await).await;
+}
+
+/// On a one-partition topic (one lane), a key waiting for its delayed retry
+/// does not hold up 1,000 messages of other keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delayed_retry_does_not_hold_the_partition() {
+    delayed_retry_scenario(&Broker::kafka().await).await;
+}
+
+/// A dead letter larger than the dead-letter topic takes (the original fits)
+/// is kept in the parked table; the partition flows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_dead_letter_is_kept_in_the_database() {
+    refused_dead_letter_scenario(&Broker::kafka().await, Refusal::Oversized).await;
 }

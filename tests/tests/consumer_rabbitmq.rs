@@ -16,8 +16,9 @@ use eventbus::transport::Subscriber;
 use eventbus::{Envelope, Event};
 use eventbus_tests::consumer::{
     at_least_once_scenario, at_most_once_scenario, backpressure_scenario, batch_handler_scenario,
-    create_effects, effectively_once_scenario, envelope, groups_scenario, poison_scenario, publish,
-    rate_limit_scenario, record, run, scalar, wait_count, Broker,
+    create_effects, delayed_retry_scenario, effectively_once_scenario, envelope, groups_scenario,
+    newer_version_keeps_key_order_scenario, poison_scenario, publish, rate_limit_scenario, record,
+    refused_dead_letter_scenario, run, scalar, wait_count, Broker, Refusal,
 };
 use eventbus_tests::rabbitmq::{self, delete_exchange, delete_group};
 use eventbus_tests::relay::{
@@ -383,4 +384,27 @@ async fn batch_handler_applies_each_event_once_in_few_transactions_and_splits_ou
 async fn rate_limit_spreads_a_backlog_over_time() {
     let span = rate_limit_scenario(&Broker::rabbitmq().await).await;
     println!("rate limit 50/s on RabbitMQ: 100 handler calls over {span:?}");
+}
+
+/// Version gating keeps a key's order: m5 (a newer version) parked, m6 and
+/// m7 parked behind it, other keys handled; the upgraded member handles m5,
+/// m6, m7 in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_version_holds_its_key_not_the_queue() {
+    newer_version_keeps_key_order_scenario(&Broker::rabbitmq().await).await;
+}
+
+/// Under a single active consumer (one lane), a key waiting for its delayed
+/// retry does not hold up 1,000 messages of other keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delayed_retry_does_not_hold_the_lane() {
+    delayed_retry_scenario(&Broker::rabbitmq().await).await;
+}
+
+/// The group's dead-letter queue is deleted: the next dead letter routes
+/// nowhere, is kept in the parked table, and the queue (single active
+/// consumer) flows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_with_no_queue_is_kept_in_the_database() {
+    refused_dead_letter_scenario(&Broker::rabbitmq().await, Refusal::QueueDeleted).await;
 }

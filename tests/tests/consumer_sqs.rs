@@ -9,7 +9,8 @@
 
 use eventbus_tests::consumer::{
     at_least_once_scenario, at_most_once_scenario, backpressure_scenario, batch_handler_scenario,
-    effectively_once_scenario, groups_scenario, poison_scenario, rate_limit_scenario, Broker,
+    effectively_once_scenario, groups_scenario, newer_version_keeps_key_order_scenario,
+    poison_scenario, rate_limit_scenario, refused_dead_letter_scenario, Broker, Refusal,
 };
 use eventbus_tests::TestDb;
 
@@ -76,4 +77,19 @@ async fn batch_handler_applies_each_event_once_in_few_transactions_and_splits_ou
 async fn rate_limit_spreads_a_backlog_over_time() {
     let span = rate_limit_scenario(&Broker::sqs().await).await;
     println!("rate limit 50/s on SQS: 100 handler calls over {span:?}");
+}
+
+/// Version gating keeps a key's order: m5 (a newer version) parked, m6 and
+/// m7 parked behind it, other keys handled; the upgraded member handles m5,
+/// m6, m7 in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_version_holds_its_message_group() {
+    newer_version_keeps_key_order_scenario(&Broker::sqs().await).await;
+}
+
+/// A dead letter larger than SQS takes (the original fits) is kept in the
+/// parked table; the queue flows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_dead_letter_is_kept_in_the_database() {
+    refused_dead_letter_scenario(&Broker::sqs().await, Refusal::Oversized).await;
 }

@@ -205,6 +205,31 @@ impl Broker {
         }
     }
 
+    /// Like [`subscriber`](Self::subscriber), with every message in one lane
+    /// where the broker allows it: RabbitMQ with a single active consumer
+    /// (lane 0); a Kafka topic of one partition (made by
+    /// [`destination`](Self::destination) with one partition) is one lane
+    /// anyway. On SQS a lane is a message group (a key).
+    pub async fn one_lane_subscriber(
+        &self,
+        group: &str,
+        destination: &str,
+        max_in_flight: usize,
+    ) -> Box<dyn Subscriber> {
+        match self {
+            Broker::RabbitMq(url) => Box::new(
+                rabbitmq::subscriber_builder(url, group, &[destination], max_in_flight)
+                    .single_active_consumer(true)
+                    .connect()
+                    .await
+                    .unwrap_or_else(|e| panic!("subscribe {group} to {destination}: {e}")),
+            ),
+            Broker::Kafka(_) | Broker::Sqs(_) => {
+                self.subscriber(group, destination, max_in_flight).await
+            }
+        }
+    }
+
     /// Makes sure what is published to `destination` from now on is kept for
     /// `group`, before any of its consumers runs (RabbitMQ drops what no
     /// queue is bound for; a Kafka topic and an SQS queue keep everything).

@@ -9,6 +9,7 @@
 //! | `broker` | [`Broker`]: destinations, groups, raw messages, backlogs, [`DeadLetters`] |
 //! | `counting` | [`Gauge`], [`Counting`]: unsettled messages seen from outside |
 //! | `crash` | a worker process SIGKILLed mid-run, in each delivery mode |
+//! | `parking` | parked messages: key order behind newer versions and delayed retries, refused dead letters |
 //! | `poison` | dead letters and re-driving them |
 //! | `flow` | the in-flight bound, point-to-point and publish-subscribe groups |
 
@@ -27,6 +28,7 @@ mod broker;
 mod counting;
 mod crash;
 mod flow;
+mod parking;
 mod poison;
 
 pub use broker::{Broker, DeadLetters};
@@ -35,6 +37,10 @@ pub use crash::{
     at_least_once_scenario, at_most_once_scenario, effectively_once_scenario, CrashOutcome,
 };
 pub use flow::{backpressure_scenario, groups_scenario, SlowRun};
+pub use parking::{
+    delayed_retry_scenario, newer_version_keeps_key_order_scenario, refused_dead_letter_scenario,
+    Refusal, StepV2,
+};
 pub use poison::poison_scenario;
 
 // ------------------------------------------------------------ events, effects
