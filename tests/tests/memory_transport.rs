@@ -870,3 +870,24 @@ async fn wait_until_effects(pool: &PgPool, n: i64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Version gating keeps a key's order on the in-memory broker too: m5 (a
+/// newer version) parked, m6 and m7 parked behind it, other keys handled; the
+/// upgraded member handles m5, m6, m7 in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_version_holds_its_key_not_the_partition() {
+    let broker = MemoryBroker::new().with_partitions(2);
+    let group = eventbus_tests::unique_name("gate_order");
+    let subscribe = || {
+        let subscriber: Box<dyn eventbus::transport::Subscriber> =
+            Box::new(broker.subscribe(&group, &[TOPIC]));
+        std::future::ready(subscriber)
+    };
+    eventbus_tests::consumer::newer_version_keeps_key_order(
+        &group,
+        TOPIC,
+        Arc::new(broker.publisher()),
+        subscribe,
+    )
+    .await;
+}

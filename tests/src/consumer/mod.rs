@@ -38,8 +38,8 @@ pub use crash::{
 };
 pub use flow::{backpressure_scenario, groups_scenario, SlowRun};
 pub use parking::{
-    delayed_retry_scenario, newer_version_keeps_key_order_scenario, refused_dead_letter_scenario,
-    Refusal, StepV2,
+    delayed_retry_scenario, newer_version_keeps_key_order, newer_version_keeps_key_order_scenario,
+    refused_dead_letter_scenario, Refusal, StepV2,
 };
 pub use poison::poison_scenario;
 

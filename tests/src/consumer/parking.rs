@@ -78,18 +78,34 @@ fn others(key: &str) -> String {
 /// effect of `k` at all. Upgraded (a member of the same group that knows
 /// version 2), the group handles m5, m6, m7 in that order, each once.
 pub async fn newer_version_keeps_key_order_scenario(broker: &Broker) {
-    let db = TestDb::migrated().await;
-    create_effects(&db.pool).await;
     let (destination, publisher) = broker.destination("gate_order", 2).await;
     let group = unique_name("gate_order");
-    let subscriber = broker.subscriber(&group, &destination, 16).await;
-    let old = Consumer::builder(&group)
+    let subscribe = || broker.subscriber(&group, &destination, 16);
+    newer_version_keeps_key_order(&group, &destination, publisher, subscribe).await;
+    broker.clean_up(&[&group], &[&destination]).await;
+}
+
+/// [`newer_version_keeps_key_order_scenario`] for group `group` on
+/// `destination`, whatever the broker: `subscribe` makes a member's
+/// subscriber (it is called before anything is published).
+pub async fn newer_version_keeps_key_order<F, S>(
+    group: &str,
+    destination: &str,
+    publisher: Arc<dyn Publisher>,
+    subscribe: S,
+) where
+    S: Fn() -> F,
+    F: std::future::Future<Output = Box<dyn eventbus::transport::Subscriber>>,
+{
+    let db = TestDb::migrated().await;
+    create_effects(&db.pool).await;
+    let old = Consumer::builder(group)
         .on(|ctx: Context<Postgres>, step: Step| async move { record(&ctx, "old", &step).await })
         .newer_versions(NewerVersions::Park {
             delay: Duration::from_millis(300),
         })
         .parked_poll_interval(Duration::from_millis(100))
-        .build(db.pool.clone(), subscriber, publisher.clone())
+        .build(db.pool.clone(), subscribe().await, publisher.clone())
         .expect("the v1 consumer");
     let old = run(old);
 
@@ -102,7 +118,7 @@ pub async fn newer_version_keeps_key_order_scenario(broker: &Broker) {
     messages.extend((0..10).map(|i| envelope(&step(&format!("other-{}", i % 4), i))));
     messages.push(envelope(&step("k", 7)));
     messages.extend((10..20).map(|i| envelope(&step(&format!("other-{}", i % 4), i))));
-    publish(publisher.as_ref(), &destination, &messages).await;
+    publish(publisher.as_ref(), destination, &messages).await;
 
     wait_count(&db.pool, &others("k"), 20, Duration::from_secs(60)).await;
     let metrics = Arc::clone(&old.consumer);
@@ -117,7 +133,7 @@ pub async fn newer_version_keeps_key_order_scenario(broker: &Broker) {
         Vec::<i64>::new(),
         "nothing of key k is handled while m5 waits for a consumer that knows it"
     );
-    let states: Vec<String> = parked_rows(&db.pool, &group)
+    let states: Vec<String> = parked_rows(&db.pool, group)
         .await
         .into_iter()
         .map(|(state, _, _)| state)
@@ -128,8 +144,7 @@ pub async fn newer_version_keeps_key_order_scenario(broker: &Broker) {
     assert_eq!(old.metrics().dead_lettered(), 0);
 
     // The upgrade: a member of the same group that knows version 2.
-    let subscriber = broker.subscriber(&group, &destination, 16).await;
-    let upgraded = Consumer::builder(&group)
+    let upgraded = Consumer::builder(group)
         .on(|ctx: Context<Postgres>, s: StepV2| async move {
             let step = Step {
                 key: s.key,
@@ -140,7 +155,7 @@ pub async fn newer_version_keeps_key_order_scenario(broker: &Broker) {
         })
         .upcast::<StepV2>(1, Ok)
         .parked_poll_interval(Duration::from_millis(100))
-        .build(db.pool.clone(), subscriber, publisher.clone())
+        .build(db.pool.clone(), subscribe().await, publisher.clone())
         .expect("the v2 consumer");
     let upgraded = run(upgraded);
     wait_count(
@@ -153,9 +168,8 @@ pub async fn newer_version_keeps_key_order_scenario(broker: &Broker) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     upgraded.stop().await;
     assert_eq!(seqs_of(&db.pool, "k").await, [5, 6, 7], "the key's order");
-    assert_eq!(parked_rows(&db.pool, &group).await, []);
+    assert_eq!(parked_rows(&db.pool, group).await, []);
     assert_eq!(scalar(&db.pool, &others("k")).await, 20, "each other once");
-    broker.clean_up(&[&group], &[&destination]).await;
 }
 
 /// One lane (a one-partition topic; a single-active-consumer queue): `slow`
