@@ -32,18 +32,21 @@ const MAX_ATTEMPTS: u32 = 3;
 /// killed the process); then it runs alone, `MAX_ATTEMPTS` times.
 const RUNS: u32 = MAX_ATTEMPTS + 1;
 
-/// Starts the worker and waits until it says it is consuming.
+/// Starts the worker with a handler of `kind` (`one` or `batch`) and waits
+/// until it says it is consuming.
 async fn start(
     broker: &Broker,
     db: &TestDb,
     group: &str,
     destination: &str,
+    kind: &str,
 ) -> tokio::process::Child {
     let mut child = tokio::process::Command::new(WORKER)
         .arg(&db.url)
         .arg(broker.worker_url())
         .args([group, destination])
         .arg(MAX_ATTEMPTS.to_string())
+        .arg(kind)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -85,6 +88,19 @@ async fn interrupt(mut child: tokio::process::Child) {
 /// poisoned event came back after each restart and aborted it, forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_that_aborts_the_process_is_dead_lettered_after_its_attempts() {
+    aborting_message_scenario("one").await;
+}
+
+/// The same with a batch handler: the batch holding the poisoned event dies
+/// with it; its messages' counts say so, and next time they go one by one,
+/// the poisoned one alone, until it is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_aborts_a_batch_handler_is_dead_lettered_after_its_attempts() {
+    aborting_message_scenario("batch").await;
+}
+
+/// 300 events, one of them aborting the worker's handler of `kind`.
+async fn aborting_message_scenario(kind: &str) {
     let broker = Broker::rabbitmq().await;
     let db = TestDb::migrated().await;
     create_effects(&db.pool).await;
@@ -114,7 +130,7 @@ async fn a_message_that_aborts_the_process_is_dead_lettered_after_its_attempts()
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut aborts = 0;
     let survivor = loop {
-        let mut worker = start(&broker, &db, &group, &destination).await;
+        let mut worker = start(&broker, &db, &group, &destination, kind).await;
         let died = loop {
             if let Some(status) = worker.try_wait().expect("worker status") {
                 break Some(status);
@@ -213,6 +229,19 @@ async fn a_message_that_aborts_the_process_is_dead_lettered_after_its_attempts()
     broker.clean_up(&[&group], &[&destination]).await;
 }
 
+/// One more attempt at `envelope`, on a connection of `pool`.
+async fn record<DB: AttemptsDatabase>(
+    pool: &sqlx::Pool<DB>,
+    inbox: &TableName,
+    group: &str,
+    envelope: &eventbus::Envelope,
+) -> u32 {
+    let mut conn = pool.acquire().await.expect("a connection");
+    DB::record_attempt(&mut conn, inbox, group, envelope)
+        .await
+        .expect("record an attempt")
+}
+
 /// The attempts table on `D`, as the consumer uses it: counts rise by one per
 /// attempt across pools (processes), a count taken back is not counted, the
 /// last failure noted is kept, and a forgotten count starts again at one;
@@ -228,26 +257,16 @@ where
     let first = db.pool();
     let second = db.connect().await;
     for (pool, expected) in [(first, 1), (&second, 2), (first, 3)] {
-        let n = D::DB::record_attempt(pool, &inbox, "g", &one)
-            .await
-            .expect("record an attempt");
+        let n = record::<D::DB>(pool, &inbox, "g", &one).await;
         assert_eq!(n, expected);
     }
-    assert_eq!(
-        D::DB::record_attempt(first, &inbox, "other-group", &one)
-            .await
-            .expect("record"),
-        1
-    );
-    assert_eq!(
-        D::DB::record_attempt(first, &inbox, "g", &other)
-            .await
-            .expect("record"),
-        1
-    );
-    D::DB::uncount_attempt(first, &inbox, "g", &one)
+    assert_eq!(record::<D::DB>(first, &inbox, "other-group", &one).await, 1);
+    assert_eq!(record::<D::DB>(first, &inbox, "g", &other).await, 1);
+    let mut conn = first.acquire().await.expect("a connection");
+    D::DB::uncount_attempt(&mut conn, &inbox, "g", &one)
         .await
         .expect("uncount");
+    drop(conn);
     assert_eq!(
         D::DB::last_failure(first, &inbox, "g", &one)
             .await
@@ -265,9 +284,7 @@ where
         Some("attempt 3: boom")
     );
     assert_eq!(
-        D::DB::record_attempt(first, &inbox, "g", &one)
-            .await
-            .expect("record"),
+        record::<D::DB>(first, &inbox, "g", &one).await,
         3,
         "the count taken back is counted again"
     );
@@ -276,16 +293,9 @@ where
         .await
         .expect("forget");
     drop(conn);
+    assert_eq!(record::<D::DB>(first, &inbox, "g", &one).await, 1);
     assert_eq!(
-        D::DB::record_attempt(first, &inbox, "g", &one)
-            .await
-            .expect("record"),
-        1
-    );
-    assert_eq!(
-        D::DB::record_attempt(first, &inbox, "other-group", &one)
-            .await
-            .expect("record"),
+        record::<D::DB>(first, &inbox, "other-group", &one).await,
         2,
         "another group's count is its own"
     );

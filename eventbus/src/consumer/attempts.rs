@@ -67,7 +67,8 @@ where
         |e: crate::error::Error| Failure::Transient(format!("counting the attempt failed: {e}"));
     let limit = limit(shared.retry.max_attempts());
     let beside = shared.isolation.read().await;
-    let n = DB::record_attempt(&shared.pool, &shared.inbox_table, &shared.group, envelope)
+    let mut conn = shared.pool.acquire().await.map_err(|e| failed(e.into()))?;
+    let n = DB::record_attempt(&mut *conn, &shared.inbox_table, &shared.group, envelope)
         .await
         .map_err(failed)?;
     if n > limit {
@@ -78,13 +79,15 @@ where
     }
     // Not run yet: take the count back while waiting for the others to end,
     // so that a death meanwhile (another suspect's) does not count here.
-    DB::uncount_attempt(&shared.pool, &shared.inbox_table, &shared.group, envelope)
+    DB::uncount_attempt(&mut *conn, &shared.inbox_table, &shared.group, envelope)
         .await
         .map_err(failed)?;
+    drop(conn);
     drop(beside);
     let alone = shared.isolation.write().await;
     tracing::info!(group = %shared.group, id = %envelope.id, attempt = n, "an earlier attempt ended with its process: trying it alone");
-    let n = DB::record_attempt(&shared.pool, &shared.inbox_table, &shared.group, envelope)
+    let mut conn = shared.pool.acquire().await.map_err(|e| failed(e.into()))?;
+    let n = DB::record_attempt(&mut *conn, &shared.inbox_table, &shared.group, envelope)
         .await
         .map_err(failed)?;
     if n > limit {

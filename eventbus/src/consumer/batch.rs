@@ -287,6 +287,13 @@ where
         // already, the rest goes one by one: each is checked against the
         // parked keys, so none overtakes a parked message of its key.
         let mut one_by_one = self.holds_any(envelopes).await;
+        if self.mode == DeliveryMode::EffectivelyOnce && !one_by_one && n > 1 {
+            // Counted before the batch runs, as a single message's attempt is:
+            // a batch that kills the process leaves its counts behind, and
+            // next time its messages go one by one, a suspect alone, so that
+            // the killer is dead-lettered after its attempts.
+            one_by_one = !self.count_batch(envelopes).await;
+        }
         while let Some(part) = todo.pop() {
             if part.is_empty() {
                 continue;
@@ -332,6 +339,26 @@ where
         outcomes
     }
 
+    /// Counts an attempt at each of `envelopes` in one transaction; `false`
+    /// (and nothing counted) if one of them was attempted before and not
+    /// finished — by a process that died — or the count failed: then they go
+    /// one by one.
+    async fn count_batch(&self, envelopes: &[Envelope]) -> bool {
+        let Ok(mut tx) = self.pool.begin().await else {
+            return false;
+        };
+        for envelope in envelopes {
+            match DB::record_attempt(&mut *tx, &self.inbox_table, &self.group, envelope).await {
+                Ok(1) => {}
+                Ok(_) | Err(_) => {
+                    let _ = tx.rollback().await;
+                    return false;
+                }
+            }
+        }
+        tx.commit().await.is_ok()
+    }
+
     /// Whether a parked message holds the key of any of `envelopes` (or the
     /// parked table cannot be read: then the single path decides).
     async fn holds_any(&self, envelopes: &[Envelope]) -> bool {
@@ -371,6 +398,12 @@ where
                     envelopes.len()
                 )));
             }
+            // The attempt counts go with the inbox rows, as for one message.
+            for envelope in envelopes {
+                DB::forget_attempts(&mut *tx, &self.inbox_table, &self.group, envelope)
+                    .await
+                    .map_err(transient)?;
+            }
             fresh
         } else {
             vec![true; envelopes.len()]
@@ -392,7 +425,9 @@ where
             .map(|(e, _)| e.clone())
             .collect();
         if chosen.is_empty() {
-            let _ = tx.rollback().await;
+            // All seen before: nothing to keep but the counts' deletion;
+            // should it fail, a later delivery deletes them.
+            let _ = tx.commit().await;
             return Ok(outcomes);
         }
         let ctx = BatchContext::new(chosen, attempt, self.outbox.clone(), tx);

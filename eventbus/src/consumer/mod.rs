@@ -543,14 +543,10 @@ where
                 let mut outcomes = self
                     .attempt_batch(registration, std::slice::from_ref(envelope), attempt)
                     .await?;
-                let outcome = outcomes.pop().ok_or_else(|| {
+                // Its attempt count went with the batch's transaction.
+                return outcomes.pop().ok_or_else(|| {
                     Failure::Transient("a batch of one ended without an outcome".into())
-                })?;
-                if self.mode == DeliveryMode::EffectivelyOnce {
-                    // Committed already: the count goes in a statement of its own.
-                    attempts::forget(self, envelope, &outcome).await;
-                }
-                return Ok(outcome);
+                });
             }
         };
         let transient = |e: Error| Failure::Transient(e.to_string());

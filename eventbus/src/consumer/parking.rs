@@ -21,7 +21,9 @@ use super::dead_letter::{self, DeadLetterKeys};
 use super::handler::Failure;
 use super::{gate::NewerVersions, telemetry, DeliveryMode, Outcome, Shared, UnknownTypes};
 use crate::envelope::Envelope;
-use crate::inbox::{message_key, InboxDatabase, ParkRequest, Parked, ParkedState, Reschedule};
+use crate::inbox::{
+    message_key, InboxDatabase, ParkRequest, Parked, ParkedState, Reschedule, UNFINISHED_ATTEMPT,
+};
 use crate::outbox::OutboxDatabase;
 use crate::transport::{MessageInfo, OutgoingMessage};
 
@@ -248,7 +250,27 @@ where
                 }
             };
         }
-        match self.attempt(&handler, envelope, attempt).await {
+        // The claim counted this attempt. One that ended with its process
+        // left the claim's reason behind: this one runs alone, and none runs
+        // past the policy's attempts (plus the first death, which may have
+        // been another message's), as for messages from the broker.
+        let died = row.reason.as_deref() == Some(UNFINISHED_ATTEMPT);
+        if died && attempt > self.retry.max_attempts().saturating_add(1) {
+            let reason = format!(
+                "{} attempts without success; the last ones stopped the process",
+                row.attempts
+            );
+            return self.to_dead(row, envelope, row.attempts, &reason).await;
+        }
+        let result = if died {
+            let _alone = self.isolation.write().await;
+            tracing::info!(group = %self.group, id = %envelope.id, attempt, "an earlier attempt ended with its process: trying it alone");
+            self.attempt(&handler, envelope, attempt).await
+        } else {
+            let _beside = self.isolation.read().await;
+            self.attempt(&handler, envelope, attempt).await
+        };
+        match result {
             Ok(outcome) => {
                 self.unpark(row).await;
                 Some(outcome)

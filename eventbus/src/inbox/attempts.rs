@@ -28,10 +28,11 @@ pub const ATTEMPTS_SUFFIX: &str = "_attempts";
 #[async_trait::async_trait]
 pub trait AttemptsDatabase: sqlx::Database {
     /// Counts one more attempt at `envelope` by `consumer`, in one statement
-    /// that commits by itself, and returns the attempts recorded so far, this
-    /// one included.
+    /// on `conn` (which commits by itself unless `conn` is in a transaction:
+    /// a batch counts its messages in one), and returns the attempts recorded
+    /// so far, this one included.
     async fn record_attempt(
-        pool: &sqlx::Pool<Self>,
+        conn: &mut Self::Connection,
         inbox: &TableName,
         consumer: &str,
         envelope: &Envelope,
@@ -41,7 +42,7 @@ pub trait AttemptsDatabase: sqlx::Database {
     /// [`record_attempt`](Self::record_attempt) that will not run yet (the
     /// consumer waits to run it alone).
     async fn uncount_attempt(
-        pool: &sqlx::Pool<Self>,
+        conn: &mut Self::Connection,
         inbox: &TableName,
         consumer: &str,
         envelope: &Envelope,
@@ -89,7 +90,7 @@ mod postgres {
     #[async_trait::async_trait]
     impl AttemptsDatabase for Postgres {
         async fn record_attempt(
-            pool: &PgPool,
+            conn: &mut PgConnection,
             inbox: &TableName,
             consumer: &str,
             envelope: &Envelope,
@@ -106,14 +107,14 @@ mod postgres {
                 .bind(consumer)
                 .bind(key.source)
                 .bind(key.message_id)
-                .fetch_one(pool)
+                .fetch_one(conn)
                 .await
                 .map_err(|e| Error::from_table_query(e, inbox))?;
             Ok(count(n.into()))
         }
 
         async fn uncount_attempt(
-            pool: &PgPool,
+            conn: &mut PgConnection,
             inbox: &TableName,
             consumer: &str,
             envelope: &Envelope,
@@ -128,7 +129,7 @@ mod postgres {
                 .bind(consumer)
                 .bind(key.source)
                 .bind(key.message_id)
-                .execute(pool)
+                .execute(conn)
                 .await
                 .map_err(|e| Error::from_table_query(e, inbox))?;
             Ok(())
@@ -213,7 +214,7 @@ mod sqlite {
     #[async_trait::async_trait]
     impl AttemptsDatabase for Sqlite {
         async fn record_attempt(
-            pool: &SqlitePool,
+            conn: &mut SqliteConnection,
             inbox: &TableName,
             consumer: &str,
             envelope: &Envelope,
@@ -230,14 +231,14 @@ mod sqlite {
                 .bind(consumer)
                 .bind(key.source)
                 .bind(key.message_id)
-                .fetch_one(pool)
+                .fetch_one(conn)
                 .await
                 .map_err(|e| Error::from_table_query(e, inbox))?;
             Ok(count(n))
         }
 
         async fn uncount_attempt(
-            pool: &SqlitePool,
+            conn: &mut SqliteConnection,
             inbox: &TableName,
             consumer: &str,
             envelope: &Envelope,
@@ -252,7 +253,7 @@ mod sqlite {
                 .bind(consumer)
                 .bind(key.source)
                 .bind(key.message_id)
-                .execute(pool)
+                .execute(conn)
                 .await
                 .map_err(|e| Error::from_table_query(e, inbox))?;
             Ok(())
@@ -337,7 +338,7 @@ mod mysql {
     #[async_trait::async_trait]
     impl AttemptsDatabase for MySql {
         async fn record_attempt(
-            pool: &MySqlPool,
+            conn: &mut MySqlConnection,
             inbox: &TableName,
             consumer: &str,
             envelope: &Envelope,
@@ -357,7 +358,7 @@ mod mysql {
                 .bind(consumer)
                 .bind(key.source)
                 .bind(key.message_id)
-                .execute(pool)
+                .execute(conn)
                 .await
                 .map_err(|e| Error::from_table_query(e, inbox))?;
             let n = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
@@ -365,7 +366,7 @@ mod mysql {
         }
 
         async fn uncount_attempt(
-            pool: &MySqlPool,
+            conn: &mut MySqlConnection,
             inbox: &TableName,
             consumer: &str,
             envelope: &Envelope,
@@ -380,7 +381,7 @@ mod mysql {
                 .bind(consumer)
                 .bind(key.source)
                 .bind(key.message_id)
-                .execute(pool)
+                .execute(conn)
                 .await
                 .map_err(|e| Error::from_table_query(e, inbox))?;
             Ok(())

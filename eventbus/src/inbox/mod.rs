@@ -24,6 +24,7 @@ pub use attempts::{AttemptsDatabase, ATTEMPTS_SUFFIX};
 pub use key::{InboxKey, UUID_SCOPE};
 pub use parked::{
     message_key, ParkRequest, Parked, ParkedDatabase, ParkedState, Reschedule, PARKED_SUFFIX,
+    UNFINISHED_ATTEMPT,
 };
 
 /// The default inbox table name.

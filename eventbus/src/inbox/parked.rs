@@ -22,6 +22,10 @@ use crate::table::TableName;
 /// `eventbus_inbox`.
 pub const PARKED_SUFFIX: &str = "_parked";
 
+/// The reason of a parked message while an attempt at it runs: found on a
+/// message taken up again, it says the attempt ended with its process.
+pub const UNFINISHED_ATTEMPT: &str = "an attempt did not finish: its process stopped during it";
+
 /// Why a message is parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -184,10 +188,11 @@ pub trait ParkedDatabase: sqlx::Database {
         limit: i64,
     ) -> Result<Vec<Parked>>;
 
-    /// Takes up `parked` for one attempt: counts it and moves its due time to
+    /// Takes up `parked` for one attempt: counts it, moves its due time to
     /// `lease_until`, so that no other member takes it meanwhile (and it
-    /// comes back should this process die). `false` if another member took it
-    /// first.
+    /// comes back should this process die), and sets its reason to
+    /// [`UNFINISHED_ATTEMPT`] until the attempt's end replaces it. `false` if
+    /// another member took it first.
     async fn claim_parked(
         pool: &sqlx::Pool<Self>,
         inbox: &TableName,
@@ -256,6 +261,7 @@ mod sql {
     use chrono::{DateTime, Utc};
 
     use super::{message_key, ParkRequest, Parked, ParkedState, Reschedule, PARKED_SUFFIX};
+
     use crate::error::Error;
     use crate::inbox::InboxKey;
     use crate::table::TableName;
@@ -428,9 +434,14 @@ macro_rules! parked_database {
                     .bind(row.reason)
                     .bind(row.event)
                     .execute(pool)
-                    .await
-                    .map_err(sql::failed(inbox))?;
-                Ok(done.rows_affected() == 1)
+                    .await;
+                match done {
+                    Ok(done) => Ok(done.rows_affected() == 1),
+                    // MySQL has no insert-unless-present whose count tells a
+                    // duplicate apart (see the `on_conflict` below).
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
+                    Err(e) => Err(sql::failed(inbox)(e)),
+                }
             }
 
             async fn holds_key(
@@ -489,17 +500,19 @@ macro_rules! parked_database {
                 lease_until: DateTime<Utc>,
             ) -> Result<bool> {
                 let statement = format!(
-                    "UPDATE {t} SET attempts = attempts + 1, due_at = {a} \
+                    "UPDATE {t} SET attempts = attempts + 1, due_at = {a}, reason = {r} \
                      WHERE id = {b} AND attempts = {c} AND due_at = {d} AND state = {e}",
                     t = sql::table(inbox, $mysql),
                     a = $p(1),
-                    b = $p(2),
-                    c = $p(3),
-                    d = $p(4),
-                    e = $p(5),
+                    r = $p(2),
+                    b = $p(3),
+                    c = $p(4),
+                    d = $p(5),
+                    e = $p(6),
                 );
                 let done = sqlx::query(&statement)
                     .bind(sql::millis(lease_until))
+                    .bind(UNFINISHED_ATTEMPT)
                     .bind(parked.id)
                     .bind(i64::from(parked.attempts))
                     .bind(sql::millis(parked.due_at))
@@ -684,7 +697,9 @@ parked_database!(
     mysql = true,
     p = sql::positional,
     text = sql::mysql_text,
-    on_conflict = "ON DUPLICATE KEY UPDATE id = id"
+    // Not `ON DUPLICATE KEY UPDATE`: with sqlx's `CLIENT_FOUND_ROWS` a
+    // duplicate counts one row, as an insert does. The duplicate is an error.
+    on_conflict = ""
 );
 
 #[cfg(test)]

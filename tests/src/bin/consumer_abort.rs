@@ -3,14 +3,16 @@
 //! `Step` events effectively once by inserting one `effects` row each, and
 //! calls `std::process::abort()` for a step whose `pad` is `abort`.
 //!
-//! `consumer_abort <postgres-url> <amqp-url> <group> <destination> <max-attempts>`
-//! retries a failing message immediately up to `max-attempts` attempts in all.
+//! `consumer_abort <postgres-url> <amqp-url> <group> <destination> <max-attempts> [one|batch]`
+//! retries a failing message immediately up to `max-attempts` attempts in all;
+//! with `batch`, a batch handler takes the events (and aborts when its batch
+//! holds the poisoned one).
 //! Prints `ready` on stdout once consuming; stops cleanly on SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventbus::consumer::{Consumer, Context, DeliveryMode, RetryPolicy};
+use eventbus::consumer::{BatchContext, Consumer, Context, DeliveryMode, RetryPolicy};
 use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::{Publisher, Result};
 use eventbus_tests::relay::Step;
@@ -22,12 +24,20 @@ const POISON: &str = "abort";
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 6 {
+    if !(6..=7).contains(&args.len()) {
         eprintln!(
-            "usage: consumer_abort <postgres-url> <amqp-url> <group> <destination> <max-attempts>"
+            "usage: consumer_abort <postgres-url> <amqp-url> <group> <destination> <max-attempts> [one|batch]"
         );
         std::process::exit(2);
     }
+    let batch = match args.get(6).map(String::as_str) {
+        None | Some("one") => false,
+        Some("batch") => true,
+        Some(other) => {
+            eprintln!("the handler kind is `one` or `batch`, got {other}");
+            std::process::exit(2);
+        }
+    };
     let (db, broker, group, destination) = (&args[1], &args[2], &args[3], &args[4]);
     let max_attempts: u32 = match args[5].parse() {
         Ok(n) if n >= 1 => n,
@@ -39,7 +49,7 @@ async fn main() -> Result<()> {
     let pool = sqlx::PgPool::connect(db).await?;
     let subscriber = eventbus_tests::rabbitmq::subscriber(broker, group, &[destination], 16).await;
     let dead_letters: Arc<dyn Publisher> = Arc::new(RabbitPublisher::connect(broker).await?);
-    let consumer = Consumer::builder(group.clone())
+    let builder = Consumer::builder(group.clone())
         .mode(DeliveryMode::EffectivelyOnce)
         .max_in_flight(16)
         .retry(RetryPolicy {
@@ -47,15 +57,27 @@ async fn main() -> Result<()> {
             immediate_delay: Duration::from_millis(10),
             delayed: 0,
             ..RetryPolicy::default()
-        })
-        .on(|ctx: Context<Postgres>, step: Step| async move {
+        });
+    let builder = if batch {
+        builder.on_batch(
+            32,
+            |ctx: BatchContext<Postgres>, steps: Vec<Step>| async move {
+                if steps.iter().any(|s| s.pad == POISON) {
+                    std::process::abort();
+                }
+                eventbus_tests::consumer::record_batch(&ctx, "", &steps).await
+            },
+        )
+    } else {
+        builder.on(|ctx: Context<Postgres>, step: Step| async move {
             if step.pad == POISON {
                 // What no `catch_unwind` can stop: the process dies here.
                 std::process::abort();
             }
             eventbus_tests::consumer::record(&ctx, "", &step).await
         })
-        .build(pool, subscriber, dead_letters)?;
+    };
+    let consumer = builder.build(pool, subscriber, dead_letters)?;
     println!("ready");
     consumer
         .run(async {
