@@ -26,7 +26,7 @@ fn raw_body(n: usize) -> String {
 /// 1% poison among 2,000 events (1,000 on SQS, whose local server is slow):
 /// in every 200, one raw body that is not a CloudEvent and one event whose
 /// handler fails until "fixed". The consumer stays up and handles the other
-/// 99%; the poison lands on `<destination>.dlq`, each letter with its origin,
+/// 99%; the poison lands on `<destination>.<group>.dlq`, each letter with its origin,
 /// the group, and the reason (for failing events after the retry policy's
 /// three attempts). After the fix, re-driving handles the failing events once
 /// each and skips the malformed ones, which stay in the dead-letter

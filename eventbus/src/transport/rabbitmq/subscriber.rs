@@ -110,7 +110,7 @@ impl RabbitSubscriberBuilder {
     /// `#` any number of words). No pattern means every type (`#`).
     ///
     /// Call it once per destination; a dead-letter destination
-    /// (`orders.dlq`) is bound like any other.
+    /// (`orders.billing.dlq`) is bound like any other.
     #[must_use]
     pub fn bind<I>(mut self, destination: impl Into<String>, patterns: I) -> Self
     where
@@ -173,7 +173,7 @@ impl RabbitSubscriberBuilder {
     /// Declares the queue with `x-dead-letter-exchange`, so that messages the
     /// broker itself gives up on (expired, rejected without requeue, over a
     /// length limit) go to `exchange`. Not needed for the consumer's own dead
-    /// letters: it publishes those to `<destination>.dlq` itself.
+    /// letters: it publishes those to `<destination>.<group>.dlq` itself.
     #[must_use]
     pub fn dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
         self.dead_letter_exchange = Some(exchange.into());
@@ -345,10 +345,12 @@ impl RabbitSubscriberBuilder {
 ///
 /// # Dead letters
 ///
-/// The consumer publishes messages it gives up on to `<destination>.dlq`, a
-/// topic exchange like any other: a group that reads them binds it, e.g.
-/// `.bind("orders.dlq", ["#"])`, and can hand the subscriber to
-/// [`redrive`](crate::consumer::dead_letter::redrive).
+/// The consumer publishes messages it gives up on to its group's
+/// `<destination>.<group>.dlq`, a topic exchange with a durable queue of the
+/// same name bound to it (declared by the consumer before its first letter),
+/// which keeps them; `outbox-relay dlq import` moves them into the group's
+/// parked table to be replayed to that group, and a subscriber of that queue
+/// can be handed to [`redrive`](crate::consumer::dead_letter::redrive).
 ///
 /// # Examples
 ///

@@ -139,9 +139,9 @@ impl SqsPublisherBuilder {
 
     /// Gives every queue this publisher uses (dead-letter queues aside) a
     /// redrive policy: a message received `max_receives` times without being
-    /// deleted moves to the queue's dead-letter queue (that of
-    /// `<destination>.dlq`, created when missing), where the consumer's own
-    /// dead letters go too.
+    /// deleted moves to the queue's own dead-letter queue `<queue>-dlq`
+    /// (created when missing). Consumers' dead letters go elsewhere: to their
+    /// group's `<destination>.<group>.dlq`.
     #[must_use]
     pub fn dead_letter_after(mut self, max_receives: u32) -> Self {
         self.dead_letter_after = Some(max_receives);

@@ -116,8 +116,8 @@ impl SqsSubscriberBuilder {
 
     /// Reads the queue of `destination` (see [`queue_name`]); call it once per
     /// queue. A queue is one consumer group: subscribers of one queue compete
-    /// for its messages. Dead-letter destinations (`orders.dlq`) are read like
-    /// any other.
+    /// for its messages. Dead-letter destinations (`orders.billing.dlq`) are
+    /// read like any other.
     #[must_use]
     pub fn queue(mut self, destination: impl Into<String>) -> Self {
         self.destinations.push(destination.into());
@@ -188,7 +188,7 @@ impl SqsSubscriberBuilder {
     /// Gives each queue read (dead-letter queues aside) a redrive policy: a
     /// message received `max_receives` times without being deleted — released
     /// again and again, or held by consumers that crash — moves to the queue's
-    /// dead-letter queue (that of `<destination>.dlq`, created when missing).
+    /// own dead-letter queue `<queue>-dlq` (created when missing).
     #[must_use]
     pub fn dead_letter_after(mut self, max_receives: u32) -> Self {
         self.dead_letter_after = Some(max_receives);
@@ -322,9 +322,10 @@ impl SqsSubscriberBuilder {
 ///
 /// # Dead letters
 ///
-/// The consumer publishes messages it gives up on to `<destination>.dlq`
-/// (the queue `<queue>-dlq`); a queue can also move messages there itself
-/// after a number of receives (see
+/// The consumer publishes messages it gives up on to its group's
+/// `<destination>.<group>.dlq` (the queue `<queue>-<group>-dlq`), or keeps
+/// them in its parked table when SQS refuses them. A queue can also move
+/// messages to its own `<queue>-dlq` after a number of receives (see
 /// [`dead_letter_after`](SqsSubscriberBuilder::dead_letter_after)), which
 /// catches messages whose consumers keep crashing.
 ///
