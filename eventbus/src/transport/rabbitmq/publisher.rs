@@ -712,26 +712,37 @@ impl RabbitPublisher {
             FieldTable::default(),
         );
         let what = if passive {
-            "cannot find exchange"
+            format!("cannot find exchange `{destination}`")
         } else {
-            "cannot declare topic exchange"
+            format!("cannot declare topic exchange `{destination}`")
         };
+        self.answer(&what, declaring).await?;
+        lock(&self.declared).insert(destination.to_owned());
+        self.release(pooled);
+        Ok(())
+    }
+
+    /// Waits for the broker's answer to a declaration, at most the broker
+    /// timeout: a refusal of the declaration is `Rejected` (a soft error,
+    /// the channel closed), anything else `Unavailable`; `what` says what
+    /// failed.
+    async fn answer(
+        &self,
+        what: &str,
+        declaring: impl std::future::Future<Output = lapin::Result<()>>,
+    ) -> Result<(), PublishError> {
         match tokio::time::timeout(self.broker_timeout, declaring).await {
-            Ok(Ok(())) => {
-                lock(&self.declared).insert(destination.to_owned());
-                self.release(pooled);
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if is_soft(&e) => Err(PublishError::Rejected(format!(
-                "{what} `{destination}`: {}",
+                "{what}: {}",
                 self.secrets.scrub(&e)
             ))),
             Ok(Err(e)) => Err(PublishError::Unavailable(format!(
-                "{what} `{destination}`: {}",
+                "{what}: {}",
                 self.secrets.scrub(&e)
             ))),
             Err(_) => Err(PublishError::Unavailable(format!(
-                "{what} `{destination}`: no answer from RabbitMQ within {:?}",
+                "{what}: no answer from RabbitMQ within {:?}",
                 self.broker_timeout
             ))),
         }
@@ -910,24 +921,9 @@ impl Publisher for RabbitPublisher {
                 .await
         };
         let what = format!("cannot declare dead-letter queue `{destination}`");
-        match tokio::time::timeout(self.broker_timeout, declaring).await {
-            Ok(Ok(())) => {
-                self.release(pooled);
-                Ok(())
-            }
-            Ok(Err(e)) if is_soft(&e) => Err(PublishError::Rejected(format!(
-                "{what}: {}",
-                self.secrets.scrub(&e)
-            ))),
-            Ok(Err(e)) => Err(PublishError::Unavailable(format!(
-                "{what}: {}",
-                self.secrets.scrub(&e)
-            ))),
-            Err(_) => Err(PublishError::Unavailable(format!(
-                "{what}: no answer from RabbitMQ within {:?}",
-                self.broker_timeout
-            ))),
-        }
+        self.answer(&what, declaring).await?;
+        self.release(pooled);
+        Ok(())
     }
 }
 
