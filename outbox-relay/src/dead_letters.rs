@@ -92,9 +92,11 @@ pub(crate) enum DlqAction {
         broker: Option<String>,
         #[command(flatten)]
         broker_options: BrokerArgs,
-        /// Consumer group (Kafka group id / RabbitMQ queue) reading the dead letters.
-        #[arg(long, default_value = "eventbus-dlq-replay")]
-        reader: String,
+        /// Consumer group (Kafka group id) reading the dead letters; on
+        /// RabbitMQ by default the dead-letter queue itself, elsewhere
+        /// `<GROUP>.dlq-redrive`.
+        #[arg(long)]
+        reader: Option<String>,
         /// Stop after this long without a dead letter.
         #[arg(long, default_value_t = 5000)]
         idle_ms: u64,
@@ -143,7 +145,7 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
             &consumer,
             broker.as_ref(),
             &broker_options,
-            &reader,
+            reader.as_deref(),
             idle_ms,
         )
         .await;
@@ -224,9 +226,14 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
             table,
         } => {
             let inbox = table.parse()?;
-            let broker = config::broker(broker.as_ref(), &broker_options, file, Vec::new())?;
+            let broker = config::broker(
+                broker.as_ref(),
+                &broker_options,
+                file,
+                connection_properties(file),
+            )?;
             let dead = dead_letter::destination_of(&destination, &consumer);
-            let reader = format!("{consumer}.dlq-import");
+            let reader = reader_of(&broker, &dead, &format!("{consumer}.dlq-import"));
             let mut subscriber = crate::broker::subscribe(&broker, &reader, &dead).await?;
             let idle = Duration::from_millis(idle_ms);
             let imported = on_database!(db, import(&inbox, &consumer, subscriber.as_mut(), idle))?;
@@ -236,6 +243,27 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
         }
         DlqAction::Redrive { .. } => Ok(()),
     }
+}
+
+/// The group that reads the dead letters of `dead`. On RabbitMQ, the queue
+/// the consumer declared under the dead-letter destination's own name: a queue
+/// of another name would get only the letters sent after it was declared (and
+/// keep copies of later ones). Elsewhere `other` (a Kafka group starts at the
+/// earliest letter).
+fn reader_of(broker: &config::Broker, dead: &str, other: &str) -> String {
+    match broker.url.expose().split_once("://") {
+        Some(("amqp" | "amqps", _)) => dead.to_owned(),
+        _ => other.to_owned(),
+    }
+}
+
+/// The `[producer]` properties of the configuration file: the connection
+/// settings (TLS, SASL) the dead-letter commands' clients need too.
+fn connection_properties(file: &FileConfig) -> Vec<(String, String)> {
+    file.producer
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 async fn list<DB: ParkedDatabase>(
@@ -322,18 +350,17 @@ async fn redrive(
     consumer: &str,
     broker: Option<&String>,
     broker_options: &BrokerArgs,
-    reader: &str,
+    reader: Option<&str>,
     idle_ms: u64,
 ) -> Result<()> {
-    let properties = file
-        .producer
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let broker = config::broker(broker, broker_options, file, properties)?;
+    let broker = config::broker(broker, broker_options, file, connection_properties(file))?;
     let dead = dead_letter::destination_of(destination, consumer);
+    let reader = match reader {
+        Some(reader) => reader.to_owned(),
+        None => reader_of(&broker, &dead, &format!("{consumer}.dlq-redrive")),
+    };
     let publisher = crate::broker::connect(&broker).await?;
-    let mut subscriber = crate::broker::subscribe(&broker, reader, &dead).await?;
+    let mut subscriber = crate::broker::subscribe(&broker, &reader, &dead).await?;
     let (redriven, skipped) = dead_letter::redrive(
         subscriber.as_mut(),
         publisher.as_ref(),
