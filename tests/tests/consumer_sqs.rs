@@ -93,3 +93,10 @@ async fn a_newer_version_holds_its_message_group() {
 async fn an_oversized_dead_letter_is_kept_in_the_database() {
     refused_dead_letter_scenario(&Broker::sqs().await, Refusal::Oversized).await;
 }
+
+/// The group's dead-letter queue is deleted after its first letter: the next
+/// letter is kept in the parked table; the queue flows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_with_no_queue_is_kept_in_the_database() {
+    refused_dead_letter_scenario(&Broker::sqs().await, Refusal::QueueDeleted).await;
+}

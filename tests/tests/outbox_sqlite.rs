@@ -254,8 +254,8 @@ async fn attached_schema_tables_migrate_and_publish() {
         .expect("publish into svc.outbox");
     tx.commit().await.expect("commit");
     assert_eq!(count(&pool, "svc.outbox").await, 2);
-    // outbox 1, inbox 1 and 2 (the attempts table)
-    assert_eq!(count(&pool, "main.eventbus_migrations").await, 3);
+    // outbox 1, inbox 1, 2 (the attempts table) and 3 (the parked table)
+    assert_eq!(count(&pool, "main.eventbus_migrations").await, 4);
 }
 
 #[tokio::test]

@@ -101,16 +101,46 @@ impl<'a, D: TestDatabase> Store<'a, D> {
             .unwrap_or_else(|e| panic!("{}: claim_parked: {e}", D::NAME))
     }
 
+    /// The row's attempts now: what a claim left, to fence a write with.
+    async fn claimed(&self, id: i64) -> u32 {
+        self.by_id(id).await.expect("the row exists").attempts
+    }
+
     async fn reschedule(&self, id: i64, update: &Reschedule<'_>) {
-        D::DB::reschedule_parked(self.db.pool(), &self.inbox, id, update)
-            .await
-            .unwrap_or_else(|e| panic!("{}: reschedule_parked: {e}", D::NAME));
+        let claimed = self.claimed(id).await;
+        // A stale claim (another count) changes nothing.
+        assert!(
+            !D::DB::reschedule_parked(self.db.pool(), &self.inbox, id, claimed + 1, update)
+                .await
+                .unwrap_or_else(|e| panic!("{}: reschedule_parked: {e}", D::NAME)),
+            "{}: a write fenced by a stale claim is refused",
+            D::NAME
+        );
+        assert!(
+            D::DB::reschedule_parked(self.db.pool(), &self.inbox, id, claimed, update)
+                .await
+                .unwrap_or_else(|e| panic!("{}: reschedule_parked: {e}", D::NAME)),
+            "{}: reschedule_parked under the current claim",
+            D::NAME
+        );
     }
 
     async fn unpark(&self, id: i64) {
-        D::DB::unpark(self.db.pool(), &self.inbox, id)
-            .await
-            .unwrap_or_else(|e| panic!("{}: unpark: {e}", D::NAME));
+        let claimed = self.claimed(id).await;
+        assert!(
+            !D::DB::unpark(self.db.pool(), &self.inbox, id, claimed + 1)
+                .await
+                .unwrap_or_else(|e| panic!("{}: unpark: {e}", D::NAME)),
+            "{}: a delete fenced by a stale claim is refused",
+            D::NAME
+        );
+        assert!(
+            D::DB::unpark(self.db.pool(), &self.inbox, id, claimed)
+                .await
+                .unwrap_or_else(|e| panic!("{}: unpark: {e}", D::NAME)),
+            "{}: unpark under the current claim",
+            D::NAME
+        );
     }
 
     async fn list(&self, consumer: Option<&str>, state: Option<ParkedState>) -> Vec<Parked> {

@@ -2,7 +2,7 @@
 //! type off its queue, and how a batch is handled — one transaction, one inbox
 //! insert, split in halves when it fails — and settled.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -27,6 +27,15 @@ pub(super) enum Work<DB: sqlx::Database> {
 }
 
 impl<DB: sqlx::Database> Work<DB> {
+    /// Whether a message of partition key `key` is among the messages.
+    pub(super) fn has_key(&self, key: &str) -> bool {
+        let of = |e: &Envelope| e.partition_key.as_deref() == Some(key);
+        match self {
+            Work::One(queued) => queued.0.envelope.as_ref().is_ok_and(of),
+            Work::Batch(_, batch) => batch.iter().any(|b| of(&b.envelope)),
+        }
+    }
+
     /// Whether the event with id `id` is among the messages.
     pub(super) fn carries(&self, id: &str) -> bool {
         match self {
@@ -47,6 +56,16 @@ impl<DB: sqlx::Database> Work<DB> {
             }
         }
     }
+}
+
+/// The messages of a batch that go together: `indices` into the batch's
+/// destinations, infos and envelopes.
+struct Together<'a, DB: sqlx::Database> {
+    registration: &'a BatchRegistration<DB>,
+    destinations: &'a [String],
+    infos: &'a [MessageInfo],
+    envelopes: &'a [Envelope],
+    indices: &'a [usize],
 }
 
 /// A message taken into a batch: a decoded CloudEvent of the batch's type.
@@ -193,13 +212,13 @@ where
     DB: InboxDatabase + OutboxDatabase,
 {
     /// Handles a batch and settles each of its messages.
-    /// Handles a batch and settles its messages; the id of the first event
-    /// given back to the broker, if any.
+    /// Handles a batch and settles its messages; what to await if one was
+    /// given back to the broker (the first).
     pub(super) async fn handle_batch(
         &self,
         registration: BatchRegistration<DB>,
         batch: Vec<Batched>,
-    ) -> Option<String> {
+    ) -> Option<super::Returning> {
         self.metrics.batch(batch.len());
         let mut destinations = Vec::with_capacity(batch.len());
         let mut infos = Vec::with_capacity(batch.len());
@@ -248,9 +267,9 @@ where
         }
         let released = outcomes
             .iter()
-            .zip(&envelopes)
+            .zip(envelopes.iter().zip(&infos))
             .find(|(o, _)| matches!(o, Outcome::Released))
-            .map(|(_, e)| e.id.clone());
+            .map(|(_, (e, info))| super::Returning::of(e, info));
         for (outcome, settle) in outcomes.into_iter().zip(settles) {
             let settled = match outcome {
                 Outcome::Released => settle.release().await,
@@ -265,11 +284,13 @@ where
         released.filter(|_| !once)
     }
 
-    /// Handles `envelopes` in as few transactions as their failures allow: the
-    /// whole batch first; a failed part is split in halves, left half first,
-    /// so that the events commit in order; an event that fails alone takes
-    /// the single-message path (retries, then the dead-letter destination).
-    /// One outcome per envelope, in order.
+    /// Handles `envelopes` in as few transactions as their failures allow.
+    /// Messages of a key that a parked message holds take the single-message
+    /// path (which parks them behind it); the others go together: the whole
+    /// batch first; a failed part is split in halves, left half first, so
+    /// that the events commit in order; an event that fails alone takes the
+    /// single-message path (retries, then the dead-letter destination). One
+    /// outcome per envelope, in order.
     async fn run_batch(
         &self,
         registration: &BatchRegistration<DB>,
@@ -279,51 +300,109 @@ where
         once: bool,
     ) -> Vec<Outcome> {
         let n = envelopes.len();
-        let mut outcomes = Vec::with_capacity(n);
-        // A stack of parts still to handle, the next one on top.
-        let mut todo: Vec<Range<usize>> = Vec::new();
-        todo.push(0..n);
-        // Once a message of the batch is parked, or if a key of it is held
-        // already, the rest goes one by one: each is checked against the
-        // parked keys, so none overtakes a parked message of its key.
-        let mut one_by_one = self.holds_any(envelopes).await;
-        if self.mode == DeliveryMode::EffectivelyOnce && !one_by_one && n > 1 {
+        let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+        let held = self.held_keys(envelopes).await;
+        let (alone, together): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| {
+            held.as_ref().is_none_or(|keys| {
+                envelopes[i]
+                    .partition_key
+                    .as_ref()
+                    .is_some_and(|k| keys.contains(k))
+            })
+        });
+        let mut stopped = false;
+        for i in alone {
+            let outcome = self
+                .handle_event(&destinations[i], envelopes[i].clone(), once, &infos[i])
+                .await;
+            stopped = matches!(outcome, Outcome::Released);
+            outcomes[i] = Some(outcome);
+            if stopped {
+                break;
+            }
+        }
+        if !stopped {
+            let part = Together {
+                registration,
+                destinations,
+                infos,
+                envelopes,
+                indices: &together,
+            };
+            self.run_together(part, once, &mut outcomes).await;
+        }
+        // What was not started (stopping during retries) goes back.
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Released))
+            .collect()
+    }
+
+    /// Handles the messages of `part` together, as [`run_batch`](Self::run_batch)
+    /// says, writing each one's outcome at its index.
+    async fn run_together(
+        &self,
+        part: Together<'_, DB>,
+        once: bool,
+        outcomes: &mut [Option<Outcome>],
+    ) {
+        let Together {
+            registration,
+            destinations,
+            infos,
+            envelopes,
+            indices,
+        } = part;
+        let batch: std::borrow::Cow<'_, [Envelope]> = if indices.len() == envelopes.len() {
+            std::borrow::Cow::Borrowed(envelopes)
+        } else {
+            indices.iter().map(|&i| envelopes[i].clone()).collect()
+        };
+        let m = batch.len();
+        let mut one_by_one = false;
+        if self.mode == DeliveryMode::EffectivelyOnce && m > 1 {
             // Counted before the batch runs, as a single message's attempt is:
             // a batch that kills the process leaves its counts behind, and
             // next time its messages go one by one, a suspect alone, so that
             // the killer is dead-lettered after its attempts.
-            one_by_one = !self.count_batch(envelopes).await;
+            one_by_one = !self.count_batch(&batch).await;
         }
+        // A stack of parts still to handle, the next one on top.
+        let mut todo: Vec<Range<usize>> = Vec::new();
+        todo.push(0..m);
         while let Some(part) = todo.pop() {
             if part.is_empty() {
                 continue;
             }
             if one_by_one && part.len() > 1 {
-                todo.extend(part.rev().map(|i| i..i + 1));
+                // A message of the batch was parked: the rest is checked
+                // against the parked keys one by one.
+                todo.extend(part.rev().map(|k| k..k + 1));
                 continue;
             }
             if part.len() == 1 {
-                let i = part.start;
+                let i = indices[part.start];
                 let outcome = self
                     .handle_event(&destinations[i], envelopes[i].clone(), once, &infos[i])
                     .await;
                 let released = matches!(outcome, Outcome::Released);
                 one_by_one |= matches!(outcome, Outcome::Parked | Outcome::DeadLettered);
-                outcomes.push(outcome);
+                outcomes[i] = Some(outcome);
                 if released {
                     // Stopping during its retries: the rest was not started.
-                    while outcomes.len() < n {
-                        outcomes.push(Outcome::Released);
-                    }
-                    break;
+                    return;
                 }
                 continue;
             }
             match self
-                .attempt_batch(registration, &envelopes[part.clone()], 1)
+                .attempt_batch(registration, &batch[part.clone()], 1)
                 .await
             {
-                Ok(done) => outcomes.extend(done),
+                Ok(done) => {
+                    for (k, outcome) in part.zip(done) {
+                        outcomes[indices[k]] = Some(outcome);
+                    }
+                }
                 Err(failure) => {
                     let reason = match failure {
                         Failure::Permanent(r) | Failure::Transient(r) => r,
@@ -336,7 +415,6 @@ where
                 }
             }
         }
-        outcomes
     }
 
     /// Counts an attempt at each of `envelopes` in one transaction; `false`
@@ -347,7 +425,13 @@ where
         let Ok(mut tx) = self.pool.begin().await else {
             return false;
         };
+        // A copy of a message in the same batch (a redelivery right behind
+        // it) is one message: counted once.
+        let mut seen = std::collections::HashSet::new();
         for envelope in envelopes {
+            if !seen.insert(crate::inbox::InboxKey::of(envelope)) {
+                continue;
+            }
             match DB::record_attempt(&mut *tx, &self.inbox_table, &self.group, envelope).await {
                 Ok(1) => {}
                 Ok(_) | Err(_) => {
@@ -359,19 +443,21 @@ where
         tx.commit().await.is_ok()
     }
 
-    /// Whether a parked message holds the key of any of `envelopes` (or the
-    /// parked table cannot be read: then the single path decides).
-    async fn holds_any(&self, envelopes: &[Envelope]) -> bool {
-        let mut seen = std::collections::HashSet::new();
+    /// The partition keys of `envelopes` that a parked message holds; `None`
+    /// when the parked table cannot be read (then every message takes the
+    /// single-message path, which decides for itself).
+    async fn held_keys(&self, envelopes: &[Envelope]) -> Option<HashSet<String>> {
+        let mut seen = HashSet::new();
+        let mut held = HashSet::new();
         for envelope in envelopes {
             let Some(key) = &envelope.partition_key else {
                 continue;
             };
-            if seen.insert(key.as_str()) && self.key_is_held(envelope).await.unwrap_or(true) {
-                return true;
+            if seen.insert(key.as_str()) && self.key_is_held(envelope).await.ok()? {
+                held.insert(key.clone());
             }
         }
-        false
+        Some(held)
     }
 
     /// One attempt at a batch: transaction, inbox rows of the whole batch in

@@ -64,8 +64,15 @@ pub enum NewerVersions {
 impl Default for NewerVersions {
     fn default() -> Self {
         NewerVersions::Park {
-            delay: Duration::from_secs(5),
+            delay: Self::default_delay(),
         }
+    }
+}
+
+impl NewerVersions {
+    /// How often a parked newer message is looked at again by default.
+    pub(super) fn default_delay() -> Duration {
+        Duration::from_secs(5)
     }
 }
 

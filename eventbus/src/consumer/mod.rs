@@ -251,20 +251,25 @@ where
     let mut lane = batch::Lane::new(rx);
     // A message given back to the broker, until it comes round again: the
     // messages behind it are given back too, so none overtakes it.
-    let mut returning: Option<(String, tokio::time::Instant)> = None;
+    let mut returning: Option<Returning> = None;
     while let Some(work) = lane.next(&shared).await {
         if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             // Not started: back to the broker.
             work.release().await;
             continue;
         }
-        if let Some((id, until)) = &returning {
-            if tokio::time::Instant::now() < *until && !work.carries(id) {
-                work.release().await;
-                continue;
+        if let Some(back) = &returning {
+            if tokio::time::Instant::now() < back.until && !work.carries(&back.id) {
+                if back.rewinds || back.key.as_ref().is_some_and(|k| work.has_key(k)) {
+                    // Not at once: the broker hands it straight back.
+                    tokio::time::sleep(RELEASE_PAUSE).await;
+                    work.release().await;
+                    continue;
+                }
+            } else {
+                // It is back (or went to another member of the group).
+                returning = None;
             }
-            // It is back (or went to another member of the group).
-            returning = None;
         }
         if let Some(pacer) = &shared.pacer {
             let messages = match &work {
@@ -285,8 +290,36 @@ where
                 shared.handle_batch(registration, batch).await
             }
         };
-        if let Some(id) = released {
-            returning = Some((id, tokio::time::Instant::now() + RETURN_WAIT));
+        if let Some(mut back) = released {
+            back.until = tokio::time::Instant::now() + RETURN_WAIT;
+            returning = Some(back);
+        }
+    }
+}
+
+/// A message a lane gave back to the broker, awaited until it comes round.
+#[derive(Debug)]
+struct Returning {
+    /// Its event id.
+    id: String,
+    /// Its partition key: on a broker that does not rewind (RabbitMQ, SQS),
+    /// the later messages of this key are given back too, and no others.
+    key: Option<String>,
+    /// Whether giving it back rewound its partition (Kafka, the in-memory
+    /// broker): then every later message of the lane comes again after it,
+    /// and is given back.
+    rewinds: bool,
+    /// Until when it is awaited.
+    until: tokio::time::Instant,
+}
+
+impl Returning {
+    fn of(envelope: &Envelope, info: &MessageInfo) -> Self {
+        Returning {
+            id: envelope.id.clone(),
+            key: envelope.partition_key.clone(),
+            rewinds: matches!(info.system, "kafka" | "memory"),
+            until: tokio::time::Instant::now(),
         }
     }
 }
@@ -296,13 +329,16 @@ where
 /// another member of the group.
 const RETURN_WAIT: Duration = Duration::from_secs(30);
 
+/// The pause before a lane gives back a message behind one it gave back.
+const RELEASE_PAUSE: Duration = Duration::from_millis(50);
+
 impl<DB> Shared<DB>
 where
     DB: InboxDatabase + OutboxDatabase,
 {
-    /// Handles one message and settles it; the id of the event if it was
-    /// given back to the broker.
-    async fn handle(&self, message: Received) -> Option<String> {
+    /// Handles one message and settles it; what to await if it was given
+    /// back to the broker.
+    async fn handle(&self, message: Received) -> Option<Returning> {
         let Received {
             destination,
             envelope,
@@ -319,7 +355,7 @@ where
                 self.dead_letter(&wrapped, &destination, 1, &reason).await
             }
             Ok(envelope) => {
-                id = Some(envelope.id.clone());
+                id = Some(Returning::of(&envelope, &info));
                 telemetry::arrived(&self.metrics, &envelope, &info);
                 if self.mode == DeliveryMode::AtMostOnce {
                     // Acknowledge first, durably: from here on the broker will
@@ -393,7 +429,7 @@ where
         match self.key_is_held(&envelope).await {
             Ok(false) => {}
             Ok(true) => {
-                return self
+                let outcome = self
                     .park(
                         &envelope,
                         destination,
@@ -404,7 +440,12 @@ where
                         true,
                         Outcome::Parked,
                     )
-                    .await
+                    .await;
+                if self.mode == DeliveryMode::EffectivelyOnce {
+                    // A count a batch left for it: the parked row counts now.
+                    attempts::forget(self, &envelope, &outcome).await;
+                }
+                return outcome;
             }
             Err(e) => {
                 tracing::error!(group = %self.group, id = %envelope.id, error = %e, "cannot read the parked table; giving the message back");

@@ -35,6 +35,9 @@ const DUE_BATCH: i64 = 32;
 /// during the attempt, the message comes back after it.
 const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
+/// The lease of a parked message's attempt when handlers have no timeout.
+const UNBOUNDED_LEASE: Duration = Duration::from_secs(15 * 60);
+
 /// Pause after the parked table could not be written, before the message is
 /// given back to the broker.
 const PARK_FAILED_PAUSE: Duration = Duration::from_secs(1);
@@ -81,13 +84,29 @@ where
             state,
             holds_key,
             attempts,
-            due_at: Utc::now() + delay,
+            due_at: after(delay),
             reason,
         };
         match DB::park(&self.pool, &self.inbox_table, &request).await {
             Ok(_) => {
                 tracing::info!(group = %self.group, id = %envelope.id, state = state.as_str(), ?delay, "parked");
                 outcome
+            }
+            Err(e) if refuses_the_row(&e) => {
+                // The database will never take this row (a value it refuses):
+                // giving it back would loop, so it goes to the broker's
+                // dead letters with why.
+                let why = format!("it cannot be parked: {e}");
+                tracing::error!(group = %self.group, id = %envelope.id, error = %e, "the parked table refuses this message; dead-lettering it");
+                let letter = dead_letter::for_event(envelope, origin, &self.group, attempts, &why);
+                match self.publish_dead_letter(&letter).await {
+                    Ok(()) => Outcome::DeadLettered,
+                    Err(refused) => {
+                        tracing::error!(group = %self.group, id = %envelope.id, error = %refused, "the dead-letter destination refuses it too; giving the message back");
+                        tokio::time::sleep(PARK_FAILED_PAUSE).await;
+                        Outcome::Released
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(group = %self.group, id = %envelope.id, error = %e, "parking failed; giving the message back");
@@ -124,7 +143,7 @@ where
                 }
                 Err(refused) => {
                     tracing::error!(group = %self.group, id = %envelope.id, destination = %letter.destination, error = %refused, "the broker did not take the dead letter; keeping it in the parked table");
-                    why = format!("{reason} (dead-letter destination refused it: {refused})");
+                    why = format!("the dead-letter destination refused it ({refused}); {reason}");
                 }
             }
         }
@@ -181,54 +200,55 @@ where
         }
     }
 
-    /// Takes up `row`, claimed for one attempt (its `attempts` is the count
-    /// before the claim).
-    async fn take_up(&self, row: Parked) {
+    /// Takes up `row`, claimed for one attempt: its count is now `claimed`.
+    async fn take_up(&self, row: Parked, claimed: u32) {
         let envelope = match row.envelope() {
             Ok(e) => e,
             Err(e) => {
                 let reason = format!("the parked event cannot be read: {e}");
-                self.reschedule(
-                    &row,
-                    ParkedState::Dead,
-                    row.attempts,
-                    Duration::ZERO,
-                    &reason,
-                    true,
-                )
-                .await;
+                let dead = Reschedule {
+                    state: ParkedState::Dead,
+                    holds_key: true,
+                    attempts: claimed,
+                    due_at: Utc::now(),
+                    reason: Some(&reason),
+                };
+                self.reschedule(&row, claimed, &dead).await;
                 return;
             }
         };
         let info = MessageInfo::new("parked");
         let span = telemetry::process_span(&self.group, &row.origin, &envelope, &info);
-        let attempt = row.attempts.saturating_add(1);
-        let outcome = span
-            .scope(self.attempt_parked(&row, &envelope, attempt))
-            .await;
+        let claim = Claim { row: &row, claimed };
+        let outcome = span.scope(self.attempt_parked(claim, &envelope)).await;
         if let Some(outcome) = outcome {
             self.metrics.record(&outcome);
-            telemetry::finish(span, &outcome, attempt);
+            telemetry::finish(span, &outcome, claimed);
         } else {
-            telemetry::finish(span, &Outcome::Parked, attempt);
+            telemetry::finish(span, &Outcome::Parked, claimed);
         }
     }
 
-    /// One attempt at a parked message; the outcome once it left the table,
-    /// `None` while it stays parked.
-    async fn attempt_parked(
-        &self,
-        row: &Parked,
-        envelope: &Envelope,
-        attempt: u32,
-    ) -> Option<Outcome> {
+    /// One attempt at a claimed parked message; the outcome once it left the
+    /// table, `None` while it stays parked.
+    async fn attempt_parked(&self, claim: Claim<'_>, envelope: &Envelope) -> Option<Outcome> {
+        let row = claim.row;
+        let attempt = claim.claimed;
         let Some(handler) = self.registry.get(&envelope.event_type).cloned() else {
+            if row.state != ParkedState::Waiting {
+                // Parked by a member that handles its type (a rolling deploy
+                // adding it): left for one, not counted.
+                let reason = format!("no handler here for event type `{}`", envelope.event_type);
+                self.later(claim, row.state, row.attempts, self.look_again(), &reason)
+                    .await;
+                return None;
+            }
             if self.unknown == UnknownTypes::Skip {
-                self.unpark(row).await;
+                self.unpark(claim).await;
                 return Some(Outcome::Handled);
             }
             let reason = format!("no handler for event type `{}`", envelope.event_type);
-            return self.to_dead(row, envelope, row.attempts, &reason).await;
+            return self.to_dead(claim, envelope, row.attempts, &reason).await;
         };
         let version = envelope.schema_version().unwrap_or(1);
         if version > handler.version() {
@@ -241,38 +261,29 @@ where
             return match self.newer_versions {
                 NewerVersions::Park { delay } => {
                     // Not an attempt: the count goes back to what it was.
-                    self.reschedule(row, ParkedState::Newer, row.attempts, delay, &reason, true)
+                    self.later(claim, ParkedState::Newer, row.attempts, delay, &reason)
                         .await;
                     None
                 }
                 NewerVersions::DeadLetter => {
-                    self.to_dead(row, envelope, row.attempts, &reason).await
+                    self.to_dead(claim, envelope, row.attempts, &reason).await
                 }
             };
         }
-        // The claim counted this attempt. One that ended with its process
-        // left the claim's reason behind: this one runs alone, and none runs
-        // past the policy's attempts (plus the first death, which may have
-        // been another message's), as for messages from the broker.
-        let died = row.reason.as_deref() == Some(UNFINISHED_ATTEMPT);
-        if died && attempt > self.retry.max_attempts().saturating_add(1) {
+        // The claim counted this attempt: none runs past the policy's
+        // attempts, plus the first death (which may have been another
+        // message's), as for messages from the broker.
+        if attempt > self.retry.max_attempts().saturating_add(1) {
             let reason = format!(
-                "{} attempts without success; the last ones stopped the process",
-                row.attempts
+                "{} attempts without success (later ones may have stopped the process); {}",
+                row.attempts,
+                row.reason.as_deref().unwrap_or("no failure noted")
             );
-            return self.to_dead(row, envelope, row.attempts, &reason).await;
+            return self.to_dead(claim, envelope, row.attempts, &reason).await;
         }
-        let result = if died {
-            let _alone = self.isolation.write().await;
-            tracing::info!(group = %self.group, id = %envelope.id, attempt, "an earlier attempt ended with its process: trying it alone");
-            self.attempt(&handler, envelope, attempt).await
-        } else {
-            let _beside = self.isolation.read().await;
-            self.attempt(&handler, envelope, attempt).await
-        };
-        match result {
+        match self.attempt(&handler, envelope, attempt).await {
             Ok(outcome) => {
-                self.unpark(row).await;
+                self.unpark(claim).await;
                 Some(outcome)
             }
             Err(failure) => {
@@ -290,21 +301,29 @@ where
                 match delay {
                     Some(delay) => {
                         self.metrics.retried();
-                        self.reschedule(row, ParkedState::Retry, attempt, delay, &reason, true)
+                        self.later(claim, ParkedState::Retry, attempt, delay, &reason)
                             .await;
                         None
                     }
-                    None => self.to_dead(row, envelope, attempt, &reason).await,
+                    None => self.to_dead(claim, envelope, attempt, &reason).await,
                 }
             }
         }
     }
 
-    /// Turns parked `row` into a dead letter: published to the broker (and
-    /// the row deleted), or kept dead in the table.
+    /// How long a parked message waits when this member cannot handle it.
+    fn look_again(&self) -> Duration {
+        match self.newer_versions {
+            NewerVersions::Park { delay } => delay,
+            NewerVersions::DeadLetter => NewerVersions::default_delay(),
+        }
+    }
+
+    /// Turns the claimed row into a dead letter: published to the broker
+    /// (and the row deleted), or kept dead in the table.
     async fn to_dead(
         &self,
-        row: &Parked,
+        claim: Claim<'_>,
         envelope: &Envelope,
         attempts: u32,
         reason: &str,
@@ -313,70 +332,126 @@ where
         let mut why = reason.to_owned();
         if !holds {
             let letter =
-                dead_letter::for_event(envelope, &row.origin, &self.group, attempts, reason);
+                dead_letter::for_event(envelope, &claim.row.origin, &self.group, attempts, reason);
             match self.publish_dead_letter(&letter).await {
                 Ok(()) => {
-                    self.unpark(row).await;
+                    self.unpark(claim).await;
                     return Some(Outcome::DeadLettered);
                 }
                 Err(refused) => {
-                    why = format!("{reason} (dead-letter destination refused it: {refused})");
+                    why = format!("the dead-letter destination refused it ({refused}); {reason}");
                 }
             }
         }
-        self.reschedule(
-            row,
-            ParkedState::Dead,
+        let dead = Reschedule {
+            state: ParkedState::Dead,
+            holds_key: holds,
             attempts,
-            Duration::ZERO,
-            &why,
-            holds,
-        )
-        .await;
+            due_at: Utc::now(),
+            reason: Some(&why),
+        };
+        self.reschedule(claim.row, claim.claimed, &dead).await;
         tracing::warn!(group = %self.group, id = %envelope.id, reason = %why, "dead-lettered in the parked table");
         Some(Outcome::DeadLettered)
     }
 
-    async fn reschedule(
+    /// Parks the claimed row again, holding its key, due after `delay`.
+    async fn later(
         &self,
-        row: &Parked,
+        claim: Claim<'_>,
         state: ParkedState,
         attempts: u32,
         delay: Duration,
         reason: &str,
-        holds_key: bool,
     ) {
         let update = Reschedule {
             state,
-            holds_key,
+            holds_key: true,
             attempts,
-            due_at: Utc::now() + delay,
+            due_at: after(delay),
             reason: Some(reason),
         };
-        if let Err(e) = DB::reschedule_parked(&self.pool, &self.inbox_table, row.id, &update).await
-        {
+        self.reschedule(claim.row, claim.claimed, &update).await;
+    }
+
+    async fn reschedule(&self, row: &Parked, claimed: u32, update: &Reschedule<'_>) {
+        match DB::reschedule_parked(&self.pool, &self.inbox_table, row.id, claimed, update).await {
+            Ok(true) => {}
+            // Claimed by another member meanwhile (this attempt outlived its
+            // lease): that member's attempt decides.
+            Ok(false) => {
+                tracing::warn!(group = %self.group, id = row.id, "a parked message was claimed again during its attempt; leaving it to that claim")
+            }
             // The claim's lease brings it back for another attempt.
-            tracing::warn!(group = %self.group, id = row.id, error = %e, "rescheduling a parked message failed");
+            Err(e) => {
+                tracing::warn!(group = %self.group, id = row.id, error = %e, "rescheduling a parked message failed")
+            }
         }
     }
 
-    async fn unpark(&self, row: &Parked) {
-        if let Err(e) = DB::unpark(&self.pool, &self.inbox_table, row.id).await {
+    async fn unpark(&self, claim: Claim<'_>) {
+        let row = claim.row;
+        match DB::unpark(&self.pool, &self.inbox_table, row.id, claim.claimed).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(group = %self.group, id = row.id, "a parked message was claimed again during its attempt; leaving it to that claim")
+            }
             // Taken up again after its lease: the inbox recognises it
             // (effectively once) or the handler runs again (at least once).
-            tracing::warn!(group = %self.group, id = row.id, error = %e, "deleting a parked message failed");
+            Err(e) => {
+                tracing::warn!(group = %self.group, id = row.id, error = %e, "deleting a parked message failed")
+            }
         }
     }
+}
+
+/// Whether `error` is the database refusing the row itself (a value it does
+/// not take: too long, a byte it refuses), as opposed to being unreachable or
+/// not migrated, which passes.
+fn refuses_the_row(error: &crate::Error) -> bool {
+    match error {
+        crate::Error::Database(sqlx::Error::Database(db)) => {
+            // SQLSTATE class 22: data exception (PostgreSQL; MySQL and
+            // SQLite map theirs to it where they give one).
+            db.code().is_some_and(|c| c.starts_with("22"))
+                || matches!(db.kind(), sqlx::error::ErrorKind::CheckViolation)
+        }
+        crate::Error::Database(sqlx::Error::Encode(_)) => true,
+        _ => false,
+    }
+}
+
+/// A parked row this member claimed, and the count its claim left.
+#[derive(Clone, Copy)]
+struct Claim<'a> {
+    row: &'a Parked,
+    claimed: u32,
+}
+
+/// Now plus `delay`, saturating at the end of time rather than overflowing.
+fn after(delay: Duration) -> chrono::DateTime<Utc> {
+    chrono::TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
 /// The background task that takes up the group's due parked messages, one
 /// per key at a time, oldest first, until the consumer stops. Every member of
 /// the group runs one; a claim keeps two from taking the same message.
+///
+/// A claim leases the message for the handler timeout plus a margin (without
+/// a handler timeout, [`UNBOUNDED_LEASE`]): an attempt that outlives its
+/// lease may be claimed again by another member, and then only the later
+/// claim's end is written. Members' clocks must agree to well within the
+/// margin.
 pub(super) async fn take_up_parked<DB>(shared: Arc<Shared<DB>>)
 where
     DB: InboxDatabase + OutboxDatabase,
 {
-    let lease = shared.handler_timeout.unwrap_or(Duration::ZERO) + LEASE_MARGIN;
+    let lease = shared
+        .handler_timeout
+        .map_or(UNBOUNDED_LEASE, |t| t.saturating_add(LEASE_MARGIN));
     loop {
         let stopping = shared.stopping.notified();
         tokio::pin!(stopping);
@@ -400,19 +475,7 @@ where
                     if shared.stopped.load(Ordering::SeqCst) {
                         return;
                     }
-                    let lease_until = Utc::now() + lease;
-                    match DB::claim_parked(&shared.pool, &shared.inbox_table, &row, lease_until)
-                        .await
-                    {
-                        Ok(true) => {
-                            took = true;
-                            shared.take_up(row).await;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(group = %shared.group, error = %e, "claiming a parked message failed")
-                        }
-                    }
+                    took |= take_up_one(&shared, row, lease).await;
                 }
             }
             Err(e) => {
@@ -424,6 +487,41 @@ where
                 () = tokio::time::sleep(shared.parked_poll) => {}
                 () = stopping => return,
             }
+        }
+    }
+}
+
+/// Claims `row` and runs its attempt; whether it was claimed. A row whose
+/// last attempt ended with its process runs alone: the isolation is taken
+/// before the claim, so that waiting for it does not eat the lease.
+async fn take_up_one<DB>(shared: &Shared<DB>, row: Parked, lease: Duration) -> bool
+where
+    DB: InboxDatabase + OutboxDatabase,
+{
+    let died = row.reason.as_deref() == Some(UNFINISHED_ATTEMPT);
+    let _alone = if died {
+        Some(shared.isolation.write().await)
+    } else {
+        None
+    };
+    let _beside = if died {
+        None
+    } else {
+        Some(shared.isolation.read().await)
+    };
+    match DB::claim_parked(&shared.pool, &shared.inbox_table, &row, after(lease)).await {
+        Ok(true) => {
+            if died {
+                tracing::info!(group = %shared.group, id = row.id, "an earlier attempt at a parked message ended with its process: trying it alone");
+            }
+            let claimed = row.attempts.saturating_add(1);
+            shared.take_up(row, claimed).await;
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(group = %shared.group, error = %e, "claiming a parked message failed");
+            false
         }
     }
 }

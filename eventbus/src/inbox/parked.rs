@@ -143,14 +143,37 @@ pub fn message_key(envelope: &Envelope) -> String {
         Some(key) => ("key", key.as_str()),
         None => ("id", envelope.id.as_str()),
     };
-    if value.len() <= KEY_MAX {
+    if value.len() <= KEY_MAX && !value.contains('\0') {
         return format!("{kind}:{value}");
     }
-    let mut cut = KEY_MAX - 20;
-    while !value.is_char_boundary(cut) {
+    // Too long for an index, or with a NUL byte, which PostgreSQL's `text`
+    // refuses (a binary Kafka key can be valid UTF-8 and hold one): a
+    // readable prefix and a hash of the whole.
+    let shown = value.replace('\0', "");
+    let mut cut = (KEY_MAX - 20).min(shown.len());
+    while !shown.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{kind}:{}#{:016x}", &value[..cut], fnv1a(value.as_bytes()))
+    format!("{kind}:{}#{:016x}", &shown[..cut], fnv1a(value.as_bytes()))
+}
+
+/// The longest reason stored: a handler's error can be any size.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+const REASON_MAX: usize = 4096;
+
+/// `reason` as stored: without NUL bytes (which PostgreSQL's `text` refuses),
+/// at most [`REASON_MAX`] bytes.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn clean_reason(reason: &str) -> String {
+    let mut clean = reason.replace('\0', "");
+    if clean.len() > REASON_MAX {
+        let mut cut = REASON_MAX;
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+    }
+    clean
 }
 
 /// FNV-1a, 64 bits: a hash that never changes between builds.
@@ -200,16 +223,25 @@ pub trait ParkedDatabase: sqlx::Database {
         lease_until: DateTime<Utc>,
     ) -> Result<bool>;
 
-    /// Sets the state, attempts, due time, reason and key hold of row `id`.
+    /// Sets the state, attempts, due time, reason and key hold of row `id`,
+    /// if its attempts are still `claimed` (the count the caller's claim left;
+    /// another member has not claimed it since). `false` if they are not.
     async fn reschedule_parked(
         pool: &sqlx::Pool<Self>,
         inbox: &TableName,
         id: i64,
+        claimed: u32,
         update: &Reschedule<'_>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
-    /// Deletes row `id` (handled, or dead-lettered elsewhere).
-    async fn unpark(pool: &sqlx::Pool<Self>, inbox: &TableName, id: i64) -> Result<()>;
+    /// Deletes row `id` (handled, or dead-lettered elsewhere) if its attempts
+    /// are still `claimed`; `false` if they are not.
+    async fn unpark(
+        pool: &sqlx::Pool<Self>,
+        inbox: &TableName,
+        id: i64,
+        claimed: u32,
+    ) -> Result<bool>;
 
     /// Parked messages, oldest first: of one consumer group or all, in one
     /// state or all, at most `limit`.
@@ -348,7 +380,7 @@ mod sql {
             attempts: i64::from(p.attempts),
             due: millis(p.due_at),
             parked_at: millis(Utc::now()),
-            reason: p.reason.map(str::to_owned),
+            reason: p.reason.map(super::clean_reason),
             event: String::from_utf8_lossy(&p.envelope.to_json()).into_owned(),
         }
     }
@@ -364,7 +396,7 @@ mod sql {
             i64::from(u.holds_key),
             i64::from(u.attempts),
             millis(u.due_at),
-            u.reason.map(str::to_owned),
+            u.reason.map(super::clean_reason),
         )
     }
 
@@ -474,7 +506,7 @@ macro_rules! parked_database {
                 limit: i64,
             ) -> Result<Vec<Parked>> {
                 let statement = format!(
-                    "SELECT {c} FROM {t} p WHERE p.consumer = {a} AND p.state <> 'dead' \
+                    "SELECT {c} FROM {t} p WHERE p.consumer = {a} AND p.state IN ('retry', 'newer', 'waiting') \
                      AND p.due_at <= {b} AND NOT EXISTS (SELECT 1 FROM {t} q \
                      WHERE q.consumer = p.consumer AND q.message_key = p.message_key \
                      AND q.holds_key = 1 AND q.id < p.id) ORDER BY p.id LIMIT {l}",
@@ -527,12 +559,13 @@ macro_rules! parked_database {
                 pool: &sqlx::Pool<Self>,
                 inbox: &TableName,
                 id: i64,
+                claimed: u32,
                 update: &Reschedule<'_>,
-            ) -> Result<()> {
+            ) -> Result<bool> {
                 let (state, holds, attempts, due, reason) = sql::update_values(update);
                 let statement = format!(
                     "UPDATE {t} SET state = {a}, holds_key = {b}, attempts = {c}, \
-                     due_at = {d}, reason = {e} WHERE id = {f}",
+                     due_at = {d}, reason = {e} WHERE id = {f} AND attempts = {g}",
                     t = sql::table(inbox, $mysql),
                     a = $p(1),
                     b = $p(2),
@@ -540,32 +573,41 @@ macro_rules! parked_database {
                     d = $p(4),
                     e = $p(5),
                     f = $p(6),
+                    g = $p(7),
                 );
-                sqlx::query(&statement)
+                let done = sqlx::query(&statement)
                     .bind(state)
                     .bind(holds)
                     .bind(attempts)
                     .bind(due)
                     .bind(reason)
                     .bind(id)
+                    .bind(i64::from(claimed))
                     .execute(pool)
                     .await
                     .map_err(sql::failed(inbox))?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
-            async fn unpark(pool: &sqlx::Pool<Self>, inbox: &TableName, id: i64) -> Result<()> {
+            async fn unpark(
+                pool: &sqlx::Pool<Self>,
+                inbox: &TableName,
+                id: i64,
+                claimed: u32,
+            ) -> Result<bool> {
                 let statement = format!(
-                    "DELETE FROM {t} WHERE id = {a}",
+                    "DELETE FROM {t} WHERE id = {a} AND attempts = {b}",
                     t = sql::table(inbox, $mysql),
-                    a = $p(1)
+                    a = $p(1),
+                    b = $p(2),
                 );
-                sqlx::query(&statement)
+                let done = sqlx::query(&statement)
                     .bind(id)
+                    .bind(i64::from(claimed))
                     .execute(pool)
                     .await
                     .map_err(sql::failed(inbox))?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
             async fn list_parked(
@@ -706,6 +748,18 @@ parked_database!(
 mod tests {
     use super::*;
 
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+    #[test]
+    fn reasons_are_kept_to_4_kib_without_nul_bytes() {
+        let reason = clean_reason("a\0é".repeat(3_000).as_str());
+        assert!(
+            reason.len() <= 4096 && reason.len() > 4090,
+            "{}",
+            reason.len()
+        );
+        assert!(!reason.contains('\0'));
+    }
+
     #[test]
     fn long_keys_are_shortened_stably_and_apart() {
         let mut a = Envelope::new("urn:svc", "t", Vec::new());
@@ -716,6 +770,16 @@ mod tests {
         assert!(ka.len() <= KEY_MAX + 30, "{}", ka.len());
         assert_ne!(ka, kb);
         assert_eq!(ka, message_key(&a));
+        // A binary key (valid UTF-8 with NUL bytes, which PostgreSQL's `text`
+        // refuses) is stored hashed, without them, and apart from its
+        // NUL-less twin.
+        let mut binary = a.clone();
+        binary.partition_key = Some("\0\0\0\u{1}".into());
+        let mut twin = a;
+        twin.partition_key = Some("\u{1}".into());
+        let stored = message_key(&binary);
+        assert!(!stored.contains('\0'), "{stored:?}");
+        assert_ne!(stored, message_key(&twin));
         assert_eq!(ParkedState::parse("waiting"), Some(ParkedState::Waiting));
         assert_eq!(ParkedState::parse("other"), None);
     }

@@ -269,8 +269,8 @@ pub async fn delayed_retry_scenario(broker: &Broker) {
 /// [`refused_dead_letter_scenario`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// RabbitMQ: the dead-letter queue is deleted after the first letter, so
-    /// the next one routes nowhere.
+    /// The group's dead-letter queue is deleted after the first letter: on
+    /// RabbitMQ the next letter routes nowhere, on SQS it has no queue.
     QueueDeleted,
     /// The letter (the original plus its dead-letter attributes) is larger
     /// than the destination takes, though the original was not.
@@ -368,12 +368,18 @@ pub async fn refused_dead_letter_scenario(broker: &Broker, refusal: Refusal) {
             metrics.metrics().dead_lettered() == 1
         })
         .await;
-        assert_eq!(
-            rabbitmq::queue_depth(&dlq).await,
-            Some(1),
-            "kept on the broker"
-        );
-        rabbitmq::delete_group(&dlq).await;
+        match broker {
+            Broker::RabbitMq(_) => {
+                assert_eq!(
+                    rabbitmq::queue_depth(&dlq).await,
+                    Some(1),
+                    "kept on the broker"
+                );
+                rabbitmq::delete_group(&dlq).await;
+            }
+            Broker::Sqs(_) => crate::sqs::delete_queues(&[&dlq], &[], true).await,
+            Broker::Kafka(_) => panic!("a Kafka topic is not deleted under a running test"),
+        }
     }
     let refused = poison(1);
     let mut messages = vec![envelope(&refused)];
@@ -430,7 +436,7 @@ pub async fn refused_dead_letter_scenario(broker: &Broker, refusal: Refusal) {
         scalar(&db.pool, "SELECT count(DISTINCT seq) FROM effects").await,
         20
     );
-    if refusal == Refusal::QueueDeleted {
+    if let Broker::RabbitMq(_) = broker {
         rabbitmq::delete_exchange(&dlq).await;
     }
     broker.clean_up(&[&group], &[&destination]).await;
