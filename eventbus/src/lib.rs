@@ -47,6 +47,7 @@ pub mod consumer;
 pub mod envelope;
 mod error;
 pub mod event;
+mod hash;
 pub mod inbox;
 pub mod migrate;
 #[cfg(feature = "mysql")]

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::envelope::Envelope;
 use crate::error::Result;
+use crate::hash::fnv1a;
 use crate::table::TableName;
 
 /// The suffix of the parked table's name: `eventbus_inbox_parked` next to
@@ -174,13 +175,6 @@ fn clean_reason(reason: &str) -> String {
         clean.truncate(cut);
     }
     clean
-}
-
-/// FNV-1a, 64 bits: a hash that never changes between builds.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// A database that keeps parked messages next to the inbox (table

@@ -14,7 +14,9 @@
 //! `exclusiveMinimum`/`exclusiveMaximum`, `multipleOf`, and the integer
 //! `format`s (`int8` … `uint64`). Not checked (accepted as they are): `pattern`,
 //! `patternProperties`, string `format`s (`date-time`, `uuid`, `email`, …),
-//! conditionals (`if`/`then`/`else`, `dependent*`) and remote `$ref`s.
+//! conditionals (`if`/`then`/`else`, `dependent*`). A `$ref` to another
+//! document cannot be resolved and is reported as a violation. Why a
+//! validator of our own: `docs/adr/0009-hand-written-json-schema-validator.md`.
 
 use std::fmt;
 

@@ -26,6 +26,7 @@ use super::{
     Secrets, DEFAULT_BROKER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
 };
 use crate::error::{Error, Result};
+use crate::hash::fnv1a;
 use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
 
 /// The default prefetch: at most this many messages are delivered to one
@@ -1029,13 +1030,6 @@ fn partition_key(properties: &BasicProperties) -> Option<Vec<u8>> {
     })
 }
 
-/// 64-bit FNV-1a: stable across processes and releases, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// A consumer tag naming the group, unique per subscription.
 fn consumer_tag(group: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -1088,13 +1082,6 @@ mod tests {
         let p = properties_with_key("ce-subject", "o-1");
         assert_eq!(partition_key(&p), None);
         assert_eq!(partition_key(&BasicProperties::default()), None);
-    }
-
-    #[test]
-    fn fnv1a_matches_the_reference_vectors() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -66,6 +66,7 @@ use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeN
 
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{Error, Result};
+use crate::hash::fnv1a;
 use crate::transport::PublishError;
 
 /// The connection options both SQS builders take, as builder methods that
@@ -331,13 +332,6 @@ fn sqs_id(text: &str) -> String {
     } else {
         format!("h-{:016x}", fnv1a(text.as_bytes()))
     }
-}
-
-/// 64-bit FNV-1a: stable across processes and releases, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// The message body of `envelope`: the CloudEvents JSON event format.
