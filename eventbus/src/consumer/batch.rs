@@ -227,6 +227,10 @@ where
         let mut permits = Vec::with_capacity(batch.len());
         let once = self.mode == DeliveryMode::AtMostOnce;
         for member in batch {
+            if !member.settle.is_current() {
+                // The broker took it back and redelivers it (see `handle`).
+                continue;
+            }
             if once {
                 // Acknowledge first, durably, as a single message would be.
                 if let Err(e) = member.settle.ack_durably().await {

@@ -347,6 +347,12 @@ where
             info,
             ..
         } = message;
+        if !settle.is_current() {
+            // The broker took it back (its channel closed) and redelivers it:
+            // handled here too, it could run beside its redelivery.
+            tracing::debug!(group = %self.group, "a message the broker took back is left to its redelivery");
+            return None;
+        }
         let mut id = None;
         let outcome = match envelope {
             Err(e) => {

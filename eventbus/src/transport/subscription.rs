@@ -89,6 +89,16 @@ pub trait Settle: Send + Sync + fmt::Debug {
         self.ack().await
     }
 
+    /// Whether the message can still be settled: `false` once the broker has
+    /// taken it back — RabbitMQ: its channel closed, and the broker requeued
+    /// every unacknowledged message of it for whichever member of the group
+    /// consumes next. A consumer does not start a message that is no longer
+    /// current, so that it is not handled beside its redelivery, out of its
+    /// key's order. By default always `true`.
+    fn is_current(&self) -> bool {
+        true
+    }
+
     /// Not done: deliver it again later (to this or another member of the group).
     /// Kafka: the partition is rewound to it, and nothing from it on is
     /// committed until it has come round again. RabbitMQ: `basic.nack` with

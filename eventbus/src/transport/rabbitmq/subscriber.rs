@@ -1010,6 +1010,10 @@ impl Settle for RabbitSettle {
     async fn release(self: Box<Self>) -> Result<()> {
         self.settle(false).await
     }
+
+    fn is_current(&self) -> bool {
+        self.channel.status().connected()
+    }
 }
 
 /// The `ce-partitionkey` header (name case-insensitive), as bytes.
