@@ -133,20 +133,12 @@ where
         reason: &str,
     ) -> Outcome {
         let holds = self.dead_letter_holds(envelope);
-        let mut why = reason.to_owned();
-        if !holds {
-            let letter = dead_letter::for_event(envelope, origin, &self.group, attempts, reason);
-            match self.publish_dead_letter(&letter).await {
-                Ok(()) => {
-                    tracing::warn!(group = %self.group, id = %envelope.id, destination = %letter.destination, %reason, "dead-lettered");
-                    return Outcome::DeadLettered;
-                }
-                Err(refused) => {
-                    tracing::error!(group = %self.group, id = %envelope.id, destination = %letter.destination, error = %refused, "the broker did not take the dead letter; keeping it in the parked table");
-                    why = format!("the dead-letter destination refused it ({refused}); {reason}");
-                }
-            }
-        }
+        let Some(why) = self
+            .to_broker(holds, envelope, origin, attempts, reason)
+            .await
+        else {
+            return Outcome::DeadLettered;
+        };
         self.park(
             envelope,
             origin,
@@ -158,6 +150,35 @@ where
             Outcome::DeadLettered,
         )
         .await
+    }
+
+    /// Sends the dead letter of `envelope` to the group's dead-letter
+    /// destination unless it `holds` its key; `None` once the broker took
+    /// it, else the reason to keep it in the parked table with.
+    async fn to_broker(
+        &self,
+        holds: bool,
+        envelope: &Envelope,
+        origin: &str,
+        attempts: u32,
+        reason: &str,
+    ) -> Option<String> {
+        if holds {
+            return Some(reason.to_owned());
+        }
+        let letter = dead_letter::for_event(envelope, origin, &self.group, attempts, reason);
+        match self.publish_dead_letter(&letter).await {
+            Ok(()) => {
+                tracing::warn!(group = %self.group, id = %envelope.id, destination = %letter.destination, %reason, "dead-lettered");
+                None
+            }
+            Err(refused) => {
+                tracing::error!(group = %self.group, id = %envelope.id, destination = %letter.destination, error = %refused, "the broker did not take the dead letter; keeping it in the parked table");
+                Some(format!(
+                    "the dead-letter destination refused it ({refused}); {reason}"
+                ))
+            }
+        }
     }
 
     /// Publishes `letter` to its dead-letter destination, declaring it first
@@ -329,20 +350,14 @@ where
         reason: &str,
     ) -> Option<Outcome> {
         let holds = self.dead_letter_holds(envelope);
-        let mut why = reason.to_owned();
-        if !holds {
-            let letter =
-                dead_letter::for_event(envelope, &claim.row.origin, &self.group, attempts, reason);
-            match self.publish_dead_letter(&letter).await {
-                Ok(()) => {
-                    self.unpark(claim).await;
-                    return Some(Outcome::DeadLettered);
-                }
-                Err(refused) => {
-                    why = format!("the dead-letter destination refused it ({refused}); {reason}");
-                }
-            }
-        }
+        let origin = &claim.row.origin;
+        let Some(why) = self
+            .to_broker(holds, envelope, origin, attempts, reason)
+            .await
+        else {
+            self.unpark(claim).await;
+            return Some(Outcome::DeadLettered);
+        };
         let dead = Reschedule {
             state: ParkedState::Dead,
             holds_key: holds,
