@@ -43,6 +43,7 @@
 //! consumer groups, acknowledgement and redelivery like Kafka) for dev mode,
 //! demos and fast tests of handlers.
 
+pub mod backend;
 pub mod consumer;
 pub mod envelope;
 mod error;
@@ -50,17 +51,19 @@ pub mod event;
 mod hash;
 pub mod inbox;
 pub mod migrate;
-#[cfg(feature = "mysql")]
-pub mod mysql;
 pub mod outbox;
 pub mod relay;
 pub mod schema;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
 mod table;
 pub mod telemetry;
 pub mod transport;
 
+#[cfg(feature = "mysql")]
+#[doc(inline)]
+pub use backend::mysql;
+#[cfg(feature = "sqlite")]
+#[doc(inline)]
+pub use backend::sqlite;
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{Error, Result};
 pub use event::Event;

@@ -61,65 +61,31 @@ impl TableName {
         }
     }
 
-    /// The default outbox table, `eventbus_outbox`.
-    pub fn default_outbox() -> Self {
-        Self::from_static(crate::outbox::DEFAULT_TABLE)
-    }
-
-    /// The default inbox table, `eventbus_inbox`.
-    pub fn default_inbox() -> Self {
-        Self::from_static(crate::inbox::DEFAULT_TABLE)
-    }
-
     /// The bare table name, without schema.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The name quoted for SQL, e.g. `"public"."eventbus_outbox"`.
+    /// The schema, when the name is qualified.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The name quoted as standard SQL spells identifiers, in double quotes,
+    /// e.g. `"public"."eventbus_outbox"`: what PostgreSQL and SQLite read.
+    /// MySQL reads double quotes as strings (unless `ANSI_QUOTES`): quote for
+    /// it with `eventbus::mysql::quoted`.
     pub fn quoted(&self) -> String {
         self.with_suffix("")
     }
 
-    /// A related object's quoted name: the table name plus `suffix`, in the same schema.
+    /// A related object's name in standard SQL quoting (as
+    /// [`quoted`](Self::quoted)): the table name plus `suffix`, in the same
+    /// schema.
     pub fn with_suffix(&self, suffix: &str) -> String {
         match &self.schema {
             Some(schema) => format!("\"{schema}\".\"{}{suffix}\"", self.name),
             None => format!("\"{}{suffix}\"", self.name),
-        }
-    }
-
-    /// The name quoted for MySQL and MariaDB, e.g. `` `shop`.`eventbus_outbox` ``:
-    /// backticks, since their double quotes delimit strings unless the server
-    /// runs with `ANSI_QUOTES`.
-    ///
-    /// ```
-    /// let t = eventbus::TableName::parse("shop.eventbus_outbox").unwrap();
-    /// assert_eq!(t.mysql_quoted(), "`shop`.`eventbus_outbox`");
-    /// ```
-    pub fn mysql_quoted(&self) -> String {
-        self.mysql_with_suffix("")
-    }
-
-    /// A related object's name quoted for MySQL: the table name plus `suffix`,
-    /// in the same database.
-    pub fn mysql_with_suffix(&self, suffix: &str) -> String {
-        match &self.schema {
-            Some(schema) => format!("`{schema}`.`{}{suffix}`", self.name),
-            None => format!("`{}{suffix}`", self.name),
-        }
-    }
-
-    /// An unqualified, quoted name for a related object (indexes take no schema).
-    pub fn local_with_suffix(&self, suffix: &str) -> String {
-        format!("\"{}{suffix}\"", self.name)
-    }
-
-    /// The LISTEN/NOTIFY channel for this table (schema and name joined by `_`).
-    pub fn channel(&self) -> String {
-        match &self.schema {
-            Some(schema) => format!("{schema}_{}", self.name),
-            None => self.name.clone(),
         }
     }
 }
@@ -178,14 +144,13 @@ mod tests {
     fn accepts_plain_and_qualified_names() {
         let t = TableName::parse("eventbus_outbox").expect("valid");
         assert_eq!(t.quoted(), "\"eventbus_outbox\"");
-        assert_eq!(t.channel(), "eventbus_outbox");
+        assert_eq!(t.schema(), None);
         let t = TableName::parse("svc.outbox").expect("valid");
         assert_eq!(
             t.with_suffix("_partitions"),
             "\"svc\".\"outbox_partitions\""
         );
-        assert_eq!(t.channel(), "svc_outbox");
+        assert_eq!(t.schema(), Some("svc"));
         assert_eq!(t.to_string(), "svc.outbox");
-        assert_eq!(t.mysql_with_suffix("_relays"), "`svc`.`outbox_relays`");
     }
 }

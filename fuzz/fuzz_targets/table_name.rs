@@ -9,7 +9,7 @@ fuzz_target!(|text: &str| {
     let Ok(table) = TableName::parse(text) else {
         return;
     };
-    for quoted in [table.quoted(), table.mysql_quoted()] {
+    for quoted in [table.quoted(), eventbus::mysql::quoted(&table)] {
         let safe = quoted
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.\"`".contains(c));

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use clap::Subcommand;
+use eventbus::backend::{connect, Backend, Create};
 use eventbus::consumer::dead_letter;
-use eventbus::inbox::{ParkRequest, Parked, ParkedDatabase, ParkedState};
+use eventbus::inbox::{ParkRequest, ParkedState};
 use eventbus::{Error, Result, TableName};
 
 use crate::config::{self, BrokerArgs, Common, FileConfig};
-use crate::database::{Create, Database};
 
 /// `outbox-relay dlq …`.
 #[derive(Debug, Subcommand)]
@@ -117,17 +117,6 @@ impl InboxTable {
     }
 }
 
-/// Calls the generic `$f::<DB>(pool, …)` on whichever database `$db` is.
-macro_rules! on_database {
-    ($db:expr, $f:ident($($arg:expr),*)) => {
-        match &$db {
-            Database::Postgres(pool) => $f(pool, $($arg),*).await,
-            Database::MySql(pool) => $f(pool, $($arg),*).await,
-            Database::Sqlite(pool) => $f(pool, $($arg),*).await,
-        }
-    };
-}
-
 /// Runs `action` against the database of `common` / `file`.
 pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -> Result<()> {
     if let DlqAction::Redrive {
@@ -151,7 +140,7 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
         .await;
     }
     let url = config::database_url(common, file)?;
-    let db = Database::connect(url.expose(), Create::AsUrlSays).await?;
+    let db = connect(url.expose(), Create::AsUrlSays).await?;
     match action {
         DlqAction::List {
             consumer,
@@ -168,7 +157,9 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
                 })?),
             };
             let inbox = table.parse()?;
-            let rows = on_database!(db, list(&inbox, consumer.as_deref(), state, limit))?;
+            let rows = db
+                .list_parked(&inbox, consumer.as_deref(), state, limit)
+                .await?;
             println!("id\tconsumer\tstate\tattempts\tparked_at\tkey\ttype\treason");
             for row in &rows {
                 let event_type = row
@@ -190,7 +181,9 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
         }
         DlqAction::Show { id, table } => {
             let inbox = table.parse()?;
-            let row = on_database!(db, get(&inbox, id))?
+            let row = db
+                .parked_by_id(&inbox, id)
+                .await?
                 .ok_or_else(|| Error::Config(format!("no parked message with id {id}")))?;
             println!("id:        {}", row.id);
             println!("consumer:  {}", row.consumer);
@@ -213,7 +206,9 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
         } => {
             let inbox = table.parse()?;
             let chosen = (!all).then_some(ids.as_slice());
-            let n = on_database!(db, replay(&inbox, &consumer, chosen))?;
+            let n = db
+                .replay_dead(&inbox, &consumer, chosen, chrono::Utc::now())
+                .await?;
             println!("{n} dead letters of consumer `{consumer}` replayed to it");
             Ok(())
         }
@@ -236,7 +231,8 @@ pub(crate) async fn run(action: DlqAction, common: &Common, file: &FileConfig) -
             let reader = reader_of(&broker, &dead, &format!("{consumer}.dlq-import"));
             let mut subscriber = crate::broker::subscribe(&broker, &reader, &dead).await?;
             let idle = Duration::from_millis(idle_ms);
-            let imported = on_database!(db, import(&inbox, &consumer, subscriber.as_mut(), idle))?;
+            let imported =
+                import(db.as_ref(), &inbox, &consumer, subscriber.as_mut(), idle).await?;
             subscriber.close().await?;
             println!("{imported} dead letters imported from {dead} into consumer `{consumer}`'s parked table");
             Ok(())
@@ -266,38 +262,11 @@ fn connection_properties(file: &FileConfig) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn list<DB: ParkedDatabase>(
-    pool: &sqlx::Pool<DB>,
-    inbox: &TableName,
-    consumer: Option<&str>,
-    state: Option<ParkedState>,
-    limit: i64,
-) -> Result<Vec<Parked>> {
-    DB::list_parked(pool, inbox, consumer, state, limit).await
-}
-
-async fn get<DB: ParkedDatabase>(
-    pool: &sqlx::Pool<DB>,
-    inbox: &TableName,
-    id: i64,
-) -> Result<Option<Parked>> {
-    DB::parked_by_id(pool, inbox, id).await
-}
-
-async fn replay<DB: ParkedDatabase>(
-    pool: &sqlx::Pool<DB>,
-    inbox: &TableName,
-    consumer: &str,
-    ids: Option<&[i64]>,
-) -> Result<u64> {
-    DB::replay_dead(pool, inbox, consumer, ids, chrono::Utc::now()).await
-}
-
 /// Parks each dead letter `subscriber` yields as a dead row of `consumer`,
 /// then acknowledges it, until none arrives for `idle`. What is not a dead
 /// letter of ours is given back at the end, untouched.
-async fn import<DB: ParkedDatabase>(
-    pool: &sqlx::Pool<DB>,
+async fn import(
+    db: &dyn Backend,
     inbox: &TableName,
     consumer: &str,
     subscriber: &mut dyn eventbus::transport::Subscriber,
@@ -331,7 +300,7 @@ async fn import<DB: ParkedDatabase>(
             due_at: chrono::Utc::now(),
             reason: reason.as_deref(),
         };
-        if let Err(e) = DB::park(pool, inbox, &request).await {
+        if let Err(e) = db.park(inbox, &request).await {
             held.push(message.settle);
             break Err(e);
         }

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use clap::Subcommand;
+use eventbus::backend::{connect, Create};
 use eventbus::{Inbox, Result};
 
 use crate::config::{self, Common, FileConfig};
-use crate::database::{Create, Database};
 
 /// `outbox-relay inbox …`.
 #[derive(Debug, Subcommand)]
@@ -46,13 +46,9 @@ pub(crate) async fn run(action: InboxAction, common: &Common, file: &FileConfig)
         } => {
             let inbox = Inbox::new(consumer.as_str()).table(&inbox_table)?;
             let url = config::database_url(common, file)?;
-            let db = Database::connect(url.expose(), Create::AsUrlSays).await?;
+            let db = connect(url.expose(), Create::AsUrlSays).await?;
             let window = Duration::from_secs(older_than);
-            let deleted = match &db {
-                Database::Postgres(pool) => inbox.cleanup(pool, window, batch).await?,
-                Database::MySql(pool) => inbox.cleanup(pool, window, batch).await?,
-                Database::Sqlite(pool) => inbox.cleanup(pool, window, batch).await?,
-            };
+            let deleted = db.cleanup_inbox(&inbox, window, batch).await?;
             println!(
                 "{deleted} inbox rows of consumer `{consumer}` older than {older_than}s deleted"
             );

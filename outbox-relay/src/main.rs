@@ -4,7 +4,6 @@
 
 mod broker;
 mod config;
-mod database;
 mod dead_letters;
 mod destinations;
 mod http;
@@ -15,11 +14,11 @@ mod telemetry;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use eventbus::backend::{connect, Create, DatabaseKind};
 use eventbus::relay::{OutboxAdmin, Relay};
 use eventbus::Result;
 
 use config::{Common, FileConfig, RunArgs};
-use database::{Create, Database};
 
 /// Forwards events from the eventbus outbox table to Kafka or RabbitMQ, in order
 /// per key, with any number of instances sharing the work.
@@ -48,11 +47,9 @@ enum Command {
         #[arg(long, env = "EVENTBUS_INBOX_TABLE", default_value = eventbus::inbox::DEFAULT_TABLE)]
         inbox_table: String,
     },
-    /// Print backlog, oldest pending age, relays with their partitions, parked rows
-    /// (PostgreSQL and MySQL).
+    /// Print backlog, oldest pending age, relays with their partitions, parked rows.
     Status,
-    /// Inspect and release events parked after failing all their attempts
-    /// (PostgreSQL and MySQL).
+    /// Inspect and release events parked after failing all their attempts.
     Failed {
         #[command(subcommand)]
         action: FailedAction,
@@ -118,13 +115,13 @@ async fn run(cli: Cli) -> Result<()> {
             partitions,
             inbox_table,
         } => {
-            let db = Database::connect(
+            let db = connect(
                 config::database_url(&cli.common, &file)?.expose(),
                 Create::IfMissing,
             )
             .await?;
             let table = config::table(&cli.common, &file)?;
-            if matches!(db, Database::Sqlite(_))
+            if db.kind() == DatabaseKind::Sqlite
                 && partitions != eventbus::migrate::DEFAULT_PARTITIONS
             {
                 tracing::warn!(
@@ -141,7 +138,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status => {
-            let admin = admin(&cli.common, &file, "status").await?;
+            let admin = admin(&cli.common, &file).await?;
             let s = admin.status().await?;
             println!("pending: {}", s.pending);
             println!("oldest pending age: {:.1}s", s.oldest_pending_seconds);
@@ -157,7 +154,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dlq { action } => dead_letters::run(action, &cli.common, &file).await,
         Command::Inbox { action } => inbox::run(action, &cli.common, &file).await,
         Command::Failed { action } => {
-            let admin = admin(&cli.common, &file, "failed").await?;
+            let admin = admin(&cli.common, &file).await?;
             match action {
                 FailedAction::List { limit } => {
                     let rows = admin.failed(limit).await?;
@@ -188,14 +185,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn admin(common: &Common, file: &FileConfig, command: &str) -> Result<OutboxAdmin> {
+async fn admin(common: &Common, file: &FileConfig) -> Result<OutboxAdmin> {
     let url = config::database_url(common, file)?;
-    let db = Database::connect(url.expose(), Create::AsUrlSays).await?;
-    db.admin(config::table(common, file)?, command)
+    let db = connect(url.expose(), Create::AsUrlSays).await?;
+    Ok(db.admin(config::table(common, file)?))
 }
 
 async fn relay(cfg: config::Resolved) -> Result<()> {
-    let db = Database::connect(cfg.database_url.expose(), Create::AsUrlSays).await?;
+    let db = connect(cfg.database_url.expose(), Create::AsUrlSays).await?;
     let publisher = broker::connect(&cfg.broker).await?;
     let store = db.relay_store(cfg.relay.table.clone());
     let relay = Relay::new(store, publisher, cfg.relay)?;

@@ -350,8 +350,11 @@ impl TestDatabase for TestSqlite {
         ))
     }
 
-    fn admin(_pool: &SqlitePool) -> Option<OutboxAdmin> {
-        None
+    fn admin(pool: &SqlitePool) -> Option<OutboxAdmin> {
+        Some(OutboxAdmin::sqlite(
+            pool.clone(),
+            TableName::default_outbox(),
+        ))
     }
 
     fn param(n: usize) -> String {

@@ -4,13 +4,7 @@
 
 mod attempts;
 mod key;
-#[cfg(feature = "mysql")]
-mod mysql;
 mod parked;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use std::time::Duration;
 
@@ -244,4 +238,11 @@ impl Inbox {
 
 pub(crate) fn default_table() -> TableName {
     TableName::from_static(DEFAULT_TABLE)
+}
+
+impl TableName {
+    /// The default inbox table, `eventbus_inbox` ([`DEFAULT_TABLE`]).
+    pub fn default_inbox() -> Self {
+        default_table()
+    }
 }

@@ -4,13 +4,7 @@
 //! The relay later forwards committed rows to the broker. The table layout is a
 //! public contract, described in `docs/outbox-table.md`.
 
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
 mod record;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use std::collections::BTreeMap;
 
@@ -446,4 +440,11 @@ impl Outbox {
 
 pub(crate) fn default_table() -> TableName {
     TableName::from_static(DEFAULT_TABLE)
+}
+
+impl TableName {
+    /// The default outbox table, `eventbus_outbox` ([`DEFAULT_TABLE`]).
+    pub fn default_outbox() -> Self {
+        default_table()
+    }
 }

@@ -1,14 +1,17 @@
 //! [`OutboxAdmin`]: what an operator sees and does — backlog status, partition
-//! owners, parked (`failed`) rows and releasing them — on PostgreSQL and MySQL.
+//! owners, parked (`failed`) rows and releasing them — through [`AdminStore`],
+//! implemented by each database backend.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 use crate::table::TableName;
 
-/// Operator view of a PostgreSQL or MySQL outbox.
+/// Operator view of an outbox, on any of the databases.
 ///
 /// ```no_run
 /// # #[cfg(feature = "postgres")]
@@ -24,17 +27,25 @@ use crate::table::TableName;
 /// ```
 #[derive(Debug, Clone)]
 pub struct OutboxAdmin {
-    pool: AdminPool,
-    table: TableName,
+    store: Arc<dyn AdminStore>,
 }
 
-/// The database an [`OutboxAdmin`] works on.
-#[derive(Debug, Clone)]
-enum AdminPool {
-    #[cfg(feature = "postgres")]
-    Postgres(sqlx::PgPool),
-    #[cfg(feature = "mysql")]
-    MySql(sqlx::MySqlPool),
+/// The operator's statements on one outbox table, one impl per database
+/// backend. [`OutboxAdmin`] is the public face of it.
+#[async_trait::async_trait]
+pub trait AdminStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Up to `limit` parked rows, oldest first.
+    async fn failed(&self, limit: i64) -> Result<Vec<FailedRow>>;
+
+    /// Puts parked rows back to `pending` with a fresh attempt budget; `ids`
+    /// empty means all. Returns how many.
+    async fn retry(&self, ids: &[i64]) -> Result<u64>;
+
+    /// Deletes parked rows; `ids` empty means all. Returns how many.
+    async fn skip(&self, ids: &[i64]) -> Result<u64>;
+
+    /// Backlog, parked rows and partition owners.
+    async fn status(&self) -> Result<Status>;
 }
 
 /// A row parked as `failed`.
@@ -79,10 +90,9 @@ impl OutboxAdmin {
     /// The operator view of `table` in a PostgreSQL database.
     #[cfg(feature = "postgres")]
     pub fn new(pool: sqlx::PgPool, table: TableName) -> Self {
-        OutboxAdmin {
-            pool: AdminPool::Postgres(pool),
-            table,
-        }
+        Self::with_store(Arc::new(crate::backend::postgres::PgAdmin::new(
+            pool, table,
+        )))
     }
 
     /// The operator view of `table` in a MySQL or MariaDB database.
@@ -95,28 +105,38 @@ impl OutboxAdmin {
     /// ```
     #[cfg(feature = "mysql")]
     pub fn mysql(pool: sqlx::MySqlPool, table: TableName) -> Self {
-        OutboxAdmin {
-            pool: AdminPool::MySql(pool),
-            table,
-        }
+        Self::with_store(Arc::new(crate::backend::mysql::MySqlAdmin::new(
+            pool, table,
+        )))
     }
 
-    fn err(&self, e: sqlx::Error) -> Error {
-        Error::from_table_query(e, &self.table)
+    /// The operator view of `table` in a SQLite database.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::SqlitePool) -> eventbus::Result<()> {
+    /// let admin = eventbus::relay::OutboxAdmin::sqlite(pool, eventbus::TableName::default_outbox());
+    /// println!("{} parked", admin.status().await?.failed);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(pool: sqlx::SqlitePool, table: TableName) -> Self {
+        Self::with_store(Arc::new(crate::backend::sqlite::SqliteAdmin::new(
+            pool, table,
+        )))
+    }
+
+    /// The operator view over any [`AdminStore`].
+    pub fn with_store(store: Arc<dyn AdminStore>) -> Self {
+        OutboxAdmin { store }
     }
 
     /// Up to `limit` parked rows, oldest first.
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`].
+    /// [`crate::Error::NotMigrated`] or [`crate::Error::Database`].
     pub async fn failed(&self, limit: i64) -> Result<Vec<FailedRow>> {
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            AdminPool::Postgres(pool) => self.failed_pg(pool, limit).await,
-            #[cfg(feature = "mysql")]
-            AdminPool::MySql(pool) => self.failed_mysql(pool, limit).await,
-        }
+        self.store.failed(limit).await
     }
 
     /// Puts parked rows back to `pending` with a fresh attempt budget; `ids`
@@ -124,28 +144,9 @@ impl OutboxAdmin {
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`].
+    /// [`crate::Error::NotMigrated`] or [`crate::Error::Database`].
     pub async fn retry(&self, ids: &[i64]) -> Result<u64> {
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            AdminPool::Postgres(pool) => {
-                let sql = format!(
-                    "UPDATE {} SET state = 'pending', attempts = 0, next_attempt_at = NULL \
-                     WHERE state = 'failed' AND (cardinality($1::int8[]) = 0 OR id = ANY($1))",
-                    self.table.quoted()
-                );
-                self.execute_pg(pool, &sql, ids).await
-            }
-            #[cfg(feature = "mysql")]
-            AdminPool::MySql(pool) => {
-                let sql = format!(
-                    "UPDATE {} SET state = 'pending', attempts = 0, next_attempt_at = NULL \
-                     WHERE state = 'failed' AND (? = '' OR FIND_IN_SET(id, ?))",
-                    self.table.mysql_quoted()
-                );
-                self.execute_mysql(pool, &sql, ids).await
-            }
-        }
+        self.store.retry(ids).await
     }
 
     /// Removes parked rows for good (they will not be published), releasing the
@@ -153,236 +154,17 @@ impl OutboxAdmin {
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`].
+    /// [`crate::Error::NotMigrated`] or [`crate::Error::Database`].
     pub async fn skip(&self, ids: &[i64]) -> Result<u64> {
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            AdminPool::Postgres(pool) => {
-                let sql = format!(
-                    "DELETE FROM {} WHERE state = 'failed' \
-                     AND (cardinality($1::int8[]) = 0 OR id = ANY($1))",
-                    self.table.quoted()
-                );
-                self.execute_pg(pool, &sql, ids).await
-            }
-            #[cfg(feature = "mysql")]
-            AdminPool::MySql(pool) => {
-                let sql = format!(
-                    "DELETE FROM {} WHERE state = 'failed' AND (? = '' OR FIND_IN_SET(id, ?))",
-                    self.table.mysql_quoted()
-                );
-                self.execute_mysql(pool, &sql, ids).await
-            }
-        }
+        self.store.skip(ids).await
     }
 
     /// Backlog, parked rows and partition owners.
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`].
+    /// [`crate::Error::NotMigrated`] or [`crate::Error::Database`].
     pub async fn status(&self) -> Result<Status> {
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            AdminPool::Postgres(pool) => self.status_pg(pool).await,
-            #[cfg(feature = "mysql")]
-            AdminPool::MySql(pool) => self.status_mysql(pool).await,
-        }
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl OutboxAdmin {
-    async fn failed_pg(&self, pool: &sqlx::PgPool, limit: i64) -> Result<Vec<FailedRow>> {
-        let sql = format!(
-            "SELECT id, event_id, destination, partition_key, event_type, attempts, last_error, created_at \
-             FROM {} WHERE state = 'failed' ORDER BY id LIMIT $1",
-            self.table.quoted()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|r| {
-                Ok(FailedRow {
-                    id: r.try_get("id")?,
-                    event_id: r.try_get("event_id")?,
-                    destination: r.try_get("destination")?,
-                    partition_key: r.try_get("partition_key")?,
-                    event_type: r.try_get("event_type")?,
-                    attempts: r.try_get("attempts")?,
-                    last_error: r.try_get("last_error")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(Error::Database)
-    }
-
-    async fn execute_pg(&self, pool: &sqlx::PgPool, sql: &str, ids: &[i64]) -> Result<u64> {
-        let done = sqlx::query(sql)
-            .bind(ids)
-            .execute(pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn status_pg(&self, pool: &sqlx::PgPool) -> Result<Status> {
-        let t = self.table.quoted();
-        let p = self.table.with_suffix("_partitions");
-        let r = self.table.with_suffix("_relays");
-        let counts = sqlx::query(&format!(
-            "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, \
-                    count(*) FILTER (WHERE state = 'failed') AS failed, \
-                    count(*) FILTER (WHERE state = 'published') AS published, \
-                    coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)::float8 AS oldest \
-             FROM {t}"
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let relays = sqlx::query(&format!(
-            "SELECT r.relay_id, r.name, extract(epoch FROM now() - r.heartbeat_at)::float8 AS age, \
-                    (SELECT count(*) FROM {p} p WHERE p.owner = r.relay_id AND p.lease_expires_at > now()) AS owned \
-             FROM {r} r ORDER BY r.relay_id"
-        ))
-        .fetch_all(pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let unowned: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {p} WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()"
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(Status {
-            pending: counts.try_get("pending")?,
-            oldest_pending_seconds: counts.try_get("oldest")?,
-            failed: counts.try_get("failed")?,
-            published: counts.try_get("published")?,
-            relays: relays
-                .iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get("relay_id")?,
-                        row.try_get("name")?,
-                        row.try_get("age")?,
-                        row.try_get("owned")?,
-                    ))
-                })
-                .collect::<std::result::Result<_, sqlx::Error>>()?,
-            unowned_partitions: unowned,
-        })
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl OutboxAdmin {
-    async fn failed_mysql(&self, pool: &sqlx::MySqlPool, limit: i64) -> Result<Vec<FailedRow>> {
-        let sql = format!(
-            "SELECT id, event_id, destination, partition_key, event_type, attempts, last_error, created_at \
-             FROM {} WHERE state = 'failed' ORDER BY id LIMIT ?",
-            self.table.mysql_quoted()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|r| {
-                let event_id: String = r.try_get("event_id")?;
-                Ok(FailedRow {
-                    id: r.try_get("id")?,
-                    event_id: Uuid::parse_str(&event_id).map_err(|e| {
-                        sqlx::Error::ColumnDecode {
-                            index: "event_id".into(),
-                            source: Box::new(e),
-                        }
-                    })?,
-                    destination: r.try_get("destination")?,
-                    partition_key: crate::mysql::text(r, "partition_key")?,
-                    event_type: r.try_get("event_type")?,
-                    attempts: r.try_get("attempts")?,
-                    last_error: r.try_get("last_error")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(Error::Database)
-    }
-
-    /// Runs `sql`, which matches ids with `? = '' OR FIND_IN_SET(id, ?)`.
-    async fn execute_mysql(&self, pool: &sqlx::MySqlPool, sql: &str, ids: &[i64]) -> Result<u64> {
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        let done = sqlx::query(sql)
-            .bind(&list)
-            .bind(&list)
-            .execute(pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn status_mysql(&self, pool: &sqlx::MySqlPool) -> Result<Status> {
-        use crate::mysql::NOW;
-        let t = self.table.mysql_quoted();
-        let p = self.table.mysql_with_suffix("_partitions");
-        let r = self.table.mysql_with_suffix("_relays");
-        // SUM() is DECIMAL in MySQL: cast back to BIGINT.
-        let counts = sqlx::query(&format!(
-            "SELECT CAST(COALESCE(SUM(state = 'pending'), 0) AS SIGNED) AS pending, \
-                    CAST(COALESCE(SUM(state = 'failed'), 0) AS SIGNED) AS failed, \
-                    CAST(COALESCE(SUM(state = 'published'), 0) AS SIGNED) AS published, \
-                    TIMESTAMPDIFF(MICROSECOND, \
-                        MIN(CASE WHEN state = 'pending' THEN created_at END), {NOW}) AS oldest_us \
-             FROM {t}"
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let relays = sqlx::query(&format!(
-            "SELECT r.relay_id, r.name, TIMESTAMPDIFF(MICROSECOND, r.heartbeat_at, {NOW}) AS age_us, \
-                    (SELECT COUNT(*) FROM {p} p WHERE p.owner = r.relay_id \
-                        AND p.lease_expires_at > {NOW}) AS owned \
-             FROM {r} r ORDER BY r.relay_id"
-        ))
-        .fetch_all(pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let unowned: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM {p} \
-             WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {NOW}"
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let seconds = |us: Option<i64>| us.unwrap_or(0).max(0) as f64 / 1e6;
-        Ok(Status {
-            pending: counts.try_get("pending")?,
-            oldest_pending_seconds: seconds(counts.try_get("oldest_us")?),
-            failed: counts.try_get("failed")?,
-            published: counts.try_get("published")?,
-            relays: relays
-                .iter()
-                .map(|row| {
-                    let id: String = row.try_get("relay_id")?;
-                    let id = Uuid::parse_str(&id).map_err(|e| sqlx::Error::ColumnDecode {
-                        index: "relay_id".into(),
-                        source: Box::new(e),
-                    })?;
-                    Ok((
-                        id,
-                        row.try_get("name")?,
-                        seconds(row.try_get("age_us")?),
-                        row.try_get("owned")?,
-                    ))
-                })
-                .collect::<std::result::Result<_, sqlx::Error>>()?,
-            unowned_partitions: unowned,
-        })
+        self.store.status().await
     }
 }

@@ -9,21 +9,12 @@
 //! `max_attempts`), on a broker-wide outage pause with backoff without counting
 //! attempts. Every row write is fenced on the partition lease.
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod admin;
 mod config;
 mod key_gate;
 mod membership;
 mod metrics;
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
 mod retention;
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-mod row;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 mod store;
 mod telemetry;
 
@@ -39,21 +30,24 @@ use crate::error::Result;
 use crate::outbox::OutboxRecord;
 use crate::transport::{OutgoingMessage, PublishError, Publisher};
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-pub use admin::{FailedRow, OutboxAdmin, Status};
+#[cfg(feature = "mysql")]
+#[doc(inline)]
+pub use crate::backend::mysql::MySqlRelayStore;
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use crate::backend::postgres::PgRelayStore;
+#[cfg(feature = "sqlite")]
+#[doc(inline)]
+pub use crate::backend::sqlite::SqliteRelayStore;
+pub use admin::{AdminStore, FailedRow, OutboxAdmin, Status};
 pub(crate) use config::{equal_jitter, exponential, unit_random};
 pub use config::{RelayConfig, Retention};
-pub use metrics::{RelayMetrics, Snapshot};
-#[cfg(feature = "mysql")]
-pub use mysql::MySqlRelayStore;
-#[cfg(feature = "postgres")]
-pub use postgres::PgRelayStore;
-#[cfg(feature = "sqlite")]
-pub use sqlite::SqliteRelayStore;
-pub use store::{ClaimLimits, Lease, Rejection, RelayStore};
-
-use key_gate::KeyGate;
+pub(crate) use key_gate::KeyGate;
 use membership::Membership;
+pub use metrics::{RelayMetrics, Snapshot};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) use store::leases;
+pub use store::{ClaimLimits, Lease, Rejection, RelayStore};
 
 /// Forwards outbox rows to a broker. Build one with [`Relay::new`], then
 /// [`run`](Relay::run) it until shutdown.

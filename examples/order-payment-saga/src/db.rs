@@ -100,7 +100,7 @@ pub trait SagaDb:
 }
 
 macro_rules! saga_db {
-    ($db:ty, $store:ident, $quoted:ident) => {
+    ($db:ty, $store:ident, $quoted:path) => {
         #[async_trait::async_trait]
         impl SagaDb for $db {
             fn relay_store(pool: sqlx::Pool<Self>) -> Arc<dyn RelayStore> {
@@ -111,7 +111,7 @@ macro_rules! saga_db {
                 let outbox = TableName::default_outbox();
                 let inbox = TableName::default_inbox();
                 for table in [outbox, inbox] {
-                    sqlx::query(&format!("DELETE FROM {}", table.$quoted()))
+                    sqlx::query(&format!("DELETE FROM {}", $quoted(&table)))
                         .execute(pool)
                         .await?;
                 }
@@ -120,9 +120,9 @@ macro_rules! saga_db {
         }
     };
 }
-saga_db!(Postgres, PgRelayStore, quoted);
-saga_db!(Sqlite, SqliteRelayStore, quoted);
-saga_db!(MySql, MySqlRelayStore, mysql_quoted);
+saga_db!(Postgres, PgRelayStore, TableName::quoted);
+saga_db!(Sqlite, SqliteRelayStore, TableName::quoted);
+saga_db!(MySql, MySqlRelayStore, eventbus::mysql::quoted);
 
 /// Where the services keep their data.
 #[derive(Debug, Clone)]

@@ -5,9 +5,10 @@
 
 use sqlx::{Executor, MySql, MySqlConnection};
 
-use super::{OutboxDatabase, OutboxEntry};
+use super::{crc32, WRITE_LOCKS_SUFFIX};
+use crate::backend::dialect::Dialect;
 use crate::error::{Error, Result};
-use crate::mysql::{crc32, WRITE_LOCKS_SUFFIX};
+use crate::outbox::{OutboxDatabase, OutboxEntry};
 use crate::table::TableName;
 
 /// Columns written per row.
@@ -59,7 +60,7 @@ async fn lock_partitions(
     table: &TableName,
     entries: &[OutboxEntry],
 ) -> Result<()> {
-    let locks = table.mysql_with_suffix(WRITE_LOCKS_SUFFIX);
+    let locks = Dialect::MYSQL.object(table, WRITE_LOCKS_SUFFIX);
     let partitions: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {locks}"))
         .fetch_one(&mut *conn)
         .await
@@ -115,7 +116,7 @@ async fn insert_chunk(
     let sql = format!(
         "INSERT INTO {table} (event_id, source, destination, partition_key, event_type, \
          schema_version, subject, headers, payload, created_at) VALUES {values}",
-        table = table.mysql_quoted()
+        table = Dialect::MYSQL.table(table)
     );
     let mut query = sqlx::query(&sql);
     for e in entries {

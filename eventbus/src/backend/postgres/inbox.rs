@@ -1,35 +1,33 @@
-//! The SQLite inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer, [`InboxKey`]),
-//! one row at a time or a batch in one statement; SQLite's single write lock
-//! makes a concurrent delivery wait for the first.
+//! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer,
+//! [`InboxKey`]), one row at a time or a batch in one statement.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{PgConnection, PgPool, Postgres};
 
-use super::{InboxDatabase, InboxKey};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::sqlite::{json_array, now_shifted, shift};
+use crate::inbox::{InboxDatabase, InboxKey};
 use crate::table::TableName;
 
 #[async_trait::async_trait]
-impl InboxDatabase for Sqlite {
+impl InboxDatabase for Postgres {
     async fn try_record(
-        conn: &mut SqliteConnection,
+        conn: &mut PgConnection,
         table: &TableName,
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<bool> {
-        // This is the transaction's first statement and a write: it takes the
-        // database's write lock (waiting out the busy timeout behind a concurrent
-        // delivery), so it sees every committed inbox row — a duplicate conflicts,
-        // and a first delivery that rolled back left nothing behind. A row under
-        // the legacy key (?5, NULL when there is none) is a duplicate too.
+        // A concurrent delivery of the same id blocks on the unique index until the
+        // first transaction ends: then it either conflicts (duplicate) or inserts
+        // (the first rolled back). Exactly one handler's writes survive. A row
+        // under the legacy key ($5, NULL when there is none) was committed
+        // before the upgrade, so a plain look-up suffices for it.
         let sql = format!(
             "INSERT INTO {t} (consumer, source, message_id, event_type) \
-             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
-             WHERE consumer = ?1 AND source = ?5 AND message_id = ?3) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
+             WHERE consumer = $1 AND source = $5 AND message_id = $3) \
              ON CONFLICT DO NOTHING",
             t = table.quoted()
         );
@@ -47,7 +45,7 @@ impl InboxDatabase for Sqlite {
     }
 
     async fn try_record_many(
-        conn: &mut SqliteConnection,
+        conn: &mut PgConnection,
         table: &TableName,
         consumer: &str,
         envelopes: &[&Envelope],
@@ -55,30 +53,33 @@ impl InboxDatabase for Sqlite {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        // The batch travels as one JSON array, so its size is not bounded by the
-        // parameter limit. The `WHERE` (needed anyway) is also SQLite's
-        // required disambiguation between a join's ON and the upsert's ON
-        // CONFLICT. Element 3 is the legacy key's source, or null.
+        // One statement for the batch. Rows go in in key order, so two
+        // transactions recording overlapping batches wait for each other in
+        // the same order instead of deadlocking on the unique index.
         let sql = format!(
             "INSERT INTO {t} (consumer, source, message_id, event_type) \
-             SELECT ?1, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?2) \
-             WHERE NOT EXISTS (SELECT 1 FROM {t} o WHERE o.consumer = ?1 \
-             AND o.source = value ->> 3 AND o.message_id = value ->> 1) \
+             SELECT $1, u.s, u.m, u.t \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(s, m, t, l) \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} o \
+             WHERE o.consumer = $1 AND o.source = u.l AND o.message_id = u.m) \
+             ORDER BY u.s, u.m \
              ON CONFLICT DO NOTHING RETURNING source, message_id",
             t = table.quoted()
         );
         let keys: Vec<InboxKey<'_>> = envelopes.iter().map(|e| InboxKey::of(e)).collect();
-        let rows: Vec<(&str, &str, &str, Option<&str>)> = envelopes
+        let sources: Vec<&str> = keys.iter().map(|k| k.source).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.message_id).collect();
+        let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+        let legacy: Vec<Option<&str>> = envelopes
             .iter()
-            .zip(&keys)
-            .map(|(e, k)| {
-                let legacy = InboxKey::legacy(e).map(|l| l.source);
-                (k.source, k.message_id, e.event_type.as_str(), legacy)
-            })
+            .map(|e| InboxKey::legacy(e).map(|k| k.source))
             .collect();
         let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
             .bind(consumer)
-            .bind(json_array(&rows))
+            .bind(&sources)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&legacy)
             .fetch_all(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
@@ -91,20 +92,19 @@ impl InboxDatabase for Sqlite {
     }
 
     async fn delete_older_than(
-        pool: &SqlitePool,
+        pool: &PgPool,
         table: &TableName,
         consumer: &str,
         older_than: Duration,
         batch: i64,
     ) -> Result<u64> {
         let sql = format!(
-            "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} \
-             WHERE consumer = ?3 AND received_at < {cutoff} LIMIT ?2)",
-            t = table.quoted(),
-            cutoff = now_shifted(1),
+            "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} \
+             WHERE consumer = $3 AND received_at < now() - make_interval(secs => $1) LIMIT $2)",
+            t = table.quoted()
         );
         let done = sqlx::query(&sql)
-            .bind(shift(older_than, -1))
+            .bind(older_than.as_secs_f64())
             .bind(batch)
             .bind(consumer)
             .execute(pool)

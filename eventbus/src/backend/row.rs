@@ -6,9 +6,12 @@
 //! good; instead the row is read as far as it goes and marked with the
 //! problem ([`OutboxRecord::defect`]), and the relay parks it with that reason.
 
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 use chrono::{DateTime, Utc};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 use serde_json::Value;
 use sqlx::{ColumnIndex, Decode, Row, Type};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 use uuid::Uuid;
 
 use crate::outbox::OutboxRecord;
@@ -56,6 +59,7 @@ where
 
     /// A text column, from its bytes: text that is not UTF-8 is noted (and
     /// kept with replacement characters, so the row can still be keyed).
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
     pub(crate) fn text(&mut self, column: &'static str) -> String
     where
         Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
@@ -74,6 +78,7 @@ where
     }
 
     /// A nullable text column, as [`text`](Self::text).
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
     pub(crate) fn optional_text(&mut self, column: &'static str) -> Option<String>
     where
         Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
@@ -90,6 +95,7 @@ where
     }
 
     /// A text column holding JSON.
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
     pub(crate) fn json(&mut self, column: &'static str) -> Value
     where
         Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
@@ -99,6 +105,7 @@ where
     }
 
     /// JSON text read some other way, parsed with the problem noted.
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
     pub(crate) fn parse_json(&mut self, column: &'static str, text: &str) -> Value {
         match serde_json::from_str(text) {
             Ok(value) => value,
@@ -110,6 +117,7 @@ where
     }
 
     /// A text column holding a UUID.
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
     pub(crate) fn uuid(&mut self, column: &'static str) -> Uuid
     where
         Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
@@ -126,12 +134,14 @@ where
     }
 
     /// Notes a problem found while converting a value read some other way.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn note(&mut self, column: &'static str, problem: impl std::fmt::Display) {
         self.problems.push(format!("{column}: {problem}"));
     }
 
     /// The whole record of a row whose text columns are read from their
     /// bytes (MySQL, SQLite), with `created_at` as the caller decoded it.
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
     pub(crate) fn text_record(
         mut self,
         created_at: DateTime<Utc>,

@@ -3,8 +3,8 @@
 
 use sqlx::{PgConnection, Postgres};
 
-use super::{OutboxDatabase, OutboxEntry};
 use crate::error::{Error, Result};
+use crate::outbox::{OutboxDatabase, OutboxEntry};
 use crate::table::TableName;
 
 #[async_trait::async_trait]

@@ -61,9 +61,22 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
+mod attempts;
+mod inbox;
+mod migrate;
+mod outbox;
+mod relay;
+
+pub(crate) use admin::MySqlAdmin;
+pub use relay::MySqlRelayStore;
+
 use std::time::Duration;
 
 use sqlx::{MySql, MySqlPool, Transaction};
+
+use crate::backend::dialect::Dialect;
+use crate::table::TableName;
 
 /// The suffix of the table whose rows writers lock, one per partition, to
 /// commit each partition's outbox rows in id order: `<outbox>_write_locks`.
@@ -122,6 +135,18 @@ const fn crc_table() -> [u32; 256] {
 /// SQL for the current time in UTC with microseconds.
 pub(crate) const NOW: &str = "UTC_TIMESTAMP(6)";
 
+/// `table` quoted for MySQL and MariaDB, e.g. `` `shop`.`eventbus_outbox` ``:
+/// backticks, since their double quotes delimit strings unless the server
+/// runs with `ANSI_QUOTES`.
+///
+/// ```
+/// let t = eventbus::TableName::parse("shop.eventbus_outbox").unwrap();
+/// assert_eq!(eventbus::mysql::quoted(&t), "`shop`.`eventbus_outbox`");
+/// ```
+pub fn quoted(table: &TableName) -> String {
+    Dialect::MYSQL.table(table)
+}
+
 /// `d` in whole microseconds, for `INTERVAL ? MICROSECOND`.
 pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -154,12 +179,27 @@ pub(crate) fn text(row: &sqlx::mysql::MySqlRow, column: &str) -> Result<String, 
 
 /// A comma-separated list of integers, bound as one parameter and matched
 /// with `FIND_IN_SET` (MySQL has no array parameters).
-pub(crate) fn int_list(values: &[i32]) -> String {
+pub(crate) fn int_list<T: ToString>(values: &[T]) -> String {
     values
         .iter()
-        .map(i32::to_string)
+        .map(T::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+impl crate::backend::BackendDatabase for sqlx::MySql {
+    const KIND: crate::backend::DatabaseKind = crate::backend::DatabaseKind::MySql;
+
+    fn relay_store(
+        pool: sqlx::Pool<Self>,
+        table: crate::TableName,
+    ) -> std::sync::Arc<dyn crate::relay::RelayStore> {
+        std::sync::Arc::new(MySqlRelayStore::new(pool, table))
+    }
+
+    fn admin(pool: sqlx::Pool<Self>, table: crate::TableName) -> crate::relay::OutboxAdmin {
+        crate::relay::OutboxAdmin::mysql(pool, table)
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +218,7 @@ mod tests {
     #[test]
     fn lists_are_comma_separated() {
         assert_eq!(int_list(&[0, 7, 63]), "0,7,63");
-        assert_eq!(int_list(&[]), "");
+        assert_eq!(int_list::<i64>(&[]), "");
         assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
     }
 }

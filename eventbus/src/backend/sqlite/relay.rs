@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::config::Retention;
-use super::metrics::Snapshot;
-use super::row::Lenient;
-use super::store::{leases, ClaimLimits, Lease, Rejection, RelayStore};
+use super::{json_array, now_shifted, parse_timestamp, shift, NOW};
+use crate::backend::dialect::Dialect;
+use crate::backend::relay::{relay_id, relay_ids, sizes, snapshot, RelaySql};
+use crate::backend::row::Lenient;
 use crate::error::{Error, Result};
 use crate::outbox::OutboxRecord;
-use crate::sqlite::{json_array, now_shifted, parse_timestamp, shift, NOW};
+use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
 use crate::table::TableName;
 
 /// The relay's view of a SQLite outbox table.
@@ -30,7 +30,7 @@ use crate::table::TableName;
 /// the work. Start a second one on the same file and it stands by: it
 /// heartbeats, finds the partition leased, and takes over once the first
 /// stops or its lease expires. New rows are found by polling
-/// ([`RelayConfig::poll_interval`](super::RelayConfig::poll_interval)).
+/// ([`RelayConfig::poll_interval`](crate::relay::RelayConfig::poll_interval)).
 ///
 /// ```no_run
 /// # #[cfg(feature = "rabbitmq")]
@@ -52,38 +52,30 @@ use crate::table::TableName;
 pub struct SqliteRelayStore {
     pool: SqlitePool,
     table: TableName,
-    sql: Arc<Statements>,
+    sql: Arc<RelaySql<Own>>,
 }
 
-/// SQL text built once per table (names are validated and quoted). Lists of ids
-/// and partitions are bound as one JSON array and read with `json_each`.
+/// SQLite's own relay statements (see [`RelaySql`] for the shared ones).
+/// Lists of ids and partitions are bound as one JSON array and read with
+/// `json_each`.
 #[derive(Debug)]
-struct Statements {
+struct Own {
     claim: String,
     payloads: String,
     delete: String,
     mark_published: String,
     reject: String,
     stats: String,
-    parked: String,
-    renew: String,
     acquire: String,
-    release: String,
-    release_all: String,
     heartbeat: String,
-    live: String,
-    forget_dead: String,
-    deregister: String,
-    partitions: String,
     delete_published: String,
-    expired_published: String,
 }
 
-impl Statements {
-    fn new(table: &TableName) -> Self {
-        let t = table.quoted();
-        let p = table.with_suffix("_partitions");
-        let r = table.with_suffix("_relays");
+fn statements(table: &TableName) -> RelaySql<Own> {
+    RelaySql::new(Dialect::SQLITE, table, |names| {
+        let t = &names.outbox;
+        let p = &names.partitions;
+        let r = &names.relays;
         let list = |n: u8| format!("(SELECT value FROM json_each(?{n}))");
         // A row may be touched only while this relay (?2) holds its partition.
         let fence = format!(
@@ -97,7 +89,7 @@ impl Statements {
              WHERE l.\"partition\" = o.\"partition\" AND h.value ->> 0 = l.\"partition\" \
                AND h.value ->> 1 = l.epoch)"
         );
-        Statements {
+        Own {
             // Payloads are measured here (`octet_length` of a column reads
             // its length, not its content) and loaded by `payloads`
             // afterwards, only those within the claim's byte budget.
@@ -147,13 +139,6 @@ impl Statements {
                  GROUP BY o.\"partition\"",
                 partitions = list(1)
             ),
-            parked: format!("SELECT count(*) FROM {t} WHERE state = 'failed'"),
-            renew: format!(
-                "UPDATE {p} SET lease_expires_at = {until} \
-                 WHERE owner = ?1 AND \"partition\" IN {partitions} RETURNING \"partition\", epoch",
-                until = now_shifted(3),
-                partitions = list(2)
-            ),
             acquire: format!(
                 "UPDATE {p} SET owner = ?1, epoch = epoch + 1, lease_expires_at = {until} \
                  WHERE \"partition\" IN {partitions} AND (owner IS NULL \
@@ -162,40 +147,17 @@ impl Statements {
                 until = now_shifted(3),
                 partitions = list(2)
             ),
-            release: format!(
-                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL \
-                 WHERE owner = ?1 AND \"partition\" IN {partitions}",
-                partitions = list(2)
-            ),
-            release_all: format!(
-                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL WHERE owner = ?1"
-            ),
             heartbeat: format!(
                 "INSERT INTO {r} (relay_id, name) VALUES (?1, ?2) \
                  ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = {NOW}, name = excluded.name"
             ),
-            live: format!(
-                "SELECT relay_id FROM {r} WHERE heartbeat_at > {since} ORDER BY relay_id",
-                since = now_shifted(1)
-            ),
-            // Crashed relays never deregister: forget them once long dead.
-            forget_dead: format!(
-                "DELETE FROM {r} WHERE heartbeat_at < {before}",
-                before = now_shifted(1)
-            ),
-            deregister: format!("DELETE FROM {r} WHERE relay_id = ?1"),
-            partitions: format!("SELECT \"partition\" FROM {p} ORDER BY \"partition\""),
             delete_published: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
                  AND published_at < {before} LIMIT ?2)",
                 before = now_shifted(1)
             ),
-            expired_published: format!(
-                "SELECT count(*) FROM {t} WHERE state = 'published' AND published_at < {before}",
-                before = now_shifted(1)
-            ),
         }
-    }
+    })
 }
 
 /// The relay's leases as the JSON array of `[partition, epoch]` the fence reads.
@@ -206,27 +168,14 @@ fn tenures(leases: &[Lease]) -> String {
 
 impl SqliteRelayStore {
     /// The relay store for `table` in `pool`'s database. Open the pool in WAL
-    /// mode with a busy timeout ([`crate::sqlite::connect_options`]).
+    /// mode with a busy timeout ([`super::connect_options`]).
     pub fn new(pool: SqlitePool, table: TableName) -> Self {
-        let sql = Arc::new(Statements::new(&table));
+        let sql = Arc::new(statements(&table));
         SqliteRelayStore { pool, table, sql }
     }
 
     fn err(&self, e: sqlx::Error) -> Error {
         Error::from_table_query(e, &self.table)
-    }
-}
-
-/// Relay ids are stored as hyphenated text, like every UUID eventbus writes to
-/// SQLite.
-fn relay_id(id: Uuid) -> String {
-    id.hyphenated().to_string()
-}
-
-fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
     }
 }
 
@@ -256,7 +205,7 @@ impl RelayStore for SqliteRelayStore {
     }
 
     async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
-        sqlx::query(&self.sql.heartbeat)
+        sqlx::query(&self.sql.own.heartbeat)
             .bind(relay_id(relay))
             .bind(name)
             .execute(&self.pool)
@@ -272,16 +221,14 @@ impl RelayStore for SqliteRelayStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        live.iter()
-            .map(|id| Uuid::parse_str(id).map_err(|e| Error::Database(decode_error("relay_id", e))))
-            .collect()
+        relay_ids(&live)
     }
 
     async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
         sqlx::query_as::<_, (i32, i64)>(&self.sql.renew)
+            .bind(shift(ttl, 1))
             .bind(relay_id(relay))
             .bind(json_array(partitions))
-            .bind(shift(ttl, 1))
             .fetch_all(&self.pool)
             .await
             .map(leases)
@@ -289,7 +236,7 @@ impl RelayStore for SqliteRelayStore {
     }
 
     async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
-        sqlx::query_as::<_, (i32, i64)>(&self.sql.acquire)
+        sqlx::query_as::<_, (i32, i64)>(&self.sql.own.acquire)
             .bind(relay_id(relay))
             .bind(json_array(partitions))
             .bind(shift(ttl, 1))
@@ -331,19 +278,14 @@ impl RelayStore for SqliteRelayStore {
     ) -> Result<Vec<OutboxRecord>> {
         // One read transaction: the payloads come from the same snapshot.
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let rows = sqlx::query(&self.sql.claim)
+        let rows = sqlx::query(&self.sql.own.claim)
             .bind(json_array(partitions))
             .bind(relay_id(relay))
             .bind(i64::from(limits.rows))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-        let sizes = rows
-            .iter()
-            .map(|row| row.try_get::<Option<i64>, _>("size"))
-            .map(|size| size.map(|s| u64::try_from(s.unwrap_or(0)).unwrap_or(0)))
-            .collect::<std::result::Result<Vec<u64>, _>>()
-            .map_err(Error::Database)?;
+        let sizes = sizes(&rows)?;
         let fitting = limits.fitting(sizes.iter().copied());
         let mut claimed = rows[..fitting]
             .iter()
@@ -354,7 +296,7 @@ impl RelayStore for SqliteRelayStore {
         let payloads: HashMap<i64, Vec<u8>> = if wanted.is_empty() {
             HashMap::new()
         } else {
-            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.payloads)
+            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.own.payloads)
                 .bind(json_array(&wanted))
                 .fetch_all(&mut *tx)
                 .await
@@ -375,8 +317,8 @@ impl RelayStore for SqliteRelayStore {
         retention: Retention,
     ) -> Result<u64> {
         let sql = match retention {
-            Retention::Delete => &self.sql.delete,
-            Retention::Keep(_) => &self.sql.mark_published,
+            Retention::Delete => &self.sql.own.delete,
+            Retention::Keep(_) => &self.sql.own.mark_published,
         };
         let done = sqlx::query(sql)
             .bind(json_array(ids))
@@ -393,7 +335,7 @@ impl RelayStore for SqliteRelayStore {
             .iter()
             .map(|r| (r.id, r.park, shift(r.retry_in, 1), r.error.as_str()))
             .collect();
-        sqlx::query(&self.sql.reject)
+        sqlx::query(&self.sql.own.reject)
             .bind(json_array(&rows))
             .bind(relay_id(relay))
             .bind(tenures(leases))
@@ -404,35 +346,22 @@ impl RelayStore for SqliteRelayStore {
     }
 
     async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
-        let rows = sqlx::query(&self.sql.stats)
+        let rows: Vec<(i32, i64, Option<f64>)> = sqlx::query_as(&self.sql.own.stats)
             .bind(json_array(partitions))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let mut snap = Snapshot::default();
-        for p in partitions {
-            snap.backlog.insert(*p, 0);
-        }
-        for row in rows {
-            let partition: i32 = row.try_get("partition")?;
-            let n: i64 = row.try_get("n")?;
-            let oldest: Option<f64> = row.try_get("oldest")?;
-            snap.backlog
-                .insert(partition, u64::try_from(n).unwrap_or(0));
-            snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest.unwrap_or(0.0));
-        }
-        // Ids become visible in commit order: nothing is ever held back.
-        snap.held_back_seconds = 0.0;
         let parked: i64 = sqlx::query_scalar(&self.sql.parked)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        snap.parked_rows = u64::try_from(parked).unwrap_or(0);
-        Ok(snap)
+        // Ids become visible in commit order: nothing is ever held back.
+        let rows = rows.into_iter().map(|(p, n, oldest)| (p, n, oldest, None));
+        Ok(snapshot(partitions, rows, parked))
     }
 
     async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
-        let done = sqlx::query(&self.sql.delete_published)
+        let done = sqlx::query(&self.sql.own.delete_published)
             .bind(shift(keep, -1))
             .bind(batch)
             .execute(&self.pool)

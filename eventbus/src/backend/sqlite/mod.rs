@@ -19,6 +19,16 @@
 //! a busy timeout (a writer waits for the write lock instead of failing with
 //! `database is locked`). [`connect_options`] does both.
 
+mod admin;
+mod attempts;
+mod inbox;
+mod migrate;
+mod outbox;
+mod relay;
+
+pub(crate) use admin::SqliteAdmin;
+pub use relay::SqliteRelayStore;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -86,6 +96,21 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, chrono::Parse
 pub(crate) fn json_array<T: serde::Serialize>(values: &[T]) -> String {
     // Serializing integers, strings and tuples of them cannot fail.
     serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
+}
+
+impl crate::backend::BackendDatabase for sqlx::Sqlite {
+    const KIND: crate::backend::DatabaseKind = crate::backend::DatabaseKind::Sqlite;
+
+    fn relay_store(
+        pool: sqlx::Pool<Self>,
+        table: crate::TableName,
+    ) -> std::sync::Arc<dyn crate::relay::RelayStore> {
+        std::sync::Arc::new(SqliteRelayStore::new(pool, table))
+    }
+
+    fn admin(pool: sqlx::Pool<Self>, table: crate::TableName) -> crate::relay::OutboxAdmin {
+        crate::relay::OutboxAdmin::sqlite(pool, table)
+    }
 }
 
 #[cfg(test)]

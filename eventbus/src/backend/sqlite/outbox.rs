@@ -3,9 +3,9 @@
 
 use sqlx::{Sqlite, SqliteConnection};
 
-use super::{OutboxDatabase, OutboxEntry};
+use super::timestamp;
 use crate::error::{Error, Result};
-use crate::sqlite::timestamp;
+use crate::outbox::{OutboxDatabase, OutboxEntry};
 use crate::table::TableName;
 
 /// Columns written per row.

@@ -12,9 +12,10 @@
 use sqlx::pool::PoolConnection;
 use sqlx::{Executor, MySql, MySqlPool};
 
-use super::{MigrateDatabase, Migrator};
+use super::{NOW, WRITE_LOCKS_SUFFIX};
+use crate::backend::dialect::Dialect;
 use crate::error::{Error, Result};
-use crate::mysql::{NOW, WRITE_LOCKS_SUFFIX};
+use crate::migrate::{MigrateDatabase, Migrator};
 
 /// The server-wide named lock migrators take (`GET_LOCK`).
 const LOCK_NAME: &str = "eventbus_migrate";
@@ -31,11 +32,11 @@ const UUID_PATTERN: &str =
 /// step; add a new one.
 fn steps(m: &Migrator) -> Vec<(String, i32, Vec<String>)> {
     let outbox = &m.outbox;
-    let t = outbox.mysql_quoted();
-    let partitions_table = outbox.mysql_with_suffix("_partitions");
-    let write_locks = outbox.mysql_with_suffix(WRITE_LOCKS_SUFFIX);
-    let relays_table = outbox.mysql_with_suffix("_relays");
-    let trigger = outbox.mysql_with_suffix("_commit_order");
+    let t = Dialect::MYSQL.table(outbox);
+    let partitions_table = Dialect::MYSQL.object(outbox, "_partitions");
+    let write_locks = Dialect::MYSQL.object(outbox, WRITE_LOCKS_SUFFIX);
+    let relays_table = Dialect::MYSQL.object(outbox, "_relays");
+    let trigger = Dialect::MYSQL.object(outbox, "_commit_order");
     let p = m.partitions;
     let partition_rows = (0..p)
         .map(|i| format!("({i})"))
@@ -119,7 +120,7 @@ END"
     PRIMARY KEY (consumer, source, message_id),
     KEY received_at (consumer, received_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
-        i = inbox.mysql_quoted(),
+        i = Dialect::MYSQL.table(inbox),
     )];
     // Durable attempt counts (crate::inbox::AttemptsDatabase).
     let inbox_v2 = vec![format!(
@@ -132,7 +133,7 @@ END"
     updated_at  DATETIME(6)  NOT NULL DEFAULT ({NOW}),
     PRIMARY KEY (consumer, source, message_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
-        a = inbox.mysql_with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
+        a = Dialect::MYSQL.object(inbox, crate::inbox::ATTEMPTS_SUFFIX),
     )];
     // Parked messages (crate::inbox::ParkedDatabase).
     let inbox_v3 = vec![format!(
@@ -154,7 +155,7 @@ END"
     KEY by_key (consumer, message_key, id),
     KEY by_due (consumer, due_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
-        t = inbox.mysql_with_suffix(crate::inbox::PARKED_SUFFIX),
+        t = Dialect::MYSQL.object(inbox, crate::inbox::PARKED_SUFFIX),
     )];
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),

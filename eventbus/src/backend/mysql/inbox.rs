@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use sqlx::{MySql, MySqlConnection, MySqlPool};
 
-use super::{InboxDatabase, InboxKey};
+use super::{micros, NOW};
+use crate::backend::dialect::Dialect;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::mysql::{micros, NOW};
+use crate::inbox::{InboxDatabase, InboxKey};
 use crate::table::TableName;
 
 #[async_trait::async_trait]
@@ -31,7 +32,7 @@ impl InboxDatabase for MySql {
         // would say which happened.
         let sql = format!(
             "INSERT INTO {} (consumer, source, message_id, event_type) VALUES (?, ?, ?, ?)",
-            table.mysql_quoted()
+            Dialect::MYSQL.table(table)
         );
         let key = InboxKey::of(envelope);
         let inserted = sqlx::query(&sql)
@@ -55,7 +56,7 @@ impl InboxDatabase for MySql {
         // The new row it leaves for a duplicate only records it again.
         let sql = format!(
             "SELECT 1 FROM {} WHERE consumer = ? AND source = ? AND message_id = ?",
-            table.mysql_quoted()
+            Dialect::MYSQL.table(table)
         );
         let old: Option<i64> = sqlx::query_scalar(&sql)
             .bind(consumer)
@@ -103,7 +104,7 @@ impl InboxDatabase for MySql {
         let sql = format!(
             "DELETE FROM {} WHERE consumer = ? AND received_at < {NOW} - INTERVAL ? MICROSECOND \
              LIMIT ?",
-            table.mysql_quoted()
+            Dialect::MYSQL.table(table)
         );
         let done = sqlx::query(&sql)
             .bind(consumer)

@@ -9,13 +9,13 @@ use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::config::Retention;
-use super::key_gate::KeyGate;
-use super::metrics::Snapshot;
-use super::row::Lenient;
-use super::store::{leases, ClaimLimits, Lease, Rejection, RelayStore};
+use crate::backend::dialect::Dialect;
+use crate::backend::relay::{snapshot, RelaySql};
+use crate::backend::row::Lenient;
 use crate::error::{Error, Result};
 use crate::outbox::OutboxRecord;
+use crate::relay::KeyGate;
+use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
 use crate::table::TableName;
 
 /// The relay's view of a PostgreSQL outbox table.
@@ -23,36 +23,27 @@ use crate::table::TableName;
 pub struct PgRelayStore {
     pool: PgPool,
     table: TableName,
-    sql: Arc<Statements>,
+    sql: Arc<RelaySql<Own>>,
 }
 
-/// SQL text built once per table (names are validated and quoted).
+/// PostgreSQL's own relay statements (see [`RelaySql`] for the shared ones).
 #[derive(Debug)]
-struct Statements {
+struct Own {
     claim: String,
     delete: String,
     mark_published: String,
     reject: String,
     stats: String,
-    parked: String,
-    renew: String,
     acquire: String,
-    release: String,
     heartbeat: String,
-    live: String,
-    deregister: String,
-    forget_dead: String,
-    release_all: String,
-    partitions: String,
     delete_published: String,
-    expired_published: String,
 }
 
-impl Statements {
-    fn new(table: &TableName) -> Self {
-        let t = table.quoted();
-        let p = table.with_suffix("_partitions");
-        let r = table.with_suffix("_relays");
+fn statements(table: &TableName) -> RelaySql<Own> {
+    RelaySql::new(Dialect::POSTGRES, table, |names| {
+        let t = &names.outbox;
+        let p = &names.partitions;
+        let r = &names.relays;
         // A row may be touched only while this relay ($2) holds its partition,
         // in the tenure (epoch) it was claimed in: `$n` and `$n+1` are the
         // partitions and epochs of the relay's leases.
@@ -63,7 +54,7 @@ impl Statements {
                 m = n + 1
             )
         };
-        Statements {
+        Own {
             // The lease fence is the set of partitions held now, computed once
             // (an init plan), not an EXISTS per row: with EXISTS the planner
             // misjudged how many rows survive and chose a full scan and sort
@@ -130,11 +121,6 @@ impl Statements {
                             FILTER (WHERE o.txid >= pg_snapshot_xmin(pg_current_snapshot())))::float8 AS held \
                  FROM {t} o WHERE o.state = 'pending' AND o.partition = ANY($1) GROUP BY o.partition"
             ),
-            parked: format!("SELECT count(*)::int8 FROM {t} WHERE state = 'failed'"),
-            renew: format!(
-                "UPDATE {p} SET lease_expires_at = now() + $3 * interval '1 millisecond' \
-                 WHERE owner = $1 AND partition = ANY($2) RETURNING partition, epoch"
-            ),
             acquire: format!(
                 "UPDATE {p} SET owner = $1, epoch = epoch + 1, \
                         lease_expires_at = now() + $3 * interval '1 millisecond' \
@@ -142,43 +128,22 @@ impl Statements {
                        OR lease_expires_at < now()) \
                  RETURNING partition, epoch"
             ),
-            release: format!(
-                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL \
-                 WHERE owner = $1 AND partition = ANY($2)"
-            ),
-            release_all: format!(
-                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL WHERE owner = $1"
-            ),
             heartbeat: format!(
                 "INSERT INTO {r} (relay_id, name) VALUES ($1, $2) \
                  ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = now(), name = EXCLUDED.name"
             ),
-            live: format!(
-                "SELECT relay_id FROM {r} \
-                 WHERE heartbeat_at > now() - $1 * interval '1 millisecond' ORDER BY relay_id"
-            ),
-            deregister: format!("DELETE FROM {r} WHERE relay_id = $1"),
-            // Crashed relays never deregister: forget them once long dead.
-            forget_dead: format!(
-                "DELETE FROM {r} WHERE heartbeat_at < now() - 10 * $1 * interval '1 millisecond'"
-            ),
-            partitions: format!("SELECT partition FROM {p} ORDER BY partition"),
             delete_published: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
                  AND published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
             ),
-            expired_published: format!(
-                "SELECT count(*)::int8 FROM {t} WHERE state = 'published' \
-                 AND published_at < now() - $1 * interval '1 millisecond'"
-            ),
         }
-    }
+    })
 }
 
 impl PgRelayStore {
     /// The relay store for `table` in `pool`'s database.
     pub fn new(pool: PgPool, table: TableName) -> Self {
-        let sql = Arc::new(Statements::new(&table));
+        let sql = Arc::new(statements(&table));
         PgRelayStore { pool, table, sql }
     }
 
@@ -236,14 +201,14 @@ impl RelayStore for PgRelayStore {
     }
 
     async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
-        sqlx::query(&self.sql.heartbeat)
+        sqlx::query(&self.sql.own.heartbeat)
             .bind(relay)
             .bind(name)
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
         sqlx::query(&self.sql.forget_dead)
-            .bind(millis(dead_after))
+            .bind(millis(dead_after.saturating_mul(10)))
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -256,9 +221,9 @@ impl RelayStore for PgRelayStore {
 
     async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
         sqlx::query_as::<_, (i32, i64)>(&self.sql.renew)
+            .bind(millis(ttl))
             .bind(relay)
             .bind(partitions)
-            .bind(millis(ttl))
             .fetch_all(&self.pool)
             .await
             .map(leases)
@@ -266,7 +231,7 @@ impl RelayStore for PgRelayStore {
     }
 
     async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
-        sqlx::query_as::<_, (i32, i64)>(&self.sql.acquire)
+        sqlx::query_as::<_, (i32, i64)>(&self.sql.own.acquire)
             .bind(relay)
             .bind(partitions)
             .bind(millis(ttl))
@@ -320,7 +285,7 @@ impl RelayStore for PgRelayStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        let rows = sqlx::query(&self.sql.claim)
+        let rows = sqlx::query(&self.sql.own.claim)
             .bind(partitions)
             .bind(relay)
             .bind(i64::from(limits.rows))
@@ -356,8 +321,8 @@ impl RelayStore for PgRelayStore {
     ) -> Result<u64> {
         let (partitions, epochs) = split(leases);
         let sql = match retention {
-            Retention::Delete => &self.sql.delete,
-            Retention::Keep(_) => &self.sql.mark_published,
+            Retention::Delete => &self.sql.own.delete,
+            Retention::Keep(_) => &self.sql.own.mark_published,
         };
         let done = sqlx::query(sql)
             .bind(ids)
@@ -376,7 +341,7 @@ impl RelayStore for PgRelayStore {
         let park: Vec<bool> = rejections.iter().map(|r| r.park).collect();
         let delays: Vec<i64> = rejections.iter().map(|r| millis(r.retry_in)).collect();
         let errors: Vec<&str> = rejections.iter().map(|r| r.error.as_str()).collect();
-        sqlx::query(&self.sql.reject)
+        sqlx::query(&self.sql.own.reject)
             .bind(&ids)
             .bind(relay)
             .bind(&park)
@@ -391,35 +356,20 @@ impl RelayStore for PgRelayStore {
     }
 
     async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
-        let rows = sqlx::query(&self.sql.stats)
+        let rows: Vec<(i32, i64, Option<f64>, Option<f64>)> = sqlx::query_as(&self.sql.own.stats)
             .bind(partitions)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let mut snap = Snapshot::default();
-        for p in partitions {
-            snap.backlog.insert(*p, 0);
-        }
-        for row in rows {
-            let partition: i32 = row.try_get("partition")?;
-            let n: i64 = row.try_get("n")?;
-            let oldest: Option<f64> = row.try_get("oldest")?;
-            let held: Option<f64> = row.try_get("held")?;
-            snap.backlog
-                .insert(partition, u64::try_from(n).unwrap_or(0));
-            snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest.unwrap_or(0.0));
-            snap.held_back_seconds = snap.held_back_seconds.max(held.unwrap_or(0.0));
-        }
         let parked: i64 = sqlx::query_scalar(&self.sql.parked)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        snap.parked_rows = u64::try_from(parked).unwrap_or(0);
-        Ok(snap)
+        Ok(snapshot(partitions, rows, parked))
     }
 
     async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
-        let done = sqlx::query(&self.sql.delete_published)
+        let done = sqlx::query(&self.sql.own.delete_published)
             .bind(millis(keep))
             .bind(batch)
             .execute(&self.pool)
@@ -439,7 +389,7 @@ impl RelayStore for PgRelayStore {
 
     async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(&self.table.channel()).await?;
+        listener.listen(&super::channel(&self.table)).await?;
         loop {
             // `try_recv` reconnects by itself and yields `None` after a reconnect,
             // when notifications may have been lost: wake the relay either way.

@@ -1,33 +1,35 @@
-//! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer,
-//! [`InboxKey`]), one row at a time or a batch in one statement.
+//! The SQLite inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer, [`InboxKey`]),
+//! one row at a time or a batch in one statement; SQLite's single write lock
+//! makes a concurrent delivery wait for the first.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use super::{InboxDatabase, InboxKey};
+use super::{json_array, now_shifted, shift};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::inbox::{InboxDatabase, InboxKey};
 use crate::table::TableName;
 
 #[async_trait::async_trait]
-impl InboxDatabase for Postgres {
+impl InboxDatabase for Sqlite {
     async fn try_record(
-        conn: &mut PgConnection,
+        conn: &mut SqliteConnection,
         table: &TableName,
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<bool> {
-        // A concurrent delivery of the same id blocks on the unique index until the
-        // first transaction ends: then it either conflicts (duplicate) or inserts
-        // (the first rolled back). Exactly one handler's writes survive. A row
-        // under the legacy key ($5, NULL when there is none) was committed
-        // before the upgrade, so a plain look-up suffices for it.
+        // This is the transaction's first statement and a write: it takes the
+        // database's write lock (waiting out the busy timeout behind a concurrent
+        // delivery), so it sees every committed inbox row — a duplicate conflicts,
+        // and a first delivery that rolled back left nothing behind. A row under
+        // the legacy key (?5, NULL when there is none) is a duplicate too.
         let sql = format!(
             "INSERT INTO {t} (consumer, source, message_id, event_type) \
-             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
-             WHERE consumer = $1 AND source = $5 AND message_id = $3) \
+             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
+             WHERE consumer = ?1 AND source = ?5 AND message_id = ?3) \
              ON CONFLICT DO NOTHING",
             t = table.quoted()
         );
@@ -45,7 +47,7 @@ impl InboxDatabase for Postgres {
     }
 
     async fn try_record_many(
-        conn: &mut PgConnection,
+        conn: &mut SqliteConnection,
         table: &TableName,
         consumer: &str,
         envelopes: &[&Envelope],
@@ -53,33 +55,30 @@ impl InboxDatabase for Postgres {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        // One statement for the batch. Rows go in in key order, so two
-        // transactions recording overlapping batches wait for each other in
-        // the same order instead of deadlocking on the unique index.
+        // The batch travels as one JSON array, so its size is not bounded by the
+        // parameter limit. The `WHERE` (needed anyway) is also SQLite's
+        // required disambiguation between a join's ON and the upsert's ON
+        // CONFLICT. Element 3 is the legacy key's source, or null.
         let sql = format!(
             "INSERT INTO {t} (consumer, source, message_id, event_type) \
-             SELECT $1, u.s, u.m, u.t \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(s, m, t, l) \
-             WHERE NOT EXISTS (SELECT 1 FROM {t} o \
-             WHERE o.consumer = $1 AND o.source = u.l AND o.message_id = u.m) \
-             ORDER BY u.s, u.m \
+             SELECT ?1, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?2) \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} o WHERE o.consumer = ?1 \
+             AND o.source = value ->> 3 AND o.message_id = value ->> 1) \
              ON CONFLICT DO NOTHING RETURNING source, message_id",
             t = table.quoted()
         );
         let keys: Vec<InboxKey<'_>> = envelopes.iter().map(|e| InboxKey::of(e)).collect();
-        let sources: Vec<&str> = keys.iter().map(|k| k.source).collect();
-        let ids: Vec<&str> = keys.iter().map(|k| k.message_id).collect();
-        let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
-        let legacy: Vec<Option<&str>> = envelopes
+        let rows: Vec<(&str, &str, &str, Option<&str>)> = envelopes
             .iter()
-            .map(|e| InboxKey::legacy(e).map(|k| k.source))
+            .zip(&keys)
+            .map(|(e, k)| {
+                let legacy = InboxKey::legacy(e).map(|l| l.source);
+                (k.source, k.message_id, e.event_type.as_str(), legacy)
+            })
             .collect();
         let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
             .bind(consumer)
-            .bind(&sources)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&legacy)
+            .bind(json_array(&rows))
             .fetch_all(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
@@ -92,19 +91,20 @@ impl InboxDatabase for Postgres {
     }
 
     async fn delete_older_than(
-        pool: &PgPool,
+        pool: &SqlitePool,
         table: &TableName,
         consumer: &str,
         older_than: Duration,
         batch: i64,
     ) -> Result<u64> {
         let sql = format!(
-            "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} \
-             WHERE consumer = $3 AND received_at < now() - make_interval(secs => $1) LIMIT $2)",
-            t = table.quoted()
+            "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} \
+             WHERE consumer = ?3 AND received_at < {cutoff} LIMIT ?2)",
+            t = table.quoted(),
+            cutoff = now_shifted(1),
         );
         let done = sqlx::query(&sql)
-            .bind(older_than.as_secs_f64())
+            .bind(shift(older_than, -1))
             .bind(batch)
             .bind(consumer)
             .execute(pool)

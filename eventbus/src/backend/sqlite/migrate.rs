@@ -3,9 +3,11 @@
 
 use sqlx::{Sqlite, SqlitePool};
 
-use super::{MigrateDatabase, Migrator};
+use super::NOW;
+use crate::backend::dialect::Dialect;
 use crate::error::Result;
-use crate::sqlite::NOW;
+use crate::inbox::{ATTEMPTS_SUFFIX, PARKED_SUFFIX};
+use crate::migrate::{MigrateDatabase, Migrator};
 
 /// A version 4 UUID in the hyphenated lowercase form, made by SQLite: the
 /// default `event_id` of rows written with plain SQL.
@@ -30,7 +32,7 @@ fn steps(m: &Migrator) -> Vec<(String, i32, String)> {
     let outbox = &m.outbox;
     let t = outbox.quoted();
     // SQLite names an index's schema on the index, not on its table.
-    let local = outbox.local_with_suffix("");
+    let local = Dialect::SQLITE.local(outbox, "");
     let partitions_table = outbox.with_suffix("_partitions");
     let relays_table = outbox.with_suffix("_relays");
     let uuid_glob = uuid_glob();
@@ -91,7 +93,7 @@ CREATE TABLE IF NOT EXISTS {i} (
 CREATE INDEX IF NOT EXISTS {received} ON {local} (consumer, received_at);
 "#,
         i = inbox.quoted(),
-        local = inbox.local_with_suffix(""),
+        local = Dialect::SQLITE.local(inbox, ""),
         received = inbox.with_suffix("_received_at"),
     );
     // Durable attempt counts (crate::inbox::AttemptsDatabase).
@@ -107,7 +109,7 @@ CREATE TABLE IF NOT EXISTS {a} (
     PRIMARY KEY (consumer, source, message_id)
 );
 "#,
-        a = inbox.with_suffix(crate::inbox::ATTEMPTS_SUFFIX),
+        a = inbox.with_suffix(ATTEMPTS_SUFFIX),
     );
     // Parked messages (crate::inbox::ParkedDatabase).
     let inbox_v3 = format!(
@@ -131,8 +133,8 @@ CREATE TABLE IF NOT EXISTS {t} (
 CREATE INDEX IF NOT EXISTS {by_key} ON {local} (consumer, message_key, id);
 CREATE INDEX IF NOT EXISTS {by_due} ON {local} (consumer, due_at);
 "#,
-        t = inbox.with_suffix(crate::inbox::PARKED_SUFFIX),
-        local = inbox.local_with_suffix(crate::inbox::PARKED_SUFFIX),
+        t = inbox.with_suffix(PARKED_SUFFIX),
+        local = Dialect::SQLITE.local(inbox, PARKED_SUFFIX),
         by_key = inbox.with_suffix("_parked_key"),
         by_due = inbox.with_suffix("_parked_due"),
     );

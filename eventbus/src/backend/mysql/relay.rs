@@ -18,17 +18,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::mysql::MySqlRow;
-use sqlx::{MySql, MySqlPool, Row, Transaction};
+use sqlx::{MySql, MySqlPool, Transaction};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::config::Retention;
-use super::metrics::Snapshot;
-use super::row::Lenient;
-use super::store::{leases, ClaimLimits, Lease, Rejection, RelayStore};
+use super::{begin_read_committed, int_list, micros, NOW};
+use crate::backend::dialect::Dialect;
+use crate::backend::relay::{relay_id, relay_ids, sizes, snapshot, RelaySql};
+use crate::backend::row::Lenient;
 use crate::error::{Error, Result};
-use crate::mysql::{begin_read_committed, int_list, micros, NOW};
 use crate::outbox::OutboxRecord;
+use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
 use crate::table::TableName;
 
 /// The longest error text stored in `last_error`, in characters.
@@ -41,7 +41,7 @@ const MAX_NAME_CHARS: usize = 255;
 ///
 /// Any number of relays may share the outbox: they divide its partitions
 /// through leases, as on PostgreSQL. New rows are found by polling
-/// ([`RelayConfig::poll_interval`](super::RelayConfig::poll_interval)).
+/// ([`RelayConfig::poll_interval`](crate::relay::RelayConfig::poll_interval)).
 ///
 /// ```no_run
 /// # #[cfg(feature = "rabbitmq")]
@@ -63,14 +63,15 @@ const MAX_NAME_CHARS: usize = 255;
 pub struct MySqlRelayStore {
     pool: MySqlPool,
     table: TableName,
-    sql: Arc<Statements>,
+    sql: Arc<RelaySql<Own>>,
 }
 
-/// SQL text built once per table (names are validated and quoted). Lists of
-/// partitions are bound as one comma-separated string (`FIND_IN_SET`), lists
-/// of rows as one JSON array (`JSON_TABLE`): MySQL has no array parameters.
+/// MySQL's own relay statements (see [`RelaySql`] for the shared ones).
+/// Lists of partitions are bound as one comma-separated string
+/// (`FIND_IN_SET`), lists of rows as one JSON array (`JSON_TABLE`): MySQL has
+/// no array parameters.
 #[derive(Debug)]
-struct Statements {
+struct Own {
     claim: String,
     payloads: String,
     claimable_count: String,
@@ -79,27 +80,18 @@ struct Statements {
     mark_published: String,
     reject: String,
     stats: String,
-    parked: String,
-    renew: String,
     acquire: String,
     held: String,
     owned: String,
-    release: String,
-    release_all: String,
     heartbeat: String,
-    live: String,
-    forget_dead: String,
-    deregister: String,
-    partitions: String,
     delete_published: String,
-    expired_published: String,
 }
 
-impl Statements {
-    fn new(table: &TableName) -> Self {
-        let t = table.mysql_quoted();
-        let p = table.mysql_with_suffix("_partitions");
-        let r = table.mysql_with_suffix("_relays");
+fn statements(table: &TableName) -> RelaySql<Own> {
+    RelaySql::new(Dialect::MYSQL, table, |names| {
+        let t = &names.outbox;
+        let p = &names.partitions;
+        let r = &names.relays;
         // A row may be touched only in the partitions this relay holds
         // (`held`, read just before, bound as a list).
         let fence = "FIND_IN_SET(o.`partition`, ?)";
@@ -113,7 +105,7 @@ impl Statements {
                  AND b.id < o.id)"
         );
         let ids = "JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) j";
-        Statements {
+        Own {
             // Payloads are measured here and loaded by `payloads` afterwards,
             // only those within the claim's byte budget.
             claim: format!(
@@ -155,11 +147,6 @@ impl Statements {
                  FROM {t} o WHERE o.state = 'pending' AND FIND_IN_SET(o.`partition`, ?) \
                  GROUP BY o.`partition`"
             ),
-            parked: format!("SELECT COUNT(*) FROM {t} WHERE state = 'failed'"),
-            renew: format!(
-                "UPDATE {p} SET lease_expires_at = {NOW} + INTERVAL ? MICROSECOND \
-                 WHERE owner = ? AND FIND_IN_SET(`partition`, ?)"
-            ),
             // Our own rows count too: a lease we still hold but had lost track
             // of comes back extended, never with an unknown remaining time.
             acquire: format!(
@@ -176,37 +163,16 @@ impl Statements {
                 "SELECT `partition`, epoch FROM {p} WHERE owner = ? AND FIND_IN_SET(`partition`, ?) \
                  ORDER BY `partition`"
             ),
-            release: format!(
-                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL \
-                 WHERE owner = ? AND FIND_IN_SET(`partition`, ?)"
-            ),
-            release_all: format!(
-                "UPDATE {p} SET owner = NULL, lease_expires_at = NULL WHERE owner = ?"
-            ),
             heartbeat: format!(
                 "INSERT INTO {r} (relay_id, name) VALUES (?, ?) \
                  ON DUPLICATE KEY UPDATE heartbeat_at = {NOW}, name = ?"
             ),
-            live: format!(
-                "SELECT relay_id FROM {r} WHERE heartbeat_at > {NOW} - INTERVAL ? MICROSECOND \
-                 ORDER BY relay_id"
-            ),
-            // Crashed relays never deregister: forget them once long dead.
-            forget_dead: format!(
-                "DELETE FROM {r} WHERE heartbeat_at < {NOW} - INTERVAL ? MICROSECOND"
-            ),
-            deregister: format!("DELETE FROM {r} WHERE relay_id = ?"),
-            partitions: format!("SELECT `partition` FROM {p} ORDER BY `partition`"),
             delete_published: format!(
                 "DELETE FROM {t} WHERE state = 'published' \
                  AND published_at < {NOW} - INTERVAL ? MICROSECOND LIMIT ?"
             ),
-            expired_published: format!(
-                "SELECT COUNT(*) FROM {t} WHERE state = 'published' \
-                 AND published_at < {NOW} - INTERVAL ? MICROSECOND"
-            ),
         }
-    }
+    })
 }
 
 impl MySqlRelayStore {
@@ -223,7 +189,7 @@ impl MySqlRelayStore {
     /// # Ok(()) }
     /// ```
     pub fn new(pool: MySqlPool, table: TableName) -> Self {
-        let sql = Arc::new(Statements::new(&table));
+        let sql = Arc::new(statements(&table));
         MySqlRelayStore { pool, table, sql }
     }
 
@@ -247,7 +213,7 @@ impl MySqlRelayStore {
     ) -> Result<Vec<Lease>> {
         let mut tx = self.begin().await?;
         update.execute(&mut *tx).await.map_err(|e| self.err(e))?;
-        let owned: Vec<(i32, i64)> = sqlx::query_as(&self.sql.owned)
+        let owned: Vec<(i32, i64)> = sqlx::query_as(&self.sql.own.owned)
             .bind(relay_id(relay))
             .bind(int_list(partitions))
             .fetch_all(&mut *tx)
@@ -272,7 +238,7 @@ impl MySqlRelayStore {
         } else {
             // Serializing integers cannot fail.
             let ids = serde_json::to_string(&wanted).unwrap_or_else(|_| "[]".to_owned());
-            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.payloads)
+            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.own.payloads)
                 .bind(ids)
                 .fetch_all(&mut **tx)
                 .await
@@ -286,7 +252,7 @@ impl MySqlRelayStore {
 
     /// The leases `relay` holds right now, read without locking in `tx`.
     async fn held(&self, tx: &mut Transaction<'static, MySql>, relay: Uuid) -> Result<Vec<Lease>> {
-        sqlx::query_as(&self.sql.held)
+        sqlx::query_as(&self.sql.own.held)
             .bind(relay_id(relay))
             .fetch_all(&mut **tx)
             .await
@@ -325,19 +291,6 @@ impl MySqlRelayStore {
             .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
-    }
-}
-
-/// Relay ids are stored as hyphenated text, like every UUID eventbus writes to
-/// MySQL.
-fn relay_id(id: Uuid) -> String {
-    id.hyphenated().to_string()
-}
-
-fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
     }
 }
 
@@ -399,7 +352,7 @@ impl RelayStore for MySqlRelayStore {
 
     async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
         let name = truncate(name, MAX_NAME_CHARS);
-        sqlx::query(&self.sql.heartbeat)
+        sqlx::query(&self.sql.own.heartbeat)
             .bind(relay_id(relay))
             .bind(name)
             .bind(name)
@@ -416,13 +369,7 @@ impl RelayStore for MySqlRelayStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let mut live = live
-            .iter()
-            .map(|id| Uuid::parse_str(id).map_err(|e| Error::Database(decode_error("relay_id", e))))
-            .collect::<Result<Vec<_>>>()?;
-        // Every relay must see the same order to compute the same assignment.
-        live.sort_unstable();
-        Ok(live)
+        relay_ids(&live)
     }
 
     async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
@@ -440,7 +387,7 @@ impl RelayStore for MySqlRelayStore {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
-        let update = sqlx::query(&self.sql.acquire)
+        let update = sqlx::query(&self.sql.own.acquire)
             .bind(relay_id(relay))
             .bind(micros(ttl))
             .bind(int_list(partitions))
@@ -500,18 +447,13 @@ impl RelayStore for MySqlRelayStore {
         // inserts (a writer holds their partition's write lock, so nothing
         // older in that partition is left behind) and rows being changed by
         // someone else, e.g. a fenced-out relay's late acknowledgement.
-        let rows = sqlx::query(&self.sql.claim)
+        let rows = sqlx::query(&self.sql.own.claim)
             .bind(&list)
             .bind(i64::from(limits.rows))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-        let sizes = rows
-            .iter()
-            .map(|row| row.try_get::<Option<i64>, _>("size"))
-            .map(|size| size.map(|s| u64::try_from(s.unwrap_or(0)).unwrap_or(0)))
-            .collect::<std::result::Result<Vec<u64>, _>>()
-            .map_err(Error::Database)?;
+        let sizes = sizes(&rows)?;
         let fitting = limits.fitting(sizes.iter().copied());
         let mut claimed = rows[..fitting]
             .iter()
@@ -526,14 +468,14 @@ impl RelayStore for MySqlRelayStore {
         };
         // Was a committed row skipped? A plain read sees it; if so, its key
         // waits for the next round rather than going out of order.
-        let publishable: i64 = sqlx::query_scalar(&self.sql.claimable_count)
+        let publishable: i64 = sqlx::query_scalar(&self.sql.own.claimable_count)
             .bind(&list)
             .bind(last)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
         let claimed = if usize::try_from(publishable).is_ok_and(|n| n > claimed.len()) {
-            let claimable: Vec<(i64, i32, Vec<u8>)> = sqlx::query_as(&self.sql.claimable)
+            let claimable: Vec<(i64, i32, Vec<u8>)> = sqlx::query_as(&self.sql.own.claimable)
                 .bind(&list)
                 .bind(last)
                 .fetch_all(&mut *tx)
@@ -564,8 +506,8 @@ impl RelayStore for MySqlRelayStore {
             return Ok(0);
         }
         let sql = match retention {
-            Retention::Delete => &self.sql.delete,
-            Retention::Keep(_) => &self.sql.mark_published,
+            Retention::Delete => &self.sql.own.delete,
+            Retention::Keep(_) => &self.sql.own.mark_published,
         };
         // Serializing integers cannot fail.
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
@@ -589,44 +531,33 @@ impl RelayStore for MySqlRelayStore {
             .collect();
         // Serializing integers and strings cannot fail.
         let rows = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned());
-        self.fenced_write(&self.sql.reject, rows, relay, leases)
+        self.fenced_write(&self.sql.own.reject, rows, relay, leases)
             .await?;
         Ok(())
     }
 
     async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
-        let rows = sqlx::query(&self.sql.stats)
+        let rows: Vec<(i32, i64, Option<i64>)> = sqlx::query_as(&self.sql.own.stats)
             .bind(int_list(partitions))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let mut snap = Snapshot::default();
-        for p in partitions {
-            snap.backlog.insert(*p, 0);
-        }
-        for row in rows {
-            let partition: i32 = row.try_get("partition")?;
-            let n: i64 = row.try_get("n")?;
-            let oldest: Option<i64> = row.try_get("oldest_us")?;
-            snap.backlog
-                .insert(partition, u64::try_from(n).unwrap_or(0));
-            let oldest = oldest.unwrap_or(0).max(0) as f64 / 1e6;
-            snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest);
-        }
-        // Commit order is kept by writers waiting for each other, not by
-        // holding committed rows back: nothing is ever held back here.
-        snap.held_back_seconds = 0.0;
         let parked: i64 = sqlx::query_scalar(&self.sql.parked)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        snap.parked_rows = u64::try_from(parked).unwrap_or(0);
-        Ok(snap)
+        // Commit order is kept by writers waiting for each other, not by
+        // holding committed rows back: nothing is ever held back here.
+        let rows = rows.into_iter().map(|(p, n, oldest_us)| {
+            let oldest = oldest_us.unwrap_or(0).max(0) as f64 / 1e6;
+            (p, n, Some(oldest), None)
+        });
+        Ok(snapshot(partitions, rows, parked))
     }
 
     async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query(&self.sql.delete_published)
+        let done = sqlx::query(&self.sql.own.delete_published)
             .bind(micros(keep))
             .bind(batch)
             .execute(&mut *tx)

@@ -1,0 +1,135 @@
+//! The attempt counts' statements shared by the three backends: all but the
+//! counting upsert differ only in spelling, so one macro implements
+//! [`AttemptsDatabase`](crate::inbox::AttemptsDatabase) for each, around the
+//! backend's own `record` (invoked from each backend's `attempts.rs`).
+
+use crate::backend::dialect::Dialect;
+use crate::error::Error;
+use crate::table::TableName;
+
+/// The row of one message: `consumer`, `source` and `message_id` bound as
+/// parameters `first` to `first + 2`.
+pub(crate) fn key_filter(dialect: Dialect, first: usize) -> String {
+    format!(
+        "consumer = {} AND source = {} AND message_id = {}",
+        dialect.param(first),
+        dialect.param(first + 1),
+        dialect.param(first + 2)
+    )
+}
+
+/// The error of a statement on the attempts table of `inbox`.
+pub(crate) fn failed(inbox: &TableName) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |e| Error::from_table_query(e, inbox)
+}
+
+/// Implements `AttemptsDatabase` for `$db`, spelled in `$dialect`, counting
+/// with the backend's `$record(conn, inbox, consumer, envelope)`.
+macro_rules! attempts_database {
+    ($db:ty, $dialect:expr, record = $record:path) => {
+        #[async_trait::async_trait]
+        impl $crate::inbox::AttemptsDatabase for $db {
+            async fn record_attempt(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                inbox: &$crate::TableName,
+                consumer: &str,
+                envelope: &$crate::Envelope,
+            ) -> $crate::Result<u32> {
+                $record(conn, inbox, consumer, envelope).await
+            }
+
+            async fn uncount_attempt(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                inbox: &$crate::TableName,
+                consumer: &str,
+                envelope: &$crate::Envelope,
+            ) -> $crate::Result<()> {
+                let sql = format!(
+                    "UPDATE {a} SET attempts = attempts - 1 WHERE {key}",
+                    a = $dialect.object(inbox, $crate::inbox::ATTEMPTS_SUFFIX),
+                    key = $crate::backend::attempts::key_filter($dialect, 1),
+                );
+                let key = $crate::inbox::InboxKey::of(envelope);
+                sqlx::query(&sql)
+                    .bind(consumer)
+                    .bind(key.source)
+                    .bind(key.message_id)
+                    .execute(conn)
+                    .await
+                    .map_err($crate::backend::attempts::failed(inbox))?;
+                Ok(())
+            }
+
+            async fn note_failure(
+                pool: &sqlx::Pool<Self>,
+                inbox: &$crate::TableName,
+                consumer: &str,
+                envelope: &$crate::Envelope,
+                reason: &str,
+            ) -> $crate::Result<()> {
+                let sql = format!(
+                    "UPDATE {a} SET last_error = {r} WHERE {key}",
+                    a = $dialect.object(inbox, $crate::inbox::ATTEMPTS_SUFFIX),
+                    r = $dialect.param(1),
+                    key = $crate::backend::attempts::key_filter($dialect, 2),
+                );
+                let key = $crate::inbox::InboxKey::of(envelope);
+                sqlx::query(&sql)
+                    .bind(reason)
+                    .bind(consumer)
+                    .bind(key.source)
+                    .bind(key.message_id)
+                    .execute(pool)
+                    .await
+                    .map_err($crate::backend::attempts::failed(inbox))?;
+                Ok(())
+            }
+
+            async fn last_failure(
+                pool: &sqlx::Pool<Self>,
+                inbox: &$crate::TableName,
+                consumer: &str,
+                envelope: &$crate::Envelope,
+            ) -> $crate::Result<Option<String>> {
+                let sql = format!(
+                    "SELECT last_error FROM {a} WHERE {key}",
+                    a = $dialect.object(inbox, $crate::inbox::ATTEMPTS_SUFFIX),
+                    key = $crate::backend::attempts::key_filter($dialect, 1),
+                );
+                let key = $crate::inbox::InboxKey::of(envelope);
+                let row: Option<Option<String>> = sqlx::query_scalar(&sql)
+                    .bind(consumer)
+                    .bind(key.source)
+                    .bind(key.message_id)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err($crate::backend::attempts::failed(inbox))?;
+                Ok(row.flatten())
+            }
+
+            async fn forget_attempts(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                inbox: &$crate::TableName,
+                consumer: &str,
+                envelope: &$crate::Envelope,
+            ) -> $crate::Result<()> {
+                let sql = format!(
+                    "DELETE FROM {a} WHERE {key}",
+                    a = $dialect.object(inbox, $crate::inbox::ATTEMPTS_SUFFIX),
+                    key = $crate::backend::attempts::key_filter($dialect, 1),
+                );
+                let key = $crate::inbox::InboxKey::of(envelope);
+                sqlx::query(&sql)
+                    .bind(consumer)
+                    .bind(key.source)
+                    .bind(key.message_id)
+                    .execute(conn)
+                    .await
+                    .map_err($crate::backend::attempts::failed(inbox))?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use attempts_database;
