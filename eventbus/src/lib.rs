@@ -43,7 +43,9 @@
 //! consumer groups, acknowledgement and redelivery like Kafka) for dev mode,
 //! demos and fast tests of handlers.
 
+mod backoff;
 pub mod consumer;
+mod dead_letter;
 pub mod envelope;
 mod error;
 pub mod event;
@@ -53,6 +55,7 @@ pub mod migrate;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod outbox;
+pub mod redact;
 pub mod relay;
 pub mod schema;
 #[cfg(feature = "sqlite")]
@@ -62,13 +65,13 @@ pub mod telemetry;
 pub mod transport;
 
 pub use envelope::{Envelope, EnvelopeError};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use event::Event;
-pub use inbox::{BoxError, Delivery, Inbox, Processed};
+pub use inbox::{Delivery, Inbox, Processed};
 pub use migrate::{migrate, Migrator};
 pub use outbox::{Metadata, Outbox, OutboxEntry, OutboxRecord};
 pub use table::TableName;
-pub use transport::{OutgoingMessage, PublishError, Publisher};
+pub use transport::{OutgoingMessage, PublishError, Publisher, TransportError};
 
 /// Derives [`Event`]; see [`eventbus_macros::Event`] for the attributes.
 #[cfg(feature = "macros")]
