@@ -1,10 +1,13 @@
 //! The crate's error type: [`Error`] and the [`Result`] alias.
 
 use crate::envelope::EnvelopeError;
-use crate::transport::PublishError;
+use crate::transport::{PublishError, TransportError};
 
 /// A specialized `Result` whose error defaults to [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any error, boxed: what handlers and upcasters return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in eventbus.
 #[derive(Debug, thiserror::Error)]
@@ -68,26 +71,30 @@ pub enum Error {
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
 
-    /// Publishing to the broker failed.
+    /// Publishing to the broker failed (connecting a publisher, creating a
+    /// destination, sending).
     #[error(transparent)]
     Publish(#[from] PublishError),
+
+    /// Receiving from the broker failed: connecting a subscriber, declaring
+    /// what it reads from, receiving, acknowledging. Its kind says whether to
+    /// retry ([`TransportError::is_retriable`]) or give up
+    /// ([`TransportError::is_fatal`]).
+    #[error(transparent)]
+    Subscribe(TransportError),
 
     /// Configuration is invalid (bad URL, bad table name, unknown option).
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// An operation was called when it cannot run: outside a tokio runtime,
+    /// or on a handler's transaction that is already finished.
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+
     /// A handler (user code) returned an error; its transaction was rolled back.
     #[error("handler failed: {0}")]
-    Handler(#[source] crate::inbox::BoxError),
-
-    /// A backend was requested that was not compiled in.
-    #[error("{what} needs the `{feature}` feature of the eventbus crate")]
-    FeatureDisabled {
-        /// What was requested, e.g. `kafka://` broker URL.
-        what: String,
-        /// The cargo feature that enables it.
-        feature: &'static str,
-    },
+    Handler(#[source] BoxError),
 }
 
 impl Error {
@@ -105,6 +112,16 @@ impl Error {
         match self {
             Error::Database(e) => is_transient_sqlx(e),
             Error::Publish(e) => e.is_unavailable(),
+            Error::Subscribe(e) => e.is_retriable(),
+            _ => false,
+        }
+    }
+
+    /// Whether the broker client reported a failure it cannot recover from
+    /// ([`TransportError::Fatal`]): whoever runs it stops rather than retry.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Publish(e) | Error::Subscribe(e) => e.is_fatal(),
             _ => false,
         }
     }
@@ -135,6 +152,11 @@ impl Error {
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::Config(message.into())
+    }
+
+    /// See [`Error::InvalidState`].
+    pub(crate) fn invalid_state(message: impl Into<String>) -> Self {
+        Error::InvalidState(message.into())
     }
 }
 

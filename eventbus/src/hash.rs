@@ -1,12 +1,20 @@
-//! [`fnv1a`]: the stable hash behind lanes (RabbitMQ), message groups (SQS)
-//! and shortened keys (the parked table).
+//! [`fnv1a`]: the stable hash behind lanes (Kafka, RabbitMQ, SQS), message
+//! groups (SQS) and shortened keys (the parked table).
 
 /// 64-bit FNV-1a: stable across processes and releases, unlike `std`'s
 /// hasher, so that every member of a group and every release agree.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv1a_parts(&[bytes])
+}
+
+/// [`fnv1a`] of the concatenation of `parts`, without building it.
+pub(crate) fn fnv1a_parts(parts: &[&[u8]]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|part| part.iter())
+        .fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+            (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 #[cfg(test)]

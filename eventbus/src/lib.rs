@@ -44,7 +44,9 @@
 //! demos and fast tests of handlers.
 
 pub mod backend;
+mod backoff;
 pub mod consumer;
+mod dead_letter;
 pub mod envelope;
 mod error;
 pub mod event;
@@ -52,6 +54,7 @@ mod hash;
 pub mod inbox;
 pub mod migrate;
 pub mod outbox;
+pub mod redact;
 pub mod relay;
 pub mod schema;
 mod table;
@@ -65,13 +68,13 @@ pub use backend::mysql;
 #[doc(inline)]
 pub use backend::sqlite;
 pub use envelope::{Envelope, EnvelopeError};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use event::Event;
-pub use inbox::{BoxError, Delivery, Inbox, Processed};
+pub use inbox::{Delivery, Inbox, Processed};
 pub use migrate::{migrate, Migrator};
 pub use outbox::{Metadata, Outbox, OutboxEntry, OutboxRecord};
 pub use table::TableName;
-pub use transport::{OutgoingMessage, PublishError, Publisher};
+pub use transport::{OutgoingMessage, PublishError, Publisher, TransportError};
 
 /// Derives [`Event`]; see [`eventbus_macros::Event`] for the attributes.
 #[cfg(feature = "macros")]

@@ -29,7 +29,7 @@ async fn proxy(ca: &TestCa) -> TlsProxy {
 
 fn unavailable(result: eventbus::Result<RabbitPublisher>) -> String {
     match result {
-        Err(Error::Publish(PublishError::Unavailable(reason))) => reason,
+        Err(Error::Publish(PublishError::Unavailable(reason))) => reason.into(),
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }

@@ -81,7 +81,7 @@ impl<DB: sqlx::Database> SharedTx<DB> {
 
 impl<DB: OutboxDatabase> SharedTx<DB> {
     fn finished() -> Error {
-        Error::config("the handler's transaction is already finished")
+        Error::invalid_state("the handler's transaction is already finished")
     }
 
     /// The transaction, once no guard is out; staged events are written
@@ -246,7 +246,7 @@ impl<DB: OutboxDatabase> Context<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if called after the handler finished; as for
+    /// [`Error::InvalidState`] if called after the handler finished; as for
     /// [`Outbox::publish`] if writing staged events fails.
     pub async fn tx(&self) -> Result<TransactionGuard<DB>> {
         self.inner.tx.lock(&self.inner.outbox).await
@@ -265,7 +265,7 @@ impl<DB: OutboxDatabase> Context<DB> {
     ///
     /// # Errors
     ///
-    /// As for [`Outbox::publish`]; [`Error::Config`] after the handler
+    /// As for [`Outbox::publish`]; [`Error::InvalidState`] after the handler
     /// finished. A staged event's database error comes from the next
     /// [`tx`](Self::tx) or `publish`, or fails the commit.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid> {

@@ -10,23 +10,9 @@
 use crate::envelope::Envelope;
 use crate::transport::OutgoingMessage;
 
-/// Extension attribute: why the message was dead-lettered.
-pub const REASON: &str = "deadletterreason";
-/// Extension attribute: attempts made before giving up.
-pub const ATTEMPTS: &str = "deadletterattempts";
-/// Extension attribute: the destination the message came from.
-pub const ORIGIN: &str = "deadletterorigin";
-/// Extension attribute: the consumer group that gave up.
-pub const GROUP: &str = "deadlettergroup";
-
-/// Extension attribute of an event re-driven from a dead-letter destination:
-/// when it was re-driven (RFC 3339). A re-drive is a new send of the event,
-/// which a broker that drops copies by event id (SQS FIFO queues, see
-/// [`crate::transport`]) must not take for a copy of the first send.
-pub const REDRIVEN_AT: &str = "redrivenat";
-
-/// The event type of a dead letter whose original was not a CloudEvent.
-pub const UNDECODABLE_TYPE: &str = "eventbus.deadletter.undecodable";
+pub use crate::dead_letter::{
+    destination_of, ATTEMPTS, GROUP, ORIGIN, REASON, REDRIVEN_AT, UNDECODABLE_TYPE,
+};
 
 /// What a dead letter does to the later messages of its key.
 ///
@@ -50,18 +36,6 @@ pub enum DeadLetterKeys {
     /// replay`), so no event of the key is applied before it. Events without
     /// a partition key hold nothing.
     Block,
-}
-
-/// The dead-letter destination of consumer group `group` for messages from
-/// `destination`: each group has its own, so a replay reaches that group only.
-///
-/// ```
-/// use eventbus::consumer::dead_letter::destination_of;
-///
-/// assert_eq!(destination_of("orders", "billing"), "orders.billing.dlq");
-/// ```
-pub fn destination_of(destination: &str, group: &str) -> String {
-    format!("{destination}.{group}.dlq")
 }
 
 /// A dead letter for an event that could not be handled.

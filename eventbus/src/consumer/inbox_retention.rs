@@ -67,7 +67,7 @@ async fn sweep<DB: InboxDatabase>(
     window: Duration,
     mut stopped: watch::Receiver<()>,
 ) {
-    let first = START_SPREAD.mul_f64(crate::relay::unit_random());
+    let first = START_SPREAD.mul_f64(crate::backoff::unit_random());
     tokio::select! {
         () = tokio::time::sleep(first) => {}
         _ = stopped.changed() => return,
@@ -92,7 +92,7 @@ async fn sweep<DB: InboxDatabase>(
         if deleted > 0 {
             tracing::info!(%group, deleted, window_secs = window.as_secs(), "inbox rows past retention deleted");
         }
-        let pause = crate::relay::equal_jitter(period(window), crate::relay::unit_random());
+        let pause = crate::backoff::equal_jitter(period(window), crate::backoff::unit_random());
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             _ = stopped.changed() => return,

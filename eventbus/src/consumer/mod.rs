@@ -159,8 +159,11 @@ where
     ///
     /// # Errors
     ///
-    /// Only if closing the subscription fails; message-level trouble is handled
-    /// (retried, dead-lettered) and never ends the loop.
+    /// If closing the subscription fails, or the subscriber reports a failure
+    /// it cannot recover from ([`crate::Error::is_fatal`]): the consumer then
+    /// shuts down as above and returns that error. Message-level trouble is
+    /// handled (retried, dead-lettered) and never ends the loop, nor does a
+    /// broker that is unavailable for a while.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.shared.max_in_flight));
         let mut lanes: HashMap<u64, mpsc::UnboundedSender<Queued>> = HashMap::new();
@@ -171,6 +174,7 @@ where
             .map(|n| Duration::from_secs_f64(1.0 / f64::from(n)));
         let mut next_start = tokio::time::Instant::now();
         let mut subscriber = self.subscriber.lock().await;
+        let mut fatal = None;
         let sweeper = self.shared.inbox_retention.map(|window| {
             inbox_retention::Sweeper::start(
                 self.shared.pool.clone(),
@@ -204,6 +208,11 @@ where
             let message = match received {
                 None => break,
                 Some(Ok(m)) => m,
+                Some(Err(e)) if e.is_fatal() => {
+                    tracing::error!(group = %self.shared.group, error = %e, "receiving failed for good; the consumer stops");
+                    fatal = Some(e);
+                    break;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(group = %self.shared.group, error = %e, "receiving failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -235,7 +244,11 @@ where
         if let Some(sweeper) = sweeper {
             sweeper.stop().await;
         }
-        subscriber.close().await
+        let closed = subscriber.close().await;
+        match fatal {
+            Some(e) => Err(e),
+            None => closed,
+        }
     }
 }
 

@@ -56,14 +56,15 @@ impl RetryPolicy {
             return None;
         }
         if retry <= self.immediate {
-            return Some(crate::relay::equal_jitter(
+            return Some(crate::backoff::equal_jitter(
                 self.immediate_delay,
-                crate::relay::unit_random(),
+                crate::backoff::unit_random(),
             ));
         }
         let delayed = retry - self.immediate;
-        (delayed <= self.delayed)
-            .then(|| crate::relay::exponential(self.delayed_initial, self.delayed_max, delayed - 1))
+        (delayed <= self.delayed).then(|| {
+            crate::backoff::exponential(self.delayed_initial, self.delayed_max, delayed - 1)
+        })
     }
 
     /// Total attempts a message gets, the first included.

@@ -24,8 +24,7 @@ pub use parked::{
 /// The default inbox table name.
 pub const DEFAULT_TABLE: &str = "eventbus_inbox";
 
-/// A boxed error from user code (handlers).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::error::BoxError;
 
 /// Records processed message ids per consumer.
 ///

@@ -40,7 +40,7 @@ pub use crate::backend::postgres::PgRelayStore;
 #[doc(inline)]
 pub use crate::backend::sqlite::SqliteRelayStore;
 pub use admin::{AdminStore, FailedRow, OutboxAdmin, Status};
-pub(crate) use config::{equal_jitter, exponential, unit_random};
+use crate::backoff::exponential;
 pub use config::{RelayConfig, Retention};
 pub(crate) use key_gate::KeyGate;
 use membership::Membership;
@@ -117,12 +117,14 @@ impl Relay {
     /// releases its partitions and deregisters.
     ///
     /// Database and broker trouble never ends the loop: the relay logs, backs off
-    /// and carries on. It returns only on shutdown (or a configuration problem
-    /// found at start).
+    /// and carries on. It returns only on shutdown, a configuration problem
+    /// found at start, or a broker error that retrying cannot mend.
     ///
     /// # Errors
     ///
-    /// [`crate::Error::NotMigrated`] if the outbox tables are missing at start.
+    /// [`crate::Error::NotMigrated`] if the outbox tables are missing at start;
+    /// [`crate::Error::Publish`] with [`PublishError::Fatal`] when the
+    /// publisher reports one (the rows of that batch stay pending).
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let partitions = self.store.partitions().await?;
         let membership = Arc::new(Membership::new(self.id, partitions));
@@ -175,24 +177,30 @@ impl Relay {
         );
         tokio::pin!(worker);
         tokio::pin!(shutdown);
-        tokio::select! {
-            () = &mut worker => {}
+        let outcome = tokio::select! {
+            outcome = &mut worker => outcome,
             () = &mut shutdown => {
                 // Let the current batch finish, then leave.
                 stop.notify_one();
-                worker.await;
+                worker.await
             }
-        }
+        };
         drop((heart, listener, stats, cleaner));
         if let Err(e) = self.store.deregister(self.id).await {
             tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
         }
         tracing::info!(relay = %self.id, "relay stopped");
-        Ok(())
+        Ok(outcome?)
     }
 
-    /// The claim → publish → acknowledge loop.
-    async fn work(&self, membership: Arc<Membership>, wake: Arc<Notify>, stop: Arc<Notify>) {
+    /// The claim → publish → acknowledge loop; ends on a stop request or a
+    /// fatal broker error.
+    async fn work(
+        &self,
+        membership: Arc<Membership>,
+        wake: Arc<Notify>,
+        stop: Arc<Notify>,
+    ) -> std::result::Result<(), PublishError> {
         let mut known_destinations: HashSet<String> = HashSet::new();
         let mut outage_step = 0u32;
         loop {
@@ -229,9 +237,13 @@ impl Relay {
                                     outage_step = outage_step.saturating_add(1);
                                     tracing::info!(?pause, "pausing until the broker is back");
                                     if sleep_or_stop(pause, &stop).await {
-                                        return;
+                                        return Ok(());
                                     }
                                     continue;
+                                }
+                                BatchOutcome::Fatal(e) => {
+                                    tracing::error!(error = %e, "fatal broker error; the relay stops");
+                                    return Err(e);
                                 }
                             }
                         }
@@ -239,7 +251,7 @@ impl Relay {
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
                         if sleep_or_stop(self.config.poll_interval, &stop).await {
-                            return;
+                            return Ok(());
                         }
                         continue;
                     }
@@ -248,7 +260,7 @@ impl Relay {
             if full_batch {
                 // More is waiting: go again, unless asked to stop.
                 if stop_requested(&stop) {
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
@@ -263,7 +275,7 @@ impl Relay {
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(next_look) => {}
-                () = stop.notified() => return,
+                () = stop.notified() => return Ok(()),
             }
         }
     }
@@ -316,6 +328,7 @@ impl Relay {
                         self.broker_state(false);
                         return BatchOutcome::BrokerDown;
                     }
+                    Err(e) if e.is_fatal() => return BatchOutcome::Fatal(e),
                     // A destination that cannot be created fails its messages below.
                     Err(e) => {
                         tracing::warn!(destination = %m.destination, error = %e, "cannot create destination")
@@ -373,7 +386,8 @@ impl Relay {
         // order). Rows refused before sending were never sent with their
         // followers, so this starts afresh.
         let mut failed = KeyGate::default();
-        let mut unavailable: Option<String> = None;
+        let mut unavailable: Option<crate::transport::Cause> = None;
+        let mut fatal: Option<PublishError> = None;
         for ((row, result), span) in sent_rows.into_iter().zip(results).zip(spans) {
             if let Some(waited) = telemetry::finish_send(span, row, &result, acknowledged_at) {
                 self.metrics.outbox_wait(waited);
@@ -401,6 +415,11 @@ impl Relay {
                 }
                 // Stays pending, behind its key's rejected row; no attempt used.
                 Err(PublishError::NotSent(_)) => failed.stop(row),
+                // Stays pending; the relay stops once the batch is recorded.
+                Err(e) if e.is_fatal() => {
+                    failed.stop(row);
+                    fatal.get_or_insert(e);
+                }
                 Err(e) => {
                     failed.stop(row);
                     rejections.push(self.rejection(row, e.to_string(), false));
@@ -438,8 +457,10 @@ impl Relay {
                 tracing::warn!(error = %e, "recording rejected rows failed");
             }
         }
-        self.broker_state(unavailable.is_none());
-        if let Some(reason) = unavailable {
+        self.broker_state(unavailable.is_none() && fatal.is_none());
+        if let Some(e) = fatal {
+            BatchOutcome::Fatal(e)
+        } else if let Some(reason) = unavailable {
             tracing::warn!(%reason, "broker unavailable");
             self.metrics.outage();
             BatchOutcome::BrokerDown
@@ -554,6 +575,8 @@ struct Refusal {
 enum BatchOutcome {
     Done,
     BrokerDown,
+    /// The publisher cannot go on: the relay stops with this error.
+    Fatal(PublishError),
 }
 
 /// Sleeps for `d`; `true` if a stop was requested meanwhile.

@@ -71,12 +71,7 @@ pub(super) fn finish_send(
             Some(waited)
         }
         Err(e) => {
-            let kind = match e {
-                PublishError::Unavailable(_) => "broker_unavailable",
-                PublishError::Rejected(_) => "rejected",
-                PublishError::NotSent(_) => "not_sent",
-            };
-            span.fail(kind, &e.to_string());
+            span.fail(e.kind().as_str(), &e.to_string());
             None
         }
     };

@@ -8,6 +8,7 @@ use std::fmt;
 
 use crate::envelope::Envelope;
 
+mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
@@ -17,6 +18,7 @@ pub mod rabbitmq;
 pub mod sqs;
 mod subscription;
 
+pub use error::{BoxedSource, Cause, PublishError, TransportError, TransportErrorKind};
 pub use subscription::{MessageInfo, Received, Settle, Subscriber};
 
 /// An event on its way to the broker.
@@ -40,33 +42,6 @@ pub struct Delivered {
     /// drop such messages: it counts as published, and the relay counts it in
     /// `eventbus_relay_unroutable_total`.
     pub unroutable: bool,
-}
-
-/// Why a publish failed: the relay pauses on [`PublishError::Unavailable`] and
-/// counts an attempt against the row on [`PublishError::Rejected`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The broker as a whole cannot take messages now (down, unreachable, timed
-    /// out). Not the message's fault: retry later without counting an attempt.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
-    /// The broker refused this message (too large, unroutable, not authorized for
-    /// this destination, nacked).
-    #[error("message rejected: {0}")]
-    Rejected(String),
-    /// Not sent at all, to keep per-key order: an earlier message of the same
-    /// destination and key in the batch was rejected. Retry later without
-    /// counting an attempt.
-    #[error("message not sent: {0}")]
-    NotSent(String),
-}
-
-impl PublishError {
-    /// Whether the broker as a whole is unavailable.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, PublishError::Unavailable(_))
-    }
 }
 
 /// Sends events to a broker and waits for its acknowledgement.

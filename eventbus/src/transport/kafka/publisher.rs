@@ -13,9 +13,13 @@ use rdkafka::config::{ClientConfig, FromClientConfig};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::{canonical_key, config_error, kafka_headers, Settings};
+use super::classify::{
+    classify, classify_code, fetch_topic_metadata, is_fencing, Outcome, TopicState,
+};
+use super::codec::kafka_headers;
+use super::settings::{canonical_key, config_error, Settings};
 use crate::error::{Error, Result};
-use crate::transport::{Delivered, OutgoingMessage, PublishError, Publisher};
+use crate::transport::{Cause, Delivered, OutgoingMessage, PublishError, Publisher};
 
 /// In a CreateTopics request: "the cluster's default" (`num.partitions`,
 /// `default.replication.factor`; KIP-464, brokers from Kafka 2.4).
@@ -174,9 +178,10 @@ impl KafkaPublisher {
                 // the idempotent producer's id handshake for nothing.
                 config.remove("enable.idempotence");
                 AdminClient::from_config(&config).map_err(|e| {
-                    PublishError::Unavailable(format!(
-                        "cannot create Kafka admin client: {}",
-                        self.settings.scrub(&e.to_string())
+                    PublishError::Unavailable(Cause::scrubbed(
+                        "cannot create Kafka admin client",
+                        e,
+                        |text| self.settings.scrub(text),
                     ))
                 })
             })
@@ -210,7 +215,7 @@ impl KafkaPublisher {
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
-                Err((e, _)) => return Err(classify(&e, &message.destination)),
+                Err((e, _)) => return Err(classify(e, &message.destination)),
             }
         }
     }
@@ -223,13 +228,16 @@ impl KafkaPublisher {
         let producer = self.producer();
         match fetch_topic_metadata(&producer, topic, PROBE_TIMEOUT).await {
             Ok(TopicState::Exists { .. }) => Ok(()),
-            Ok(TopicState::Missing(_)) => Err(PublishError::Unavailable(format!(
+            Ok(TopicState::Missing(_)) => Err(PublishError::Unavailable(
+                format!(
                 "cannot create Kafka topic `{topic}` with the cluster's default partition count \
                  and replication factor: the cluster is older than Kafka 2.4 (KIP-464); set \
                  both (`partitions` and `replication_factor` of the publisher; the relay's \
                  --topic-partitions and --topic-replication-factor) or create the topic"
-            ))),
-            Err(e) => Err(PublishError::Unavailable(e)),
+            )
+                .into(),
+            )),
+            Err(e) => Err(PublishError::Unavailable(e.into())),
         }
     }
 
@@ -248,17 +256,24 @@ impl KafkaPublisher {
                 } else {
                     ""
                 };
-                PublishError::Rejected(format!(
-                    "Kafka topic `{topic}` is not available for publishing ({code}){hint}"
-                ))
+                PublishError::Rejected(
+                    format!("Kafka topic `{topic}` is not available for publishing ({code}){hint}")
+                        .into(),
+                )
             }
-            Ok(TopicState::Exists { .. }) => PublishError::Unavailable(format!(
-                "Kafka did not acknowledge the message to topic `{topic}` within {waited} ms"
-            )),
-            Err(e) => PublishError::Unavailable(format!(
-                "Kafka did not acknowledge the message to topic `{topic}` within {waited} ms \
+            Ok(TopicState::Exists { .. }) => PublishError::Unavailable(
+                format!(
+                    "Kafka did not acknowledge the message to topic `{topic}` within {waited} ms"
+                )
+                .into(),
+            ),
+            Err(e) => PublishError::Unavailable(
+                format!(
+                    "Kafka did not acknowledge the message to topic `{topic}` within {waited} ms \
                  and the cluster does not answer: {e}"
-            )),
+                )
+                .into(),
+            ),
         }
     }
 }
@@ -320,7 +335,7 @@ impl Publisher for KafkaPublisher {
                         if e.rdkafka_error_code().is_some_and(is_fencing) {
                             self.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
                         }
-                        Outcome::Done(Err(classify(&e, &message.destination)))
+                        Outcome::Done(Err(classify(e, &message.destination)))
                     }
                     Err(_canceled) => Outcome::Done(Err(PublishError::Unavailable(
                         "the Kafka producer was shut down before the broker answered".into(),
@@ -377,9 +392,10 @@ impl Publisher for KafkaPublisher {
             // The request as a whole failed, e.g. timed out without an answer.
             Err(KafkaError::AdminOp(code)) => return Err(classify_code(code, destination)),
             Err(other) => {
-                return Err(PublishError::Unavailable(format!(
-                    "cannot create Kafka topic `{destination}`: {}",
-                    self.settings.scrub(&other.to_string())
+                return Err(PublishError::Unavailable(Cause::scrubbed(
+                    format_args!("cannot create Kafka topic `{destination}`"),
+                    other,
+                    |text| self.settings.scrub(text),
                 )))
             }
         };
@@ -414,11 +430,14 @@ impl Publisher for KafkaPublisher {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(TopicState::Missing(code)) => {
-                    return Err(PublishError::Unavailable(format!(
+                    return Err(PublishError::Unavailable(
+                        format!(
                         "Kafka topic `{destination}` was created but is not visible yet ({code})"
-                    )))
+                    )
+                        .into(),
+                    ))
                 }
-                Err(e) => return Err(PublishError::Unavailable(e)),
+                Err(e) => return Err(PublishError::Unavailable(e.into())),
             }
         }
     }
@@ -546,225 +565,9 @@ impl fmt::Debug for KafkaPublisherBuilder {
     }
 }
 
-/// Errors after which the idempotent producer's id/epoch is no good any more.
-fn is_fencing(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::UnknownProducerId
-            | RDKafkaErrorCode::OutOfOrderSequenceNumber
-    )
-}
-
-fn classify(error: &KafkaError, topic: &str) -> PublishError {
-    match error.rdkafka_error_code() {
-        Some(code) => classify_code(code, topic),
-        // Errors without a code come from the client itself (e.g. a topic name
-        // with a NUL byte): nothing a retry later would fix.
-        None => PublishError::Rejected(format!(
-            "Kafka refused the message to topic `{topic}`: {error}"
-        )),
-    }
-}
-
-fn classify_code(code: RDKafkaErrorCode, topic: &str) -> PublishError {
-    if is_broker_wide(code) {
-        PublishError::Unavailable(format!(
-            "Kafka cluster unavailable for topic `{topic}`: {code}"
-        ))
-    } else {
-        PublishError::Rejected(format!(
-            "Kafka rejected the message to topic `{topic}`: {code}"
-        ))
-    }
-}
-
-/// Whether `code` means the cluster (or our connection to it) cannot take
-/// messages now, as opposed to a problem with this message or its topic.
-///
-/// The relay pauses on the first kind without counting an attempt against the
-/// event, and retries, then parks, on the second.
-///
-/// `Unavailable` — broker-wide, not the message's fault:
-/// - connection and authentication: `BrokerTransportFailure`, `AllBrokersDown`,
-///   `Resolve`, `SSL`, `Authentication`, `SaslAuthenticationFailed`,
-///   `UnsupportedSASLMechanism`, `IllegalSASLState`, `NetworkException`;
-/// - time: `MessageTimedOut` (unless the metadata probe in `publish_batch` finds
-///   the topic missing, see below), `RequestTimedOut`, `OperationTimedOut`,
-///   `TimedOutQueue`, `QueueFull` (only after waiting `message.timeout.ms`);
-/// - replication, leadership, storage: `NotEnoughReplicas`,
-///   `NotEnoughReplicasAfterAppend`, `ISRInsufficient`, `LeaderNotAvailable`,
-///   `NotLeaderForPartition`, `BrokerNotAvailable`, `ReplicaNotAvailable`,
-///   `KafkaStorageError`, leader-epoch, reassignment and coordinator errors;
-/// - producer state: `Fatal` (the producer is then replaced), fencing, producer
-///   epoch and id, `OutOfOrderSequenceNumber`, purges at shutdown;
-/// - cluster-wide settings: `ClusterAuthorizationFailed` (idempotent writes need
-///   it), `InvalidRequiredAcks`, `UnsupportedVersion`, `UnsupportedFeature`,
-///   `ThrottlingQuotaExceeded`, `RebootstrapRequired`.
-///
-/// `Rejected` — this message or its topic:
-/// - size: `MessageSizeTooLarge` (the broker's, and librdkafka's client-side
-///   check against `message.max.bytes`), `InvalidMessageSize`,
-///   `MessageBatchTooLarge` (Kafka's `RECORD_LIST_TOO_LARGE`);
-/// - content: `InvalidMessage` (corrupt), `InvalidRecord`, `InvalidTimestamp`,
-///   `BadMessage`, `BadCompression`, `UnsupportedForMessageFormat`;
-/// - topic: `UnknownTopicOrPartition`, `UnknownTopic`, `UnknownPartition`,
-///   `InvalidTopic`, `TopicAuthorizationFailed`, `PolicyViolation`; a delivery
-///   that timed out while the cluster answers but reports the topic missing;
-/// - topic creation: `InvalidPartitions`, `InvalidReplicationFactor`,
-///   `InvalidReplicaAssignment`, `InvalidConfig`;
-/// - anything not listed as `Unavailable`: a message wrongly parked is visible
-///   and an operator can release it, whereas a message wrongly taken for an
-///   outage would stall every key behind it forever.
-fn is_broker_wide(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        code,
-        // Connection and authentication.
-        C::BrokerTransportFailure
-            | C::AllBrokersDown
-            | C::Resolve
-            | C::SSL
-            | C::Authentication
-            | C::SaslAuthenticationFailed
-            | C::UnsupportedSASLMechanism
-            | C::IllegalSASLState
-            | C::NetworkException
-            | C::BrokerDestroy
-            | C::DestroyBroker
-            | C::CriticalSystemResource
-            | C::Interrupted
-            // Timeouts and local back-pressure.
-            | C::MessageTimedOut
-            | C::RequestTimedOut
-            | C::OperationTimedOut
-            | C::TimedOutQueue
-            | C::QueueFull
-            | C::Retry
-            // Replication, leadership, storage.
-            | C::NotEnoughReplicas
-            | C::NotEnoughReplicasAfterAppend
-            | C::ISRInsufficient
-            | C::LeaderNotAvailable
-            | C::NotLeaderForPartition
-            | C::BrokerNotAvailable
-            | C::ReplicaNotAvailable
-            | C::PreferredLeaderNotAvailable
-            | C::EligibleLeadersNotAvailable
-            | C::FencedLeaderEpoch
-            | C::UnknownLeaderEpoch
-            | C::KafkaStorageError
-            | C::ReassignmentInProgress
-            | C::NotController
-            | C::CoordinatorLoadInProgress
-            | C::CoordinatorNotAvailable
-            | C::NotCoordinator
-            // Producer state (idempotence) and shutdown.
-            | C::Fatal
-            | C::Fenced
-            | C::ProducerFenced
-            | C::InvalidProducerEpoch
-            | C::UnknownProducerId
-            | C::OutOfOrderSequenceNumber
-            | C::PurgeQueue
-            | C::PurgeInflight
-            // Cluster-wide settings and limits.
-            | C::ClusterAuthorizationFailed
-            | C::InvalidRequiredAcks
-            | C::UnsupportedVersion
-            | C::UnsupportedFeature
-            | C::ThrottlingQuotaExceeded
-            | C::RebootstrapRequired
-    )
-}
-
-/// A message's fate before timeouts are explained.
-enum Outcome {
-    /// Acknowledged or failed for a known reason.
-    Done(std::result::Result<Delivered, PublishError>),
-    /// Not acknowledged within `message.timeout.ms`.
-    TimedOut,
-}
-
-/// What the cluster says about a topic.
-enum TopicState {
-    /// It exists with this many partitions.
-    Exists { partitions: usize },
-    /// It does not exist, or may not be used (the broker's error code).
-    Missing(RDKafkaErrorCode),
-}
-
-/// Asks the cluster about `topic`; `Err` when it does not answer in time.
-async fn fetch_topic_metadata(
-    producer: &FutureProducer,
-    topic: &str,
-    timeout: Duration,
-) -> std::result::Result<TopicState, String> {
-    let producer = producer.clone();
-    let topic = topic.to_owned();
-    // The metadata call blocks its thread until the broker answers.
-    let answer = tokio::task::spawn_blocking(move || {
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(|e| e.to_string())?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic);
-        Ok(match found {
-            None => TopicState::Missing(RDKafkaErrorCode::UnknownTopicOrPartition),
-            Some(t) => match t.error() {
-                Some(err) => TopicState::Missing(err.into()),
-                None if t.partitions().is_empty() => {
-                    TopicState::Missing(RDKafkaErrorCode::UnknownTopicOrPartition)
-                }
-                None => TopicState::Exists {
-                    partitions: t.partitions().len(),
-                },
-            },
-        })
-    })
-    .await;
-    match answer {
-        Ok(result) => match result {
-            // A broker-wide reason (leader election, …) is not "missing".
-            Ok(TopicState::Missing(code)) if is_broker_wide(code) => Err(format!("{code}")),
-            other => other,
-        },
-        Err(e) => Err(format!("metadata request failed: {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errors_are_sorted_into_unavailable_and_rejected() {
-        use RDKafkaErrorCode as C;
-        for code in [
-            C::AllBrokersDown,
-            C::BrokerTransportFailure,
-            C::MessageTimedOut,
-            C::NotEnoughReplicas,
-            C::LeaderNotAvailable,
-            C::NotLeaderForPartition,
-            C::RequestTimedOut,
-        ] {
-            assert!(classify_code(code, "t").is_unavailable(), "{code:?}");
-        }
-        for code in [
-            C::MessageSizeTooLarge,
-            C::InvalidTopic,
-            C::UnknownTopicOrPartition,
-            C::UnknownTopic,
-            C::TopicAuthorizationFailed,
-            C::InvalidRecord,
-            C::InvalidMessage,
-            C::MessageBatchTooLarge,
-        ] {
-            assert!(!classify_code(code, "t").is_unavailable(), "{code:?}");
-        }
-    }
 
     #[test]
     fn secrets_stay_out_of_debug_and_errors() {

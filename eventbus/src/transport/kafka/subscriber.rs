@@ -3,27 +3,24 @@
 //! is acknowledged (never past an unsettled or released one), rewinds a
 //! partition to a released message, and commits on rebalance and close.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{canonical_key, config_error, envelope_from_message, Settings};
-use crate::envelope::{Envelope, EnvelopeError};
+use super::codec::envelope_from_message;
+use super::partitions::{lane_of, Fetched, HandOut, Partitions};
+use super::rebalance::{commit_stored, GroupConsumer, GroupContext};
+use super::settings::{canonical_key, config_error, Settings};
+use super::settle::KafkaSettle;
 use crate::error::{Error, Result};
-use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
+use crate::transport::{Cause, MessageInfo, Received, Subscriber, TransportError};
 
 /// How many messages a [`KafkaSubscriber`] hands out and has not seen settled,
 /// unless [`KafkaSubscriberBuilder::max_in_flight`] says otherwise.
@@ -51,26 +48,6 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "4096"),
     ("queued.min.messages", "1000"),
 ];
-
-/// The consumer of a subscriber.
-type GroupConsumer = StreamConsumer<GroupContext>;
-
-/// The messages of one assigned partition, read apart from the others
-/// (librdkafka's partition queue).
-struct PartitionStream {
-    topic: String,
-    partition: i32,
-    queue: StreamPartitionQueue<GroupContext>,
-}
-
-impl fmt::Debug for PartitionStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PartitionStream")
-            .field("topic", &self.topic)
-            .field("partition", &self.partition)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Reads the topics of one consumer group from Kafka, as a [`Subscriber`] for
 /// [`crate::consumer::Consumer`].
@@ -297,12 +274,28 @@ impl KafkaSubscriber {
         }
     }
 
-    fn unavailable(&self, what: &str, error: &KafkaError) -> Error {
-        Error::Publish(PublishError::Unavailable(format!(
-            "Kafka consumer of group `{}`: {what}: {}",
-            self.group,
-            self.settings.scrub(&error.to_string())
-        )))
+    /// A receive error: [`TransportError::Fatal`] once librdkafka reports a
+    /// fatal error for the consumer (it cannot fetch again, e.g. its static
+    /// group membership was fenced by another instance), otherwise
+    /// [`TransportError::Unavailable`]. The rdkafka error is the source.
+    fn receive_error(&self, consumer: &GroupConsumer, error: KafkaError) -> Error {
+        let scrub = |text: &str| self.settings.scrub(text);
+        match consumer.client().fatal_error() {
+            Some((code, reason)) => Error::Subscribe(TransportError::Fatal(Cause::scrubbed(
+                format_args!(
+                    "Kafka consumer of group `{}` hit a fatal error ({code}: {})",
+                    self.group,
+                    self.settings.scrub(&reason)
+                ),
+                error,
+                scrub,
+            ))),
+            None => Error::Subscribe(TransportError::Unavailable(Cause::scrubbed(
+                format_args!("Kafka consumer of group `{}`: receiving failed", self.group),
+                error,
+                scrub,
+            ))),
+        }
     }
 }
 
@@ -383,8 +376,9 @@ impl KafkaSubscriberBuilder {
     ///
     /// [`Error::Config`] for no bootstrap servers, no group, no topic or an
     /// empty topic name, `max_in_flight` of zero, `enable.auto.offset.store`
-    /// other than `false`, an unknown property or an invalid value, or no tokio
-    /// runtime. Values of secret properties are never part of the message.
+    /// other than `false`, an unknown property or an invalid value (values of
+    /// secret properties are never part of the message);
+    /// [`Error::InvalidState`] with no tokio runtime.
     pub fn build(self) -> Result<KafkaSubscriber> {
         let KafkaSubscriberBuilder {
             mut settings,
@@ -430,7 +424,7 @@ impl KafkaSubscriberBuilder {
             }
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::config(
+            return Err(Error::invalid_state(
                 "KafkaSubscriber must be built inside a tokio runtime",
             ));
         }
@@ -475,7 +469,7 @@ impl Subscriber for KafkaSubscriber {
     async fn next(&mut self) -> Option<Result<Received>> {
         let consumer = self.consumer.clone()?;
         if let Some(e) = self.error.take() {
-            return Some(Err(self.unavailable("receiving failed", &e)));
+            return Some(Err(self.receive_error(&consumer, e)));
         }
         let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
         loop {
@@ -485,7 +479,7 @@ impl Subscriber for KafkaSubscriber {
                 return Some(Ok(self.received(out, &consumer, permit)));
             }
             if let Some(e) = self.error.take() {
-                return Some(Err(self.unavailable("receiving failed", &e)));
+                return Some(Err(self.receive_error(&consumer, e)));
             }
             self.wait_for_message(&consumer).await;
         }
@@ -507,19 +501,25 @@ impl Subscriber for KafkaSubscriber {
             consumer.unsubscribe();
             drop(consumer);
             committed.map_err(|e| {
-                Error::Publish(PublishError::Unavailable(format!(
-                    "Kafka consumer of group `{group}`: committing offsets on close failed: {}",
-                    settings.scrub(&e.to_string())
+                Error::Subscribe(TransportError::Unavailable(Cause::scrubbed(
+                    format_args!(
+                        "Kafka consumer of group `{group}`: committing offsets on close failed"
+                    ),
+                    e,
+                    |text| settings.scrub(text),
                 )))
             })
         })
         .await;
         match closed {
             Ok(result) => result,
-            Err(e) => Err(Error::Publish(PublishError::Unavailable(format!(
-                "Kafka consumer of group `{}`: closing failed: {e}",
-                self.group
-            )))),
+            Err(e) => Err(Error::Subscribe(TransportError::Unavailable(
+                format!(
+                    "Kafka consumer of group `{}`: closing failed: {e}",
+                    self.group
+                )
+                .into(),
+            ))),
         }
     }
 }
@@ -571,718 +571,13 @@ fn fetched(message: &BorrowedMessage<'_>) -> Arrival {
     (message.topic().to_owned(), message.partition(), fetched)
 }
 
-/// Commits the stored offsets and waits for the broker; nothing stored since
-/// the last commit is not an error.
-fn commit_stored<C: Consumer<GroupContext>>(consumer: &C) -> KafkaResult<()> {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-        other => other,
-    }
-}
-
-/// The lane of a (topic, partition): FNV-1a over the topic and the partition,
-/// the same in every process and release (unlike `DefaultHasher`).
-fn lane_of(topic: &str, partition: i32) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    // The partition has a fixed width, so (topic, partition) is encoded uniquely.
-    for byte in topic.bytes().chain(partition.to_be_bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 fn millis(duration: Duration) -> u128 {
     duration.as_millis()
-}
-
-/// Settles one message: stores its offset for commit, or rewinds its partition.
-struct KafkaSettle {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    /// The assignment of the partition the message was handed out in.
-    epoch: u64,
-    partitions: Arc<Partitions>,
-    /// Weak, so that a forgotten handle does not keep a closed consumer alive.
-    consumer: Weak<GroupConsumer>,
-    group: String,
-    /// The subscriber's in-flight slot, given back when this handle goes.
-    _permit: OwnedSemaphorePermit,
-    settled: bool,
-}
-
-impl fmt::Debug for KafkaSettle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaSettle")
-            .field("topic", &self.topic)
-            .field("partition", &self.partition)
-            .field("offset", &self.offset)
-            .field("epoch", &self.epoch)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KafkaSettle {
-    fn not_recorded(&self, why: &str) -> Error {
-        Error::Publish(PublishError::Unavailable(format!(
-            "Kafka consumer of group `{}`: the acknowledgement of {}/{} offset {} does not \
-             count ({why}); the message will be delivered again",
-            self.group, self.topic, self.partition, self.offset
-        )))
-    }
-
-    /// Records the acknowledgement and stores the partition's new position.
-    fn store(&mut self) -> Result<()> {
-        self.settled = true;
-        let consumer = self.consumer.upgrade();
-        let stored = self.partitions.ack(
-            &self.topic,
-            self.partition,
-            self.offset,
-            self.epoch,
-            |position| {
-                let Some(consumer) = &consumer else {
-                    return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::State));
-                };
-                let mut list = TopicPartitionList::with_capacity(1);
-                list.add_partition_offset(&self.topic, self.partition, Offset::Offset(position))?;
-                consumer.store_offsets(&list)
-            },
-        );
-        match stored {
-            Ok(Ack::Recorded) => Ok(()),
-            Ok(Ack::Revoked) => {
-                Err(self.not_recorded("its partition was revoked or the subscriber closed"))
-            }
-            Ok(Ack::Rewound) => {
-                Err(self.not_recorded("its partition was rewound to an earlier released message"))
-            }
-            Err(e) => Err(self.not_recorded(&format!("storing the offset failed: {e}"))),
-        }
-    }
-
-    /// Rewinds the partition to this message.
-    fn rewind(&mut self) -> Result<()> {
-        self.settled = true;
-        let Some(consumer) = self.consumer.upgrade() else {
-            // Closed: the next member of the group starts at the committed
-            // offset, which is not past this message.
-            return Ok(());
-        };
-        self.partitions
-            .release(
-                &self.topic,
-                self.partition,
-                self.offset,
-                self.epoch,
-                |offset| {
-                    // Zero timeout: the seek is queued in order behind earlier ones
-                    // without waiting for the fetcher.
-                    consumer.seek(
-                        &self.topic,
-                        self.partition,
-                        Offset::Offset(offset),
-                        Duration::ZERO,
-                    )
-                },
-            )
-            .map_err(|e| {
-                Error::Publish(PublishError::Unavailable(format!(
-                    "Kafka consumer of group `{}`: cannot rewind {}/{} to offset {}: {e}",
-                    self.group, self.topic, self.partition, self.offset
-                )))
-            })
-    }
-}
-
-#[async_trait::async_trait]
-impl Settle for KafkaSettle {
-    async fn ack(mut self: Box<Self>) -> Result<()> {
-        self.store()
-    }
-
-    async fn ack_durably(mut self: Box<Self>) -> Result<()> {
-        self.store()?;
-        let Some(consumer) = self.consumer.upgrade() else {
-            return Err(self.not_recorded("the subscriber closed"));
-        };
-        let committed = tokio::task::spawn_blocking(move || commit_stored(consumer.as_ref())).await;
-        let failure = match committed {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        // Stored, so a later commit may still take it: whether the broker
-        // delivers it again is unknown.
-        Err(Error::Publish(PublishError::Unavailable(format!(
-            "Kafka consumer of group `{}`: committing the acknowledgement of {}/{} offset {} \
-             failed: {failure}",
-            self.group, self.topic, self.partition, self.offset
-        ))))
-    }
-
-    async fn release(mut self: Box<Self>) -> Result<()> {
-        self.rewind()
-    }
-}
-
-impl Drop for KafkaSettle {
-    fn drop(&mut self) {
-        if !self.settled {
-            if let Err(e) = self.rewind() {
-                tracing::warn!(error = %e, "releasing a dropped, unsettled Kafka message failed");
-            }
-        }
-        // The in-flight slot (`_permit`) is given back as the fields drop.
-    }
-}
-
-/// What an acknowledgement amounted to.
-#[derive(Debug, PartialEq, Eq)]
-enum Ack {
-    /// Counted; the partition's position was stored if it moved.
-    Recorded,
-    /// The partition was revoked (or the subscriber closed) since the message
-    /// was handed out.
-    Revoked,
-    /// The partition was rewound to an earlier message that has not come round
-    /// again: this message will be delivered again too.
-    Rewound,
-}
-
-/// A fetched message not yet handed out.
-#[derive(Debug)]
-struct Fetched {
-    offset: i64,
-    envelope: std::result::Result<Envelope, EnvelopeError>,
-    body: Vec<u8>,
-    /// The message key, when it is UTF-8.
-    key: Option<String>,
-    /// The record timestamp, in milliseconds since the epoch.
-    timestamp_ms: Option<i64>,
-}
-
-/// A message picked to be handed out.
-#[derive(Debug)]
-struct HandOut {
-    topic: String,
-    partition: i32,
-    epoch: u64,
-    fetched: Fetched,
-}
-
-/// Bookkeeping per partition of the messages fetched and handed out: shared by
-/// the subscriber, its settle handles and the rebalance callback.
-#[derive(Debug, Default)]
-struct Partitions {
-    inner: Mutex<Book>,
-    /// Told when partitions are assigned, so that a waiting `next` reads
-    /// their queues too.
-    changed: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Book {
-    states: HashMap<(String, i32), PartitionState>,
-    /// Fetched messages buffered over all partitions.
-    buffered: usize,
-    /// Counts assignments, to tell them apart.
-    epochs: u64,
-    /// Counts hand-outs, to take partitions in turn.
-    turns: u64,
-}
-
-/// One partition, since it was (last) assigned to this member.
-#[derive(Debug)]
-struct PartitionState {
-    /// Tells this assignment from earlier ones of the same partition.
-    epoch: u64,
-    /// The partition's own queue, unless librdkafka could not split it off
-    /// (its messages then come through the main queue).
-    stream: Option<Arc<PartitionStream>>,
-    /// Fetched and not handed out yet, in offset order.
-    buffered: VecDeque<Fetched>,
-    /// Offsets handed out and not settled, with a count: a rewound partition
-    /// may hand an offset out again while its first copy is still in a lane.
-    unsettled: BTreeMap<i64, u32>,
-    /// How many messages are handed out and not settled.
-    unsettled_count: usize,
-    /// When a message of this partition was last handed out.
-    turn: u64,
-    /// One past the highest acknowledged offset.
-    acked_to: Option<i64>,
-    /// The position last stored for commit.
-    stored: Option<i64>,
-    /// The lowest released offset, until it has come round again.
-    rewound_to: Option<i64>,
-}
-
-impl PartitionState {
-    fn new(epoch: u64) -> Self {
-        PartitionState {
-            epoch,
-            stream: None,
-            buffered: VecDeque::new(),
-            unsettled: BTreeMap::new(),
-            unsettled_count: 0,
-            turn: 0,
-            acked_to: None,
-            stored: None,
-            rewound_to: None,
-        }
-    }
-
-    /// Where the group may resume: after everything acknowledged, but not past
-    /// an unsettled or released message.
-    fn position(&self) -> Option<i64> {
-        let mut position = self.acked_to?;
-        if let Some((&first, _)) = self.unsettled.first_key_value() {
-            position = position.min(first);
-        }
-        if let Some(rewound) = self.rewound_to {
-            position = position.min(rewound);
-        }
-        Some(position)
-    }
-
-    fn settle_one(&mut self, offset: i64) {
-        if let Some(count) = self.unsettled.get_mut(&offset) {
-            *count -= 1;
-            self.unsettled_count -= 1;
-            if *count == 0 {
-                self.unsettled.remove(&offset);
-            }
-        }
-    }
-}
-
-impl Partitions {
-    fn lock(&self) -> MutexGuard<'_, Book> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Fetched messages waiting to be handed out.
-    #[cfg(test)]
-    fn buffered(&self) -> usize {
-        self.lock().buffered
-    }
-
-    /// Starts a new assignment of a partition, read through `stream` if it
-    /// could be split off.
-    fn assign(&self, topic: &str, partition: i32, stream: Option<PartitionStream>) {
-        {
-            let mut book = self.lock();
-            book.epochs += 1;
-            let mut state = PartitionState::new(book.epochs);
-            state.stream = stream.map(Arc::new);
-            if let Some(old) = book.states.insert((topic.to_owned(), partition), state) {
-                book.buffered -= old.buffered.len();
-            }
-        }
-        self.changed.notify_one();
-    }
-
-    /// The partitions' own queues, with how many of their messages are buffered.
-    fn streams(&self) -> Vec<(Arc<PartitionStream>, usize)> {
-        self.lock()
-            .states
-            .values()
-            .filter_map(|s| s.stream.as_ref().map(|q| (Arc::clone(q), s.buffered.len())))
-            .collect()
-    }
-
-    /// Keeps a fetched message until [`Partitions::hand_out`] picks it; drops
-    /// it if its partition is not assigned (any more).
-    fn buffer(&self, topic: &str, partition: i32, fetched: Fetched) {
-        let mut book = self.lock();
-        let book = &mut *book;
-        let Some(state) = book.states.get_mut(&(topic.to_owned(), partition)) else {
-            tracing::debug!(
-                topic,
-                partition,
-                offset = fetched.offset,
-                "dropped a message of an unassigned partition"
-            );
-            return;
-        };
-        state.buffered.push_back(fetched);
-        book.buffered += 1;
-    }
-
-    /// Picks the next message to hand out: the oldest buffered message of the
-    /// partition with the fewest unsettled messages (the longest waiting among
-    /// equals), so that lanes fill evenly. Messages fetched before their
-    /// partition was rewound to a released message are dropped (they come
-    /// again after the rewind).
-    fn hand_out(&self) -> Option<HandOut> {
-        let mut book = self.lock();
-        let book = &mut *book;
-        loop {
-            let key = book
-                .states
-                .iter()
-                .filter(|(_, s)| !s.buffered.is_empty())
-                // Ties (partitions never handed out yet) go by topic and
-                // partition, not by the map's random order.
-                .min_by_key(|(k, s)| (s.unsettled_count, s.turn, *k))
-                .map(|(k, _)| k.clone())?;
-            let state = book.states.get_mut(&key)?;
-            let Some(fetched) = state.buffered.pop_front() else {
-                continue;
-            };
-            book.buffered -= 1;
-            if let Some(rewound) = state.rewound_to {
-                if fetched.offset > rewound {
-                    continue;
-                }
-                state.rewound_to = None;
-            }
-            *state.unsettled.entry(fetched.offset).or_insert(0) += 1;
-            state.unsettled_count += 1;
-            book.turns += 1;
-            state.turn = book.turns;
-            let (topic, partition) = key;
-            return Some(HandOut {
-                topic,
-                partition,
-                epoch: state.epoch,
-                fetched,
-            });
-        }
-    }
-
-    /// Records an acknowledgement; when the partition's position moves, hands
-    /// it to `store` (under the lock, so stored positions never go backwards).
-    fn ack(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        epoch: u64,
-        store: impl FnOnce(i64) -> KafkaResult<()>,
-    ) -> KafkaResult<Ack> {
-        let mut book = self.lock();
-        let Some(state) = book
-            .states
-            .get_mut(&(topic.to_owned(), partition))
-            .filter(|s| s.epoch == epoch)
-        else {
-            return Ok(Ack::Revoked);
-        };
-        state.settle_one(offset);
-        if state.rewound_to.is_some_and(|r| offset > r) {
-            return Ok(Ack::Rewound);
-        }
-        state.acked_to = Some(state.acked_to.map_or(offset + 1, |a| a.max(offset + 1)));
-        if let Some(position) = state.position() {
-            if state.stored.is_none_or(|s| position > s) {
-                store(position)?;
-                state.stored = Some(position);
-            }
-        }
-        Ok(Ack::Recorded)
-    }
-
-    /// Records a release; when it lowers the partition's rewind target, drops
-    /// the buffered messages from there on and hands the new target to `seek`
-    /// (under the lock, so seeks happen in the order of their targets and the
-    /// last one goes to the lowest released offset).
-    fn release(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        epoch: u64,
-        seek: impl FnOnce(i64) -> KafkaResult<()>,
-    ) -> KafkaResult<()> {
-        let mut book = self.lock();
-        let book = &mut *book;
-        let Some(state) = book
-            .states
-            .get_mut(&(topic.to_owned(), partition))
-            .filter(|s| s.epoch == epoch)
-        else {
-            // Revoked: the new owner starts at the committed offset, which is
-            // not past this message.
-            return Ok(());
-        };
-        state.settle_one(offset);
-        if state.rewound_to.is_none_or(|r| offset < r) {
-            state.rewound_to = Some(offset);
-            let before = state.buffered.len();
-            state.buffered.retain(|f| f.offset < offset);
-            book.buffered -= before - state.buffered.len();
-            seek(offset)?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the partitions of `list` (revoked, or freshly assigned) and
-    /// their buffered messages.
-    fn forget(&self, list: &TopicPartitionList) {
-        let mut book = self.lock();
-        for element in list.elements() {
-            let key = (element.topic().to_owned(), element.partition());
-            if let Some(state) = book.states.remove(&key) {
-                book.buffered -= state.buffered.len();
-            }
-        }
-    }
-
-    fn forget_all(&self) {
-        let mut book = self.lock();
-        book.states.clear();
-        book.buffered = 0;
-    }
-}
-
-/// The rdkafka context of a subscriber: commits and forgets on rebalances,
-/// reports client errors through `tracing`.
-struct GroupContext {
-    partitions: Arc<Partitions>,
-    group: String,
-    settings: Settings,
-    /// The consumer, to split assigned partitions off into queues of their own.
-    consumer: OnceLock<Weak<GroupConsumer>>,
-}
-
-impl ClientContext for GroupContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(
-            group = %self.group,
-            error = %self.settings.scrub(&error.to_string()),
-            reason = %self.settings.scrub(reason),
-            "Kafka consumer error"
-        );
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(list) => {
-                // Late acknowledgements of these partitions commit nothing:
-                // their messages go to the new owner from the committed offset.
-                self.partitions.forget(list);
-                if let Err(e) = commit_stored(consumer) {
-                    tracing::warn!(
-                        group = %self.group,
-                        error = %self.settings.scrub(&e.to_string()),
-                        "committing offsets before a rebalance failed; the new owner may repeat messages"
-                    );
-                }
-                tracing::info!(group = %self.group, partitions = list.count(), "Kafka partitions revoked");
-            }
-            // Taken over after the assignment, when the partitions can be
-            // split off.
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => {
-                // rdkafka unassigns everything after a failed rebalance.
-                self.partitions.forget_all();
-                tracing::warn!(
-                    group = %self.group,
-                    error = %self.settings.scrub(&e.to_string()),
-                    "Kafka rebalance failed"
-                );
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(list) = rebalance else {
-            return;
-        };
-        // Each partition gets a queue of its own (which `assign` would
-        // deactivate, hence after it), so that `next` can take partitions in
-        // turn instead of in the order of the fetched runs.
-        let consumer = self.consumer.get().and_then(Weak::upgrade);
-        for element in list.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            let stream = consumer
-                .as_ref()
-                .and_then(|c| c.split_partition_queue(topic, partition))
-                .map(|queue| PartitionStream {
-                    topic: topic.to_owned(),
-                    partition,
-                    queue,
-                });
-            if stream.is_none() {
-                tracing::warn!(
-                    group = %self.group,
-                    topic,
-                    partition,
-                    "no queue of its own for a Kafka partition; reading it through the main queue"
-                );
-            }
-            self.partitions.assign(topic, partition, stream);
-        }
-        tracing::info!(group = %self.group, partitions = list.count(), "Kafka partitions assigned");
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Fetches `offset` of `topic`/`partition` and hands out the next message.
-    fn admit(p: &Partitions, topic: &str, partition: i32, offset: i64) -> Option<u64> {
-        let fetched = Fetched {
-            offset,
-            envelope: Err(EnvelopeError::MissingAttribute("id")),
-            body: Vec::new(),
-            key: None,
-            timestamp_ms: None,
-        };
-        p.buffer(topic, partition, fetched);
-        p.hand_out().map(|out| out.epoch)
-    }
-
-    fn stored_by(partitions: &Partitions, offset: i64, epoch: u64) -> (Ack, Option<i64>) {
-        let mut stored = None;
-        let ack = partitions
-            .ack("t", 0, offset, epoch, |p| {
-                stored = Some(p);
-                Ok(())
-            })
-            .expect("store succeeds");
-        (ack, stored)
-    }
-
-    #[test]
-    fn the_position_never_passes_an_unsettled_message() {
-        let p = Partitions::default();
-        p.assign("t", 0, None);
-        let epoch = admit(&p, "t", 0, 10).expect("admitted");
-        for offset in 11..=13 {
-            assert_eq!(admit(&p, "t", 0, offset), Some(epoch));
-        }
-        // Acknowledged out of order: 11 and 12 first, 10 still in flight, so
-        // the position stays at 10.
-        assert_eq!(stored_by(&p, 11, epoch), (Ack::Recorded, Some(10)));
-        assert_eq!(stored_by(&p, 12, epoch), (Ack::Recorded, None));
-        // 10 done: the position jumps past everything acknowledged.
-        assert_eq!(stored_by(&p, 10, epoch), (Ack::Recorded, Some(13)));
-        assert_eq!(stored_by(&p, 13, epoch), (Ack::Recorded, Some(14)));
-    }
-
-    #[test]
-    fn a_release_rewinds_and_later_acks_do_not_count_until_it_comes_round() {
-        let p = Partitions::default();
-        p.assign("t", 0, None);
-        let epoch = admit(&p, "t", 0, 5).expect("admitted");
-        for offset in 6..=8 {
-            admit(&p, "t", 0, offset);
-        }
-        assert_eq!(stored_by(&p, 5, epoch), (Ack::Recorded, Some(6)));
-        let mut seeks = Vec::new();
-        p.release("t", 0, 6, epoch, |o| {
-            seeks.push(o);
-            Ok(())
-        })
-        .expect("release");
-        // A later release does not move the rewind forward.
-        p.release("t", 0, 8, epoch, |o| {
-            seeks.push(o);
-            Ok(())
-        })
-        .expect("release");
-        assert_eq!(seeks, vec![6]);
-        // 7 was handed out before the rewind: its ack cannot commit past 6.
-        assert_eq!(stored_by(&p, 7, epoch), (Ack::Rewound, None));
-        // Messages fetched before the seek are skipped, until 6 comes round.
-        assert_eq!(admit(&p, "t", 0, 9), None);
-        assert_eq!(admit(&p, "t", 0, 6), Some(epoch));
-        assert_eq!(admit(&p, "t", 0, 7), Some(epoch));
-        assert_eq!(stored_by(&p, 6, epoch), (Ack::Recorded, Some(7)));
-        assert_eq!(stored_by(&p, 7, epoch), (Ack::Recorded, Some(8)));
-    }
-
-    #[test]
-    fn a_lower_release_seeks_again() {
-        let p = Partitions::default();
-        p.assign("t", 0, None);
-        let epoch = admit(&p, "t", 0, 1).expect("admitted");
-        admit(&p, "t", 0, 2);
-        let mut seeks = Vec::new();
-        for offset in [2, 1] {
-            p.release("t", 0, offset, epoch, |o| {
-                seeks.push(o);
-                Ok(())
-            })
-            .expect("release");
-        }
-        assert_eq!(seeks, vec![2, 1]);
-    }
-
-    #[test]
-    fn partitions_are_handed_out_in_turn() {
-        let p = Partitions::default();
-        p.assign("t", 0, None);
-        p.assign("t", 1, None);
-        let fetched = |offset| Fetched {
-            offset,
-            envelope: Err(EnvelopeError::MissingAttribute("id")),
-            body: Vec::new(),
-            key: None,
-            timestamp_ms: None,
-        };
-        // One fetch: a run of partition 0, then a run of partition 1.
-        for offset in 0..3 {
-            p.buffer("t", 0, fetched(offset));
-        }
-        for offset in 0..3 {
-            p.buffer("t", 1, fetched(offset));
-        }
-        let order: Vec<(i32, i64)> = std::iter::from_fn(|| p.hand_out())
-            .map(|out| (out.partition, out.fetched.offset))
-            .collect();
-        assert_eq!(order, vec![(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
-        assert_eq!(p.buffered(), 0);
-    }
-
-    #[test]
-    fn a_release_drops_the_buffered_messages_behind_it() {
-        let p = Partitions::default();
-        p.assign("t", 0, None);
-        let epoch = admit(&p, "t", 0, 0).expect("admitted");
-        for offset in 1..4 {
-            p.buffer(
-                "t",
-                0,
-                Fetched {
-                    offset,
-                    envelope: Err(EnvelopeError::MissingAttribute("id")),
-                    body: Vec::new(),
-                    key: None,
-                    timestamp_ms: None,
-                },
-            );
-        }
-        p.release("t", 0, 0, epoch, |_| Ok(())).expect("release");
-        assert_eq!(p.buffered(), 0, "they come again after the rewind");
-    }
-
-    #[test]
-    fn acks_of_a_revoked_assignment_commit_nothing() {
-        let p = Partitions::default();
-        p.assign("t", 3, None);
-        let old = admit(&p, "t", 3, 40).expect("admitted");
-        let mut list = TopicPartitionList::new();
-        list.add_partition("t", 3);
-        p.forget(&list);
-        assert_eq!(admit(&p, "t", 3, 41), None, "not assigned: dropped");
-        // Assigned again: a new epoch.
-        p.assign("t", 3, None);
-        let new = admit(&p, "t", 3, 40).expect("admitted");
-        assert_ne!(old, new);
-        let ack = p
-            .ack("t", 3, 40, old, |_| panic!("must not store"))
-            .expect("no store");
-        assert_eq!(ack, Ack::Revoked);
-        p.release("t", 3, 40, old, |_| panic!("must not seek"))
-            .expect("no seek");
-    }
 
     #[test]
     fn lanes_are_stable_and_tell_partitions_apart() {

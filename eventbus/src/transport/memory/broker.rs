@@ -166,11 +166,14 @@ impl Publisher for MemoryPublisher {
                 }
                 let admitted = check_name(&message.destination).and_then(|()| {
                     if size > limit {
-                        return Err(PublishError::Rejected(format!(
-                            "event `{}` to `{}` is {size} bytes as structured JSON, more than \
+                        return Err(PublishError::Rejected(
+                            format!(
+                                "event `{}` to `{}` is {size} bytes as structured JSON, more than \
                              the memory broker's limit of {limit} bytes",
-                            message.envelope.id, message.destination
-                        )));
+                                message.envelope.id, message.destination
+                            )
+                            .into(),
+                        ));
                     }
                     Ok(())
                 });

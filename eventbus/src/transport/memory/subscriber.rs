@@ -9,7 +9,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::cluster::{HandOut, MemberId, Shared, Ticket};
 use crate::error::{Error, Result};
-use crate::transport::{MessageInfo, PublishError, Received, Settle, Subscriber};
+use crate::transport::{MessageInfo, Received, Settle, Subscriber, TransportError};
 
 /// How many unsettled messages a [`MemorySubscriber`] holds at most, unless
 /// [`MemorySubscriber::max_unacked`] says otherwise.
@@ -197,7 +197,7 @@ impl Settle for MemorySettle {
     ///
     /// # Errors
     ///
-    /// [`Error::Publish`] ([`PublishError::Unavailable`]) when the partition
+    /// [`Error::Subscribe`] ([`TransportError::Unavailable`]) when the partition
     /// moved to another member (or the subscriber closed) since the message
     /// was handed out: the acknowledgement does not count, and the message is
     /// delivered again to the new owner.
@@ -213,11 +213,14 @@ impl Settle for MemorySettle {
             offset,
             ..
         } = &self.ticket;
-        Err(Error::Publish(PublishError::Unavailable(format!(
+        Err(Error::Subscribe(TransportError::Unavailable(
+            format!(
             "memory broker, group `{group}`: the acknowledgement of {topic}/{partition} offset \
              {offset} does not count (its partition moved to another member, or the subscriber \
              closed); the message will be delivered again"
-        ))))
+        )
+            .into(),
+        )))
     }
 
     async fn release(mut self: Box<Self>) -> Result<()> {

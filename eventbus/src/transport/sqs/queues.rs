@@ -65,14 +65,15 @@ impl Queues {
             Ok(url) => url,
             Err(Failure::NoQueue(_)) if create => self.create(name).await?,
             Err(Failure::NoQueue(text)) => {
-                return Err(Failure::NoQueue(format!(
-                    "{text} (queue `{name}` does not exist and creating queues is off)"
-                )))
+                return Err(Failure::NoQueue(
+                    format!("{text} (queue `{name}` does not exist and creating queues is off)")
+                        .into(),
+                ))
             }
             Err(e) => return Err(e),
         };
         if let Some(after) = self.dead_letter_after {
-            if !is_dead_letter_queue(name) {
+            if !crate::dead_letter::is_dead_letter_name(name) {
                 self.redrive(name, &url, after).await?;
             }
         }
@@ -98,10 +99,9 @@ impl Queues {
             self.client.get_queue_url().queue_name(name).send(),
         )
         .await?;
-        output
-            .queue_url()
-            .map(str::to_owned)
-            .ok_or_else(|| Failure::Unavailable(format!("SQS returned no URL for queue `{name}`")))
+        output.queue_url().map(str::to_owned).ok_or_else(|| {
+            Failure::Unavailable(format!("SQS returned no URL for queue `{name}`").into())
+        })
     }
 
     /// Creates `name`: a FIFO queue (deduplication by the ids we set, not by
@@ -123,7 +123,7 @@ impl Queues {
             Ok(output) => {
                 tracing::debug!(queue = name, "created SQS queue");
                 output.queue_url().map(str::to_owned).ok_or_else(|| {
-                    Failure::Unavailable(format!("SQS returned no URL for queue `{name}`"))
+                    Failure::Unavailable(format!("SQS returned no URL for queue `{name}`").into())
                 })
             }
             // Created meanwhile by someone else, maybe with other attributes:
@@ -159,7 +159,7 @@ impl Queues {
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::QueueArn))
             .ok_or_else(|| {
-                Failure::Unavailable(format!("SQS returned no ARN for queue `{dead}`"))
+                Failure::Unavailable(format!("SQS returned no ARN for queue `{dead}`").into())
             })?;
         let policy = serde_json::json!({
             "deadLetterTargetArn": arn,
@@ -216,12 +216,6 @@ pub(super) fn dead_letter_queue_of(name: &str) -> String {
     }
 }
 
-fn is_dead_letter_queue(name: &str) -> bool {
-    name.strip_suffix(FIFO_SUFFIX)
-        .unwrap_or(name)
-        .ends_with("-dlq")
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The map stays consistent even if a holder panicked.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -242,8 +236,8 @@ mod tests {
             let queue = queue_name(destination, fifo).expect("valid");
             let dead = queue_name(&format!("{destination}.dlq"), fifo).expect("valid");
             assert_eq!(dead_letter_queue_of(&queue), dead, "{destination}");
-            assert!(is_dead_letter_queue(&dead));
-            assert!(!is_dead_letter_queue(&queue));
+            assert!(crate::dead_letter::is_dead_letter_name(&dead));
+            assert!(!crate::dead_letter::is_dead_letter_name(&queue));
         }
     }
 }

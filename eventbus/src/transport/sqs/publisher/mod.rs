@@ -1,6 +1,6 @@
 //! [`SqsPublisher`]: sends envelopes to standard and FIFO queues with
 //! `SendMessageBatch` (10 per call), entry by entry results, per-key order
-//! and fan-out routes.
+//! and fan-out routes. Its options are in `builder` ([`SqsPublisherBuilder`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
+mod builder;
+
+pub use builder::SqsPublisherBuilder;
+
 use super::queues::{QueueInfo, Queues};
 use super::{
-    deduplication_id, fnv1a, invalid_char, message_attributes, message_body, message_group_id,
-    message_size, queue_name, sdk_attributes, timed, ConnectOptions, Failure,
-    DEFAULT_BROKER_TIMEOUT, SYSTEM,
+    deduplication_id, invalid_char, message_attributes, message_body, message_group_id,
+    message_size, queue_name, sdk_attributes, timed, Failure, SYSTEM,
 };
-use crate::error::Result;
+use super::{ConnectOptions, DEFAULT_BROKER_TIMEOUT};
+use crate::hash::fnv1a;
 use crate::transport::{Delivered, OutgoingMessage, PublishError, Publisher};
 
 /// The default limit on one message, body and attributes as SQS counts them:
@@ -32,154 +36,6 @@ const STREAMS: u64 = 8;
 
 /// Picks the queues (as destinations) a destination's messages go to.
 type Router = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
-
-/// Options for an [`SqsPublisher`]; start with [`SqsPublisher::builder`].
-///
-/// Credentials never appear in `Debug` output, logs or errors.
-#[derive(Clone)]
-pub struct SqsPublisherBuilder {
-    connect: ConnectOptions,
-    broker_timeout: Duration,
-    fifo: bool,
-    routes: HashMap<String, Vec<String>>,
-    router: Option<Router>,
-    create_queues: bool,
-    dead_letter_after: Option<u32>,
-    max_message_size: usize,
-}
-
-impl fmt::Debug for SqsPublisherBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqsPublisherBuilder")
-            .field("connect", &self.connect)
-            .field("broker_timeout", &self.broker_timeout)
-            .field("fifo", &self.fifo)
-            .field("routes", &self.routes)
-            .field("router", &self.router.is_some())
-            .field("create_queues", &self.create_queues)
-            .field("dead_letter_after", &self.dead_letter_after)
-            .field("max_message_size", &self.max_message_size)
-            .finish()
-    }
-}
-
-impl SqsPublisherBuilder {
-    connect_options!(
-        SqsPublisher::builder(),
-        "use eventbus::transport::sqs::SqsPublisherBuilder;\n\nlet builder = SqsPublisherBuilder::from_url(\"sqs+http://127.0.0.1:4566?fifo=true\")?;"
-    );
-
-    /// How long SQS may take to answer one request (the SDK's retries of
-    /// throttled requests included); default [`DEFAULT_BROKER_TIMEOUT`].
-    /// Past it, the messages fail with [`PublishError::Unavailable`].
-    #[must_use]
-    pub fn broker_timeout(mut self, timeout: Duration) -> Self {
-        self.broker_timeout = timeout;
-        self
-    }
-
-    /// Sends every destination to a FIFO queue (`orders` to `orders.fifo`),
-    /// with the partition key as message group and the event id as
-    /// deduplication id. Default `false`: destinations with a `fifo` segment
-    /// are FIFO, the others standard queues. Subscribers must agree (see
-    /// [`SqsSubscriberBuilder::fifo`](super::SqsSubscriberBuilder::fifo)).
-    #[must_use]
-    pub fn fifo(mut self, fifo: bool) -> Self {
-        self.fifo = fifo;
-        self
-    }
-
-    /// Sends the messages of `destination` to each of `queues` (given as
-    /// destinations, e.g. `orders.billing`, `orders.shipping`) instead of the
-    /// queue of `destination`: publish-subscribe with one queue per consumer
-    /// group. A message counts as published once every queue has it; when
-    /// one refuses, the message is sent again later to all of them (a FIFO
-    /// queue drops the copy, an inbox absorbs it).
-    ///
-    /// ```
-    /// use eventbus::transport::sqs::SqsPublisher;
-    ///
-    /// let builder = SqsPublisher::builder()
-    ///     .route("orders", ["orders.billing", "orders.shipping"]);
-    /// ```
-    #[must_use]
-    pub fn route<I>(mut self, destination: impl Into<String>, queues: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<String>,
-    {
-        self.routes.insert(
-            destination.into(),
-            queues.into_iter().map(Into::into).collect(),
-        );
-        self
-    }
-
-    /// Routes destinations that [`route`](Self::route) does not name: `router`
-    /// returns the queues (as destinations) a destination's messages go to;
-    /// an empty list means the destination's own queue.
-    #[must_use]
-    pub fn route_with(
-        mut self,
-        router: impl Fn(&str) -> Vec<String> + Send + Sync + 'static,
-    ) -> Self {
-        self.router = Some(Arc::new(router));
-        self
-    }
-
-    /// Whether publishing creates a missing queue (FIFO when its name says
-    /// so). Default `true`. Off, a message for a missing queue fails with
-    /// [`PublishError::Rejected`]; [`Publisher::ensure_destination`] creates
-    /// queues either way.
-    #[must_use]
-    pub fn create_queues(mut self, create: bool) -> Self {
-        self.create_queues = create;
-        self
-    }
-
-    /// Gives every queue this publisher uses (dead-letter queues aside) a
-    /// redrive policy: a message received `max_receives` times without being
-    /// deleted moves to the queue's own dead-letter queue `<queue>-dlq`
-    /// (created when missing). Consumers' dead letters go elsewhere: to their
-    /// group's `<destination>.<group>.dlq`.
-    #[must_use]
-    pub fn dead_letter_after(mut self, max_receives: u32) -> Self {
-        self.dead_letter_after = Some(max_receives);
-        self
-    }
-
-    /// The largest message sent, body and message attributes counted as SQS
-    /// counts them; larger ones fail with [`PublishError::Rejected`] without
-    /// reaching SQS. Default [`DEFAULT_MAX_MESSAGE_SIZE`]; a queue's own
-    /// `MaximumMessageSize`, when lower, applies to it. Also the limit of a
-    /// whole `SendMessageBatch`.
-    #[must_use]
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes.max(1);
-        self
-    }
-
-    /// Builds the publisher; queues are looked up (and created) on first use.
-    ///
-    /// # Errors
-    ///
-    /// None today: reaching SQS and credentials are checked by the first
-    /// request, which fails with [`PublishError::Unavailable`] when they do not
-    /// work. The `Result` leaves room for checks that need SQS.
-    pub async fn connect(self) -> Result<SqsPublisher> {
-        let client = self.connect.client().await;
-        Ok(SqsPublisher {
-            describe: self.connect.describe(),
-            queues: Queues::new(client, self.broker_timeout, self.dead_letter_after),
-            broker_timeout: self.broker_timeout,
-            fifo: self.fifo,
-            routes: self.routes,
-            router: self.router,
-            create_queues: self.create_queues,
-            max_message_size: self.max_message_size,
-        })
-    }
-}
 
 /// Publishes envelopes to Amazon SQS queues.
 ///
@@ -317,7 +173,9 @@ impl SqsPublisher {
         }
         targets
             .iter()
-            .map(|t| queue_name(t, self.fifo).map_err(|e| PublishError::Rejected(e.to_string())))
+            .map(|t| {
+                queue_name(t, self.fifo).map_err(|e| PublishError::Rejected(e.to_string().into()))
+            })
             .collect()
     }
 
@@ -331,7 +189,7 @@ impl SqsPublisher {
             .await
             .map_err(|f| match f {
                 Failure::Unavailable(text) => {
-                    PublishError::Unavailable(format!("{text} ({})", self.describe))
+                    PublishError::Unavailable(format!("{text} ({})", self.describe).into())
                 }
                 other => other.into_publish_error(),
             })
@@ -351,20 +209,26 @@ impl SqsPublisher {
             .max_message_size
             .map_or(self.max_message_size, |q| q.min(self.max_message_size));
         if size > limit {
-            return Err(PublishError::Rejected(format!(
+            return Err(PublishError::Rejected(
+                format!(
                 "event `{}` is {size} bytes as an SQS message (body and attributes), more than \
                  the limit of {limit} bytes for queue `{}`",
                 envelope.id, queue.name
-            )));
+            )
+                .into(),
+            ));
         }
         let text = std::iter::once(body.as_str()).chain(attributes.iter().map(|(_, v)| v.as_str()));
         for part in text {
             if let Some(c) = invalid_char(part) {
-                return Err(PublishError::Rejected(format!(
+                return Err(PublishError::Rejected(
+                    format!(
                     "event `{}` has the character U+{:04X}, which SQS does not accept in messages",
                     envelope.id,
                     u32::from(c)
-                )));
+                )
+                    .into(),
+                ));
             }
         }
         let key = if queue.fifo {
@@ -470,9 +334,9 @@ impl SqsPublisher {
                         failed.message().unwrap_or_default()
                     );
                     let error = if failed.sender_fault() {
-                        PublishError::Rejected(reason)
+                        PublishError::Rejected(reason.into())
                     } else {
-                        PublishError::Unavailable(reason)
+                        PublishError::Unavailable(reason.into())
                     };
                     failed_keys.insert(chunk[i].key.as_str());
                     out.push((chunk[i].message, Err(error)));
@@ -481,17 +345,20 @@ impl SqsPublisher {
                     if !answered {
                         out.push((
                             chunk[i].message,
-                            Err(PublishError::Unavailable(format!(
-                                "SQS said nothing of event `{}` in its answer",
-                                chunk[i].envelope.id
-                            ))),
+                            Err(PublishError::Unavailable(
+                                format!(
+                                    "SQS said nothing of event `{}` in its answer",
+                                    chunk[i].envelope.id
+                                )
+                                .into(),
+                            )),
                         ));
                     }
                 }
                 Ok(())
             }
             Err(Failure::Unavailable(text)) => {
-                let e = PublishError::Unavailable(format!("{text} ({})", self.describe));
+                let e = PublishError::Unavailable(format!("{text} ({})", self.describe).into());
                 for entry in chunk {
                     out.push((entry.message, Err(e.clone())));
                 }
