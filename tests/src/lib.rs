@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 pub mod backend;
 pub mod consumer;
 pub mod failing_publisher;
+pub mod harness;
 pub mod history;
 pub mod kafka;
 pub mod mysql;
