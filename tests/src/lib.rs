@@ -21,6 +21,7 @@ pub mod failing_publisher;
 pub mod harness;
 pub mod history;
 pub mod kafka;
+pub mod matrix;
 pub mod mysql;
 pub mod postgres_cluster;
 pub mod rabbit_node;
