@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use eventbus::transport::kafka::rdkafka;
 use eventbus::transport::rabbitmq::{connection_properties, lapin};
+use eventbus_tests::{drop_databases, replace_db_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -195,41 +196,7 @@ impl BenchDb {
 
 impl Drop for BenchDb {
     fn drop(&mut self) {
-        // Dropped inside the runtime: drop the database from a thread with a
-        // runtime of its own.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    let _ = admin.execute(sql.as_str()).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// `url` with its database path replaced by `name`.
-fn replace_db_name(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
+        drop_databases(&self.admin_url, std::slice::from_ref(&self.name));
     }
 }
 

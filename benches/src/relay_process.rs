@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use eventbus_tests::harness::{
+    http_get, metric, peak_rss_bytes, sibling_binary, try_free_port, try_signal,
+};
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use crate::error::{BenchError, Result};
@@ -25,7 +27,6 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     let dir = exe
         .parent()
         .ok_or_else(|| BenchError::Relay("the benchmark executable has no directory".into()))?;
-    let sibling = dir.join("outbox-relay");
     // Under `cargo run` the relay may be stale or missing: build it in the
     // same profile (a no-op when it is fresh).
     if let Ok(cargo) = std::env::var("CARGO") {
@@ -53,14 +54,12 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
             )));
         }
     }
-    if sibling.is_file() {
-        Ok(sibling)
-    } else {
-        Err(BenchError::Relay(format!(
+    sibling_binary("outbox-relay").ok_or_else(|| {
+        BenchError::Relay(format!(
             "{} not found: build it (`cargo build --release -p outbox-relay`) or pass --relay-bin",
-            sibling.display()
-        )))
-    }
+            dir.join("outbox-relay").display()
+        ))
+    })
 }
 
 /// A running relay process.
@@ -68,7 +67,8 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
 pub(crate) struct RelayProcess {
     child: Child,
     pid: u32,
-    http: String,
+    /// The port of its HTTP listener (`/metrics`).
+    port: u16,
 }
 
 impl RelayProcess {
@@ -81,7 +81,7 @@ impl RelayProcess {
         prefix: &str,
         log: &Path,
     ) -> Result<Self> {
-        let port = free_port().await?;
+        let port = try_free_port().map_err(|e| BenchError::io("127.0.0.1:0", e))?;
         let http = format!("127.0.0.1:{port}");
         let out = std::fs::File::create(log).map_err(|e| BenchError::io(log, e))?;
         let err = out.try_clone().map_err(|e| BenchError::io(log, e))?;
@@ -105,7 +105,7 @@ impl RelayProcess {
         let pid = child
             .id()
             .ok_or_else(|| BenchError::Relay("the relay exited at once".into()))?;
-        Ok(RelayProcess { child, pid, http })
+        Ok(RelayProcess { child, pid, port })
     }
 
     /// Waits until the relay holds every partition of the outbox in `pool`.
@@ -143,11 +143,10 @@ impl RelayProcess {
 
     /// The value of the unlabelled sample `name` in the relay's `/metrics`.
     pub(crate) async fn metric(&self, name: &str) -> Result<f64> {
-        let text = http_get(&self.http, "/metrics").await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .ok_or_else(|| BenchError::Relay(format!("no {name} in /metrics")))
+        let (_, text) = http_get(self.port, "/metrics")
+            .await
+            .map_err(|e| BenchError::Relay(format!("GET /metrics on port {}: {e}", self.port)))?;
+        metric(&text, name).ok_or_else(|| BenchError::Relay(format!("no {name} in /metrics")))
     }
 
     /// User + system CPU seconds used so far (`/proc/<pid>/stat`).
@@ -172,22 +171,13 @@ impl RelayProcess {
 
     /// Peak resident set size in bytes (`VmHWM` of `/proc/<pid>/status`).
     pub(crate) fn peak_rss_bytes(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid);
-        let status = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| BenchError::Relay(format!("no VmHWM in {path}")))
+        peak_rss_bytes(self.pid)
+            .map_err(|e| BenchError::io(format!("/proc/{}/status", self.pid), e))
     }
 
     /// Stops the relay with SIGTERM (its graceful shutdown), SIGKILL after 30 s.
     pub(crate) async fn stop(mut self) -> Result<()> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await;
+        let _ = try_signal(self.pid, "TERM");
         match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
             Ok(_) => Ok(()),
             Err(_) => {
@@ -211,35 +201,4 @@ fn clock_ticks() -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     })
-}
-
-async fn free_port() -> Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| BenchError::io("127.0.0.1:0", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| BenchError::io("127.0.0.1:0", e))?
-        .port();
-    Ok(port)
-}
-
-/// A minimal HTTP/1.0 GET: enough for the relay's own listener.
-async fn http_get(addr: &str, path: &str) -> Result<String> {
-    let fail = |e: std::io::Error| BenchError::Relay(format!("GET http://{addr}{path}: {e}"));
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| BenchError::Relay(format!("GET http://{addr}{path}: no answer")))?
-            .map_err(fail)?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .map_err(fail)?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
-        .await
-        .map_err(|_| BenchError::Relay(format!("GET http://{addr}{path}: no answer")))?
-        .map_err(fail)?;
-    Ok(body)
 }

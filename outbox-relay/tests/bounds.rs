@@ -14,8 +14,6 @@
 //! `EVENTBUS_*` variables, which an older build ignores).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,13 +25,12 @@ use eventbus::transport::rabbitmq::lapin::options::{
 use eventbus::transport::rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use eventbus::transport::rabbitmq::lapin::{Channel, Connection};
 use eventbus::Event;
+use eventbus_tests::harness::{log_dir, peak_rss_bytes, RelayProcess};
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::rabbitmq::{connect, declare_topic_exchange, TestQueue};
 use eventbus_tests::relay::{assert_per_key_order, publish_steps, steps, Step};
-use eventbus_tests::relay_cli::{command, free_port, http_get};
 use eventbus_tests::{amqp_url, mysql_url, unique_name, TestDatabase, TestDb};
 use sqlx::{Connection as _, MySqlConnection};
-use tokio::process::Child;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -46,88 +43,32 @@ fn relay_bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_outbox-relay").to_owned())
 }
 
-/// A relay process logging to a file; killed when dropped, its log's end
+/// Starts `outbox-relay run` on `database_url` and RabbitMQ with
+/// `extra_env` set, logging to a file; killed when dropped, its log's end
 /// printed if the test is failing.
-struct RelayProc {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-}
-
-impl RelayProc {
-    fn start(database_url: &str, prefix: &str, extra_env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("bounds_relay")));
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file handle");
-        let http = format!("127.0.0.1:{port}");
-        let broker = std::env::var("AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        let mut cmd = command(
-            &relay_bin(),
-            &[
-                "run",
-                "--database-url",
-                database_url,
-                "--broker",
-                &broker,
-                "--destination-prefix",
-                prefix,
-                "--http",
-                &http,
-            ],
-        );
-        for (key, value) in extra_env {
-            cmd.env(key, value);
-        }
-        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
-        let child = cmd.spawn().expect("start outbox-relay");
-        RelayProc { child, log, port }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("the relay is running")
-    }
-
-    /// Peak resident memory so far (`VmHWM`), in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/<pid>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .expect("VmHWM in /proc/<pid>/status")
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// A sample of `/metrics`, when the relay answers.
-    async fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.port, "/metrics").await.ok()?;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-}
-
-impl Drop for RelayProc {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!(
-                "----- last lines of {} -----\n{}",
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
-    }
+fn start_relay(database_url: &str, prefix: &str, extra_env: &[(&str, String)]) -> RelayProcess {
+    let broker = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let args = [
+        "run",
+        "--database-url",
+        database_url,
+        "--broker",
+        &broker,
+        "--destination-prefix",
+        prefix,
+    ];
+    RelayProcess::start_with(
+        &relay_bin(),
+        "bounds_relay",
+        &args,
+        &log_dir("bounds"),
+        |cmd| {
+            for (key, value) in extra_env {
+                cmd.env(key, value);
+            }
+        },
+    )
 }
 
 /// The number after `payload is ` in `text`.
@@ -165,7 +106,7 @@ async fn huge_row_is_parked_unloaded_while_other_keys_flow<D: TestDatabase>(huge
         .unwrap_or_else(|e| panic!("{} takes the huge row: {e}", D::NAME));
     eprintln!("{} huge row written in {:?}", D::NAME, started.elapsed());
 
-    let mut relay = RelayProc::start(
+    let mut relay = start_relay(
         db.url(),
         &prefix,
         &[
@@ -219,8 +160,8 @@ async fn huge_row_is_parked_unloaded_while_other_keys_flow<D: TestDatabase>(huge
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(relay.running(), "the relay is still running");
-    let peak = relay.peak_rss();
+    assert!(relay.proc.running(), "the relay is still running");
+    let peak = peak_rss_bytes(relay.proc.pid()).expect("VmHWM in /proc/<pid>/status");
     eprintln!(
         "relay peak RSS {:.1} MiB; huge row {state}: {last_error}",
         peak as f64 / MIB as f64
@@ -322,7 +263,7 @@ async fn retention_keeps_the_kept_rows_within_the_window_at_6000_events_per_seco
     let (connection, channel, queue) = capped_queue(&exchange).await;
 
     // Default poll interval: the old clean-up ran every ten of them.
-    let relay = RelayProc::start(
+    let relay = start_relay(
         &db.url,
         &prefix,
         &[("EVENTBUS_KEEP_PUBLISHED_SECS", WINDOW.as_secs().to_string())],

@@ -16,6 +16,7 @@ use eventbus::{BoxError, Envelope, OutgoingMessage, Publisher};
 use eventbus_tests::consumer::{
     create_effects, envelope, publish, record, run, scalar, wait_count, wait_until, Running,
 };
+use eventbus_tests::harness::cli_ok;
 use eventbus_tests::rabbitmq::{self, TestQueue};
 use eventbus_tests::relay::Step;
 use eventbus_tests::{amqp_url, unique_name, TestDb};
@@ -61,8 +62,9 @@ async fn dlq_redrive_sends_dead_letters_back_to_their_origin() {
         .await;
     assert!(sent.iter().all(Result::is_ok), "{sent:?}");
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .args([
+    let stdout = cli_ok(
+        env!("CARGO_BIN_EXE_outbox-relay"),
+        &[
             "dlq",
             "redrive",
             &origin,
@@ -74,16 +76,9 @@ async fn dlq_redrive_sends_dead_letters_back_to_their_origin() {
             &group,
             "--idle-ms",
             "1500",
-        ])
-        .output()
-        .await
-        .expect("run outbox-relay");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )
+    .await;
     assert!(stdout.contains("1 re-driven"), "{stdout}");
     assert!(!stdout.contains("guest:guest"), "no credentials in output");
 
@@ -113,20 +108,9 @@ const SHIPPING: &str = "shipping";
 /// `outbox-relay --database-url <url> <args…>`; panics unless it succeeds.
 /// Returns its standard output.
 async fn relay_cli(database_url: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .arg("--database-url")
-        .arg(database_url)
-        .args(args)
-        .output()
-        .await
-        .expect("run outbox-relay");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "outbox-relay {args:?}\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let mut all = vec!["--database-url", database_url];
+    all.extend_from_slice(args);
+    cli_ok(env!("CARGO_BIN_EXE_outbox-relay"), &all).await
 }
 
 /// One line of `dlq list`.

@@ -24,19 +24,17 @@
 //! of the binary (an older one, to see the test fail).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use eventbus::transport::kafka::rdkafka;
+use eventbus_tests::harness::{free_port, log_dir, RelayProcess};
 use eventbus_tests::kafka::{publisher_with_topic, read_all, start_tansu};
 use eventbus_tests::rabbitmq::TcpProxy;
 use eventbus_tests::relay::{pending, publish_steps, Step};
-use eventbus_tests::relay_cli::{command, free_port, http_get};
 use eventbus_tests::{unique_name, TestDb};
 use rdkafka::message::Message;
 use sqlx::PgPool;
-use tokio::process::Child;
 
 /// The relays' lease: A stays stopped for at least twice this.
 const LEASE: Duration = Duration::from_millis(2000);
@@ -53,120 +51,43 @@ fn relay_bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_outbox-relay").to_owned())
 }
 
-/// An `outbox-relay run` process with its HTTP port. Dropping it kills it,
-/// stopped or not, and prints its log if the test is failing.
-struct RelayProc {
-    name: &'static str,
-    child: Child,
-    http_port: u16,
-    log: PathBuf,
-}
-
-impl RelayProc {
-    fn start(
-        name: &'static str,
-        database_url: &str,
-        broker: &str,
-        prefix: &str,
-        dir: &Path,
-    ) -> Self {
-        let http_port = free_port();
-        let http = format!("127.0.0.1:{http_port}");
-        let lease = LEASE.as_millis().to_string();
-        let args = [
-            "run",
-            "--database-url",
-            database_url,
-            "--broker",
-            broker,
-            "--destination-prefix",
-            prefix,
-            "--http",
-            &http,
-            "--name",
-            name,
-            "--lease-ttl-ms",
-            &lease,
-            "--poll-interval-ms",
-            "100",
-            // librdkafka keeps a message it cannot send for the whole test:
-            // only the relay's fencing may drop it.
-            "--producer-set",
-            "message.timeout.ms=120000",
-            // Back on the broker within half a second of the proxy accepting
-            // again, so that a late send shows within the test's wait.
-            "--producer-set",
-            "reconnect.backoff.ms=100",
-            "--producer-set",
-            "reconnect.backoff.max.ms=500",
-        ];
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("create the relay log");
-        let err = out.try_clone().expect("clone the log handle");
-        let child = command(&relay_bin(), &args)
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start relay {name}: {e}"));
-        RelayProc {
-            name,
-            child,
-            http_port,
-            log,
-        }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`, …) with `kill(1)`.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("the relay is running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("run kill(1)");
-        assert!(
-            status.success(),
-            "kill -{signal} {pid} ({}) failed",
-            self.name
-        );
-    }
-
-    /// Panics, with its log, if the relay has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("relay {} exited ({status})", self.name);
-        }
-    }
-
-    /// The unlabelled sample `name` on its /metrics, if it reports one.
-    async fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.http_port, "/metrics").await.ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-}
-
-impl Drop for RelayProc {
-    fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // A stopped process is woken first, so it dies at once.
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &pid.to_string()])
-                .status();
-        }
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(80)..];
-            eprintln!(
-                "----- last lines of relay {} ({}) -----\n{}\n----- end of {} -----",
-                self.name,
-                self.log.display(),
-                tail.join("\n"),
-                self.name
-            );
-        }
-    }
+/// Starts `outbox-relay run` named `name` with the lease and producer
+/// settings of this test. Dropping it kills it, stopped or not, and prints its
+/// log if the test is failing.
+fn start_relay(
+    name: &str,
+    database_url: &str,
+    broker: &str,
+    prefix: &str,
+    dir: &Path,
+) -> RelayProcess {
+    let lease = LEASE.as_millis().to_string();
+    let args = [
+        "run",
+        "--database-url",
+        database_url,
+        "--broker",
+        broker,
+        "--destination-prefix",
+        prefix,
+        "--name",
+        name,
+        "--lease-ttl-ms",
+        &lease,
+        "--poll-interval-ms",
+        "100",
+        // librdkafka keeps a message it cannot send for the whole test:
+        // only the relay's fencing may drop it.
+        "--producer-set",
+        "message.timeout.ms=120000",
+        // Back on the broker within half a second of the proxy accepting
+        // again, so that a late send shows within the test's wait.
+        "--producer-set",
+        "reconnect.backoff.ms=100",
+        "--producer-set",
+        "reconnect.backoff.max.ms=500",
+    ];
+    RelayProcess::start(&relay_bin(), name, &args, dir)
 }
 
 /// Event `seq` of `key`.
@@ -188,14 +109,14 @@ fn round(seqs: std::ops::RangeInclusive<u64>) -> Vec<Step> {
 
 /// Waits (up to 30 s) until `pending` rows are left in the outbox, checking
 /// that `relay` keeps running.
-async fn wait_pending(pool: &PgPool, left: i64, relay: &mut RelayProc, what: &str) {
+async fn wait_pending(pool: &PgPool, left: i64, relay: &mut RelayProcess, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = pending(pool).await;
         if n == left {
             return;
         }
-        relay.assert_running();
+        relay.proc.assert_running();
         assert!(
             Instant::now() < deadline,
             "{what}: {n} rows pending after 30 s, expected {left}"
@@ -261,8 +182,7 @@ fn check(history: &[Step], last: &BTreeMap<String, u64>) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_relay_sends_nothing_after_the_next_owner() {
-    let dir = std::env::temp_dir().join(unique_name("outbox_relay_fencing"));
-    std::fs::create_dir_all(&dir).expect("create the log directory");
+    let dir = log_dir("outbox_relay_fencing");
 
     // tansu listens on a port of its own and advertises the proxy's.
     let tansu_port = free_port();
@@ -276,7 +196,7 @@ async fn a_paused_relay_sends_nothing_after_the_next_owner() {
 
     let db = TestDb::migrated().await;
     let broker = format!("kafka://{brokers}");
-    let mut a = RelayProc::start("relay-a", &db.url, &broker, &prefix, &dir);
+    let mut a = start_relay("relay-a", &db.url, &broker, &prefix, &dir);
     publish_steps(&db.pool, &round(1..=5), 4).await;
     wait_pending(&db.pool, 0, &mut a, "A publishes e1..e5").await;
 
@@ -285,18 +205,18 @@ async fn a_paused_relay_sends_nothing_after_the_next_owner() {
     proxy.cut().await;
     publish_steps(&db.pool, &round(6..=6), 4).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    a.assert_running();
+    a.proc.assert_running();
     assert_eq!(
         pending(&db.pool).await,
         1 + OTHER_KEYS.len() as i64,
         "nothing of e6 can have been published"
     );
-    a.signal("STOP");
+    a.proc.signal("STOP");
     let stopped_at = Instant::now();
 
     // B takes over once A's leases expire, and publishes e6, then e7.
     proxy.accept();
-    let mut b = RelayProc::start("relay-b", &db.url, &broker, &prefix, &dir);
+    let mut b = start_relay("relay-b", &db.url, &broker, &prefix, &dir);
     wait_pending(&db.pool, 0, &mut b, "B takes over and publishes e6").await;
     publish_steps(&db.pool, &round(7..=7), 4).await;
     wait_pending(&db.pool, 0, &mut b, "B publishes e7").await;
@@ -306,10 +226,10 @@ async fn a_paused_relay_sends_nothing_after_the_next_owner() {
     // A wakes up cut off from the broker: time to notice its leases lapsed.
     proxy.refuse();
     proxy.cut().await;
-    a.signal("CONT");
+    a.proc.signal("CONT");
     let paused = stopped_at.elapsed();
     tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
-    a.assert_running();
+    a.proc.assert_running();
     let abandoned = a.metric("eventbus_relay_abandoned_batches_total").await;
     // Whatever A still holds may go now.
     proxy.accept();

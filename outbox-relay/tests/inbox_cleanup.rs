@@ -3,8 +3,8 @@
 //! batches, prints how many, and leaves younger rows and other groups' rows.
 
 use eventbus_tests::backend::TestDatabase;
+use eventbus_tests::harness;
 use eventbus_tests::mysql::TestMySql;
-use eventbus_tests::relay_cli;
 use eventbus_tests::sqlite::TestSqlite;
 use eventbus_tests::{unique_name, TestDb};
 
@@ -40,7 +40,7 @@ fn seed_sql(old: &str, now: &str, group: &str, other: &str) -> String {
 /// Runs the clean-up of `group` (window one hour) against `url` and returns
 /// its standard output.
 async fn cleanup(url: &str, group: &str) -> String {
-    relay_cli::cli_ok(
+    harness::cli_ok(
         BIN,
         &[
             "inbox",
@@ -124,11 +124,11 @@ async fn cleanup_on_sqlite() {
 /// Only the group's name says whose rows go: the option is required.
 #[tokio::test]
 async fn cleanup_without_a_consumer_is_refused() {
-    let out = relay_cli::output(BIN, &["inbox", "cleanup", "--older-than", "3600"]).await;
+    let out = harness::output(BIN, &["inbox", "cleanup", "--older-than", "3600"]).await;
     assert!(!out.status.success());
     assert!(
-        relay_cli::text(&out).contains("--consumer"),
+        harness::text(&out).contains("--consumer"),
         "{}",
-        relay_cli::text(&out)
+        harness::text(&out)
     );
 }

@@ -3,16 +3,15 @@
 //! the partitions with one SIGKILLed mid-run, `status`, the `failed`
 //! commands, and a clean SIGTERM stop.
 
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use eventbus::Event;
+use eventbus_tests::harness::{self, log_dir, sigterm, RelayProcess};
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{assert_per_key_order, pending, publish_steps, steps, Step};
-use eventbus_tests::relay_cli::{self, free_port, sigterm};
 use eventbus_tests::{amqp_url, unique_name};
-use tokio::process::{Child, Command};
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
@@ -20,26 +19,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
 /// `--batch-size` of the relay processes: the most a SIGKILL can duplicate.
 const BATCH: usize = 200;
 
-fn relay_command(args: &[&str]) -> Command {
-    relay_cli::command(BIN, args)
-}
-
 async fn cli_ok(args: &[&str]) -> String {
-    relay_cli::cli_ok(BIN, args).await
+    harness::cli_ok(BIN, args).await
 }
 
-/// Starts `outbox-relay run` named `name`, logging to a temporary file.
-fn start_relay(name: &str, url: &str, amqp: &str, prefix: &str) -> Child {
-    let http = format!("127.0.0.1:{}", free_port());
+/// Starts `outbox-relay run` named `name`, logging to a file shown if the
+/// test fails.
+fn start_relay(name: &str, url: &str, amqp: &str, prefix: &str, dir: &Path) -> RelayProcess {
     let batch = BATCH.to_string();
-    relay_command(&[
+    let args = [
         "run",
         "--database-url",
         url,
         "--broker",
         amqp,
-        "--http",
-        &http,
         "--destination-prefix",
         prefix,
         "--poll-interval-ms",
@@ -50,11 +43,8 @@ fn start_relay(name: &str, url: &str, amqp: &str, prefix: &str) -> Child {
         &batch,
         "--name",
         name,
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("start outbox-relay run")
+    ];
+    RelayProcess::start(BIN, name, &args, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,8 +63,9 @@ async fn two_relays_one_killed_status_failed_and_sigterm_on_mysql() {
     let prefix = format!("{}.", unique_name("cli_mysql"));
     let mut queue = TestQueue::bind_all(&format!("{prefix}{}", Step::DESTINATION)).await;
     let amqp = amqp_url().await;
-    let mut a = start_relay("relay-a", &db.url, &amqp, &prefix);
-    let mut b = start_relay("relay-b", &db.url, &amqp, &prefix);
+    let dir = log_dir("relay_mysql");
+    let mut a = start_relay("relay-a", &db.url, &amqp, &prefix, &dir);
+    let mut b = start_relay("relay-b", &db.url, &amqp, &prefix, &dir);
 
     // SIGKILL relay-a once a fifth is relayed: mid-batch.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -82,8 +73,7 @@ async fn two_relays_one_killed_status_failed_and_sigterm_on_mysql() {
         assert!(Instant::now() < deadline, "nothing relayed within 60 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    a.start_kill().expect("SIGKILL relay-a");
-    let _ = a.wait().await;
+    a.proc.kill().await;
 
     // relay-b takes over relay-a's partitions once their leases expire.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -174,7 +164,7 @@ async fn two_relays_one_killed_status_failed_and_sigterm_on_mysql() {
     assert_eq!(retried[0].data, b"{}");
 
     // SIGTERM: relay-b finishes, gives back its partitions and deregisters.
-    sigterm(&mut b).await;
+    sigterm(b.proc.child_mut()).await;
     let owned: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM eventbus_outbox_partitions WHERE owner IS NOT NULL",
     )

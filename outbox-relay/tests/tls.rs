@@ -15,11 +15,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eventbus::Event;
+use eventbus_tests::harness::{command, free_port, output, sigterm, text};
 use eventbus_tests::kafka::{consumer_config, read_all_with, start_tansu};
 use eventbus_tests::postgres_cluster::{ClusterOptions, PostgresCluster};
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{assert_per_key_order, pending, publish_steps, steps, Step};
-use eventbus_tests::relay_cli::{command, free_port, output, sigterm, text};
 use eventbus_tests::tls::{Clients, TestCa, TlsProxy};
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 use sqlx::postgres::PgPoolOptions;

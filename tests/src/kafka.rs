@@ -15,6 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::harness::{wait_listening, Proc};
+use crate::relay::Step;
+
 /// How long metadata requests in these helpers may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -151,15 +154,52 @@ pub async fn read_all_with(
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_all_blocking(&config, &topic, expected, timeout))
-        .await
-        .expect("Kafka reader thread")
+    tokio::task::spawn_blocking(move || {
+        read_all_blocking(&config, &topic, expected, Duration::ZERO, timeout)
+    })
+    .await
+    .expect("Kafka reader thread")
 }
 
+/// Reads `topic` from the beginning of every partition (no consumer group)
+/// until at least `at_least` messages arrived and then nothing more for
+/// `quiet`, or until `timeout`; decodes each payload as a [`Step`]. Callers
+/// check what arrived (duplicates included).
+///
+/// # Panics
+///
+/// As [`read_all`], and when a payload is not a [`Step`].
+pub async fn read_steps(
+    brokers: &str,
+    topic: &str,
+    at_least: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Step> {
+    let config = consumer_config(brokers);
+    let topic = topic.to_owned();
+    let messages = tokio::task::spawn_blocking(move || {
+        read_all_blocking(&config, &topic, at_least, quiet, timeout)
+    })
+    .await
+    .expect("Kafka reader thread");
+    messages
+        .iter()
+        .map(|m| {
+            let payload = m.payload().expect("message has a payload");
+            serde_json::from_slice(payload)
+                .unwrap_or_else(|e| panic!("not a Step: {e}: {payload:?}"))
+        })
+        .collect()
+}
+
+/// Reads until `expected` messages arrived and nothing more came for
+/// `quiet` (zero: stop at `expected`), or until `timeout`.
 fn read_all_blocking(
     config: &ClientConfig,
     topic: &str,
     expected: usize,
+    quiet: Duration,
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
     let deadline = Instant::now() + timeout;
@@ -174,9 +214,13 @@ fn read_all_blocking(
     consumer.assign(&assignment).expect("assign partitions");
 
     let mut out = Vec::with_capacity(expected);
-    while out.len() < expected && Instant::now() < deadline {
+    let mut last = Instant::now();
+    while Instant::now() < deadline && !(out.len() >= expected && last.elapsed() >= quiet) {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => out.push(message.detach()),
+            Some(Ok(message)) => {
+                last = Instant::now();
+                out.push(message.detach());
+            }
             // Transient (leader moves, a slow broker): keep polling until the
             // deadline; the caller's count assertion reports what is missing.
             Some(Err(e)) => eprintln!("reading Kafka topic `{topic}`: {e}"),
@@ -347,49 +391,29 @@ pub fn tansu_bin() -> std::path::PathBuf {
 /// advertising `advertised_port` (a proxy's, say, so that every connection a
 /// client makes after bootstrapping goes through it), logging to
 /// `dir/tansu.log`; waits until it accepts connections. It is killed when the
-/// returned child is dropped.
+/// returned process is dropped.
 ///
 /// # Panics
 ///
 /// When tansu is missing ([`tansu_bin`]), exits, or does not listen within 30 s.
-pub async fn start_tansu(
-    listen_port: u16,
-    advertised_port: u16,
-    dir: &std::path::Path,
-) -> tokio::process::Child {
-    let log = std::fs::File::create(dir.join("tansu.log")).expect("tansu log");
-    let mut tansu = tokio::process::Command::new(tansu_bin())
-        .args([
-            "broker",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{listen_port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{advertised_port}"),
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tansu");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", listen_port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tansu.try_wait().ok().flatten().is_none(),
-            "tansu exited during start-up"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "tansu does not listen on {listen_port} after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+pub async fn start_tansu(listen_port: u16, advertised_port: u16, dir: &std::path::Path) -> Proc {
+    let mut cmd = tokio::process::Command::new(tansu_bin());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &format!("tcp://127.0.0.1:{listen_port}"),
+        "--advertised-listener-url",
+        &format!("tcp://127.0.0.1:{advertised_port}"),
+        "--storage-engine",
+        "memory://tansu/",
+    ])
+    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+    .stdin(std::process::Stdio::null());
+    let mut tansu = Proc::spawn("tansu", cmd, dir);
+    wait_listening(listen_port, Duration::from_secs(30), "tansu", || {
+        tansu.running()
+    })
+    .await;
     tansu
 }
 

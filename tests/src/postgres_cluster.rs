@@ -82,9 +82,7 @@ impl PostgresCluster {
     /// When the server binaries are missing or the cluster does not start.
     pub async fn start_with(options: ClusterOptions) -> Result<Self, ClusterError> {
         let bin = postgres_bin()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::harness::try_free_port()?;
         let dir = std::env::temp_dir().join(format!("eventbus-pg-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;

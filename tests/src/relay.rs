@@ -212,3 +212,29 @@ pub fn assert_per_key_order(received: &[Step]) -> usize {
     }
     duplicates
 }
+
+/// Asserts that every event of `expected` arrived, nothing else did, and per
+/// key the first arrivals are in order; returns the number of duplicates.
+pub fn assert_delivered(expected: &[Step], received: &[Step]) -> usize {
+    use std::collections::HashSet;
+    let want: HashSet<(&str, u64)> = expected.iter().map(|s| (s.key.as_str(), s.seq)).collect();
+    let got: HashSet<(&str, u64)> = received.iter().map(|s| (s.key.as_str(), s.seq)).collect();
+    let mut missing: Vec<_> = want.difference(&got).collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events never arrived ({} messages received), e.g. {:?}",
+        missing.len(),
+        want.len(),
+        received.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let unexpected: Vec<_> = got.difference(&want).take(10).collect();
+    assert!(
+        unexpected.is_empty(),
+        "events nobody published arrived: {unexpected:?}"
+    );
+    let duplicates = assert_per_key_order(received);
+    assert_eq!(received.len(), want.len() + duplicates);
+    duplicates
+}

@@ -5,7 +5,6 @@
 //! (tests/src/bin/consumer_abort.rs), restarted by the test whenever it dies.
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eventbus::consumer::dead_letter;
@@ -15,11 +14,11 @@ use eventbus_tests::consumer::{
     create_effects, envelope, publish, scalar, Broker, ALL_EFFECTS, DISTINCT_EFFECTS,
     REPEATED_EFFECTS,
 };
+use eventbus_tests::harness::{spawn_ready, stop_cleanly};
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::relay::steps;
 use eventbus_tests::sqlite::TestSqlite;
 use eventbus_tests::{unique_name, TestDatabase, TestDb};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The worker binary: aborts the process on a step whose `pad` is `abort`.
 const WORKER: &str = env!("CARGO_BIN_EXE_consumer_abort");
@@ -41,41 +40,19 @@ async fn start(
     destination: &str,
     kind: &str,
 ) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(WORKER)
+    let mut command = tokio::process::Command::new(WORKER);
+    command
         .arg(&db.url)
         .arg(broker.worker_url())
         .args([group, destination])
         .arg(MAX_ATTEMPTS.to_string())
-        .arg(kind)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start consumer_abort");
-    let stdout = child.stdout.take().expect("worker stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("worker starts within 60 s")
-        .expect("read worker stdout");
-    assert_eq!(first.as_deref(), Some("ready"), "worker start-up line");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+        .arg(kind);
+    spawn_ready(command, "consumer_abort").await
 }
 
 /// SIGINT, then a clean exit within 60 s.
 async fn interrupt(mut child: tokio::process::Child) {
-    let pid = child.id().expect("worker pid");
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "SIGINT the worker");
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the worker exits within 60 s of SIGINT")
-        .expect("worker status");
-    assert!(status.success(), "the worker exits cleanly: {status}");
+    stop_cleanly(&mut child, "INT", Duration::from_secs(60)).await;
 }
 
 /// 300 events over 10 keys, one of which makes the handler abort the

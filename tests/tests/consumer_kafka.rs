@@ -16,16 +16,15 @@ use eventbus::transport::kafka::KafkaPublisher;
 use eventbus::transport::{Settle, Subscriber};
 use eventbus::{Envelope, Event};
 use eventbus_tests::consumer::{
-    at_least_once_scenario, at_most_once_scenario, backpressure_scenario, batch_handler_scenario,
-    create_effects, delayed_retry_scenario, effectively_once_scenario, envelope, groups_scenario,
-    newer_version_keeps_key_order_scenario, poison_scenario, publish, rate_limit_scenario,
-    record_batch, refused_dead_letter_scenario, run, scalar, wait_count, wait_until, Broker, Gauge,
-    Refusal, ALL_EFFECTS, DISTINCT_EFFECTS, REPEATED_EFFECTS,
+    create_effects, envelope, publish, record_batch, run, scalar, wait_count, wait_until, Gauge,
+    ALL_EFFECTS, DISTINCT_EFFECTS, REPEATED_EFFECTS,
 };
 use eventbus_tests::kafka::{self, committed_total, java_partition, one_per_batch_publisher};
 use eventbus_tests::relay::{assert_per_key_order, steps, Step};
 use eventbus_tests::{kafka_brokers, unique_name, TestDb};
 use sqlx::Postgres;
+
+eventbus_tests::matrix!(consumer_kafka);
 
 // ---------------------------------------------------------------- helpers
 
@@ -63,75 +62,7 @@ async fn wait_committed(
     }
 }
 
-/// The worker binary of the crash tests.
-const WORKER: &str = env!("CARGO_BIN_EXE_consumer_worker");
-
 // ------------------------------------------------------------------ tests
-
-/// 20,000 events over 200 keys on 4 partitions, plus a second copy of every
-/// tenth (same ids, 2,000 redeliveries). The worker process is SIGKILLed when
-/// about a third of the effects exist and started again. Every (key, seq)
-/// ends with exactly one effect and one inbox row: the inbox absorbs the
-/// injected copies and the messages handled but not yet committed before the
-/// crash.
-///
-/// Observed on tansu: killed at ~6,700 effects; the second worker caught up
-/// (all 22,000 messages committed) ~15 s later, with exactly 20,000 effects.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn effectively_once_under_redeliveries_and_a_crash() {
-    effectively_once_scenario::<TestDb>(&Broker::kafka().await, WORKER).await;
-}
-
-/// At least once with a SIGKILL: nothing is missing, and the messages handled
-/// after the last offset commit before the crash are handled again (offsets
-/// are committed in the background, every second in these tests, so the
-/// second worker starts behind the first one's work).
-///
-/// Observed on tansu: killed at ~2,050 effects, ~1,100 of 6,000 events got a
-/// second effect (the first worker's last second of work), none was missing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn at_least_once_repeats_but_loses_nothing_under_a_crash() {
-    at_least_once_scenario::<TestDb>(&Broker::kafka().await, WORKER).await;
-}
-
-/// At most once with a SIGKILL: each offset is committed before its handler
-/// runs, so the second worker never repeats an event; the ones whose handler
-/// (sleeping 20 ms) was running at the crash are lost — at most one per
-/// partition.
-///
-/// Observed on tansu: 4 of 1,200 events lost (one per partition), none
-/// repeated. (Before `Settle::ack_durably`, when at-most-once acknowledged by
-/// storing the offset for the next background commit, a crash repeated up to
-/// a commit interval of work.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn at_most_once_loses_but_never_repeats_under_a_crash() {
-    at_most_once_scenario::<TestDb>(&Broker::kafka().await, WORKER).await;
-}
-
-/// ~1% poison among 2,000 events: 10 raw bodies that are not CloudEvents and
-/// 10 events whose handler fails until "fixed". The consumer stays up and
-/// handles the other 99%; the 20 land on `<topic>.dlq` with reasons; after the
-/// fix, re-driving handles the failing ones, and the malformed ones stay in
-/// the dead-letter topic (skipped, and skipped again by a second run).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn poison_goes_to_the_dead_letter_topic_and_can_be_redriven() {
-    poison_scenario(&Broker::kafka().await).await;
-}
-
-/// With 12 partitions there is room for 12 handlers at once; a bound of 5 —
-/// the consumer's, or the subscriber's — keeps at most 5 messages unsettled.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_handler_never_holds_more_than_n_unacknowledged() {
-    backpressure_scenario(&Broker::kafka().await).await;
-}
-
-/// Two consumers of one group share the partitions (each handles some; together
-/// every event exactly once); a consumer of another group gets every event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn point_to_point_and_publish_subscribe() {
-    let took = groups_scenario(&Broker::kafka().await).await;
-    eprintln!("groups on Kafka in {took:?}");
-}
 
 /// 2,000 events over 16 keys on 4 partitions (several keys each), handled by
 /// one in-process consumer: the events of each key are handled in order, and
@@ -274,24 +205,6 @@ async fn a_released_message_comes_round_again_and_nothing_commits_past_it() {
     assert_eq!(committed_total(&brokers, &group, &topic).await, 10);
 }
 
-/// A batch handler on 4 partitions: 2,000 events and 200 injected copies,
-/// one poison event. Every effect exactly once, written by far fewer handler
-/// calls than there are messages, per key in order; the poison event's batch
-/// is split until it stands alone, and only it is dead-lettered, with the
-/// reason. (The scenario, shared with RabbitMQ, says exactly what it checks.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn batch_handler_applies_each_event_once_in_few_transactions_and_splits_out_poison() {
-    let outcome = batch_handler_scenario(&Broker::kafka().await).await;
-    eprintln!("batch handler on Kafka: {outcome:?}");
-}
-
-/// `rate_limit(50)`: 100 waiting events are handled over at least 1.8 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rate_limit_spreads_a_backlog_over_time() {
-    let span = rate_limit_scenario(&Broker::kafka().await).await;
-    eprintln!("rate limit 50/s on Kafka: 100 handler calls over {span:?}");
-}
-
 /// Consumer A — a slow batch handler (1 s per batch of up to 16),
 /// effectively once, on 4 partitions — is in the middle of a batch when
 /// consumer B joins its group, and the partitions are shared out anew. A's
@@ -430,26 +343,4 @@ async fn rebalance_mid_batch_loses_nothing_and_applies_nothing_twice() {
     );
     assert_eq!(scalar(&db.pool, ALL_EFFECTS).await, 1_201);
     eprintln!("rebalance test took {:?}", started.elapsed());
-}
-
-/// Version gating keeps a key's order: m5 (a newer version) parked, m6 and
-/// m7 parked behind it, other keys handled; the upgraded member handles m5,
-/// m6, m7 in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_newer_version_holds_its_key_not_the_partition() {
-    newer_version_keeps_key_order_scenario(&Broker::kafka().await).await;
-}
-
-/// On a one-partition topic (one lane), a key waiting for its delayed retry
-/// does not hold up 1,000 messages of other keys.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_delayed_retry_does_not_hold_the_partition() {
-    delayed_retry_scenario(&Broker::kafka().await).await;
-}
-
-/// A dead letter larger than the dead-letter topic takes (the original fits)
-/// is kept in the parked table; the partition flows on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_oversized_dead_letter_is_kept_in_the_database() {
-    refused_dead_letter_scenario(&Broker::kafka().await, Refusal::Oversized).await;
 }

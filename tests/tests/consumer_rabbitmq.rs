@@ -15,18 +15,16 @@ use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::transport::Subscriber;
 use eventbus::{Envelope, Event};
 use eventbus_tests::consumer::{
-    at_least_once_scenario, at_most_once_scenario, backpressure_scenario, batch_handler_scenario,
-    create_effects, delayed_retry_scenario, effectively_once_scenario, envelope, groups_scenario,
-    newer_version_keeps_key_order_scenario, poison_scenario, publish, rate_limit_scenario, record,
-    refused_dead_letter_scenario, run, scalar, wait_count, Broker, Refusal,
+    create_effects, envelope, publish, record, run, scalar, wait_count,
 };
 use eventbus_tests::rabbitmq::{self, delete_exchange, delete_group};
 use eventbus_tests::relay::{
     assert_per_key_order, publish_steps, spawn_relay, steps, test_config, Step,
 };
-use eventbus_tests::suites::consumer;
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 use sqlx::Postgres;
+
+eventbus_tests::matrix!(consumer_rabbitmq);
 
 // ---------------------------------------------------------------- helpers
 
@@ -44,54 +42,7 @@ fn names(tag: &str) -> (String, String) {
     (format!("{prefix}{}", Step::DESTINATION), prefix)
 }
 
-/// The worker binary of the crash tests.
-const WORKER: &str = env!("CARGO_BIN_EXE_consumer_worker");
-
 // ------------------------------------------------------------------ tests
-
-/// 20,000 events over 200 keys, with a copy of every tenth one published
-/// again (same id: a redelivery), consumed by a worker process that is
-/// SIGKILLed mid-run and started again: every (key, seq) takes effect exactly
-/// once, with one inbox row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn effectively_once_under_redeliveries_and_a_crash() {
-    effectively_once_scenario::<TestDb>(&Broker::rabbitmq().await, WORKER).await;
-}
-
-/// At least once under a crash: no effect missing (those handled but not yet
-/// acknowledged when the process died, if any, are handled again).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn at_least_once_loses_nothing_under_a_crash() {
-    at_least_once_scenario::<TestDb>(&Broker::rabbitmq().await, WORKER).await;
-}
-
-/// At most once under a crash: no effect repeated; the handlers running when
-/// the process died had their messages acknowledged already: those are gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn at_most_once_loses_but_never_repeats_under_a_crash() {
-    at_most_once_scenario::<TestDb>(&Broker::rabbitmq().await, WORKER).await;
-}
-
-/// ~1% poison among 2,000 events: raw bodies that are not CloudEvents, and
-/// events whose handler fails until "fixed". The consumer stays up and handles
-/// the other 99%; the poison lands on `<exchange>.dlq` with the reason; after
-/// the fix, re-driving handles the failing ones and skips the malformed ones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn poison_goes_to_the_dead_letter_exchange_and_can_be_redriven() {
-    poison_scenario(&Broker::rabbitmq().await).await;
-}
-
-/// A handler that sleeps 50 ms never has more than 5 messages handed to it and
-/// not acknowledged — whether the bound is the broker's prefetch or the
-/// consumer's `max_in_flight`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_handler_never_holds_more_than_n_unacknowledged() {
-    let runs = backpressure_scenario(&Broker::rabbitmq().await).await;
-    for run in runs {
-        // 240 messages × 50 ms over 5 at a time: about 2.4 s, not 12.
-        assert!(run.took < Duration::from_millis(9_600), "{run:?}");
-    }
-}
 
 /// Without a consumer: with prefetch 5 and no acknowledgement the broker
 /// delivers 5 messages, then nothing until one is acknowledged.
@@ -226,14 +177,6 @@ async fn single_active_consumer_keeps_per_key_order() {
     delete_exchange(&exchange).await;
 }
 
-/// Two consumers in one group share the work, each event handled once between
-/// them; a second group gets every event too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn point_to_point_and_publish_subscribe() {
-    let took = groups_scenario(&Broker::rabbitmq().await).await;
-    println!("groups on RabbitMQ in {took:?}");
-}
-
 /// The connection dies under a subscriber (a proxy cuts it): messages
 /// delivered and not acknowledged come back, marked redelivered; settling them
 /// on the dead channel fails instead of hanging; the subscriber reconnects by
@@ -351,60 +294,4 @@ async fn the_subscriber_reconnects_and_unacknowledged_messages_come_back() {
     );
     delete_group(&group).await;
     delete_exchange(&exchange).await;
-}
-
-/// 200 steps and 50 of them again: 200 handled, 50 duplicates, one effect,
-/// one inbox row and one follow-up in the outbox per step (shared with MySQL
-/// and SQLite).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redelivered_events_change_nothing() {
-    consumer::redelivered_events_change_nothing::<TestDb>().await;
-}
-
-/// The same with a batch handler.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn batch_handlers_skip_redelivered_events() {
-    consumer::batch_handlers_skip_redelivered_events::<TestDb>().await;
-}
-
-/// A batch handler: 2,000 events over 20 keys and 200 injected copies, one
-/// poison event. Every effect exactly once, written by far fewer handler calls
-/// than there are messages, per key in order within the one consumer; the
-/// poison event's batch is split until it stands alone, and only it is
-/// dead-lettered, with the reason. (The scenario, shared with Kafka, says
-/// exactly what it checks.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn batch_handler_applies_each_event_once_in_few_transactions_and_splits_out_poison() {
-    let outcome = batch_handler_scenario(&Broker::rabbitmq().await).await;
-    println!("batch handler on RabbitMQ: {outcome:?}");
-}
-
-/// `rate_limit(50)`: 100 waiting events are handled over at least 1.8 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rate_limit_spreads_a_backlog_over_time() {
-    let span = rate_limit_scenario(&Broker::rabbitmq().await).await;
-    println!("rate limit 50/s on RabbitMQ: 100 handler calls over {span:?}");
-}
-
-/// Version gating keeps a key's order: m5 (a newer version) parked, m6 and
-/// m7 parked behind it, other keys handled; the upgraded member handles m5,
-/// m6, m7 in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_newer_version_holds_its_key_not_the_queue() {
-    newer_version_keeps_key_order_scenario(&Broker::rabbitmq().await).await;
-}
-
-/// Under a single active consumer (one lane), a key waiting for its delayed
-/// retry does not hold up 1,000 messages of other keys.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_delayed_retry_does_not_hold_the_lane() {
-    delayed_retry_scenario(&Broker::rabbitmq().await).await;
-}
-
-/// The group's dead-letter queue is deleted: the next dead letter routes
-/// nowhere, is kept in the parked table, and the queue (single active
-/// consumer) flows on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_letter_with_no_queue_is_kept_in_the_database() {
-    refused_dead_letter_scenario(&Broker::rabbitmq().await, Refusal::QueueDeleted).await;
 }

@@ -4,15 +4,4 @@
 //! batch handlers, and follow-up events land in the SQLite outbox in the
 //! handler's transaction.
 
-use eventbus_tests::sqlite::TestSqlite;
-use eventbus_tests::suites::consumer;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redelivered_events_change_nothing_on_sqlite() {
-    consumer::redelivered_events_change_nothing::<TestSqlite>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn batch_handlers_skip_redelivered_events_on_sqlite() {
-    consumer::batch_handlers_skip_redelivered_events::<TestSqlite>().await;
-}
+eventbus_tests::matrix!(consumer_sqlite);

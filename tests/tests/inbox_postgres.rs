@@ -5,55 +5,16 @@
 use std::time::Duration;
 
 use eventbus::Inbox;
-use eventbus_tests::suites::inbox;
 use eventbus_tests::TestDb;
 use sqlx::PgPool;
+
+eventbus_tests::matrix!(inbox_postgres);
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_duplicates_are_processed_exactly_once() {
-    inbox::concurrent_duplicates_are_processed_exactly_once::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn handler_failure_rolls_back_and_a_redelivery_is_processed() {
-    inbox::handler_failure_rolls_back_and_a_redelivery_is_processed::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn begin_without_commit_leaves_no_trace() {
-    inbox::begin_without_commit_leaves_no_trace::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_waiting_delivery_takes_over_when_the_first_rolls_back() {
-    inbox::a_waiting_delivery_takes_over_when_the_first_rolls_back::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn each_consumer_processes_a_message_once() {
-    inbox::each_consumer_processes_a_message_once::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn a_batch_is_recorded_with_one_flag_per_message() {
-    inbox::a_batch_is_recorded_with_one_flag_per_message::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn cleanup_deletes_old_entries_of_one_consumer_in_batches() {
-    inbox::cleanup_deletes_old_entries_of_one_consumer_in_batches::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn processing_before_migration_says_to_migrate() {
-    inbox::processing_before_migration_says_to_migrate::<TestDb>().await;
 }
 
 /// 2,500 entries older than the window go in three `DELETE` statements of at

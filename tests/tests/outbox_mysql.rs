@@ -8,48 +8,9 @@ use eventbus::mysql::partition_of;
 use eventbus::{Metadata, Outbox};
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::relay::Step;
-use eventbus_tests::suites::outbox;
 use sqlx::{Executor, Row};
 
-#[tokio::test]
-async fn commit_writes_business_row_and_outbox_row_together() {
-    outbox::commit_writes_business_row_and_outbox_row_together::<TestMySql>().await;
-}
-
-#[tokio::test]
-async fn rollback_writes_neither_business_row_nor_outbox_row() {
-    outbox::rollback_writes_neither_business_row_nor_outbox_row::<TestMySql>().await;
-}
-
-#[tokio::test]
-async fn publish_all_writes_ten_thousand_events_in_order_atomically() {
-    outbox::publish_all_writes_ten_thousand_events_in_order_atomically::<TestMySql>().await;
-}
-
-#[tokio::test]
-async fn plain_sql_inserts_are_valid_cloudevents() {
-    outbox::plain_sql_inserts_are_valid_cloudevents::<TestMySql>().await;
-}
-
-#[tokio::test]
-async fn rows_the_relay_could_not_read_are_refused_at_insert() {
-    outbox::rows_the_relay_could_not_read_are_refused_at_insert::<TestMySql>().await;
-}
-
-#[tokio::test]
-async fn oversized_event_is_rejected_and_nothing_is_written() {
-    outbox::oversized_event_is_rejected_and_nothing_is_written::<TestMySql>().await;
-}
-
-#[tokio::test]
-async fn using_tables_before_migration_says_to_migrate() {
-    outbox::using_tables_before_migration_says_to_migrate::<TestMySql>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_migrations_are_idempotent() {
-    outbox::concurrent_migrations_are_idempotent::<TestMySql>().await;
-}
+eventbus_tests::matrix!(outbox_mysql);
 
 fn step(key: &str, seq: u64) -> Step {
     Step {

@@ -12,46 +12,13 @@ use eventbus_tests::TestDb;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
+eventbus_tests::matrix!(outbox_postgres);
+
 async fn count(pool: &PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)
         .await
         .expect("count rows")
-}
-
-#[tokio::test]
-async fn commit_writes_business_row_and_outbox_row_together() {
-    outbox::commit_writes_business_row_and_outbox_row_together::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn rollback_writes_neither_business_row_nor_outbox_row() {
-    outbox::rollback_writes_neither_business_row_nor_outbox_row::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn publish_all_writes_ten_thousand_events_in_order_atomically() {
-    outbox::publish_all_writes_ten_thousand_events_in_order_atomically::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn plain_sql_inserts_are_valid_cloudevents() {
-    outbox::plain_sql_inserts_are_valid_cloudevents::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn rows_the_relay_could_not_read_are_refused_at_insert() {
-    outbox::rows_the_relay_could_not_read_are_refused_at_insert::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn oversized_event_is_rejected_and_nothing_is_written() {
-    outbox::oversized_event_is_rejected_and_nothing_is_written::<TestDb>().await;
-}
-
-#[tokio::test]
-async fn using_tables_before_migration_says_to_migrate() {
-    outbox::using_tables_before_migration_says_to_migrate::<TestDb>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

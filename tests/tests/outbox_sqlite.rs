@@ -12,6 +12,8 @@ use sqlx::types::chrono;
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+eventbus_tests::matrix!(outbox_sqlite);
+
 /// The fixed timestamp form eventbus writes on SQLite.
 fn is_eventbus_timestamp(text: &str) -> bool {
     text.len() == 24
@@ -26,26 +28,6 @@ async fn count(pool: &SqlitePool, table: &str) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count rows")
-}
-
-#[tokio::test]
-async fn commit_writes_business_row_and_outbox_row_together() {
-    outbox::commit_writes_business_row_and_outbox_row_together::<TestSqlite>().await;
-}
-
-#[tokio::test]
-async fn rollback_writes_neither_business_row_nor_outbox_row() {
-    outbox::rollback_writes_neither_business_row_nor_outbox_row::<TestSqlite>().await;
-}
-
-#[tokio::test]
-async fn publish_all_writes_ten_thousand_events_in_order_atomically() {
-    outbox::publish_all_writes_ten_thousand_events_in_order_atomically::<TestSqlite>().await;
-}
-
-#[tokio::test]
-async fn plain_sql_inserts_are_valid_cloudevents() {
-    outbox::plain_sql_inserts_are_valid_cloudevents::<TestSqlite>().await;
 }
 
 /// Each refusal is a `CHECK` constraint naming what it checks.
@@ -63,16 +45,6 @@ async fn rows_the_relay_could_not_read_are_refused_at_insert() {
             "{column}: {message}"
         );
     }
-}
-
-#[tokio::test]
-async fn oversized_event_is_rejected_and_nothing_is_written() {
-    outbox::oversized_event_is_rejected_and_nothing_is_written::<TestSqlite>().await;
-}
-
-#[tokio::test]
-async fn using_tables_before_migration_says_to_migrate() {
-    outbox::using_tables_before_migration_says_to_migrate::<TestSqlite>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

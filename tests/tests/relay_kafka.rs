@@ -11,8 +11,9 @@ use eventbus::transport::kafka::{envelope_from_message, KafkaPublisher};
 use eventbus::{Event, Outbox};
 use eventbus_tests::kafka::{header, publisher_with_topic, read_all};
 use eventbus_tests::relay::{spawn_relay, test_config, Step};
-use eventbus_tests::suites::relay;
 use eventbus_tests::{kafka_brokers, unique_name, TestDb};
+
+eventbus_tests::matrix!(relay_kafka);
 
 /// Creates the test's topic (4 partitions) and returns the relay's publisher,
 /// the destination prefix and the topic.
@@ -22,22 +23,6 @@ async fn setup(tag: &str) -> (Arc<KafkaPublisher>, String, String, String) {
     let topic = format!("{prefix}{}", Step::DESTINATION);
     let publisher = publisher_with_topic(&brokers, &topic, 4).await;
     (Arc::new(publisher), prefix, topic, brokers)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relays_100k_events_over_1000_keys_in_order() {
-    let took = relay::volume_over_kafka::<TestDb>(100_000, 1_000).await;
-    println!("PostgreSQL → Kafka: 100,000 events relayed in {took:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_older_transaction_committing_last_is_still_delivered_first() {
-    relay::an_older_transaction_committing_last_is_still_delivered_first::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_poisoned_event_is_parked_and_blocks_only_its_key() {
-    relay::a_poisoned_event_is_parked_and_blocks_only_its_key::<TestDb>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -86,19 +71,4 @@ async fn relayed_messages_follow_the_cloudevents_kafka_binding() {
     let decoded: Step = serde_json::from_slice(&envelope.data).expect("payload");
     assert_eq!(decoded, event);
     relay.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_and_status_report_the_backlog_falling_to_zero() {
-    relay::metrics_and_status_report_the_backlog_falling_to_zero::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source() {
-    relay::a_row_inserted_by_plain_sql_is_relayed_with_the_configured_source::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retention_mode_keeps_published_rows_then_cleans_them_up() {
-    relay::retention_mode_keeps_published_rows_then_cleans_them_up::<TestDb>().await;
 }

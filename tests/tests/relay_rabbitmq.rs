@@ -11,8 +11,9 @@ use eventbus::transport::rabbitmq::RabbitPublisher;
 use eventbus::{Event, Outbox};
 use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{spawn_relay, test_config, Step};
-use eventbus_tests::suites::relay;
 use eventbus_tests::{amqp_url, unique_name, TestDb};
+
+eventbus_tests::matrix!(relay_rabbitmq);
 
 async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
     let prefix = format!("{}.", unique_name(tag));
@@ -22,39 +23,6 @@ async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
         .await
         .expect("connect to RabbitMQ");
     (Arc::new(publisher), prefix, queue)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relays_100k_events_over_1000_keys_in_order() {
-    let took = relay::volume_over_rabbitmq::<TestDb>(100_000, 1_000, 10_000).await;
-    println!("PostgreSQL → RabbitMQ: 100,000 events relayed in {took:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn store_claims_in_order_behind_failures_and_fences_every_write() {
-    relay::store_claims_in_order_behind_failures_and_fences_every_write::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_relays_one_killed_lose_nothing_and_keep_order() {
-    let run =
-        relay::three_relays_one_killed_lose_nothing_and_keep_order::<TestDb>(30_000, 300).await;
-    println!("PostgreSQL, three relays, one killed: {run:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rows_from_other_writers_that_are_not_events_are_parked_with_a_reason() {
-    relay::rows_from_other_writers_that_are_not_events_are_parked_with_a_reason::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_event_for_a_missing_destination_is_parked_with_the_reason() {
-    relay::an_event_for_a_missing_destination_is_parked_with_the_reason::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it() {
-    relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<TestDb>().await;
 }
 
 fn header(
@@ -125,30 +93,4 @@ async fn relayed_messages_follow_the_cloudevents_amqp_binding() {
     assert_eq!(decoded, event);
     relay.stop().await;
     queue.delete().await;
-}
-
-// Commit order under interleavings (issue 15): `eventbus_tests::suites::commit_order`.
-
-use eventbus_tests::suites::commit_order;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_early_transaction_id_does_not_let_a_later_event_overtake() {
-    commit_order::an_early_transaction_id_does_not_let_a_later_event_overtake::<TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn random_interleavings_keep_commit_order_per_key() {
-    commit_order::random_interleavings_keep_commit_order_per_key::<TestDb>(5).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rejection_reported_late_holds_back_the_rest_of_its_key() {
-    let failure = eventbus::transport::PublishError::Rejected("nacked".into());
-    commit_order::a_failure_reported_late_holds_back_the_rest_of_its_key::<TestDb>(failure).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_outage_reported_late_holds_back_the_rest_of_its_key() {
-    let failure = eventbus::transport::PublishError::Unavailable("delivery timed out".into());
-    commit_order::a_failure_reported_late_holds_back_the_rest_of_its_key::<TestDb>(failure).await;
 }

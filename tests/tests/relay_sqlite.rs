@@ -15,9 +15,10 @@ use eventbus_tests::relay::{
     Step,
 };
 use eventbus_tests::sqlite::TestSqlite;
-use eventbus_tests::suites::relay;
 use eventbus_tests::{amqp_url, unique_name};
 use sqlx::SqlitePool;
+
+eventbus_tests::matrix!(relay_sqlite);
 
 fn store(pool: &SqlitePool) -> SqliteRelayStore {
     SqliteRelayStore::new(
@@ -32,11 +33,6 @@ fn step(key: &str, seq: u64) -> Step {
         seq,
         pad: String::new(),
     }
-}
-
-#[tokio::test]
-async fn store_claims_in_order_behind_failures_and_fences_every_write() {
-    relay::store_claims_in_order_behind_failures_and_fences_every_write::<TestSqlite>().await;
 }
 
 async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
@@ -56,34 +52,6 @@ fn decode(
         .iter()
         .map(|d| serde_json::from_slice(&d.data).expect("a Step"))
         .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relays_1000_events_over_50_keys_in_order_to_sqs() {
-    let took = relay::volume_over_sqs::<TestSqlite>(1_000, 50).await;
-    println!("SQLite → SQS: 1,000 events relayed and read in {took:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relays_5000_events_over_100_keys_in_order() {
-    let took = relay::volume_over_rabbitmq::<TestSqlite>(5_000, 100, 500).await;
-    println!("SQLite → RabbitMQ: 5,000 events relayed in {took:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rows_from_other_writers_that_are_not_events_are_parked_with_a_reason() {
-    relay::rows_from_other_writers_that_are_not_events_are_parked_with_a_reason::<TestSqlite>()
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_event_for_a_missing_destination_is_parked_with_the_reason() {
-    relay::an_event_for_a_missing_destination_is_parked_with_the_reason::<TestSqlite>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it() {
-    relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<TestSqlite>().await;
 }
 
 async fn wait_owns(metrics: &RelayMetrics, partitions: usize, timeout: Duration) {
@@ -159,14 +127,4 @@ async fn a_second_relay_on_the_same_file_stands_by_then_takes_over() {
     assert_eq!(pending(&db.pool).await, 0);
     second.stop().await;
     queue.delete().await;
-}
-
-// Commit order under interleavings (issue 15): `eventbus_tests::suites::commit_order`.
-// The deterministic interleaving needs concurrent writers: not SQLite's.
-
-use eventbus_tests::suites::commit_order;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn random_interleavings_keep_commit_order_per_key() {
-    commit_order::random_interleavings_keep_commit_order_per_key::<TestSqlite>(3).await;
 }

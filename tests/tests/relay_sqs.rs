@@ -10,24 +10,15 @@ use eventbus::transport::sqs::{queue_name, STRUCTURED_CONTENT_TYPE};
 use eventbus::{Event, Outbox};
 use eventbus_tests::relay::{spawn_relay, test_config, wait_drained, Step};
 use eventbus_tests::sqs;
-use eventbus_tests::suites::relay;
 use eventbus_tests::{unique_name, TestDb};
+
+eventbus_tests::matrix!(relay_sqs);
 
 /// A prefix for one test's destinations, and the destination of [`Step`].
 fn names(tag: &str) -> (String, String) {
     let prefix = format!("{}.", unique_name(tag));
     let destination = format!("{prefix}{}", Step::DESTINATION);
     (prefix, destination)
-}
-
-/// The shared relay suite's volume run on SQS: 2,000 events over 100 keys
-/// (scaled down from the 100,000 of the Kafka and RabbitMQ runs, for the
-/// local SQS server) into a FIFO queue: each arrives once, per key in order.
-/// The MySQL and SQLite suites run it too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relays_2k_events_over_100_keys_in_order() {
-    let took = relay::volume_over_sqs::<TestDb>(2_000, 100).await;
-    println!("PostgreSQL → SQS: 2,000 events relayed and read in {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

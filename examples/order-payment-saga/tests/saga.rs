@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use eventbus_tests::harness::{free_port, sibling_binary};
 use eventbus_tests::{
     amqp_url, database_url, kafka_brokers, mysql_url, replace_db_name, sqs_endpoint, unique_name,
 };
@@ -285,25 +286,9 @@ impl Process {
 
 /// The `outbox-relay` binary next to this test's binaries.
 fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join(format!("outbox-relay{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p outbox-relay`",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    sibling_binary("outbox-relay").unwrap_or_else(|| {
+        panic!("outbox-relay is missing: build it with `cargo build -p outbox-relay`")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

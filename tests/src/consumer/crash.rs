@@ -4,14 +4,13 @@
 //! mode promises about the effects afterwards.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eventbus::Envelope;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{envelope, publish, Broker, ALL_EFFECTS};
 use crate::backend::TestDatabase;
+use crate::harness::{spawn_ready, stop_cleanly};
 use crate::relay::steps;
 use crate::suites::consumer::{wait_effects, EffectCounts};
 use crate::unique_name;
@@ -49,21 +48,7 @@ impl Worker {
         if let Broker::Sqs(endpoint) = broker {
             command.env("SQS_ENDPOINT", endpoint);
         }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start consumer_worker");
-        let stdout = child.stdout.take().expect("worker stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("worker starts within 60 s")
-            .expect("read worker stdout");
-        assert_eq!(first.as_deref(), Some("ready"), "worker start-up line");
-        // Keep the pipe open (and drained) for as long as the worker lives.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let child = spawn_ready(command, "consumer_worker").await;
         Worker { child }
     }
 
@@ -76,17 +61,7 @@ impl Worker {
     /// SIGINT: the worker finishes its handlers, gives back what it holds
     /// and leaves; waits for its clean exit.
     async fn interrupt(mut self) {
-        let pid = self.child.id().expect("worker pid");
-        let sent = std::process::Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGINT the worker");
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("the worker exits within 60 s of SIGINT")
-            .expect("worker status");
-        assert!(status.success(), "the worker exits cleanly: {status}");
+        stop_cleanly(&mut self.child, "INT", Duration::from_secs(60)).await;
     }
 }
 

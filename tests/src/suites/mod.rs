@@ -1,7 +1,7 @@
 //! The integration suites written once for every database: each scenario is
-//! generic over [`TestDatabase`](crate::TestDatabase), and each backend's
-//! test file (`tests/tests/*_{postgres,sqlite,mysql}.rs`, `relay_kafka.rs`,
-//! `consumer_rabbitmq.rs`, …) calls the scenarios that apply to it, so every
+//! generic over [`TestDatabase`](crate::TestDatabase), and the table in
+//! [`matrix`](crate::matrix) says which scenarios run on which database and
+//! broker (each test binary in `tests/tests/` instantiates its row), so every
 //! backend is held to the same assertions.
 
 pub mod commit_order;
