@@ -408,26 +408,29 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+/// An envelope with every attribute set, for the tests of the envelope and
+/// of each transport's wire format.
+#[cfg(test)]
+pub(crate) fn sample() -> Envelope {
+    let mut e = Envelope::new(
+        "urn:svc:orders",
+        "com.example.order.placed",
+        br#"{"order_id":"o-1","amount":5}"#.to_vec(),
+    );
+    e.subject = Some("o-1".into());
+    e.dataschema = Some(dataschema_uri("com.example.order.placed", 2));
+    e.partition_key = Some("o-1".into());
+    e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    e.tracestate = Some("congo=t61rcWkgMzE".into());
+    e.correlation_id = Some("c-1".into());
+    e.causation_id = Some("e-0".into());
+    e.extensions.insert("tenant".into(), "acme".into());
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> Envelope {
-        let mut e = Envelope::new(
-            "urn:svc:orders",
-            "com.example.order.placed",
-            br#"{"order_id":"o-1","amount":5}"#.to_vec(),
-        );
-        e.subject = Some("o-1".into());
-        e.dataschema = Some(dataschema_uri("com.example.order.placed", 2));
-        e.partition_key = Some("o-1".into());
-        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        e.tracestate = Some("congo=t61rcWkgMzE".into());
-        e.correlation_id = Some("c-1".into());
-        e.causation_id = Some("e-0".into());
-        e.extensions.insert("tenant".into(), "acme".into());
-        e
-    }
 
     #[test]
     fn json_round_trip_keeps_every_attribute() {

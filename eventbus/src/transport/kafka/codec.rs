@@ -126,19 +126,7 @@ pub(super) fn kafka_headers(envelope: &Envelope) -> OwnedHeaders {
 mod tests {
     use super::*;
 
-    fn sample() -> Envelope {
-        let mut e = Envelope::new(
-            "urn:svc:orders",
-            "com.example.order.placed",
-            br#"{"a":1}"#.to_vec(),
-        );
-        e.partition_key = Some("o-1".into());
-        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        e.tracestate = Some("congo=t61rcWkgMzE".into());
-        e.correlation_id = Some("c-1".into());
-        e.extensions.insert("tenant".into(), "acme".into());
-        e
-    }
+    use crate::envelope::sample;
 
     #[test]
     fn headers_follow_the_kafka_binding_and_decode_back() {

@@ -42,8 +42,13 @@
 
 use std::time::Duration;
 
+use std::str::FromStr;
+
 use lapin::protocol::AMQPErrorKind;
+use lapin::uri::AMQPUri;
 use lapin::ConnectionProperties;
+
+use crate::error::{Error, Result};
 
 mod codec;
 mod publisher;
@@ -108,6 +113,23 @@ fn tokio_properties(handle: tokio::runtime::Handle) -> ConnectionProperties {
     ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::default().with_handle(handle))
         .with_reactor(tokio_reactor_trait::Tokio)
+}
+
+/// The parsed URL of a publisher or subscriber, and the URL with its password
+/// replaced by `***` for display.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a URL that is not an AMQP URL (its text without the
+/// password), or TLS settings with a plain `amqp://` URL.
+fn amqp_uri(url: &str, tls: &RabbitTls) -> Result<(AMQPUri, String)> {
+    let redacted_url = redact_url(url);
+    let uri = AMQPUri::from_str(url).map_err(|e| {
+        let reason = Secrets::from_url(url).scrub(&e);
+        Error::Config(format!("invalid AMQP URL `{redacted_url}`: {reason}"))
+    })?;
+    tls::check_scheme(tls, &uri)?;
+    Ok((uri, redacted_url))
 }
 
 /// Whether `e` is a channel-level refusal by the broker (AMQP soft error, such

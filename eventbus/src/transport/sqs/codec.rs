@@ -342,23 +342,7 @@ pub(super) fn received_key(message: &Message) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn sample() -> Envelope {
-        let mut e = Envelope::new(
-            "urn:svc:orders",
-            "com.example.order.placed",
-            br#"{"order_id":"o-1"}"#.to_vec(),
-        );
-        e.partition_key = Some("o-1".into());
-        e.subject = Some("o-1".into());
-        e.dataschema = Some("urn:eventbus:schema:com.example.order.placed:v1".into());
-        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        e.tracestate = Some("congo=t61rcWkgMzE".into());
-        e.correlation_id = Some("c-1".into());
-        e.causation_id = Some("c-0".into());
-        e.extensions.insert("sequence".into(), "7".into());
-        e.extensions.insert("tenant".into(), "acme".into());
-        e
-    }
+    use crate::envelope::sample;
 
     fn as_message(e: &Envelope) -> Message {
         let attributes = sdk_attributes(&message_attributes(e));

@@ -3,20 +3,17 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
 use tokio::sync::Mutex;
 
 use super::RabbitPublisher;
 use crate::error::{Error, Result};
 use crate::redact::Secrets;
-use crate::transport::rabbitmq::tls::check_scheme;
 use crate::transport::rabbitmq::unroutable::{Unroutable, UnroutablePolicies};
-use crate::transport::rabbitmq::{redact_url, RabbitTls, SHORT_STRING_MAX};
+use crate::transport::rabbitmq::{amqp_uri, redact_url, RabbitTls, SHORT_STRING_MAX};
 
 /// Options for a [`RabbitPublisher`]; start with [`RabbitPublisher::builder`].
 ///
@@ -139,12 +136,7 @@ impl RabbitPublisherBuilder {
     /// - [`Error::Publish`] with [`PublishError::Unavailable`] when the broker
     ///   cannot be reached or refuses the connection (including bad credentials).
     pub async fn connect(self) -> Result<RabbitPublisher> {
-        let redacted_url = redact_url(&self.url);
-        let uri = AMQPUri::from_str(&self.url).map_err(|e| {
-            let reason = Secrets::from_url(&self.url).scrub(&e);
-            Error::Config(format!("invalid AMQP URL `{redacted_url}`: {reason}"))
-        })?;
-        check_scheme(&self.tls, &uri)?;
+        let (uri, redacted_url) = amqp_uri(&self.url, &self.tls)?;
         if let Some(app_id) = &self.app_id {
             if app_id.len() > SHORT_STRING_MAX {
                 return Err(Error::Config(format!(

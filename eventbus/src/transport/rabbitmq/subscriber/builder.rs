@@ -2,19 +2,16 @@
 //! it connects.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
 use tokio::sync::watch;
 
 use super::session::{Options, Session};
 use super::{RabbitSubscriber, EVERY_TYPE};
 use crate::error::{Error, Result};
 use crate::redact::Secrets;
-use crate::transport::rabbitmq::tls::check_scheme;
-use crate::transport::rabbitmq::{redact_url, RabbitTls, SHORT_STRING_MAX};
+use crate::transport::rabbitmq::{amqp_uri, redact_url, RabbitTls, SHORT_STRING_MAX};
 
 /// One destination (exchange) and the routing patterns the queue is bound with.
 #[derive(Debug, Clone)]
@@ -205,12 +202,7 @@ impl RabbitSubscriberBuilder {
     ///   [`TransportError::Unavailable`] when it cannot be reached or does not
     ///   answer.
     pub async fn connect(self) -> Result<RabbitSubscriber> {
-        let redacted_url = redact_url(&self.url);
-        let uri = AMQPUri::from_str(&self.url).map_err(|e| {
-            let reason = Secrets::from_url(&self.url).scrub(&e);
-            Error::Config(format!("invalid AMQP URL `{redacted_url}`: {reason}"))
-        })?;
-        check_scheme(&self.tls, &uri)?;
+        let (uri, redacted_url) = amqp_uri(&self.url, &self.tls)?;
         let group = self.group.clone().unwrap_or_default();
         if group.is_empty() {
             return Err(Error::Config(
