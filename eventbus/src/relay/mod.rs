@@ -39,8 +39,8 @@ pub use crate::backend::postgres::PgRelayStore;
 #[cfg(feature = "sqlite")]
 #[doc(inline)]
 pub use crate::backend::sqlite::SqliteRelayStore;
-pub use admin::{AdminStore, FailedRow, OutboxAdmin, Status};
 use crate::backoff::exponential;
+pub use admin::{AdminStore, FailedRow, OutboxAdmin, Status};
 pub use config::{RelayConfig, Retention};
 pub(crate) use key_gate::KeyGate;
 use membership::Membership;
