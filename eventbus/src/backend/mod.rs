@@ -1,8 +1,9 @@
 //! One folder per database: everything eventbus writes in SQL for
-//! PostgreSQL ([`postgres`]), MySQL/MariaDB ([`mysql`]) and SQLite
-//! ([`sqlite`]) — the outbox insert, the inbox and its attempt counts, the
-//! migrations, the relay store and the operator view — each behind its
-//! feature flag, plus what the three share.
+//! PostgreSQL (`postgres`), MySQL/MariaDB (`mysql`) and SQLite (`sqlite`),
+//! each behind the feature of that name — the outbox insert, the inbox and
+//! its attempt counts, the migrations, the relay store and the operator
+//! view — plus what the three share, and [`Backend`], the one object a program holds when it learns the
+//! database from a URL ([`connect`]).
 //!
 //! The traits they implement live with their concern and hold no SQL:
 //! [`OutboxDatabase`](crate::outbox::OutboxDatabase),
@@ -10,7 +11,7 @@
 //! [`AttemptsDatabase`](crate::inbox::AttemptsDatabase),
 //! [`ParkedDatabase`](crate::inbox::ParkedDatabase),
 //! [`MigrateDatabase`](crate::migrate::MigrateDatabase) and
-//! [`RelayStore`](crate::relay::RelayStore).
+//! [`RelayStore`].
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod attempts;
