@@ -20,7 +20,7 @@ pub enum Create {
 /// Connects to the database `url` names, with a pool of a few connections
 /// (8; 4 on SQLite, which has one writer) that waits at most 10 s for one.
 /// A SQLite database is opened in WAL mode (the relay's polling never
-/// blocks the service's writes) with [`crate::sqlite::DEFAULT_BUSY_TIMEOUT`].
+/// blocks the service's writes) with `eventbus::sqlite::DEFAULT_BUSY_TIMEOUT`.
 ///
 /// # Errors
 ///

@@ -1,8 +1,9 @@
 //! One folder per database: everything eventbus writes in SQL for
-//! PostgreSQL ([`postgres`]), MySQL/MariaDB ([`mysql`]) and SQLite
-//! ([`sqlite`]) — the outbox insert, the inbox and its attempt counts, the
-//! migrations, the relay store and the operator view — each behind its
-//! feature flag, plus what the three share.
+//! PostgreSQL (`postgres`), MySQL/MariaDB (`mysql`) and SQLite (`sqlite`),
+//! each behind the feature of that name — the outbox insert, the inbox and
+//! its attempt counts, the migrations, the relay store and the operator
+//! view — plus what the three share, and [`Backend`], the one object a program holds when it learns the
+//! database from a URL ([`connect`]).
 //!
 //! The traits they implement live with their concern and hold no SQL:
 //! [`OutboxDatabase`](crate::outbox::OutboxDatabase),
@@ -10,7 +11,7 @@
 //! [`AttemptsDatabase`](crate::inbox::AttemptsDatabase),
 //! [`ParkedDatabase`](crate::inbox::ParkedDatabase),
 //! [`MigrateDatabase`](crate::migrate::MigrateDatabase) and
-//! [`RelayStore`](crate::relay::RelayStore).
+//! [`RelayStore`].
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod attempts;
@@ -29,6 +30,28 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+/// The operator's statements on one outbox table of `DB`: each backend
+/// implements [`AdminStore`](crate::relay::AdminStore) for its own.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+#[derive(Debug, Clone)]
+pub(crate) struct Admin<DB: sqlx::Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) table: TableName,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+impl<DB: sqlx::Database> Admin<DB> {
+    /// The view of `table` in `pool`.
+    pub(crate) fn new(pool: sqlx::Pool<DB>, table: TableName) -> Self {
+        Admin { pool, table }
+    }
+
+    /// A failed statement on the table.
+    pub(crate) fn err(&self, e: sqlx::Error) -> crate::Error {
+        crate::Error::from_table_query(e, &self.table)
+    }
+}
 
 /// A count read from the database that does not fit `u32` is as good as
 /// used up.

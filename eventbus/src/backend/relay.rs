@@ -166,6 +166,18 @@ pub(crate) fn decode_error(
     }
 }
 
+/// A UUID stored as hyphenated text (MySQL, SQLite), from `column` of `row`.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn uuid_text<R>(row: &R, column: &'static str) -> std::result::Result<Uuid, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let id: String = row.try_get(column)?;
+    Uuid::parse_str(&id).map_err(|e| decode_error(column, e))
+}
+
 /// The payload sizes (column `size`) of claimed rows, in claim order
 /// (MySQL, SQLite: measured in the claim, loaded afterwards).
 #[cfg(any(feature = "mysql", feature = "sqlite"))]

@@ -90,9 +90,7 @@ impl OutboxAdmin {
     /// The operator view of `table` in a PostgreSQL database.
     #[cfg(feature = "postgres")]
     pub fn new(pool: sqlx::PgPool, table: TableName) -> Self {
-        Self::with_store(Arc::new(crate::backend::postgres::PgAdmin::new(
-            pool, table,
-        )))
+        Self::with_store(Arc::new(crate::backend::Admin::new(pool, table)))
     }
 
     /// The operator view of `table` in a MySQL or MariaDB database.
@@ -105,9 +103,7 @@ impl OutboxAdmin {
     /// ```
     #[cfg(feature = "mysql")]
     pub fn mysql(pool: sqlx::MySqlPool, table: TableName) -> Self {
-        Self::with_store(Arc::new(crate::backend::mysql::MySqlAdmin::new(
-            pool, table,
-        )))
+        Self::with_store(Arc::new(crate::backend::Admin::new(pool, table)))
     }
 
     /// The operator view of `table` in a SQLite database.
@@ -120,9 +116,7 @@ impl OutboxAdmin {
     /// ```
     #[cfg(feature = "sqlite")]
     pub fn sqlite(pool: sqlx::SqlitePool, table: TableName) -> Self {
-        Self::with_store(Arc::new(crate::backend::sqlite::SqliteAdmin::new(
-            pool, table,
-        )))
+        Self::with_store(Arc::new(crate::backend::Admin::new(pool, table)))
     }
 
     /// The operator view over any [`AdminStore`].

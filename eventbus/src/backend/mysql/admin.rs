@@ -1,37 +1,16 @@
 //! The MySQL [`AdminStore`]: status with `SUM` over conditions, parked rows
 //! matched by a comma-separated list of ids (`FIND_IN_SET`).
 
-use sqlx::{MySqlPool, Row};
-use uuid::Uuid;
+use sqlx::Row;
 
 use super::{int_list, text, NOW};
 use crate::backend::dialect::Dialect;
-use crate::backend::relay::decode_error;
+use crate::backend::relay::uuid_text;
+use crate::backend::Admin;
 use crate::error::{Error, Result};
 use crate::relay::{AdminStore, FailedRow, Status};
-use crate::table::TableName;
 
-/// The operator's statements on a MySQL or MariaDB outbox.
-#[derive(Debug, Clone)]
-pub(crate) struct MySqlAdmin {
-    pool: MySqlPool,
-    table: TableName,
-}
-
-fn uuid(row: &sqlx::mysql::MySqlRow, column: &str) -> std::result::Result<Uuid, sqlx::Error> {
-    let id: String = row.try_get(column)?;
-    Uuid::parse_str(&id).map_err(|e| decode_error(column, e))
-}
-
-impl MySqlAdmin {
-    pub(crate) fn new(pool: MySqlPool, table: TableName) -> Self {
-        MySqlAdmin { pool, table }
-    }
-
-    fn err(&self, e: sqlx::Error) -> Error {
-        Error::from_table_query(e, &self.table)
-    }
-
+impl Admin<sqlx::MySql> {
     /// Runs `sql`, which matches ids with `? = '' OR FIND_IN_SET(id, ?)`.
     async fn execute(&self, sql: &str, ids: &[i64]) -> Result<u64> {
         let list = int_list(ids);
@@ -46,7 +25,7 @@ impl MySqlAdmin {
 }
 
 #[async_trait::async_trait]
-impl AdminStore for MySqlAdmin {
+impl AdminStore for Admin<sqlx::MySql> {
     async fn failed(&self, limit: i64) -> Result<Vec<FailedRow>> {
         let sql = format!(
             "SELECT id, event_id, destination, partition_key, event_type, attempts, last_error, created_at \
@@ -62,7 +41,7 @@ impl AdminStore for MySqlAdmin {
             .map(|r| {
                 Ok(FailedRow {
                     id: r.try_get("id")?,
-                    event_id: uuid(r, "event_id")?,
+                    event_id: uuid_text(r, "event_id")?,
                     destination: r.try_get("destination")?,
                     partition_key: text(r, "partition_key")?,
                     event_type: r.try_get("event_type")?,
@@ -134,7 +113,7 @@ impl AdminStore for MySqlAdmin {
                 .iter()
                 .map(|row| {
                     Ok((
-                        uuid(row, "relay_id")?,
+                        uuid_text(row, "relay_id")?,
                         row.try_get("name")?,
                         seconds(row.try_get("age_us")?),
                         row.try_get("owned")?,

@@ -68,7 +68,6 @@ mod migrate;
 mod outbox;
 mod relay;
 
-pub(crate) use admin::MySqlAdmin;
 pub use relay::MySqlRelayStore;
 
 use std::time::Duration;

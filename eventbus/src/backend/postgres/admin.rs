@@ -1,28 +1,13 @@
 //! The PostgreSQL [`AdminStore`]: status with `FILTER` aggregates, parked
 //! rows matched by an `int8[]` of ids.
 
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 
+use crate::backend::Admin;
 use crate::error::{Error, Result};
 use crate::relay::{AdminStore, FailedRow, Status};
-use crate::table::TableName;
 
-/// The operator's statements on a PostgreSQL outbox.
-#[derive(Debug, Clone)]
-pub(crate) struct PgAdmin {
-    pool: PgPool,
-    table: TableName,
-}
-
-impl PgAdmin {
-    pub(crate) fn new(pool: PgPool, table: TableName) -> Self {
-        PgAdmin { pool, table }
-    }
-
-    fn err(&self, e: sqlx::Error) -> Error {
-        Error::from_table_query(e, &self.table)
-    }
-
+impl Admin<sqlx::Postgres> {
     /// Runs `sql`, which matches ids with `cardinality($1) = 0 OR id = ANY($1)`.
     async fn execute(&self, sql: &str, ids: &[i64]) -> Result<u64> {
         let done = sqlx::query(sql)
@@ -35,7 +20,7 @@ impl PgAdmin {
 }
 
 #[async_trait::async_trait]
-impl AdminStore for PgAdmin {
+impl AdminStore for Admin<sqlx::Postgres> {
     async fn failed(&self, limit: i64) -> Result<Vec<FailedRow>> {
         let sql = format!(
             "SELECT id, event_id, destination, partition_key, event_type, attempts, last_error, created_at \

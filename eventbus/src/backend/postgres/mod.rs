@@ -9,7 +9,6 @@ mod migrate;
 mod outbox;
 mod relay;
 
-pub(crate) use admin::PgAdmin;
 pub use relay::PgRelayStore;
 
 use crate::table::TableName;

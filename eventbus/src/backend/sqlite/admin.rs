@@ -2,37 +2,15 @@
 //! ages from `julianday` over the text timestamps and ids bound as a JSON
 //! array (`json_each`).
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
-use uuid::Uuid;
+use sqlx::Row;
 
 use super::{json_array, parse_timestamp, NOW};
-use crate::backend::relay::decode_error;
+use crate::backend::relay::{decode_error, uuid_text};
+use crate::backend::Admin;
 use crate::error::{Error, Result};
 use crate::relay::{AdminStore, FailedRow, Status};
-use crate::table::TableName;
 
-/// The operator's statements on a SQLite outbox.
-#[derive(Debug, Clone)]
-pub(crate) struct SqliteAdmin {
-    pool: SqlitePool,
-    table: TableName,
-}
-
-fn uuid(row: &SqliteRow, column: &str) -> std::result::Result<Uuid, sqlx::Error> {
-    let id: String = row.try_get(column)?;
-    Uuid::parse_str(&id).map_err(|e| decode_error(column, e))
-}
-
-impl SqliteAdmin {
-    pub(crate) fn new(pool: SqlitePool, table: TableName) -> Self {
-        SqliteAdmin { pool, table }
-    }
-
-    fn err(&self, e: sqlx::Error) -> Error {
-        Error::from_table_query(e, &self.table)
-    }
-
+impl Admin<sqlx::Sqlite> {
     /// Runs `sql`, which matches ids with `json_array_length(?1) = 0 OR id IN
     /// (SELECT value FROM json_each(?1))`.
     async fn execute(&self, sql: &str, ids: &[i64]) -> Result<u64> {
@@ -49,7 +27,7 @@ impl SqliteAdmin {
 const CHOSEN: &str = "(json_array_length(?1) = 0 OR id IN (SELECT value FROM json_each(?1)))";
 
 #[async_trait::async_trait]
-impl AdminStore for SqliteAdmin {
+impl AdminStore for Admin<sqlx::Sqlite> {
     async fn failed(&self, limit: i64) -> Result<Vec<FailedRow>> {
         let sql = format!(
             "SELECT id, event_id, destination, partition_key, event_type, attempts, last_error, \
@@ -68,7 +46,7 @@ impl AdminStore for SqliteAdmin {
                 let created_at = created_at.unwrap_or_default();
                 Ok(FailedRow {
                     id: r.try_get("id")?,
-                    event_id: uuid(r, "event_id")?,
+                    event_id: uuid_text(r, "event_id")?,
                     destination: r.try_get("destination")?,
                     partition_key: r.try_get("partition_key")?,
                     event_type: r.try_get("event_type")?,
@@ -140,7 +118,7 @@ impl AdminStore for SqliteAdmin {
                 .iter()
                 .map(|row| {
                     Ok((
-                        uuid(row, "relay_id")?,
+                        uuid_text(row, "relay_id")?,
                         row.try_get("name")?,
                         row.try_get::<f64, _>("age")?.max(0.0),
                         row.try_get("owned")?,

@@ -26,7 +26,6 @@ mod migrate;
 mod outbox;
 mod relay;
 
-pub(crate) use admin::SqliteAdmin;
 pub use relay::SqliteRelayStore;
 
 use std::path::Path;
