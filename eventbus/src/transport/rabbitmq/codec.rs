@@ -81,7 +81,7 @@ pub(super) fn sent_at(properties: &BasicProperties) -> Option<chrono::DateTime<c
 }
 
 /// Decodes a message in the CloudEvents AMQP binary binding (as sent by
-/// [`RabbitPublisher`] or any other CloudEvents SDK) into an [`Envelope`].
+/// [`RabbitPublisher`](crate::transport::rabbitmq::RabbitPublisher) or any other CloudEvents SDK) into an [`Envelope`].
 ///
 /// Attributes come from the `ce-` headers (names case-insensitive), the content
 /// type from the `content_type` property. When no `ce-traceparent`/`ce-tracestate`

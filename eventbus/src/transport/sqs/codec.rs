@@ -174,7 +174,7 @@ pub fn message_body(envelope: &Envelope) -> String {
 
 /// The message attributes of `envelope`, as `(name, value)` pairs of SQS
 /// `String` attributes: `content-type`, the `ce-` copies and the trace
-/// context (see the [module docs](self)); at most [`MAX_MESSAGE_ATTRIBUTES`],
+/// context (see the [module docs](crate::transport::sqs)); at most [`MAX_MESSAGE_ATTRIBUTES`],
 /// empty values left out (SQS refuses them).
 ///
 /// ```
@@ -250,7 +250,7 @@ pub(super) fn invalid_char(text: &str) -> Option<char> {
 }
 
 /// Decodes an SQS message into an [`Envelope`]: the CloudEvents JSON event
-/// format in the body (as [`SqsPublisher`] sends it, and any CloudEvents SDK
+/// format in the body (as [`SqsPublisher`](crate::transport::sqs::SqsPublisher) sends it, and any CloudEvents SDK
 /// in structured mode), or binary mode — `ce-` message attributes (names
 /// case-insensitive), a `content-type` attribute and the payload as the body.
 /// Binary mode is chosen when there is a `ce-specversion` attribute and the

@@ -48,7 +48,7 @@ impl KafkaPublisherBuilder {
         self
     }
 
-    /// Partition count of topics created by [`Publisher::ensure_destination`].
+    /// Partition count of topics created by [`Publisher::ensure_destination`](crate::transport::Publisher::ensure_destination).
     /// Default: the cluster's (`num.partitions`). Existing topics are left as
     /// they are.
     pub fn partitions(mut self, partitions: u32) -> Self {
@@ -56,7 +56,7 @@ impl KafkaPublisherBuilder {
         self
     }
 
-    /// Replication factor of topics created by [`Publisher::ensure_destination`].
+    /// Replication factor of topics created by [`Publisher::ensure_destination`](crate::transport::Publisher::ensure_destination).
     /// Default: the cluster's (`default.replication.factor`), so that a topic
     /// the relay creates is as durable as the cluster is set up to make it.
     ///
@@ -73,7 +73,7 @@ impl KafkaPublisherBuilder {
     }
 
     /// Creates the producer. It connects in the background: an unreachable
-    /// cluster shows up as [`PublishError::Unavailable`] when publishing.
+    /// cluster shows up as [`PublishError::Unavailable`](crate::transport::PublishError::Unavailable) when publishing.
     ///
     /// # Errors
     ///

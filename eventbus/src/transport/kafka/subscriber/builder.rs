@@ -58,7 +58,7 @@ impl KafkaSubscriberBuilder {
     }
 
     /// At most this many messages are handed out and not yet settled (default
-    /// [`DEFAULT_MAX_IN_FLIGHT`]); [`Subscriber::next`] waits while the bound is
+    /// [`DEFAULT_MAX_IN_FLIGHT`](crate::transport::kafka::DEFAULT_MAX_IN_FLIGHT)); [`Subscriber::next`](crate::transport::Subscriber::next) waits while the bound is
     /// reached.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
@@ -80,7 +80,7 @@ impl KafkaSubscriberBuilder {
         self
     }
 
-    /// The longest time between two calls of [`Subscriber::next`] before
+    /// The longest time between two calls of [`Subscriber::next`](crate::transport::Subscriber::next) before
     /// librdkafka leaves the group on this member's behalf
     /// (`max.poll.interval.ms`); it is also how long a rebalance waits for the
     /// members to rejoin. Must be at least the session timeout.
@@ -108,7 +108,7 @@ impl KafkaSubscriberBuilder {
     }
 
     /// Creates the consumer and subscribes it to the topics; it joins the group
-    /// in the background, on the first calls of [`Subscriber::next`]. Must be
+    /// in the background, on the first calls of [`Subscriber::next`](crate::transport::Subscriber::next). Must be
     /// called inside a tokio runtime.
     ///
     /// # Errors

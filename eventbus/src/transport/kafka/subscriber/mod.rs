@@ -48,10 +48,10 @@ const MAIN_QUEUE_BATCH: usize = 1_000;
 ///   concurrently.
 /// - **Offsets.** librdkafka commits in the background
 ///   (`enable.auto.commit=true`), but an offset becomes committable only when
-///   its message is acknowledged ([`Settle::ack`]), and never past a message of
+///   its message is acknowledged ([`Settle::ack`](crate::transport::Settle::ack)), and never past a message of
 ///   the partition that is still unsettled, so an unhandled message is never
-///   skipped after a crash. [`Settle::ack_durably`] commits synchronously.
-/// - **Release.** [`Settle::release`] rewinds the partition to the message, so
+///   skipped after a crash. [`Settle::ack_durably`](crate::transport::Settle::ack_durably) commits synchronously.
+/// - **Release.** [`Settle::release`](crate::transport::Settle::release) rewinds the partition to the message, so
 ///   it is delivered again; acknowledgements of later messages of the partition
 ///   that were already handed out do not count until it has come round again.
 ///   Dropping a [`Received::settle`] handle without settling counts as a release.

@@ -49,7 +49,7 @@ impl fmt::Debug for RabbitPublisherBuilder {
 
 impl RabbitPublisherBuilder {
     /// How long connecting (TCP and AMQP handshake) may take; default
-    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::transport::rabbitmq::DEFAULT_CONNECT_TIMEOUT).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -57,8 +57,8 @@ impl RabbitPublisherBuilder {
     }
 
     /// How long the broker may take to answer: confirms for a whole batch, an
-    /// exchange declaration, opening a channel; default [`DEFAULT_BROKER_TIMEOUT`].
-    /// Past it, the unanswered messages fail with [`PublishError::Unavailable`].
+    /// exchange declaration, opening a channel; default [`DEFAULT_BROKER_TIMEOUT`](crate::transport::rabbitmq::DEFAULT_BROKER_TIMEOUT).
+    /// Past it, the unanswered messages fail with [`PublishError::Unavailable`](crate::transport::PublishError::Unavailable).
     #[must_use]
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
@@ -66,8 +66,8 @@ impl RabbitPublisherBuilder {
     }
 
     /// The largest message body sent; larger ones fail with
-    /// [`PublishError::Rejected`] without reaching the broker. Default
-    /// [`DEFAULT_MAX_MESSAGE_SIZE`]; keep it at or below the broker's
+    /// [`PublishError::Rejected`](crate::transport::PublishError::Rejected) without reaching the broker. Default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`](crate::transport::rabbitmq::DEFAULT_MAX_MESSAGE_SIZE); keep it at or below the broker's
     /// `max_message_size`.
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
@@ -75,13 +75,13 @@ impl RabbitPublisherBuilder {
         self
     }
 
-    /// Whether [`Publisher::publish_batch`] declares (once per connection) the
+    /// Whether [`Publisher::publish_batch`](crate::transport::Publisher::publish_batch) declares (once per connection) the
     /// exchange of each destination it has not declared yet. Default `true`.
     ///
     /// When the broker refuses the declaration (no `configure` permission, an
     /// existing exchange of another kind), an existing exchange of that name is
     /// used as it is. Turn declaration off when exchanges are managed elsewhere;
-    /// publishing to a missing exchange then fails with [`PublishError::Rejected`].
+    /// publishing to a missing exchange then fails with [`PublishError::Rejected`](crate::transport::PublishError::Rejected).
     #[must_use]
     pub fn declare_exchanges(mut self, declare: bool) -> Self {
         self.declare_exchanges = declare;
@@ -133,7 +133,7 @@ impl RabbitPublisherBuilder {
     /// - [`Error::Config`] when the URL is not a valid AMQP URL, `app_id` is too
     ///   long, or TLS settings come with a plain `amqp://` URL;
     /// - [`Error::InvalidState`] when called outside a tokio runtime;
-    /// - [`Error::Publish`] with [`PublishError::Unavailable`] when the broker
+    /// - [`Error::Publish`] with [`PublishError::Unavailable`](crate::transport::PublishError::Unavailable) when the broker
     ///   cannot be reached or refuses the connection (including bad credentials).
     pub async fn connect(self) -> Result<RabbitPublisher> {
         let (uri, redacted_url) = amqp_uri(&self.url, &self.tls)?;

@@ -53,9 +53,9 @@ const ISOLATION_RECONNECTS: u32 = 3;
 /// CloudEvents `type`, so consumers bind queues with patterns such as
 /// `com.example.order.*`. A message counts as published only when the broker
 /// confirms it. Messages are sent `mandatory`, so the broker returns one no
-/// queue is bound for; what happens then is the destination's [`Unroutable`]
+/// queue is bound for; what happens then is the destination's [`Unroutable`](crate::transport::rabbitmq::Unroutable)
 /// policy: by default it counts as published with
-/// [`Delivered::unroutable`] set, with [`Unroutable::Park`] it fails with
+/// [`Delivered::unroutable`] set, with [`Unroutable::Park`](crate::transport::rabbitmq::Unroutable::Park) it fails with
 /// [`PublishError::Rejected`].
 ///
 /// A batch is pipelined: every message is sent, then every confirm awaited.

@@ -101,7 +101,7 @@ impl RabbitSubscriberBuilder {
     }
 
     /// At most `n` messages delivered and not yet settled (AMQP `basic.qos`
-    /// prefetch count, 1 to 65535); default [`DEFAULT_PREFETCH`]. This is the
+    /// prefetch count, 1 to 65535); default [`DEFAULT_PREFETCH`](crate::transport::rabbitmq::DEFAULT_PREFETCH). This is the
     /// broker-side bound on in-flight work: keep it at or below the consumer's
     /// `max_in_flight`.
     #[must_use]
@@ -113,7 +113,7 @@ impl RabbitSubscriberBuilder {
     /// Declares the queue with single active consumer (`x-single-active-consumer`):
     /// of the group's subscribers only one receives at a time, the others stand
     /// by and take over when it leaves. The queue is then read in order, one
-    /// message at a time ([`Received::lane`] is always `0`), which keeps the
+    /// message at a time ([`Received::lane`](crate::transport::Received::lane) is always `0`), which keeps the
     /// order of every key at the price of parallelism. Default `false`.
     ///
     /// Every subscriber of a group must agree: RabbitMQ refuses to declare an
@@ -127,7 +127,7 @@ impl RabbitSubscriberBuilder {
     /// How many ordering lanes messages are spread over, by a hash of their
     /// partition key (the `ce-partitionkey` header; the message id when there
     /// is none). Messages of one lane are handled one at a time, so one key is
-    /// handled in order within this subscriber. Default [`DEFAULT_LANES`];
+    /// handled in order within this subscriber. Default [`DEFAULT_LANES`](crate::transport::rabbitmq::DEFAULT_LANES);
     /// ignored with [`single_active_consumer`](Self::single_active_consumer).
     #[must_use]
     pub fn lanes(mut self, n: u64) -> Self {
@@ -156,7 +156,7 @@ impl RabbitSubscriberBuilder {
     }
 
     /// How long connecting (TCP and AMQP handshake) may take; default
-    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::transport::rabbitmq::DEFAULT_CONNECT_TIMEOUT).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -164,7 +164,7 @@ impl RabbitSubscriberBuilder {
     }
 
     /// How long the broker may take to answer a declaration, a binding, an
-    /// acknowledgement; default [`DEFAULT_BROKER_TIMEOUT`].
+    /// acknowledgement; default [`DEFAULT_BROKER_TIMEOUT`](crate::transport::rabbitmq::DEFAULT_BROKER_TIMEOUT).
     #[must_use]
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
@@ -196,10 +196,10 @@ impl RabbitSubscriberBuilder {
     ///   [`bind`](Self::bind), a prefetch outside 1 to 65535, zero lanes, a name
     ///   longer than AMQP allows;
     /// - [`Error::InvalidState`] when called outside a tokio runtime;
-    /// - [`Error::Subscribe`] with [`TransportError::Rejected`] when the broker
+    /// - [`Error::Subscribe`] with [`TransportError::Rejected`](crate::transport::TransportError::Rejected) when the broker
     ///   refuses the declarations (the queue exists with other arguments, an
     ///   exchange of another kind, missing permissions), with
-    ///   [`TransportError::Unavailable`] when it cannot be reached or does not
+    ///   [`TransportError::Unavailable`](crate::transport::TransportError::Unavailable) when it cannot be reached or does not
     ///   answer.
     pub async fn connect(self) -> Result<RabbitSubscriber> {
         let (uri, redacted_url) = amqp_uri(&self.url, &self.tls)?;

@@ -61,8 +61,8 @@ const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Subscribers of one group compete for the queue's messages (point-to-point);
 /// different groups each get every message (publish-subscribe).
 ///
-/// Messages are acknowledged manually: [`Settle::ack`] is `basic.ack`,
-/// [`Settle::release`] is `basic.nack` with requeue. At most
+/// Messages are acknowledged manually: [`Settle::ack`](crate::transport::Settle::ack) is `basic.ack`,
+/// [`Settle::release`](crate::transport::Settle::release) is `basic.nack` with requeue. At most
 /// [`prefetch`](RabbitSubscriberBuilder::prefetch) messages are unsettled at
 /// once. When the connection dies the subscriber reconnects by itself on the
 /// next call; the messages that were unsettled on the dead connection come

@@ -48,8 +48,8 @@ impl SqsPublisherBuilder {
     );
 
     /// How long SQS may take to answer one request (the SDK's retries of
-    /// throttled requests included); default [`DEFAULT_BROKER_TIMEOUT`].
-    /// Past it, the messages fail with [`PublishError::Unavailable`].
+    /// throttled requests included); default [`DEFAULT_BROKER_TIMEOUT`](crate::transport::sqs::DEFAULT_BROKER_TIMEOUT).
+    /// Past it, the messages fail with [`PublishError::Unavailable`](crate::transport::PublishError::Unavailable).
     #[must_use]
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
@@ -60,7 +60,7 @@ impl SqsPublisherBuilder {
     /// with the partition key as message group and the event id as
     /// deduplication id. Default `false`: destinations with a `fifo` segment
     /// are FIFO, the others standard queues. Subscribers must agree (see
-    /// [`SqsSubscriberBuilder::fifo`](super::SqsSubscriberBuilder::fifo)).
+    /// [`SqsSubscriberBuilder::fifo`](crate::transport::sqs::SqsSubscriberBuilder::fifo)).
     #[must_use]
     pub fn fifo(mut self, fifo: bool) -> Self {
         self.fifo = fifo;
@@ -107,7 +107,7 @@ impl SqsPublisherBuilder {
 
     /// Whether publishing creates a missing queue (FIFO when its name says
     /// so). Default `true`. Off, a message for a missing queue fails with
-    /// [`PublishError::Rejected`]; [`Publisher::ensure_destination`] creates
+    /// [`PublishError::Rejected`](crate::transport::PublishError::Rejected); [`Publisher::ensure_destination`](crate::transport::Publisher::ensure_destination) creates
     /// queues either way.
     #[must_use]
     pub fn create_queues(mut self, create: bool) -> Self {
@@ -127,8 +127,8 @@ impl SqsPublisherBuilder {
     }
 
     /// The largest message sent, body and message attributes counted as SQS
-    /// counts them; larger ones fail with [`PublishError::Rejected`] without
-    /// reaching SQS. Default [`DEFAULT_MAX_MESSAGE_SIZE`]; a queue's own
+    /// counts them; larger ones fail with [`PublishError::Rejected`](crate::transport::PublishError::Rejected) without
+    /// reaching SQS. Default [`DEFAULT_MAX_MESSAGE_SIZE`](crate::transport::sqs::DEFAULT_MAX_MESSAGE_SIZE); a queue's own
     /// `MaximumMessageSize`, when lower, applies to it. Also the limit of a
     /// whole `SendMessageBatch`.
     #[must_use]
@@ -142,7 +142,7 @@ impl SqsPublisherBuilder {
     /// # Errors
     ///
     /// None today: reaching SQS and credentials are checked by the first
-    /// request, which fails with [`PublishError::Unavailable`] when they do not
+    /// request, which fails with [`PublishError::Unavailable`](crate::transport::PublishError::Unavailable) when they do not
     /// work. The `Result` leaves room for checks that need SQS.
     pub async fn connect(self) -> Result<SqsPublisher> {
         let client = self.connect.client().await;

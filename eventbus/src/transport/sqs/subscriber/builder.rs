@@ -58,7 +58,7 @@ impl SqsSubscriberBuilder {
     );
 
     /// How long SQS may take to answer one request (a long poll gets its
-    /// wait time on top); default [`DEFAULT_BROKER_TIMEOUT`].
+    /// wait time on top); default [`DEFAULT_BROKER_TIMEOUT`](crate::transport::sqs::DEFAULT_BROKER_TIMEOUT).
     #[must_use]
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
@@ -66,7 +66,7 @@ impl SqsSubscriberBuilder {
     }
 
     /// Reads the FIFO queue of each destination (`orders` is `orders.fifo`),
-    /// as a publisher with [`fifo`](super::SqsPublisherBuilder::fifo) sends.
+    /// as a publisher with [`fifo`](crate::transport::sqs::SqsPublisherBuilder::fifo) sends.
     /// Default `false`: destinations with a `fifo` segment are FIFO.
     #[must_use]
     pub fn fifo(mut self, fifo: bool) -> Self {
@@ -98,7 +98,7 @@ impl SqsSubscriberBuilder {
     }
 
     /// At most `n` messages received and not yet settled, over all queues
-    /// (at least 1); default [`DEFAULT_MAX_IN_FLIGHT`]. No message is
+    /// (at least 1); default [`DEFAULT_MAX_IN_FLIGHT`](crate::transport::sqs::DEFAULT_MAX_IN_FLIGHT). No message is
     /// received beyond it: keep it at or below the consumer's `max_in_flight`.
     #[must_use]
     pub fn max_in_flight(mut self, n: usize) -> Self {
@@ -107,7 +107,7 @@ impl SqsSubscriberBuilder {
     }
 
     /// How long one `ReceiveMessage` waits for messages (long polling, whole
-    /// seconds up to 20); default [`DEFAULT_WAIT_TIME`]. Closing waits for
+    /// seconds up to 20); default [`DEFAULT_WAIT_TIME`](crate::transport::sqs::DEFAULT_WAIT_TIME). Closing waits for
     /// the polls under way, so this also bounds how long closing takes.
     #[must_use]
     pub fn wait_time(mut self, wait: Duration) -> Self {
@@ -117,7 +117,7 @@ impl SqsSubscriberBuilder {
 
     /// The visibility timeout received messages get, and get again every
     /// third of it while they are held (whole seconds, 1 s to 12 h); default
-    /// [`DEFAULT_VISIBILITY_TIMEOUT`]. A crashed consumer's messages come back
+    /// [`DEFAULT_VISIBILITY_TIMEOUT`](crate::transport::sqs::DEFAULT_VISIBILITY_TIMEOUT). A crashed consumer's messages come back
     /// after it.
     #[must_use]
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
@@ -130,7 +130,7 @@ impl SqsSubscriberBuilder {
     /// back while one is in flight, so one key is handled in order), by a
     /// hash of the partition key in a standard queue (order is not promised
     /// there; the hash keeps one key's messages from running at the same
-    /// time within this subscriber). Default [`DEFAULT_LANES`].
+    /// time within this subscriber). Default [`DEFAULT_LANES`](crate::transport::sqs::DEFAULT_LANES).
     #[must_use]
     pub fn lanes(mut self, n: u64) -> Self {
         self.lanes = n;

@@ -75,9 +75,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// [`max_in_flight`](SqsSubscriberBuilder::max_in_flight) messages are held
 /// unsettled at once. While a message is held — queued or being handled — a
 /// background task extends its visibility timeout, so a slow handler does not
-/// let SQS hand it to another consumer. [`Settle::ack`] deletes it
+/// let SQS hand it to another consumer. [`Settle::ack`](crate::transport::Settle::ack) deletes it
 /// (`DeleteMessageBatch`, gathering acknowledgements of a few milliseconds);
-/// [`Settle::release`] makes it visible again at once
+/// [`Settle::release`](crate::transport::Settle::release) makes it visible again at once
 /// (`ChangeMessageVisibility` to 0).
 ///
 /// A queue is one consumer group: subscribers of one queue compete for its
