@@ -45,7 +45,7 @@ macro_rules! __matrix_tests {
     };
 }
 
-/// The shared scenarios of one test binary (see the [table](crate::matrix)):
+/// The shared scenarios of one test binary (see the [table](mod@crate::matrix)):
 /// `eventbus_tests::matrix!(relay_mysql);` in `tests/tests/relay_mysql.rs`.
 #[macro_export]
 macro_rules! matrix {

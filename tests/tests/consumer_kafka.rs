@@ -24,6 +24,7 @@ use eventbus_tests::relay::{assert_per_key_order, steps, Step};
 use eventbus_tests::{kafka_brokers, unique_name, TestDb};
 use sqlx::Postgres;
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(consumer_kafka);
 
 // ---------------------------------------------------------------- helpers

@@ -3,4 +3,5 @@
 //! (`eventbus_tests::suites::consumer`), the same scenarios and assertions as
 //! on PostgreSQL.
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(consumer_mysql);

@@ -24,6 +24,7 @@ use eventbus_tests::relay::{
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 use sqlx::Postgres;
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(consumer_rabbitmq);
 
 // ---------------------------------------------------------------- helpers

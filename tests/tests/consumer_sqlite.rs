@@ -4,4 +4,5 @@
 //! batch handlers, and follow-up events land in the SQLite outbox in the
 //! handler's transaction.
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(consumer_sqlite);

@@ -7,4 +7,5 @@
 //! (a queue per group), batch handlers and the rate limit. Event counts are
 //! scaled down where the scenario says so: moto is slow.
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(consumer_sqs);

@@ -8,6 +8,7 @@ use eventbus::Inbox;
 use eventbus_tests::TestDb;
 use sqlx::PgPool;
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(inbox_postgres);
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {

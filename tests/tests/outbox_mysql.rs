@@ -10,6 +10,7 @@ use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::relay::Step;
 use sqlx::{Executor, Row};
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(outbox_mysql);
 
 fn step(key: &str, seq: u64) -> Step {

@@ -12,6 +12,7 @@ use eventbus_tests::TestDb;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(outbox_postgres);
 
 async fn count(pool: &PgPool, table: &str) -> i64 {

@@ -12,6 +12,7 @@ use sqlx::types::chrono;
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(outbox_sqlite);
 
 /// The fixed timestamp form eventbus writes on SQLite.

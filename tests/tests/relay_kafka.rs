@@ -13,6 +13,7 @@ use eventbus_tests::kafka::{header, publisher_with_topic, read_all};
 use eventbus_tests::relay::{spawn_relay, test_config, Step};
 use eventbus_tests::{kafka_brokers, unique_name, TestDb};
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(relay_kafka);
 
 /// Creates the test's topic (4 partitions) and returns the relay's publisher,

@@ -13,6 +13,7 @@ use eventbus_tests::rabbitmq::TestQueue;
 use eventbus_tests::relay::{spawn_relay, test_config, Step};
 use eventbus_tests::{amqp_url, unique_name, TestDb};
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(relay_rabbitmq);
 
 async fn setup(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {

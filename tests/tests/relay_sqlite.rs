@@ -18,6 +18,7 @@ use eventbus_tests::sqlite::TestSqlite;
 use eventbus_tests::{amqp_url, unique_name};
 use sqlx::SqlitePool;
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(relay_sqlite);
 
 fn store(pool: &SqlitePool) -> SqliteRelayStore {

@@ -12,6 +12,7 @@ use eventbus_tests::relay::{spawn_relay, test_config, wait_drained, Step};
 use eventbus_tests::sqs;
 use eventbus_tests::{unique_name, TestDb};
 
+// The shared scenarios this binary runs: its row in `tests/src/matrix.rs`.
 eventbus_tests::matrix!(relay_sqs);
 
 /// A prefix for one test's destinations, and the destination of [`Step`].

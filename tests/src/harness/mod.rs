@@ -12,7 +12,7 @@
 //! | a database per test | [`crate::TestDb`], [`crate::mysql`], [`crate::sqlite`], over [`crate::TestDatabase`] |
 //! | private servers to crash or configure: tansu, PostgreSQL, RabbitMQ | [`crate::kafka::start_tansu`], [`crate::postgres_cluster`], [`crate::rabbit_node`] |
 //! | proxies that cut or encrypt a broker connection | [`crate::rabbitmq::TcpProxy`], [`crate::tls`] |
-//! | which scenario runs on which database and broker | [`crate::matrix`] |
+//! | which scenario runs on which database and broker | [`crate::matrix`](mod@crate::matrix) |
 //!
 //! A service that is missing fails the test with a message saying how to
 //! provide it (an environment variable to set, a program to install).

@@ -1,6 +1,6 @@
 //! The integration suites written once for every database: each scenario is
 //! generic over [`TestDatabase`](crate::TestDatabase), and the table in
-//! [`matrix`](crate::matrix) says which scenarios run on which database and
+//! [`matrix`](mod@crate::matrix) says which scenarios run on which database and
 //! broker (each test binary in `tests/tests/` instantiates its row), so every
 //! backend is held to the same assertions.
 
