@@ -273,10 +273,11 @@ async fn the_subscriber_reconnects_and_unacknowledged_messages_come_back() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let consumer = running.stop().await;
-    // About 3 s; an acknowledgement stuck on a dead channel until the broker
-    // timeout (30 s) would hold its lane that long.
+    // About 3 s on a quiet machine (25 s seen under a load of 11 on 2 cores);
+    // an acknowledgement stuck on a dead channel until the broker timeout
+    // (30 s) would hold its lane at least that long.
     assert!(
-        through_cuts.elapsed() < Duration::from_secs(20),
+        through_cuts.elapsed() < Duration::from_secs(30),
         "{:?}",
         through_cuts.elapsed()
     );

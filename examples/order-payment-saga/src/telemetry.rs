@@ -20,7 +20,7 @@ pub struct Telemetry {
 /// Installs the `tracing` subscriber (level from `RUST_LOG`, default
 /// `default_level`) and the global OpenTelemetry tracer provider. Spans get
 /// real ids either way, so log lines name their traces; they leave the
-/// process only when [`ENDPOINT_VAR`] is set (`OTEL_SERVICE_NAME`,
+/// process only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`OTEL_SERVICE_NAME`,
 /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS` and the other
 /// standard variables apply).
 pub fn init(service_name: &'static str, default_level: &str) -> Telemetry {
