@@ -1,11 +1,61 @@
 //! The attempt counts' statements shared by the three backends: all but the
 //! counting upsert differ only in spelling, so one macro implements
 //! [`AttemptsDatabase`](crate::inbox::AttemptsDatabase) for each, around the
-//! backend's own `record` (invoked from each backend's `attempts.rs`).
+//! backend's own `record` (invoked from each backend's `attempts.rs`); the
+//! databases with `RETURNING` share that too ([`record_returning`]).
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use sqlx::{Decode, Executor, IntoArguments, Type};
 
 use crate::backend::dialect::Dialect;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::backend::sql::{Bind, SqlDatabase};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::envelope::Envelope;
 use crate::error::Error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::inbox::{InboxKey, ATTEMPTS_SUFFIX};
 use crate::table::TableName;
+
+/// Counts one more attempt with one upsert that returns the count
+/// (PostgreSQL, SQLite; see `AttemptsDatabase::record_attempt`).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) async fn record_returning<DB>(
+    conn: &mut DB::Connection,
+    inbox: &TableName,
+    consumer: &str,
+    envelope: &Envelope,
+) -> crate::Result<u32>
+where
+    DB: SqlDatabase,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    i64: for<'r> Decode<'r, DB> + Type<DB>,
+    String: Bind<DB>,
+{
+    let d = DB::DIALECT;
+    let sql = format!(
+        "INSERT INTO {a} AS a (consumer, source, message_id, attempts) \
+         VALUES ({}, {}, {}, 1) ON CONFLICT (consumer, source, message_id) \
+         DO UPDATE SET attempts = a.attempts + 1, updated_at = {now} \
+         RETURNING CAST(attempts AS BIGINT)",
+        d.param(1),
+        d.param(2),
+        d.param(3),
+        a = d.object(inbox, ATTEMPTS_SUFFIX),
+        now = d.now(),
+    );
+    let key = InboxKey::of(envelope);
+    let n: i64 = sqlx::query_scalar(&sql)
+        .bind(consumer.to_owned())
+        .bind(key.source.to_owned())
+        .bind(key.message_id.to_owned())
+        .fetch_one(conn)
+        .await
+        .map_err(failed(inbox))?;
+    Ok(crate::backend::count(n))
+}
 
 /// The row of one message: `consumer`, `source` and `message_id` bound as
 /// parameters `first` to `first + 2`.

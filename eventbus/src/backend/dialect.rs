@@ -176,6 +176,69 @@ impl Dialect {
         }
     }
 
+    /// The current time, in the form the timestamp columns hold.
+    pub(crate) fn now(self) -> &'static str {
+        self.now
+    }
+
+    /// Whether a parameter may be used twice in a statement (`$1`, `?1`);
+    /// with positional `?` each use is bound again.
+    pub(crate) fn reuses_params(self) -> bool {
+        self.placeholder != Placeholder::Positional
+    }
+
+    /// Seconds from the point in time `expr` until now, as a float.
+    pub(crate) fn age(self, expr: &str) -> String {
+        match self.shifted {
+            Shift::Millis => format!("extract(epoch FROM now() - {expr})::float8"),
+            Shift::Micros => format!("TIMESTAMPDIFF(MICROSECOND, {expr}, {}) / 1e6", self.now),
+            Shift::Modifier => format!("(julianday('now') - julianday({expr})) * 86400.0"),
+        }
+    }
+
+    /// The timestamp column `column` as [`SqlDatabase::time_at`] reads it:
+    /// on SQLite normalised to the one text form, whatever form was written.
+    ///
+    /// [`SqlDatabase::time_at`]: crate::backend::sql::SqlDatabase::time_at
+    pub(crate) fn read_time(self, column: &str) -> String {
+        match self.shifted {
+            Shift::Modifier => format!("strftime('%Y-%m-%dT%H:%M:%fZ', {column})"),
+            Shift::Millis | Shift::Micros => column.to_owned(),
+        }
+    }
+
+    /// Whether `UPDATE … RETURNING` exists (not on MySQL).
+    pub(crate) fn has_returning(self) -> bool {
+        self.returning
+    }
+
+    /// The start of an upsert's update on a conflict over `key`, to be
+    /// followed by its assignments.
+    pub(crate) fn upsert(self, key: &str) -> String {
+        match self.placeholder {
+            Placeholder::Positional => "ON DUPLICATE KEY UPDATE".to_owned(),
+            Placeholder::Dollar | Placeholder::Numbered => {
+                format!("ON CONFLICT ({key}) DO UPDATE SET")
+            }
+        }
+    }
+
+    /// Deletes up to parameter `limit` rows of `table` (quoted) matching
+    /// `condition`, its parameters numbered before `limit`. MySQL limits a
+    /// `DELETE` itself but not an `IN` subquery; the others the reverse.
+    pub(crate) fn limited_delete(self, table: &str, condition: &str, limit: usize) -> String {
+        let limit = self.param(limit);
+        match self.placeholder {
+            Placeholder::Positional => {
+                format!("DELETE FROM {table} WHERE {condition} LIMIT {limit}")
+            }
+            Placeholder::Dollar | Placeholder::Numbered => format!(
+                "DELETE FROM {table} WHERE id IN \
+                 (SELECT id FROM {table} WHERE {condition} LIMIT {limit})"
+            ),
+        }
+    }
+
     /// `name` quoted as a column (for reserved words such as `partition`).
     pub(crate) fn column(self, name: &str) -> String {
         let q = self.quote;

@@ -14,15 +14,28 @@
 //! [`RelayStore`].
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod admin;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod attempts;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod dialect;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod inbox;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod migrate;
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+mod outbox;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod parked;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod relay;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod row;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) mod sql;
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) use admin::Admin;
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
@@ -30,28 +43,6 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-
-/// The operator's statements on one outbox table of `DB`: each backend
-/// implements [`AdminStore`](crate::relay::AdminStore) for its own.
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-#[derive(Debug, Clone)]
-pub(crate) struct Admin<DB: sqlx::Database> {
-    pub(crate) pool: sqlx::Pool<DB>,
-    pub(crate) table: TableName,
-}
-
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-impl<DB: sqlx::Database> Admin<DB> {
-    /// The view of `table` in `pool`.
-    pub(crate) fn new(pool: sqlx::Pool<DB>, table: TableName) -> Self {
-        Admin { pool, table }
-    }
-
-    /// A failed statement on the table.
-    pub(crate) fn err(&self, e: sqlx::Error) -> crate::Error {
-        crate::Error::from_table_query(e, &self.table)
-    }
-}
 
 /// A count read from the database that does not fit `u32` is as good as
 /// used up.

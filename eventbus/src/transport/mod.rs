@@ -17,6 +17,8 @@ pub mod rabbitmq;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 mod subscription;
+#[cfg(test)]
+mod testing;
 
 pub use error::{BoxedSource, Cause, PublishError, TransportError, TransportErrorKind};
 pub use subscription::{MessageInfo, Received, Settle, Subscriber};

@@ -14,6 +14,7 @@ use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{NOW, WRITE_LOCKS_SUFFIX};
 use crate::backend::dialect::Dialect;
+use crate::backend::migrate::apply_steps;
 use crate::error::{Error, Result};
 use crate::migrate::{MigrateDatabase, Migrator};
 
@@ -166,7 +167,7 @@ END"
 }
 
 /// Applies the steps not yet recorded, on `conn`, which holds the migration lock.
-async fn apply_steps(conn: &mut PoolConnection<MySql>, migrator: &Migrator) -> Result<()> {
+async fn create_and_apply(conn: &mut PoolConnection<MySql>, migrator: &Migrator) -> Result<()> {
     conn.execute(
         format!(
             "CREATE TABLE IF NOT EXISTS eventbus_migrations (
@@ -179,29 +180,7 @@ async fn apply_steps(conn: &mut PoolConnection<MySql>, migrator: &Migrator) -> R
         .as_str(),
     )
     .await?;
-    for (component, version, statements) in steps(migrator) {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM eventbus_migrations WHERE component = ? AND version = ?",
-        )
-        .bind(&component)
-        .bind(version)
-        .fetch_one(&mut **conn)
-        .await?;
-        if done > 0 {
-            continue;
-        }
-        for statement in &statements {
-            // Text protocol: DDL and trigger bodies cannot be prepared.
-            conn.execute(statement.as_str()).await?;
-        }
-        sqlx::query("INSERT INTO eventbus_migrations (component, version) VALUES (?, ?)")
-            .bind(&component)
-            .bind(version)
-            .execute(&mut **conn)
-            .await?;
-        tracing::info!(%component, version, "applied eventbus migration");
-    }
-    Ok(())
+    apply_steps::<MySql>(&mut **conn, steps(migrator)).await
 }
 
 #[async_trait::async_trait]
@@ -221,7 +200,7 @@ impl MigrateDatabase for MySql {
                  {LOCK_WAIT_SECONDS} s"
             )));
         }
-        let outcome = apply_steps(&mut conn, migrator).await;
+        let outcome = create_and_apply(&mut conn, migrator).await;
         let released = sqlx::query("SELECT RELEASE_LOCK(?)")
             .bind(LOCK_NAME)
             .execute(&mut *conn)

@@ -61,7 +61,6 @@
 //! # Ok(()) }
 //! ```
 
-mod admin;
 mod attempts;
 mod inbox;
 mod migrate;
@@ -72,9 +71,14 @@ pub use relay::MySqlRelayStore;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sqlx::mysql::{MySqlQueryResult, MySqlRow};
 use sqlx::{MySql, MySqlPool, Transaction};
+use uuid::Uuid;
 
 use crate::backend::dialect::Dialect;
+use crate::backend::sql::{hyphenated, uuid_text, SqlDatabase, Towards};
 use crate::table::TableName;
 
 /// The suffix of the table whose rows writers lock, one per partition, to
@@ -184,6 +188,58 @@ pub(crate) fn int_list<T: ToString>(values: &[T]) -> String {
         .map(T::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// UUIDs as hyphenated text, lists as comma-separated text, spans in
+/// microseconds, transactions that fence at `READ COMMITTED`.
+impl SqlDatabase for MySql {
+    const DIALECT: Dialect = Dialect::MYSQL;
+    type Uuid = String;
+    type List = String;
+    type Partitions = String;
+    type Span = i64;
+    type Time = DateTime<Utc>;
+
+    fn uuid(id: Uuid) -> String {
+        hyphenated(id)
+    }
+
+    fn list(values: &[i64]) -> String {
+        int_list(values)
+    }
+
+    fn partitions(partitions: &[i32]) -> String {
+        int_list(partitions)
+    }
+
+    fn span(span: Duration, _towards: Towards) -> i64 {
+        micros(span)
+    }
+
+    fn time(time: &DateTime<Utc>) -> DateTime<Utc> {
+        *time
+    }
+
+    fn rows_affected(done: &MySqlQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn uuid_at(row: &MySqlRow, column: &str) -> Result<Uuid, sqlx::Error> {
+        uuid_text(row, column)
+    }
+
+    fn text_at(row: &MySqlRow, column: &str) -> Result<String, sqlx::Error> {
+        text(row, column)
+    }
+
+    fn time_at(row: &MySqlRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        use sqlx::Row;
+        row.try_get(column)
+    }
+
+    fn begin(pool: &MySqlPool) -> BoxFuture<'_, Result<Transaction<'static, MySql>, sqlx::Error>> {
+        Box::pin(begin_read_committed(pool))
+    }
 }
 
 impl crate::backend::BackendDatabase for sqlx::MySql {

@@ -7,12 +7,10 @@ use sqlx::{Executor, MySql, MySqlConnection};
 
 use super::{crc32, WRITE_LOCKS_SUFFIX};
 use crate::backend::dialect::Dialect;
+use crate::backend::outbox::insert_rows;
 use crate::error::{Error, Result};
 use crate::outbox::{OutboxDatabase, OutboxEntry};
 use crate::table::TableName;
-
-/// Columns written per row.
-const COLUMNS: usize = 10;
 
 /// Rows per statement: far below the 65,535 parameters of a prepared
 /// statement, and one shape the statement cache keeps.
@@ -43,7 +41,7 @@ impl OutboxDatabase for MySql {
                 bytes += entries[end].payload.len();
                 end += 1;
             }
-            insert_chunk(conn, table, &entries[start..end]).await?;
+            insert_rows::<MySql>(conn, table, &entries[start..end], ROWS_PER_STATEMENT).await?;
             start = end;
         }
         Ok(())
@@ -104,41 +102,4 @@ fn not_migrated(table: &TableName) -> Error {
     Error::NotMigrated {
         table: format!("{table}{WRITE_LOCKS_SUFFIX}"),
     }
-}
-
-async fn insert_chunk(
-    conn: &mut MySqlConnection,
-    table: &TableName,
-    entries: &[OutboxEntry],
-) -> Result<()> {
-    let row = format!("({})", ["?"; COLUMNS].join(", "));
-    let values = vec![row.as_str(); entries.len()].join(", ");
-    let sql = format!(
-        "INSERT INTO {table} (event_id, source, destination, partition_key, event_type, \
-         schema_version, subject, headers, payload, created_at) VALUES {values}",
-        table = Dialect::MYSQL.table(table)
-    );
-    let mut query = sqlx::query(&sql);
-    for e in entries {
-        query = query
-            .bind(e.event_id.hyphenated().to_string())
-            .bind(e.source.as_deref())
-            .bind(e.destination.as_str())
-            .bind(e.partition_key.as_str())
-            .bind(e.event_type.as_str())
-            .bind(e.schema_version)
-            .bind(e.subject.as_deref())
-            .bind(e.headers.to_string())
-            .bind(e.payload.as_str())
-            .bind(e.created_at);
-    }
-    // Keep the common shapes (one event, a full chunk) prepared; odd batch sizes
-    // would only crowd the connection's statement cache.
-    let persistent = entries.len() == 1 || entries.len() == ROWS_PER_STATEMENT;
-    query
-        .persistent(persistent)
-        .execute(conn)
-        .await
-        .map_err(|e| Error::from_table_query(e, table))?;
-    Ok(())
 }

@@ -1,11 +1,11 @@
 //! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer,
 //! [`InboxKey`]), one row at a time or a batch in one statement.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Postgres};
 
+use crate::backend::inbox::{fresh, insert_unless_seen};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::inbox::{InboxDatabase, InboxKey};
@@ -19,29 +19,7 @@ impl InboxDatabase for Postgres {
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<bool> {
-        // A concurrent delivery of the same id blocks on the unique index until the
-        // first transaction ends: then it either conflicts (duplicate) or inserts
-        // (the first rolled back). Exactly one handler's writes survive. A row
-        // under the legacy key ($5, NULL when there is none) was committed
-        // before the upgrade, so a plain look-up suffices for it.
-        let sql = format!(
-            "INSERT INTO {t} (consumer, source, message_id, event_type) \
-             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
-             WHERE consumer = $1 AND source = $5 AND message_id = $3) \
-             ON CONFLICT DO NOTHING",
-            t = table.quoted()
-        );
-        let key = InboxKey::of(envelope);
-        let done = sqlx::query(&sql)
-            .bind(consumer)
-            .bind(key.source)
-            .bind(key.message_id)
-            .bind(&envelope.event_type)
-            .bind(InboxKey::legacy(envelope).map(|k| k.source))
-            .execute(conn)
-            .await
-            .map_err(|e| Error::from_table_query(e, table))?;
-        Ok(done.rows_affected() == 1)
+        insert_unless_seen::<Postgres>(conn, table, consumer, envelope).await
     }
 
     async fn try_record_many(
@@ -83,12 +61,7 @@ impl InboxDatabase for Postgres {
             .fetch_all(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
-        let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
-        // `remove`: a repeat of an id within the batch is not fresh.
-        Ok(keys
-            .iter()
-            .map(|k| inserted.remove(&(k.source.to_owned(), k.message_id.to_owned())))
-            .collect())
+        Ok(fresh(&keys, inserted))
     }
 
     async fn delete_older_than(

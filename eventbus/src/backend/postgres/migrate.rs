@@ -6,6 +6,7 @@
 use sqlx::{PgPool, Postgres};
 
 use crate::backend::dialect::Dialect;
+use crate::backend::migrate::apply_steps;
 use crate::error::Result;
 use crate::inbox::{ATTEMPTS_SUFFIX, PARKED_SUFFIX};
 use crate::migrate::{MigrateDatabase, Migrator};
@@ -187,27 +188,10 @@ impl MigrateDatabase for Postgres {
         )
         .execute(&mut *tx)
         .await?;
-        for (component, version, sql) in steps(migrator) {
-            let done: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM eventbus_migrations
-                 WHERE component = $1 AND version = $2)",
-            )
-            .bind(&component)
-            .bind(version)
-            .fetch_one(&mut *tx)
-            .await?;
-            if done {
-                continue;
-            }
-            // No arguments: sent as a simple query, so several statements are fine.
-            sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
-            sqlx::query("INSERT INTO eventbus_migrations (component, version) VALUES ($1, $2)")
-                .bind(&component)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(%component, version, "applied eventbus migration");
-        }
+        let steps = steps(migrator)
+            .into_iter()
+            .map(|(c, v, sql)| (c, v, vec![sql]));
+        apply_steps::<Postgres>(&mut *tx, steps).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -5,45 +5,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::millis;
 use crate::backend::dialect::Dialect;
-use crate::backend::relay::{snapshot, RelaySql};
+use crate::backend::relay::{RelaySql, SqlRelay, SqlStore};
 use crate::backend::row::Lenient;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::outbox::OutboxRecord;
 use crate::relay::KeyGate;
-use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
+use crate::relay::{ClaimLimits, Lease, Rejection, Retention};
 use crate::table::TableName;
 
 /// The relay's view of a PostgreSQL outbox table.
 #[derive(Debug, Clone)]
 pub struct PgRelayStore {
-    pool: PgPool,
-    table: TableName,
-    sql: Arc<RelaySql<Own>>,
+    store: SqlStore<Postgres, Own>,
 }
 
 /// PostgreSQL's own relay statements (see [`RelaySql`] for the shared ones).
 #[derive(Debug)]
-struct Own {
+pub(crate) struct Own {
     claim: String,
     delete: String,
     mark_published: String,
     reject: String,
-    stats: String,
-    acquire: String,
-    heartbeat: String,
-    delete_published: String,
 }
 
+/// How long the oldest row of a partition held back by the snapshot rule
+/// has waited (see `claim`).
+const HELD_BACK: &str = "extract(epoch FROM now() - min(o.created_at) \
+     FILTER (WHERE o.txid >= pg_snapshot_xmin(pg_current_snapshot())))::float8";
+
 fn statements(table: &TableName) -> RelaySql<Own> {
-    RelaySql::new(Dialect::POSTGRES, table, |names| {
+    RelaySql::new(Dialect::POSTGRES, table, HELD_BACK, |names| {
         let t = &names.outbox;
         let p = &names.partitions;
-        let r = &names.relays;
         // A row may be touched only while this relay ($2) holds its partition,
         // in the tenure (epoch) it was claimed in: `$n` and `$n+1` are the
         // partitions and epochs of the relay's leases.
@@ -114,28 +113,6 @@ fn statements(table: &TableName) -> RelaySql<Own> {
                  WHERE o.id = u.id AND {fence}",
                 fence = fence(6)
             ),
-            stats: format!(
-                "SELECT o.partition, count(*)::int8 AS n, \
-                        extract(epoch FROM now() - min(o.created_at))::float8 AS oldest, \
-                        extract(epoch FROM now() - min(o.created_at) \
-                            FILTER (WHERE o.txid >= pg_snapshot_xmin(pg_current_snapshot())))::float8 AS held \
-                 FROM {t} o WHERE o.state = 'pending' AND o.partition = ANY($1) GROUP BY o.partition"
-            ),
-            acquire: format!(
-                "UPDATE {p} SET owner = $1, epoch = epoch + 1, \
-                        lease_expires_at = now() + $3 * interval '1 millisecond' \
-                 WHERE partition = ANY($2) AND (owner IS NULL OR lease_expires_at IS NULL \
-                       OR lease_expires_at < now()) \
-                 RETURNING partition, epoch"
-            ),
-            heartbeat: format!(
-                "INSERT INTO {r} (relay_id, name) VALUES ($1, $2) \
-                 ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = now(), name = EXCLUDED.name"
-            ),
-            delete_published: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
-                 AND published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
-            ),
         }
     })
 }
@@ -143,22 +120,16 @@ fn statements(table: &TableName) -> RelaySql<Own> {
 impl PgRelayStore {
     /// The relay store for `table` in `pool`'s database.
     pub fn new(pool: PgPool, table: TableName) -> Self {
-        let sql = Arc::new(statements(&table));
-        PgRelayStore { pool, table, sql }
-    }
-
-    fn err(&self, e: sqlx::Error) -> Error {
-        Error::from_table_query(e, &self.table)
+        let sql = statements(&table);
+        PgRelayStore {
+            store: SqlStore::new(pool, table, sql),
+        }
     }
 }
 
 /// Leases as the two arrays the fence unnests.
 fn split(leases: &[Lease]) -> (Vec<i32>, Vec<i64>) {
     leases.iter().map(|l| (l.partition, l.epoch)).unzip()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A claimed row; PostgreSQL's types guarantee every column but the JSON
@@ -192,77 +163,12 @@ fn record(row: &PgRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
 }
 
 #[async_trait::async_trait]
-impl RelayStore for PgRelayStore {
-    async fn partitions(&self) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.partitions)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))
-    }
+impl SqlRelay for PgRelayStore {
+    type Db = Postgres;
+    type Own = Own;
 
-    async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
-        sqlx::query(&self.sql.own.heartbeat)
-            .bind(relay)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        sqlx::query(&self.sql.forget_dead)
-            .bind(millis(dead_after.saturating_mul(10)))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        sqlx::query_scalar(&self.sql.live)
-            .bind(millis(dead_after))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))
-    }
-
-    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
-        sqlx::query_as::<_, (i32, i64)>(&self.sql.renew)
-            .bind(millis(ttl))
-            .bind(relay)
-            .bind(partitions)
-            .fetch_all(&self.pool)
-            .await
-            .map(leases)
-            .map_err(|e| self.err(e))
-    }
-
-    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
-        sqlx::query_as::<_, (i32, i64)>(&self.sql.own.acquire)
-            .bind(relay)
-            .bind(partitions)
-            .bind(millis(ttl))
-            .fetch_all(&self.pool)
-            .await
-            .map(leases)
-            .map_err(|e| self.err(e))
-    }
-
-    async fn release(&self, relay: Uuid, partitions: &[i32]) -> Result<()> {
-        sqlx::query(&self.sql.release)
-            .bind(relay)
-            .bind(partitions)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn deregister(&self, relay: Uuid) -> Result<()> {
-        sqlx::query(&self.sql.release_all)
-            .bind(relay)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        sqlx::query(&self.sql.deregister)
-            .bind(relay)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
+    fn store(&self) -> &SqlStore<Postgres, Own> {
+        &self.store
     }
 
     async fn claim(
@@ -277,15 +183,20 @@ impl RelayStore for PgRelayStore {
         // rows and prefers a bitmap scan of all of them plus a sort: 4.7 s
         // per batch at a million rows instead of 1.4 ms. So, for this
         // statement only, rule out the plans that read every pending row.
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let mut tx = self
+            .store
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.store.err(e))?;
         sqlx::query(
             "SELECT set_config('enable_bitmapscan', 'off', true), \
                     set_config('enable_seqscan', 'off', true)",
         )
         .execute(&mut *tx)
         .await
-        .map_err(|e| self.err(e))?;
-        let rows = sqlx::query(&self.sql.own.claim)
+        .map_err(|e| self.store.err(e))?;
+        let rows = sqlx::query(&self.store.sql.own.claim)
             .bind(partitions)
             .bind(relay)
             .bind(i64::from(limits.rows))
@@ -293,8 +204,8 @@ impl RelayStore for PgRelayStore {
             .bind(i64::try_from(limits.max_message_bytes).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
-            .map_err(|e| self.err(e))?;
-        tx.commit().await.map_err(|e| self.err(e))?;
+            .map_err(|e| self.store.err(e))?;
+        tx.commit().await.map_err(|e| self.store.err(e))?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut gate = KeyGate::default();
         for row in &rows {
@@ -321,17 +232,17 @@ impl RelayStore for PgRelayStore {
     ) -> Result<u64> {
         let (partitions, epochs) = split(leases);
         let sql = match retention {
-            Retention::Delete => &self.sql.own.delete,
-            Retention::Keep(_) => &self.sql.own.mark_published,
+            Retention::Delete => &self.store.sql.own.delete,
+            Retention::Keep(_) => &self.store.sql.own.mark_published,
         };
         let done = sqlx::query(sql)
             .bind(ids)
             .bind(relay)
             .bind(partitions)
             .bind(epochs)
-            .execute(&self.pool)
+            .execute(&self.store.pool)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.store.err(e))?;
         Ok(done.rows_affected())
     }
 
@@ -341,7 +252,7 @@ impl RelayStore for PgRelayStore {
         let park: Vec<bool> = rejections.iter().map(|r| r.park).collect();
         let delays: Vec<i64> = rejections.iter().map(|r| millis(r.retry_in)).collect();
         let errors: Vec<&str> = rejections.iter().map(|r| r.error.as_str()).collect();
-        sqlx::query(&self.sql.own.reject)
+        sqlx::query(&self.store.sql.own.reject)
             .bind(&ids)
             .bind(relay)
             .bind(&park)
@@ -349,47 +260,15 @@ impl RelayStore for PgRelayStore {
             .bind(&errors)
             .bind(partitions)
             .bind(epochs)
-            .execute(&self.pool)
+            .execute(&self.store.pool)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.store.err(e))?;
         Ok(())
     }
 
-    async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
-        let rows: Vec<(i32, i64, Option<f64>, Option<f64>)> = sqlx::query_as(&self.sql.own.stats)
-            .bind(partitions)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let parked: i64 = sqlx::query_scalar(&self.sql.parked)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(snapshot(partitions, rows, parked))
-    }
-
-    async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
-        let done = sqlx::query(&self.sql.own.delete_published)
-            .bind(millis(keep))
-            .bind(batch)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn expired_published(&self, keep: Duration) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(&self.sql.expired_published)
-            .bind(millis(keep))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
     async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(&super::channel(&self.table)).await?;
+        let mut listener = PgListener::connect_with(&self.store.pool).await?;
+        listener.listen(&super::channel(&self.store.table)).await?;
         loop {
             // `try_recv` reconnects by itself and yields `None` after a reconnect,
             // when notifications may have been lost: wake the relay either way.

@@ -2,12 +2,12 @@
 //! one row at a time or a batch in one statement; SQLite's single write lock
 //! makes a concurrent delivery wait for the first.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::{json_array, now_shifted, shift};
+use crate::backend::inbox::{fresh, insert_unless_seen};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::inbox::{InboxDatabase, InboxKey};
@@ -21,29 +21,7 @@ impl InboxDatabase for Sqlite {
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<bool> {
-        // This is the transaction's first statement and a write: it takes the
-        // database's write lock (waiting out the busy timeout behind a concurrent
-        // delivery), so it sees every committed inbox row — a duplicate conflicts,
-        // and a first delivery that rolled back left nothing behind. A row under
-        // the legacy key (?5, NULL when there is none) is a duplicate too.
-        let sql = format!(
-            "INSERT INTO {t} (consumer, source, message_id, event_type) \
-             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM {t} \
-             WHERE consumer = ?1 AND source = ?5 AND message_id = ?3) \
-             ON CONFLICT DO NOTHING",
-            t = table.quoted()
-        );
-        let key = InboxKey::of(envelope);
-        let done = sqlx::query(&sql)
-            .bind(consumer)
-            .bind(key.source)
-            .bind(key.message_id)
-            .bind(&envelope.event_type)
-            .bind(InboxKey::legacy(envelope).map(|k| k.source))
-            .execute(conn)
-            .await
-            .map_err(|e| Error::from_table_query(e, table))?;
-        Ok(done.rows_affected() == 1)
+        insert_unless_seen::<Sqlite>(conn, table, consumer, envelope).await
     }
 
     async fn try_record_many(
@@ -82,12 +60,7 @@ impl InboxDatabase for Sqlite {
             .fetch_all(conn)
             .await
             .map_err(|e| Error::from_table_query(e, table))?;
-        let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
-        // `remove`: a repeat of an id within the batch is not fresh.
-        Ok(keys
-            .iter()
-            .map(|k| inserted.remove(&(k.source.to_owned(), k.message_id.to_owned())))
-            .collect())
+        Ok(fresh(&keys, inserted))
     }
 
     async fn delete_older_than(

@@ -19,7 +19,6 @@
 //! a busy timeout (a writer waits for the write lock instead of failing with
 //! `database is locked`). [`connect_options`] does both.
 
-mod admin;
 mod attempts;
 mod inbox;
 mod migrate;
@@ -32,7 +31,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqliteQueryResult, SqliteRow, SqliteSynchronous,
+};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::backend::dialect::Dialect;
+pub(crate) use crate::backend::sql::json_array;
+use crate::backend::sql::{decode_error, hyphenated, uuid_text, SqlDatabase, Towards};
 
 /// How long a connection waits for SQLite's write lock before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,11 +97,52 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, chrono::Parse
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
 }
 
-/// A JSON array of `values`, bound as one parameter and read with `json_each`:
-/// SQLite has no array parameters.
-pub(crate) fn json_array<T: serde::Serialize>(values: &[T]) -> String {
-    // Serializing integers, strings and tuples of them cannot fail.
-    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
+/// UUIDs and timestamps as text, lists as JSON arrays, spans as signed date
+/// modifiers.
+impl SqlDatabase for sqlx::Sqlite {
+    const DIALECT: Dialect = Dialect::SQLITE;
+    type Uuid = String;
+    type List = String;
+    type Partitions = String;
+    type Span = String;
+    type Time = String;
+
+    fn uuid(id: Uuid) -> String {
+        hyphenated(id)
+    }
+
+    fn list(values: &[i64]) -> String {
+        json_array(values)
+    }
+
+    fn partitions(partitions: &[i32]) -> String {
+        json_array(partitions)
+    }
+
+    fn span(span: Duration, towards: Towards) -> String {
+        shift(span, if towards == Towards::Past { -1 } else { 1 })
+    }
+
+    fn time(time: &DateTime<Utc>) -> String {
+        timestamp(time)
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn uuid_at(row: &SqliteRow, column: &str) -> Result<Uuid, sqlx::Error> {
+        uuid_text(row, column)
+    }
+
+    fn text_at(row: &SqliteRow, column: &str) -> Result<String, sqlx::Error> {
+        row.try_get(column)
+    }
+
+    fn time_at(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        let text: Option<String> = row.try_get(column)?;
+        parse_timestamp(&text.unwrap_or_default()).map_err(|e| decode_error(column, e))
+    }
 }
 
 impl crate::backend::BackendDatabase for sqlx::Sqlite {

@@ -6,22 +6,18 @@
 //! transaction holds until it ends, so ids become visible in commit order
 //! (`docs/adr/0003-sqlite-outbox.md`).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
 use sqlx::sqlite::SqliteRow;
-use sqlx::SqlitePool;
-use tokio::sync::Notify;
+use sqlx::{Sqlite, SqlitePool};
 use uuid::Uuid;
 
-use super::{json_array, now_shifted, parse_timestamp, shift, NOW};
+use super::{json_array, parse_timestamp, shift, NOW};
 use crate::backend::dialect::Dialect;
-use crate::backend::relay::{relay_id, relay_ids, sizes, snapshot, RelaySql};
+use crate::backend::relay::{load_measured, RelaySql, SqlRelay, SqlStore};
 use crate::backend::row::Lenient;
-use crate::error::{Error, Result};
+use crate::backend::sql::hyphenated;
+use crate::error::Result;
 use crate::outbox::OutboxRecord;
-use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
+use crate::relay::{ClaimLimits, Lease, Rejection, Retention};
 use crate::table::TableName;
 
 /// The relay's view of a SQLite outbox table.
@@ -50,32 +46,26 @@ use crate::table::TableName;
 /// ```
 #[derive(Debug, Clone)]
 pub struct SqliteRelayStore {
-    pool: SqlitePool,
-    table: TableName,
-    sql: Arc<RelaySql<Own>>,
+    store: SqlStore<Sqlite, Own>,
 }
 
 /// SQLite's own relay statements (see [`RelaySql`] for the shared ones).
 /// Lists of ids and partitions are bound as one JSON array and read with
 /// `json_each`.
 #[derive(Debug)]
-struct Own {
+pub(crate) struct Own {
     claim: String,
     payloads: String,
     delete: String,
     mark_published: String,
     reject: String,
-    stats: String,
-    acquire: String,
-    heartbeat: String,
-    delete_published: String,
 }
 
 fn statements(table: &TableName) -> RelaySql<Own> {
-    RelaySql::new(Dialect::SQLITE, table, |names| {
+    // Ids become visible in commit order: nothing is ever held back.
+    RelaySql::new(Dialect::SQLITE, table, "NULL", |names| {
         let t = &names.outbox;
         let p = &names.partitions;
-        let r = &names.relays;
         let list = |n: u8| format!("(SELECT value FROM json_each(?{n}))");
         // A row may be touched only while this relay (?2) holds its partition.
         let fence = format!(
@@ -132,30 +122,6 @@ fn statements(table: &TableName) -> RelaySql<Own> {
                               value ->> 3 AS err FROM json_each(?1)) AS u \
                  WHERE o.id = u.id AND {tenure}"
             ),
-            stats: format!(
-                "SELECT o.\"partition\" AS \"partition\", count(*) AS n, \
-                        (julianday('now') - min(julianday(o.created_at))) * 86400.0 AS oldest \
-                 FROM {t} o WHERE o.state = 'pending' AND o.\"partition\" IN {partitions} \
-                 GROUP BY o.\"partition\"",
-                partitions = list(1)
-            ),
-            acquire: format!(
-                "UPDATE {p} SET owner = ?1, epoch = epoch + 1, lease_expires_at = {until} \
-                 WHERE \"partition\" IN {partitions} AND (owner IS NULL \
-                       OR lease_expires_at IS NULL OR lease_expires_at < {NOW}) \
-                 RETURNING \"partition\", epoch",
-                until = now_shifted(3),
-                partitions = list(2)
-            ),
-            heartbeat: format!(
-                "INSERT INTO {r} (relay_id, name) VALUES (?1, ?2) \
-                 ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = {NOW}, name = excluded.name"
-            ),
-            delete_published: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE state = 'published' \
-                 AND published_at < {before} LIMIT ?2)",
-                before = now_shifted(1)
-            ),
         }
     })
 }
@@ -170,12 +136,10 @@ impl SqliteRelayStore {
     /// The relay store for `table` in `pool`'s database. Open the pool in WAL
     /// mode with a busy timeout ([`super::connect_options`]).
     pub fn new(pool: SqlitePool, table: TableName) -> Self {
-        let sql = Arc::new(statements(&table));
-        SqliteRelayStore { pool, table, sql }
-    }
-
-    fn err(&self, e: sqlx::Error) -> Error {
-        Error::from_table_query(e, &self.table)
+        let sql = statements(&table);
+        SqliteRelayStore {
+            store: SqlStore::new(pool, table, sql),
+        }
     }
 }
 
@@ -196,78 +160,12 @@ fn record(row: &SqliteRow) -> std::result::Result<OutboxRecord, sqlx::Error> {
 }
 
 #[async_trait::async_trait]
-impl RelayStore for SqliteRelayStore {
-    async fn partitions(&self) -> Result<Vec<i32>> {
-        sqlx::query_scalar(&self.sql.partitions)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))
-    }
+impl SqlRelay for SqliteRelayStore {
+    type Db = Sqlite;
+    type Own = Own;
 
-    async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
-        sqlx::query(&self.sql.own.heartbeat)
-            .bind(relay_id(relay))
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        sqlx::query(&self.sql.forget_dead)
-            .bind(shift(dead_after.saturating_mul(10), -1))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let live: Vec<String> = sqlx::query_scalar(&self.sql.live)
-            .bind(shift(dead_after, -1))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        relay_ids(&live)
-    }
-
-    async fn renew(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
-        sqlx::query_as::<_, (i32, i64)>(&self.sql.renew)
-            .bind(shift(ttl, 1))
-            .bind(relay_id(relay))
-            .bind(json_array(partitions))
-            .fetch_all(&self.pool)
-            .await
-            .map(leases)
-            .map_err(|e| self.err(e))
-    }
-
-    async fn acquire(&self, relay: Uuid, partitions: &[i32], ttl: Duration) -> Result<Vec<Lease>> {
-        sqlx::query_as::<_, (i32, i64)>(&self.sql.own.acquire)
-            .bind(relay_id(relay))
-            .bind(json_array(partitions))
-            .bind(shift(ttl, 1))
-            .fetch_all(&self.pool)
-            .await
-            .map(leases)
-            .map_err(|e| self.err(e))
-    }
-
-    async fn release(&self, relay: Uuid, partitions: &[i32]) -> Result<()> {
-        sqlx::query(&self.sql.release)
-            .bind(relay_id(relay))
-            .bind(json_array(partitions))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn deregister(&self, relay: Uuid) -> Result<()> {
-        sqlx::query(&self.sql.release_all)
-            .bind(relay_id(relay))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        sqlx::query(&self.sql.deregister)
-            .bind(relay_id(relay))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
+    fn store(&self) -> &SqlStore<Sqlite, Own> {
+        &self.store
     }
 
     async fn claim(
@@ -277,35 +175,30 @@ impl RelayStore for SqliteRelayStore {
         limits: ClaimLimits,
     ) -> Result<Vec<OutboxRecord>> {
         // One read transaction: the payloads come from the same snapshot.
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let rows = sqlx::query(&self.sql.own.claim)
+        let mut tx = self
+            .store
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.store.err(e))?;
+        let rows = sqlx::query(&self.store.sql.own.claim)
             .bind(json_array(partitions))
-            .bind(relay_id(relay))
+            .bind(hyphenated(relay))
             .bind(i64::from(limits.rows))
             .fetch_all(&mut *tx)
             .await
-            .map_err(|e| self.err(e))?;
-        let sizes = sizes(&rows)?;
-        let fitting = limits.fitting(sizes.iter().copied());
-        let mut claimed = rows[..fitting]
-            .iter()
-            .map(record)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(Error::Database)?;
-        let wanted = limits.wanted(&claimed, &sizes);
-        let payloads: HashMap<i64, Vec<u8>> = if wanted.is_empty() {
-            HashMap::new()
-        } else {
-            sqlx::query_as::<_, (i64, Vec<u8>)>(&self.sql.own.payloads)
-                .bind(json_array(&wanted))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?
-                .into_iter()
-                .collect()
-        };
-        tx.commit().await.map_err(|e| self.err(e))?;
-        limits.fill(&mut claimed, &sizes, payloads);
+            .map_err(|e| self.store.err(e))?;
+        let claimed = load_measured::<Sqlite, _>(
+            &mut tx,
+            &rows,
+            limits,
+            record,
+            &self.store.sql.own.payloads,
+            json_array,
+        )
+        .await
+        .map_err(|e| self.store.err(e))?;
+        tx.commit().await.map_err(|e| self.store.err(e))?;
         Ok(claimed)
     }
 
@@ -317,16 +210,16 @@ impl RelayStore for SqliteRelayStore {
         retention: Retention,
     ) -> Result<u64> {
         let sql = match retention {
-            Retention::Delete => &self.sql.own.delete,
-            Retention::Keep(_) => &self.sql.own.mark_published,
+            Retention::Delete => &self.store.sql.own.delete,
+            Retention::Keep(_) => &self.store.sql.own.mark_published,
         };
         let done = sqlx::query(sql)
             .bind(json_array(ids))
-            .bind(relay_id(relay))
+            .bind(hyphenated(relay))
             .bind(tenures(leases))
-            .execute(&self.pool)
+            .execute(&self.store.pool)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.store.err(e))?;
         Ok(done.rows_affected())
     }
 
@@ -335,53 +228,13 @@ impl RelayStore for SqliteRelayStore {
             .iter()
             .map(|r| (r.id, r.park, shift(r.retry_in, 1), r.error.as_str()))
             .collect();
-        sqlx::query(&self.sql.own.reject)
+        sqlx::query(&self.store.sql.own.reject)
             .bind(json_array(&rows))
-            .bind(relay_id(relay))
+            .bind(hyphenated(relay))
             .bind(tenures(leases))
-            .execute(&self.pool)
+            .execute(&self.store.pool)
             .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
-        let rows: Vec<(i32, i64, Option<f64>)> = sqlx::query_as(&self.sql.own.stats)
-            .bind(json_array(partitions))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let parked: i64 = sqlx::query_scalar(&self.sql.parked)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        // Ids become visible in commit order: nothing is ever held back.
-        let rows = rows.into_iter().map(|(p, n, oldest)| (p, n, oldest, None));
-        Ok(snapshot(partitions, rows, parked))
-    }
-
-    async fn delete_published(&self, keep: Duration, batch: i64) -> Result<u64> {
-        let done = sqlx::query(&self.sql.own.delete_published)
-            .bind(shift(keep, -1))
-            .bind(batch)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn expired_published(&self, keep: Duration) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(&self.sql.expired_published)
-            .bind(shift(keep, -1))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn listen(&self, _notify: Arc<Notify>) -> Result<()> {
-        // SQLite cannot notify another connection, let alone another process:
-        // the relay polls every `poll_interval`.
+            .map_err(|e| self.store.err(e))?;
         Ok(())
     }
 }

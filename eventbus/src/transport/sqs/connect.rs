@@ -201,13 +201,7 @@ mod tests {
     #[test]
     fn debug_output_hides_credentials() {
         let options = ConnectOptions {
-            credentials: Some(aws_sdk_sqs::config::Credentials::new(
-                "AKIDEXAMPLE",
-                "hunter2",
-                None,
-                None,
-                "test",
-            )),
+            credentials: Some(crate::transport::testing::example_credentials()),
             ..ConnectOptions::default()
         };
         let text = format!("{options:?}");

@@ -394,10 +394,7 @@ mod tests {
     }
 
     async fn config_error(builder: RabbitSubscriberBuilder) -> String {
-        match builder.connect().await {
-            Err(Error::Config(text)) => text,
-            other => panic!("expected a configuration error, got {other:?}"),
-        }
+        crate::transport::testing::config_error(builder.connect()).await
     }
 
     #[tokio::test]

@@ -61,13 +61,7 @@ async fn routes_and_fifo_pick_the_queues() {
 async fn an_unreachable_endpoint_is_unavailable_without_credentials() {
     let publisher = SqsPublisher::builder()
         .region("us-east-1")
-        .credentials(aws_sdk_sqs::config::Credentials::new(
-            "AKIDEXAMPLE",
-            "hunter2",
-            None,
-            None,
-            "test",
-        ))
+        .credentials(crate::transport::testing::example_credentials())
         // Port 1: nothing listens.
         .endpoint("http://127.0.0.1:1")
         .broker_timeout(Duration::from_secs(20))

@@ -471,22 +471,13 @@ mod tests {
     fn local() -> SqsSubscriberBuilder {
         SqsSubscriber::builder()
             .region("us-east-1")
-            .credentials(aws_sdk_sqs::config::Credentials::new(
-                "AKIDEXAMPLE",
-                "hunter2",
-                None,
-                None,
-                "test",
-            ))
+            .credentials(crate::transport::testing::example_credentials())
             // Port 1: nothing listens, so reaching the network is a different error.
             .endpoint("http://127.0.0.1:1")
     }
 
     async fn config_error(builder: SqsSubscriberBuilder) -> String {
-        match builder.connect().await {
-            Err(Error::Config(text)) => text,
-            other => panic!("expected a configuration error, got {other:?}"),
-        }
+        crate::transport::testing::config_error(builder.connect()).await
     }
 
     #[tokio::test]

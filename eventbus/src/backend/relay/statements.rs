@@ -1,14 +1,7 @@
-//! What the three relay stores share: [`RelaySql`], the statements whose
-//! shape is the same on every database, spelled by its [`Dialect`] next to
-//! each store's own; and the reading of what those statements return.
-
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-use uuid::Uuid;
+//! [`RelaySql`]: the relay statements whose shape is the same on every
+//! database, spelled by its [`Dialect`], next to each store's own.
 
 use crate::backend::dialect::Dialect;
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-use crate::error::{Error, Result};
-use crate::relay::Snapshot;
 use crate::table::TableName;
 
 /// The quoted names a relay statement uses.
@@ -30,15 +23,24 @@ pub(crate) struct Names {
 ///
 /// Parameters: `relay` is the relay's id, `partitions` a list of partitions
 /// (bound as the dialect binds lists), `span` a duration (bound as the
-/// dialect shifts times).
+/// dialect shifts times). With positional placeholders (MySQL) a parameter
+/// used twice is bound twice: the statements say where.
 #[derive(Debug)]
 pub(crate) struct RelaySql<Own> {
     /// The outbox's partitions, in order.
     pub(crate) partitions: String,
     /// How many rows are parked (`failed`).
     pub(crate) parked: String,
+    /// (relay, name; MySQL: name again): records the relay's heartbeat.
+    pub(crate) heartbeat: String,
     /// (span, relay, partitions): extends the leases the relay holds.
     pub(crate) renew: String,
+    /// (relay, span, partitions; MySQL: relay again): takes the free or
+    /// expired leases of `partitions`, in a new tenure (epoch).
+    pub(crate) acquire: String,
+    /// (relay, partitions): the leases the relay holds among `partitions`,
+    /// read back where an `UPDATE` cannot return them (MySQL).
+    pub(crate) owned: String,
     /// (relay, partitions): gives up leases.
     pub(crate) release: String,
     /// (relay): gives up every lease.
@@ -51,16 +53,24 @@ pub(crate) struct RelaySql<Own> {
     pub(crate) forget_dead: String,
     /// (span): how many published rows are older.
     pub(crate) expired_published: String,
+    /// (span, batch): deletes up to `batch` published rows that are older.
+    pub(crate) delete_published: String,
+    /// (partitions): per partition, the pending rows, the age of the oldest
+    /// and how long the oldest held-back row has waited.
+    pub(crate) stats: String,
     /// The backend's statements of its own shape.
     pub(crate) own: Own,
 }
 
 impl<Own> RelaySql<Own> {
     /// The statements for `table` in `dialect`, with the backend's `own`
-    /// built from the same names.
+    /// built from the same names. `held_back` is the SQL of how long the
+    /// oldest pending row `o` of a partition group has been held back for
+    /// commit order, in seconds (`NULL` where nothing is ever held back).
     pub(crate) fn new(
         dialect: Dialect,
         table: &TableName,
+        held_back: &str,
         own: impl FnOnce(&Names) -> Own,
     ) -> Self {
         let names = Names {
@@ -76,12 +86,54 @@ impl<Own> RelaySql<Own> {
             partition: part,
         } = &names;
         let param = |n| dialect.param(n);
+        let now = dialect.now();
         // Where there is no `UPDATE … RETURNING` (MySQL), the store reads
         // the leases back.
         let returning = dialect.returning(&format!("{part}, epoch"));
+        // There, a lease the relay still holds but had lost track of counts
+        // as free: it comes back in a new tenure, never with an unknown
+        // remaining time.
+        let lost_track = if dialect.has_returning() {
+            String::new()
+        } else {
+            format!(" OR owner = {}", param(4))
+        };
+        let expired = format!("published_at < {}", dialect.ago(1));
         RelaySql {
             partitions: format!("SELECT {part} FROM {p} ORDER BY {part}"),
             parked: format!("SELECT count(*) FROM {t} WHERE state = 'failed'"),
+            heartbeat: format!(
+                "INSERT INTO {r} (relay_id, name) VALUES ({relay}, {name}) \
+                 {upsert} heartbeat_at = {now}, name = {name}",
+                relay = param(1),
+                name = param(2),
+                upsert = dialect.upsert("relay_id"),
+            ),
+            acquire: format!(
+                "UPDATE {p} SET owner = {relay}, epoch = epoch + 1, lease_expires_at = {until} \
+                 WHERE {wanted} AND (owner IS NULL OR lease_expires_at IS NULL \
+                       OR lease_expires_at < {now}{lost_track}){returning}",
+                relay = param(1),
+                until = dialect.later(2),
+                wanted = dialect.in_list(part, 3),
+            ),
+            owned: format!(
+                "SELECT {part}, epoch FROM {p} WHERE owner = {relay} AND {wanted} ORDER BY {part}",
+                relay = param(1),
+                wanted = dialect.in_list(part, 2),
+            ),
+            delete_published: dialect.limited_delete(
+                t,
+                &format!("state = 'published' AND {expired}"),
+                2,
+            ),
+            stats: format!(
+                "SELECT o.{part} AS {part}, count(*) AS n, \
+                        {oldest} AS oldest, {held_back} AS held \
+                 FROM {t} o WHERE o.state = 'pending' AND {wanted} GROUP BY o.{part}",
+                oldest = dialect.age("min(o.created_at)"),
+                wanted = dialect.in_list(&format!("o.{part}"), 1),
+            ),
             renew: format!(
                 "UPDATE {p} SET lease_expires_at = {until} WHERE owner = {relay} AND {held}{returning}",
                 until = dialect.later(1),
@@ -106,90 +158,9 @@ impl<Own> RelaySql<Own> {
             // Crashed relays never deregister: forget them once long dead.
             forget_dead: format!("DELETE FROM {r} WHERE heartbeat_at < {}", dialect.ago(1)),
             expired_published: format!(
-                "SELECT count(*) FROM {t} WHERE state = 'published' AND published_at < {}",
-                dialect.ago(1)
+                "SELECT count(*) FROM {t} WHERE state = 'published' AND {expired}"
             ),
             own: own(&names),
         }
     }
-}
-
-/// The backlog [`Snapshot`] of `partitions` from per-partition rows of
-/// (partition, pending rows, age of the oldest in seconds, how long the
-/// oldest held-back row has waited) and the count of parked rows.
-pub(crate) fn snapshot(
-    partitions: &[i32],
-    rows: impl IntoIterator<Item = (i32, i64, Option<f64>, Option<f64>)>,
-    parked: i64,
-) -> Snapshot {
-    let mut snap = Snapshot::default();
-    for p in partitions {
-        snap.backlog.insert(*p, 0);
-    }
-    for (partition, n, oldest, held) in rows {
-        snap.backlog
-            .insert(partition, u64::try_from(n).unwrap_or(0));
-        snap.oldest_pending_seconds = snap.oldest_pending_seconds.max(oldest.unwrap_or(0.0));
-        snap.held_back_seconds = snap.held_back_seconds.max(held.unwrap_or(0.0));
-    }
-    snap.parked_rows = u64::try_from(parked).unwrap_or(0);
-    snap
-}
-
-/// A relay id as stored where UUIDs are hyphenated text (MySQL, SQLite).
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) fn relay_id(id: Uuid) -> String {
-    id.hyphenated().to_string()
-}
-
-/// Relay ids read back from hyphenated text, sorted: every relay must see
-/// the same order to compute the same assignment.
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) fn relay_ids(texts: &[String]) -> Result<Vec<Uuid>> {
-    let mut ids = texts
-        .iter()
-        .map(|id| Uuid::parse_str(id).map_err(|e| Error::Database(decode_error("relay_id", e))))
-        .collect::<Result<Vec<_>>>()?;
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// A column that did not decode.
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) fn decode_error(
-    column: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
-    }
-}
-
-/// A UUID stored as hyphenated text (MySQL, SQLite), from `column` of `row`.
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) fn uuid_text<R>(row: &R, column: &'static str) -> std::result::Result<Uuid, sqlx::Error>
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let id: String = row.try_get(column)?;
-    Uuid::parse_str(&id).map_err(|e| decode_error(column, e))
-}
-
-/// The payload sizes (column `size`) of claimed rows, in claim order
-/// (MySQL, SQLite: measured in the claim, loaded afterwards).
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) fn sizes<R>(rows: &[R]) -> Result<Vec<u64>>
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    rows.iter()
-        .map(|row| row.try_get::<Option<i64>, _>("size"))
-        .map(|size| size.map(|s| u64::try_from(s.unwrap_or(0)).unwrap_or(0)))
-        .collect::<std::result::Result<Vec<u64>, _>>()
-        .map_err(Error::Database)
 }

@@ -1,0 +1,58 @@
+//! The migration loop every database runs under its own lock: each step not
+//! yet recorded in `eventbus_migrations` is applied and recorded, in order.
+
+use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Type};
+
+use crate::backend::sql::{Bind, SqlDatabase};
+use crate::error::Result;
+
+/// Applies the `steps` — (component, version, statements) — not yet
+/// recorded in `eventbus_migrations`, on `conn`, whose caller holds the
+/// migration lock and created that table.
+pub(crate) async fn apply_steps<DB>(
+    conn: &mut DB::Connection,
+    steps: impl IntoIterator<Item = (String, i32, Vec<String>)>,
+) -> Result<()>
+where
+    DB: SqlDatabase,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: for<'r> Decode<'r, DB> + Type<DB>,
+    i32: Bind<DB>,
+    String: Bind<DB>,
+{
+    let d = DB::DIALECT;
+    let recorded = format!(
+        "SELECT count(*) FROM eventbus_migrations WHERE component = {} AND version = {}",
+        d.param(1),
+        d.param(2)
+    );
+    let record = format!(
+        "INSERT INTO eventbus_migrations (component, version) VALUES ({}, {})",
+        d.param(1),
+        d.param(2)
+    );
+    for (component, version, statements) in steps {
+        let done: i64 = sqlx::query_scalar(&recorded)
+            .bind(component.clone())
+            .bind(version)
+            .fetch_one(&mut *conn)
+            .await?;
+        if done > 0 {
+            continue;
+        }
+        for statement in &statements {
+            // No arguments: sent as text, so DDL, trigger bodies and (where
+            // the database allows) several statements at once are fine.
+            conn.execute(statement.as_str()).await?;
+        }
+        sqlx::query(&record)
+            .bind(component.clone())
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(%component, version, "applied eventbus migration");
+    }
+    Ok(())
+}

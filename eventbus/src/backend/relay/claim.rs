@@ -1,0 +1,68 @@
+//! Claims that measure payloads before loading them (MySQL, SQLite): the
+//! claiming statement returns each row's payload size, not its payload; the
+//! rows within the claim's byte budget are kept and only the payloads that
+//! will be sent are loaded, in the claim's transaction.
+
+use std::collections::HashMap;
+
+use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Row, Type};
+
+use crate::backend::sql::Bind;
+use crate::outbox::OutboxRecord;
+use crate::relay::ClaimLimits;
+
+/// The payload sizes (column `size`) of claimed rows, in claim order.
+fn sizes<R>(rows: &[R]) -> Result<Vec<u64>, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    Option<i64>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    rows.iter()
+        .map(|row| row.try_get::<Option<i64>, _>("size"))
+        .map(|size| size.map(|s| u64::try_from(s.unwrap_or(0)).unwrap_or(0)))
+        .collect()
+}
+
+/// The claimed `rows` (read with `record`) that fit `limits`, with the
+/// payloads they send loaded by the statement `payloads` (its one parameter
+/// the wanted ids, bound as `ids` makes them) on `conn`.
+pub(crate) async fn load_measured<DB, Ids>(
+    conn: &mut DB::Connection,
+    rows: &[DB::Row],
+    limits: ClaimLimits,
+    record: fn(&DB::Row) -> Result<OutboxRecord, sqlx::Error>,
+    payloads: &str,
+    ids: fn(&[i64]) -> Ids,
+) -> Result<Vec<OutboxRecord>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    Ids: Bind<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    &'static str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    Option<i64>: for<'r> Decode<'r, DB> + Type<DB>,
+    i64: for<'r> Decode<'r, DB> + Type<DB>,
+    Vec<u8>: for<'r> Decode<'r, DB> + Type<DB>,
+{
+    let sizes = sizes(rows)?;
+    let fitting = limits.fitting(sizes.iter().copied());
+    let mut claimed = rows[..fitting]
+        .iter()
+        .map(record)
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = limits.wanted(&claimed, &sizes);
+    let loaded: HashMap<i64, Vec<u8>> = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (i64, Vec<u8>)>(payloads)
+            .bind(ids(&wanted))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    limits.fill(&mut claimed, &sizes, loaded);
+    Ok(claimed)
+}
