@@ -15,6 +15,13 @@ pub(crate) async fn config_error<T: Debug>(connecting: impl Future<Output = Resu
     }
 }
 
+/// Checks that a connection that failed with `err` may be retried and that
+/// the error does not show `secret`.
+pub(crate) fn assert_unavailable_hiding(err: &Error, secret: &str) {
+    assert!(err.is_transient(), "{err:?}");
+    assert!(!err.to_string().contains(secret), "{err}");
+}
+
 /// Credentials whose key id and secret (`AKIDEXAMPLE`, `hunter2`) a test
 /// looks for in error and debug texts.
 #[cfg(feature = "sqs")]
