@@ -25,7 +25,7 @@ pub(crate) struct HealthcheckArgs {
     #[arg(long, env = "EVENTBUS_HTTP")]
     pub(crate) http: Option<SocketAddr>,
 
-    /// How long to wait for the answer [default: 5s].
+    /// How long to wait for the answer.
     #[arg(long, default_value = "5s", value_parser = duration::secs)]
     pub(crate) timeout: Duration,
 }

@@ -223,7 +223,7 @@ mod tests {
         assert!(unready_reasons(&up).is_empty());
         let no_broker = Snapshot {
             broker_available: false,
-            ..up.clone()
+            ..up
         };
         assert_eq!(unready_reasons(&no_broker), ["broker unreachable"]);
         let nothing = Snapshot::default();

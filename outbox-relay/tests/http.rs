@@ -190,7 +190,11 @@ async fn a_thousand_idle_connections_neither_stop_relaying_nor_healthz() {
         let connect = TcpStream::connect(("127.0.0.1", relay.port));
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(stream)) => idle.push(stream),
-            other => panic!("idle connection {} failed: {other:?}", idle.len()),
+            other => panic!(
+                "connection {} was not accepted within 5 s ({other:?}): the relay stopped \
+                 accepting (its listen queue is full)",
+                idle.len() + 1
+            ),
         }
     }
     let cpu_before = cpu_time(relay.proc.pid());
