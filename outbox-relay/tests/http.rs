@@ -23,11 +23,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `run` over `db_url` and `broker`, with quick polling and the short HTTP
-/// timeouts above, preceded by `before` (a wrapper such as `prlimit`).
+/// timeouts above.
 fn start_relay(name: &str, db_url: &str, broker: &str, prefix: &str, dir: &Path) -> RelayProcess {
-    start_relay_with(name, &[], db_url, broker, prefix, dir)
+    start_relay_with(name, &[], db_url, broker, prefix, dir, &[])
 }
 
+/// [`start_relay`] preceded by `before` (a wrapper such as `prlimit`), with
+/// `extra` flags.
 fn start_relay_with(
     name: &str,
     before: &[&str],
@@ -35,6 +37,7 @@ fn start_relay_with(
     broker: &str,
     prefix: &str,
     dir: &Path,
+    extra: &[&str],
 ) -> RelayProcess {
     let (program, mut args) = match before.split_first() {
         Some((program, rest)) => (*program, rest.to_vec()),
@@ -60,6 +63,7 @@ fn start_relay_with(
         "--http-request-timeout",
         "1s",
     ]);
+    args.extend(extra);
     RelayProcess::start(program, name, &args, dir)
 }
 
@@ -95,6 +99,25 @@ async fn wait_status(relay: &RelayProcess, path: &str, status: u16, timeout: Dur
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Opens `n` connections to `port` that send nothing. Each may wait to be
+/// accepted while the listener's queue is full: for as long as the relay takes
+/// to close earlier ones (its read timeout), and SYN retries on top.
+async fn open_idle(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    for i in 0..n {
+        let connect = TcpStream::connect(("127.0.0.1", port));
+        match tokio::time::timeout(Duration::from_secs(30), connect).await {
+            Ok(Ok(stream)) => idle.push(stream),
+            other => panic!(
+                "connection {} was not accepted within 30 s ({other:?}): the relay stopped \
+                 accepting connections",
+                i + 1
+            ),
+        }
+    }
+    idle
 }
 
 /// CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat`.
@@ -182,23 +205,16 @@ async fn a_thousand_idle_connections_neither_stop_relaying_nor_healthz() {
         &amqp_url().await,
         &prefix,
         &dir,
+        &[],
     );
     relay.wait_healthy().await;
 
-    let mut idle = Vec::with_capacity(1_000);
-    for _ in 0..1_000 {
-        let connect = TcpStream::connect(("127.0.0.1", relay.port));
-        match tokio::time::timeout(Duration::from_secs(5), connect).await {
-            Ok(Ok(stream)) => idle.push(stream),
-            other => panic!(
-                "connection {} was not accepted within 5 s ({other:?}): the relay stopped \
-                 accepting (its listen queue is full)",
-                idle.len() + 1
-            ),
-        }
-    }
+    let idle = open_idle(relay.port, 1_000).await;
     let cpu_before = cpu_time(relay.proc.pid());
     let held_since = Instant::now();
+    // Behind up to 1,000 idle connections, each closed by the read timeout.
+    wait_status(&relay, "/healthz", 200, Duration::from_secs(30)).await;
+    let first_answer = held_since.elapsed();
 
     let events = steps(200, 20);
     publish_steps(&db.pool, &events, 50).await;
@@ -212,7 +228,8 @@ async fn a_thousand_idle_connections_neither_stop_relaying_nor_healthz() {
     let started = Instant::now();
     wait_status(&relay, "/healthz", 200, Duration::from_secs(30)).await;
     eprintln!(
-        "relayed {} events and answered /healthz {:?} later with 1,000 idle connections held",
+        "with 1,000 idle connections held: /healthz answered after {first_answer:?}; \
+         relayed {} events, then /healthz answered in {:?}",
         events.len(),
         started.elapsed()
     );
@@ -222,6 +239,46 @@ async fn a_thousand_idle_connections_neither_stop_relaying_nor_healthz() {
         spent < held / 2,
         "the relay used {spent:?} of CPU in {held:?} with idle connections held: a spinning accept loop?"
     );
+    relay.proc.assert_running();
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_listener_pauses_instead_of_spinning() {
+    let db = TestDb::migrated().await;
+    let dir = log_dir("http_nofile");
+    let prefix = format!("{}.", unique_name("http_nofile"));
+    // A cap above the file descriptors there are: accepting fails (EMFILE)
+    // while the idle connections hold them.
+    let mut relay = start_relay_with(
+        "relay",
+        &["prlimit", "--nofile=256:256"],
+        &db.url,
+        &amqp_url().await,
+        &prefix,
+        &dir,
+        &["--http-max-connections", "2000"],
+    );
+    relay.wait_healthy().await;
+    let cpu_before = cpu_time(relay.proc.pid());
+    let held_since = Instant::now();
+    let idle = open_idle(relay.port, 600).await;
+    tokio::time::sleep(READ_TIMEOUT).await;
+    let spent = cpu_time(relay.proc.pid()) - cpu_before;
+    let held = held_since.elapsed();
+    assert!(
+        spent < held / 4,
+        "the relay used {spent:?} of CPU in {held:?} out of file descriptors: its accept loop spins"
+    );
+    assert!(
+        relay
+            .proc
+            .log_text()
+            .contains("cannot accept HTTP connections; pausing"),
+        "accepting never failed: the test did not exhaust the file descriptors"
+    );
+    // The idle connections time out, freeing their descriptors.
+    wait_status(&relay, "/healthz", 200, Duration::from_secs(30)).await;
     relay.proc.assert_running();
     drop(idle);
 }
