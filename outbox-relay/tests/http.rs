@@ -101,6 +101,24 @@ async fn wait_status(relay: &RelayProcess, path: &str, status: u16, timeout: Dur
     }
 }
 
+/// `prlimit --nofile=N:N`, to start the relay with few file descriptors.
+///
+/// # Panics
+///
+/// When `prlimit` (util-linux) is not installed, saying so.
+fn nofile(n: u32) -> String {
+    let found = std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        found,
+        "`prlimit` is needed to limit the relay's file descriptors: install util-linux \
+         (apt-get install util-linux)"
+    );
+    format!("--nofile={n}:{n}")
+}
+
 /// Opens `n` connections to `port` that send nothing. Each may wait to be
 /// accepted while the listener's queue is full: for as long as the relay takes
 /// to close earlier ones (its read timeout), and SYN retries on top.
@@ -200,7 +218,7 @@ async fn a_thousand_idle_connections_neither_stop_relaying_nor_healthz() {
     // accepted all 1,000 connections would run out.
     let mut relay = start_relay_with(
         "relay",
-        &["prlimit", "--nofile=512:512"],
+        &["prlimit", &nofile(512)],
         &db.url,
         &amqp_url().await,
         &prefix,
@@ -252,7 +270,7 @@ async fn out_of_file_descriptors_the_listener_pauses_instead_of_spinning() {
     // while the idle connections hold them.
     let mut relay = start_relay_with(
         "relay",
-        &["prlimit", "--nofile=256:256"],
+        &["prlimit", &nofile(256)],
         &db.url,
         &amqp_url().await,
         &prefix,
