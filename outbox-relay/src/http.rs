@@ -42,8 +42,9 @@ pub(crate) struct HttpArgs {
     #[arg(long, env = "EVENTBUS_HTTP_READ_TIMEOUT", value_parser = duration::secs)]
     pub(crate) http_read_timeout: Option<Duration>,
 
-    /// How long answering a request may take once it is read, sending the
-    /// response included [default: 10s].
+    /// Time for answering, on top of the read timeout: a connection is
+    /// closed this long after the read timeout, whatever the client does
+    /// [default: 10s].
     #[arg(long, env = "EVENTBUS_HTTP_REQUEST_TIMEOUT", value_parser = duration::secs)]
     pub(crate) http_request_timeout: Option<Duration>,
 
