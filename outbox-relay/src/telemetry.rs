@@ -30,11 +30,10 @@ pub(crate) enum LogFormat {
 
 /// Installs the `tracing` subscriber (level from `RUST_LOG`, default
 /// `default_level`; lines in `format`) and the global OpenTelemetry tracer
-/// provider. Spans get
-/// real ids either way, so log lines name their traces; they leave the
-/// process only when [`ENDPOINT_VAR`] is set (`OTEL_SERVICE_NAME`,
-/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS` and the other
-/// standard variables apply).
+/// provider. Spans get real ids either way, so log lines name their traces;
+/// they leave the process only when [`ENDPOINT_VAR`] is set
+/// (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+/// `OTEL_EXPORTER_OTLP_HEADERS` and the other standard variables apply).
 pub(crate) fn init(
     service_name: &'static str,
     default_level: &str,
