@@ -13,6 +13,8 @@ use eventbus::{Error, Result, TableName};
 use serde::Deserialize;
 
 use crate::destinations::{DestinationArgs, DestinationFile, Publishing, Unroutable};
+use crate::duration;
+use crate::http::{HttpArgs, HttpSettings};
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Args)]
@@ -45,16 +47,17 @@ pub(crate) struct Common {
 /// Settings of `outbox-relay run`.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Broker URL: `kafka://host:port[,host:port]`, `amqp://user:pass@host:port/vhost` or `amqps://…`.
+    /// Broker URL: Kafka `kafka://host:port[,host:port]`, RabbitMQ
+    /// `amqp://user:pass@host:port/vhost` or `amqps://…`, Amazon SQS `sqs://`,
+    /// `sqs://host[:port]` or `sqs+http://host:port`.
     #[arg(long, env = "EVENTBUS_BROKER", hide_env_values = true)]
     pub(crate) broker: Option<String>,
 
     #[command(flatten)]
     pub(crate) broker_options: BrokerArgs,
 
-    /// Address of the HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9464].
-    #[arg(long, env = "EVENTBUS_HTTP")]
-    pub(crate) http: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) http: HttpArgs,
 
     /// CloudEvents `source` for rows that have none [default: urn:eventbus:outbox-relay].
     #[arg(long, env = "EVENTBUS_SOURCE")]
@@ -73,29 +76,32 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "EVENTBUS_CLAIM_BYTES")]
     pub(crate) claim_bytes: Option<usize>,
 
-    /// Fallback poll interval in milliseconds [default: 1000].
-    #[arg(long, env = "EVENTBUS_POLL_INTERVAL_MS")]
-    pub(crate) poll_interval_ms: Option<u64>,
+    /// Fallback poll interval: `200ms`, `1s`; a bare number is milliseconds [default: 1s].
+    #[arg(long, visible_alias = "poll-interval", env = "EVENTBUS_POLL_INTERVAL_MS", value_parser = duration::millis)]
+    pub(crate) poll_interval_ms: Option<Duration>,
 
-    /// Lease length in milliseconds; takeover time after a crash [default: 5000].
-    #[arg(long, env = "EVENTBUS_LEASE_TTL_MS")]
-    pub(crate) lease_ttl_ms: Option<u64>,
+    /// Lease length, the takeover time after a crash: `5s`; a bare number is
+    /// milliseconds [default: 5s].
+    #[arg(long, visible_alias = "lease-ttl", env = "EVENTBUS_LEASE_TTL_MS", value_parser = duration::millis)]
+    pub(crate) lease_ttl_ms: Option<Duration>,
 
     /// Attempts before a rejected event is parked [default: 5].
     #[arg(long, env = "EVENTBUS_MAX_ATTEMPTS")]
     pub(crate) max_attempts: Option<u32>,
 
-    /// First retry delay of a rejected event in milliseconds, doubling [default: 500].
-    #[arg(long, env = "EVENTBUS_RETRY_INITIAL_MS")]
-    pub(crate) retry_initial_ms: Option<u64>,
+    /// First retry delay of a rejected event, doubling: `500ms`; a bare
+    /// number is milliseconds [default: 500ms].
+    #[arg(long, visible_alias = "retry-initial", env = "EVENTBUS_RETRY_INITIAL_MS", value_parser = duration::millis)]
+    pub(crate) retry_initial_ms: Option<Duration>,
 
     /// Largest event payload in bytes; larger ones are rejected [default: 1000000].
     #[arg(long, env = "EVENTBUS_MAX_MESSAGE_BYTES")]
     pub(crate) max_message_bytes: Option<usize>,
 
-    /// Keep published rows this many seconds instead of deleting them at once.
-    #[arg(long, env = "EVENTBUS_KEEP_PUBLISHED_SECS")]
-    pub(crate) keep_published_secs: Option<u64>,
+    /// Keep published rows this long instead of deleting them at once:
+    /// `90m`, `24h`; a bare number is seconds.
+    #[arg(long, visible_alias = "keep-published", env = "EVENTBUS_KEEP_PUBLISHED_SECS", value_parser = duration::secs)]
+    pub(crate) keep_published_secs: Option<Duration>,
 
     /// Prefix for every topic/exchange name.
     #[arg(long, env = "EVENTBUS_DESTINATION_PREFIX")]
@@ -157,12 +163,40 @@ pub(crate) struct FileConfig {
     pub(crate) name: Option<String>,
     pub(crate) batch_size: Option<u32>,
     pub(crate) claim_bytes: Option<usize>,
-    pub(crate) poll_interval_ms: Option<u64>,
-    pub(crate) lease_ttl_ms: Option<u64>,
+    /// Durations: `"500ms"`, `"5s"`, `"2m"`, or a bare number in the unit
+    /// of the key's old name; the key may also be written without that unit.
+    #[serde(
+        default,
+        alias = "poll_interval",
+        deserialize_with = "duration::millis_opt"
+    )]
+    pub(crate) poll_interval_ms: Option<Duration>,
+    #[serde(
+        default,
+        alias = "lease_ttl",
+        deserialize_with = "duration::millis_opt"
+    )]
+    pub(crate) lease_ttl_ms: Option<Duration>,
     pub(crate) max_attempts: Option<u32>,
-    pub(crate) retry_initial_ms: Option<u64>,
+    #[serde(
+        default,
+        alias = "retry_initial",
+        deserialize_with = "duration::millis_opt"
+    )]
+    pub(crate) retry_initial_ms: Option<Duration>,
     pub(crate) max_message_bytes: Option<usize>,
-    pub(crate) keep_published_secs: Option<u64>,
+    #[serde(
+        default,
+        alias = "keep_published",
+        deserialize_with = "duration::secs_opt"
+    )]
+    pub(crate) keep_published_secs: Option<Duration>,
+    /// The HTTP listener's timeouts and connection cap.
+    #[serde(default, deserialize_with = "duration::secs_opt")]
+    pub(crate) http_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::secs_opt")]
+    pub(crate) http_request_timeout: Option<Duration>,
+    pub(crate) http_max_connections: Option<usize>,
     pub(crate) destination_prefix: Option<String>,
     pub(crate) create_destinations: Option<bool>,
     /// Strict mode and allow-list, Kafka topic creation, RabbitMQ unroutable
@@ -207,7 +241,7 @@ impl FileConfig {
 pub(crate) struct Resolved {
     pub(crate) database_url: Secret,
     pub(crate) broker: Broker,
-    pub(crate) http: SocketAddr,
+    pub(crate) http: HttpSettings,
     pub(crate) relay: RelayConfig,
 }
 
@@ -423,23 +457,23 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
         relay.claim_bytes = v;
     }
     if let Some(v) = run.poll_interval_ms.or(file.poll_interval_ms) {
-        relay.poll_interval = Duration::from_millis(v);
+        relay.poll_interval = v;
     }
     if let Some(v) = run.lease_ttl_ms.or(file.lease_ttl_ms) {
-        relay.lease_ttl = Duration::from_millis(v);
+        relay.lease_ttl = v;
         relay.heartbeat_interval = relay.heartbeat_interval.min(relay.lease_ttl / 4);
     }
     if let Some(v) = run.max_attempts.or(file.max_attempts) {
         relay.max_attempts = v;
     }
     if let Some(v) = run.retry_initial_ms.or(file.retry_initial_ms) {
-        relay.retry_initial = Duration::from_millis(v);
+        relay.retry_initial = v;
     }
     if let Some(v) = run.max_message_bytes.or(file.max_message_bytes) {
         relay.max_message_bytes = v;
     }
     if let Some(v) = run.keep_published_secs.or(file.keep_published_secs) {
-        relay.retention = Retention::Keep(Duration::from_secs(v));
+        relay.retention = Retention::Keep(v);
     }
     if let Some(v) = run.destination_prefix.clone().or(file.destination_prefix) {
         relay.destination_prefix = v;
@@ -458,153 +492,40 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
         crate::destinations::resolve(&run.destinations, &destination_file, &mut relay)?;
     relay.validate()?;
 
+    let defaults = HttpSettings::default();
+    let http = HttpSettings {
+        addr: http_addr(run.http.http, file.http),
+        read_timeout: run
+            .http
+            .http_read_timeout
+            .or(file.http_read_timeout)
+            .unwrap_or(defaults.read_timeout),
+        request_timeout: run
+            .http
+            .http_request_timeout
+            .or(file.http_request_timeout)
+            .unwrap_or(defaults.request_timeout),
+        max_connections: run
+            .http
+            .http_max_connections
+            .or(file.http_max_connections)
+            .unwrap_or(defaults.max_connections),
+    };
+    http.validate()?;
     Ok(Resolved {
         database_url,
         broker,
-        http: run
-            .http
-            .or(file.http)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+        http,
         relay,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_broker_args() -> BrokerArgs {
-        BrokerArgs {
-            broker_file: None,
-            broker_ca_file: None,
-            broker_client_identity: None,
-            broker_client_identity_password_file: None,
-            producer_set_file: Vec::new(),
-        }
-    }
-
-    fn temp_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path
-    }
-
-    #[test]
-    fn urls_and_secrets_come_from_files_without_the_newline() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = temp_file(&dir, "broker", "amqps://relay:s3cret@rabbit:5671/%2f\n");
-        let password = temp_file(&dir, "sasl", "kafka-pw\n");
-        let args = BrokerArgs {
-            broker_file: Some(url),
-            producer_set_file: vec![format!("sasl.password={}", password.display())],
-            ..no_broker_args()
-        };
-        let broker = broker(None, &args, &FileConfig::default(), Vec::new()).expect("resolves");
-        assert_eq!(broker.url.expose(), "amqps://relay:s3cret@rabbit:5671/%2f");
-        assert_eq!(
-            broker.properties.0,
-            vec![("sasl.password".to_owned(), "kafka-pw".to_owned())]
-        );
-        let shown = format!("{broker:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(!shown.contains("kafka-pw"), "{shown}");
-        assert!(shown.contains("relay:***@rabbit"), "{shown}");
-    }
-
-    #[test]
-    fn a_value_and_its_file_together_or_an_empty_file_are_errors() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = temp_file(&dir, "db", "postgres://db\n");
-        let common = Common {
-            database_url: Some("postgres://other".into()),
-            database_url_file: Some(url),
-            outbox_table: None,
-            config: None,
-        };
-        let err = database_url(&common, &FileConfig::default()).expect_err("both given");
-        assert!(err.to_string().contains("keep one"), "{err}");
-
-        let empty = temp_file(&dir, "empty", "\n");
-        let args = BrokerArgs {
-            broker_file: Some(empty),
-            ..no_broker_args()
-        };
-        let err = broker(None, &args, &FileConfig::default(), Vec::new()).expect_err("empty");
-        assert!(err.to_string().contains("is empty"), "{err}");
-
-        let args = BrokerArgs {
-            broker_file: Some(PathBuf::from("/nonexistent/broker-url")),
-            ..no_broker_args()
-        };
-        let err = broker(None, &args, &FileConfig::default(), Vec::new()).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/broker-url"), "{err}");
-
-        let args = BrokerArgs {
-            broker_file: Some(PathBuf::from("/dev/zero")),
-            ..no_broker_args()
-        };
-        let err = broker(None, &args, &FileConfig::default(), Vec::new()).expect_err("endless");
-        assert!(err.to_string().contains("larger than"), "{err}");
-    }
-
-    #[test]
-    fn flags_beat_the_file_layer_for_urls() {
-        let file = FileConfig::parse("database_url_file = \"/nonexistent\"\n").expect("valid");
-        let common = Common {
-            database_url: Some("postgres://flag".into()),
-            database_url_file: None,
-            outbox_table: None,
-            config: None,
-        };
-        let url = database_url(&common, &file).expect("the flag wins; the file is not read");
-        assert_eq!(url.expose(), "postgres://flag");
-    }
-
-    #[test]
-    fn unknown_keys_in_the_file_are_errors() {
-        let err = FileConfig::parse("batch_sise = 10").expect_err("typo must fail");
-        assert!(err.to_string().contains("batch_sise"), "{err}");
-    }
-
-    #[test]
-    fn file_values_fill_what_flags_leave_open() {
-        let file = FileConfig::parse(
-            "database_url = \"postgres://db\"\nbroker = \"kafka://k:9092\"\nbatch_size = 50\nclaim_bytes = 4096\n\
-             [destinations]\norders = \"shop.orders\"\n[producer]\n\"linger.ms\" = \"5\"\n",
-        )
-        .expect("valid");
-        let common = Common {
-            database_url: None,
-            database_url_file: None,
-            outbox_table: None,
-            config: None,
-        };
-        let run = RunArgs {
-            broker: None,
-            broker_options: no_broker_args(),
-            http: None,
-            source: None,
-            name: None,
-            batch_size: Some(7),
-            claim_bytes: None,
-            poll_interval_ms: None,
-            lease_ttl_ms: None,
-            max_attempts: None,
-            retry_initial_ms: None,
-            max_message_bytes: None,
-            keep_published_secs: None,
-            destination_prefix: None,
-            no_create_destinations: false,
-            producer_set: vec!["acks=all".into()],
-            destinations: DestinationArgs::default(),
-        };
-        let r = resolve(&common, &run, file).expect("resolves");
-        assert_eq!(r.database_url.expose(), "postgres://db");
-        assert_eq!(r.relay.batch_size, 7, "flag beats file");
-        assert_eq!(r.relay.claim_bytes, 4096, "from the file");
-        assert_eq!(r.relay.broker_destination("orders"), "shop.orders");
-        let properties = &r.broker.properties.0;
-        assert!(properties.contains(&("linger.ms".into(), "5".into())));
-        assert!(properties.contains(&("acks".into(), "all".into())));
-    }
+/// The HTTP listener's address: flag or environment, then the file, then
+/// the default.
+pub(crate) fn http_addr(flag: Option<SocketAddr>, file: Option<SocketAddr>) -> SocketAddr {
+    flag.or(file).unwrap_or(crate::http::DEFAULT_ADDR)
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,79 +1,258 @@
 //! The relay's HTTP listener: `/healthz` (process up), `/readyz` (database
-//! reachable) and `/metrics` (Prometheus text). Deliberately tiny: three GET
-//! routes need no web framework.
+//! and broker reachable) and `/metrics` (Prometheus text), GET and HEAD.
+//!
+//! The listener must never cost the relay what it needs to relay: each
+//! connection has a deadline, at most `max_connections` are served at once
+//! (more wait in the kernel's listen queue, holding no file descriptor of
+//! ours), and when accepting fails — out of file descriptors, say — the loop
+//! pauses instead of spinning.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use eventbus::relay::RelayMetrics;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use eventbus::relay::{RelayMetrics, Snapshot};
+use eventbus::{Error, Result};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
-/// Binds `addr` and serves until the task is dropped.
+use crate::duration;
+
+/// Where the listener binds unless told otherwise.
+pub(crate) const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9464);
+
+/// Flags of the HTTP listener (`run`).
+#[derive(Debug, Default, Args)]
+pub(crate) struct HttpArgs {
+    /// Address of the HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9464].
+    #[arg(long, env = "EVENTBUS_HTTP")]
+    pub(crate) http: Option<SocketAddr>,
+
+    /// How long a client may take to send its request: `5s`; a bare number
+    /// is seconds [default: 5s].
+    #[arg(long, env = "EVENTBUS_HTTP_READ_TIMEOUT", value_parser = duration::secs)]
+    pub(crate) http_read_timeout: Option<Duration>,
+
+    /// Time for answering, on top of the read timeout: a connection is
+    /// closed this long after the read timeout, whatever the client does
+    /// [default: 10s].
+    #[arg(long, env = "EVENTBUS_HTTP_REQUEST_TIMEOUT", value_parser = duration::secs)]
+    pub(crate) http_request_timeout: Option<Duration>,
+
+    /// HTTP connections served at once; more wait to be accepted [default: 256].
+    #[arg(long, env = "EVENTBUS_HTTP_MAX_CONNECTIONS")]
+    pub(crate) http_max_connections: Option<usize>,
+}
+
+/// The listener's settings, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HttpSettings {
+    pub(crate) addr: SocketAddr,
+    pub(crate) read_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            addr: DEFAULT_ADDR,
+            read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            // Far below the usual 1024 file descriptors: the database and
+            // broker connections need theirs.
+            max_connections: 256,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// Rejects settings that would serve nothing.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.read_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(Error::Config(
+                "the HTTP read and request timeouts must be longer than zero".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config(
+                "--http-max-connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The first pause after accepting fails, doubling up to [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Binds the listener's address.
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<RelayMetrics>) {
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the task
+/// is dropped.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<RelayMetrics>,
+    settings: HttpSettings,
+) {
+    let app = router(metrics);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut pause = ACCEPT_PAUSE_MIN;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // A slot first: at the cap, new connections wait in the listen queue.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
         };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, &metrics).await {
-                tracing::debug!(error = %e, "HTTP request failed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                pause = ACCEPT_PAUSE_MIN;
+                stream
             }
+            // That one connection went away before it was accepted.
+            Err(e) if is_about_one_connection(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors or memory: accepting again at once
+                // would fail again and spin a core.
+                if pause == ACCEPT_PAUSE_MIN {
+                    tracing::warn!(error = %e, "cannot accept HTTP connections; pausing");
+                } else {
+                    tracing::debug!(error = %e, ?pause, "cannot accept HTTP connections");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, app, settings).await;
+            drop(slot);
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &RelayMetrics) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    // Read until the end of the request head; bodies are not expected.
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
+fn is_about_one_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
+}
+
+/// One request per connection, within the read timeout plus the request
+/// timeout whatever the client does (sends slowly, never reads the answer).
+async fn serve_connection(stream: TcpStream, app: Router, settings: HttpSettings) {
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.read_timeout)
+        .keep_alive(false);
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let deadline = settings.read_timeout + settings.request_timeout;
+    match tokio::time::timeout(deadline, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection failed"),
+        Err(_) => tracing::debug!(?deadline, "HTTP connection took too long; closed"),
+    }
+}
+
+/// The routes; `get` answers HEAD as well, without the body.
+fn router(metrics: Arc<RelayMetrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .with_state(metrics)
+}
+
+async fn readyz(State(metrics): State<Arc<RelayMetrics>>) -> (StatusCode, String) {
+    match unready_reasons(&metrics.snapshot()).as_slice() {
+        [] => (StatusCode::OK, "ready\n".to_owned()),
+        reasons => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join(", ")),
+        ),
+    }
+}
+
+/// What keeps the relay from relaying: the database missed the last
+/// heartbeat, or the broker refused the last publish (an idle relay has not
+/// found it down).
+fn unready_reasons(snapshot: &Snapshot) -> Vec<&'static str> {
+    let mut reasons = Vec::new();
+    if !snapshot.database_available {
+        reasons.push("database unreachable");
+    }
+    if !snapshot.broker_available {
+        reasons.push("broker unreachable");
+    }
+    reasons
+}
+
+async fn prometheus(State(metrics): State<Arc<RelayMetrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render_prometheus(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_database_and_broker() {
+        let up = Snapshot {
+            database_available: true,
+            broker_available: true,
+            ..Snapshot::default()
+        };
+        assert!(unready_reasons(&up).is_empty());
+        let no_broker = Snapshot {
+            broker_available: false,
+            ..up
+        };
+        assert_eq!(unready_reasons(&no_broker), ["broker unreachable"]);
+        let nothing = Snapshot::default();
+        assert_eq!(
+            unready_reasons(&nothing),
+            ["database unreachable", "broker unreachable"]
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_or_connections_are_refused() {
+        let ok = HttpSettings::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            HttpSettings {
+                read_timeout: Duration::ZERO,
+                ..ok
+            },
+            HttpSettings {
+                request_timeout: Duration::ZERO,
+                ..ok
+            },
+            HttpSettings {
+                max_connections: 0,
+                ..ok
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
         }
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => {
-            if metrics.snapshot().database_available {
-                ("200 OK", "text/plain", "ready\n".to_owned())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "database unreachable\n".to_owned(),
-                )
-            }
-        }
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics.render_prometheus(),
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }

@@ -1,11 +1,14 @@
-//! `outbox-relay`: the sidecar that moves events from the outbox table to Kafka
-//! or RabbitMQ. The logic lives in `eventbus::relay`; this is configuration,
-//! signals, the HTTP listener and operator commands.
+//! `outbox-relay`: the sidecar that moves events from the outbox table in
+//! PostgreSQL, MySQL or SQLite to Kafka, RabbitMQ or Amazon SQS. The logic
+//! lives in `eventbus::relay`; this is configuration, signals, the HTTP
+//! listener and operator commands.
 
 mod broker;
 mod config;
 mod dead_letters;
 mod destinations;
+mod duration;
+mod healthcheck;
 mod http;
 mod inbox;
 mod redact;
@@ -20,18 +23,39 @@ use eventbus::Result;
 
 use config::{Common, FileConfig, RunArgs};
 
-/// Forwards events from the eventbus outbox table to Kafka or RabbitMQ, in order
-/// per key, with any number of instances sharing the work.
+/// Forwards events from the eventbus outbox table in PostgreSQL, MySQL (or
+/// MariaDB) or SQLite to Kafka, RabbitMQ or Amazon SQS, in order per key,
+/// with any number of instances sharing the work.
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version, about)]
 struct Cli {
     #[command(flatten)]
     common: Common,
 
+    /// Log lines on stderr: `text`, or `json` (one object per line).
+    #[arg(
+        long,
+        env = "EVENTBUS_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = telemetry::LogFormat::Text
+    )]
+    log_format: telemetry::LogFormat,
+
     #[command(subcommand)]
-    command: Command,
+    command: TopCommand,
 }
 
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    #[command(flatten)]
+    Relay(Command),
+    /// Ask a running relay's `/readyz`: exit status 0 when it answers 200,
+    /// 1 otherwise (for a container HEALTHCHECK).
+    Healthcheck(healthcheck::HealthcheckArgs),
+}
+
+/// The commands that work on the database or broker.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Relay events until SIGTERM or SIGINT.
@@ -90,9 +114,14 @@ enum FailedAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let telemetry = telemetry::init("outbox-relay", "info");
     let cli = Cli::parse();
-    let outcome = run(cli).await;
+    let command = match cli.command {
+        // No logging or tracing set-up: a probe runs every few seconds.
+        TopCommand::Healthcheck(args) => return probe(&cli.common, &args).await,
+        TopCommand::Relay(command) => command,
+    };
+    let telemetry = telemetry::init("outbox-relay", "info", cli.log_format);
+    let outcome = run(&cli.common, command).await;
     // Flush spans off the runtime's threads: the exporter blocks.
     let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
     match outcome {
@@ -104,11 +133,35 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let file = FileConfig::load(cli.common.config.as_deref())?;
-    match cli.command {
+/// `healthcheck`: one request, its outcome on stdout or stderr.
+async fn probe(common: &Common, args: &healthcheck::HealthcheckArgs) -> ExitCode {
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => match FileConfig::load(common.config.as_deref()) {
+            Ok(file) => healthcheck::default_url(config::http_addr(args.http, file.http)),
+            Err(e) => {
+                eprintln!("outbox-relay: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match healthcheck::check(&url, args.timeout).await {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            eprintln!("outbox-relay: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(common: &Common, command: Command) -> Result<()> {
+    let file = FileConfig::load(common.config.as_deref())?;
+    match command {
         Command::Run(args) => {
-            let resolved = config::resolve(&cli.common, &args, file)?;
+            let resolved = config::resolve(common, &args, file)?;
             relay(resolved).await
         }
         Command::Migrate {
@@ -116,11 +169,11 @@ async fn run(cli: Cli) -> Result<()> {
             inbox_table,
         } => {
             let db = connect(
-                config::database_url(&cli.common, &file)?.expose(),
+                config::database_url(common, &file)?.expose(),
                 Create::IfMissing,
             )
             .await?;
-            let table = config::table(&cli.common, &file)?;
+            let table = config::table(common, &file)?;
             if db.kind() == DatabaseKind::Sqlite
                 && partitions != eventbus::migrate::DEFAULT_PARTITIONS
             {
@@ -138,7 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status => {
-            let admin = admin(&cli.common, &file).await?;
+            let admin = admin(common, &file).await?;
             let s = admin.status().await?;
             println!("pending: {}", s.pending);
             println!("oldest pending age: {:.1}s", s.oldest_pending_seconds);
@@ -151,10 +204,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Dlq { action } => dead_letters::run(action, &cli.common, &file).await,
-        Command::Inbox { action } => inbox::run(action, &cli.common, &file).await,
+        Command::Dlq { action } => dead_letters::run(action, common, &file).await,
+        Command::Inbox { action } => inbox::run(action, common, &file).await,
         Command::Failed { action } => {
-            let admin = admin(&cli.common, &file).await?;
+            let admin = admin(common, &file).await?;
             match action {
                 FailedAction::List { limit } => {
                     let rows = admin.failed(limit).await?;
@@ -196,11 +249,11 @@ async fn relay(cfg: config::Resolved) -> Result<()> {
     let publisher = broker::connect(&cfg.broker).await?;
     let store = db.relay_store(cfg.relay.table.clone());
     let relay = Relay::new(store, publisher, cfg.relay)?;
-    let listener = http::bind(cfg.http)
+    let listener = http::bind(cfg.http.addr)
         .await
-        .map_err(|e| eventbus::Error::Config(format!("cannot listen on {}: {e}", cfg.http)))?;
-    tracing::info!(http = %cfg.http, broker = %redact::redact(cfg.broker.url.expose()), relay = %relay.id(), "relay starting");
-    let server = tokio::spawn(http::serve(listener, relay.metrics()));
+        .map_err(|e| eventbus::Error::Config(format!("cannot listen on {}: {e}", cfg.http.addr)))?;
+    tracing::info!(http = %cfg.http.addr, broker = %redact::redact(cfg.broker.url.expose()), relay = %relay.id(), "relay starting");
+    let server = tokio::spawn(http::serve(listener, relay.metrics(), cfg.http));
     let result = relay.run(shutdown_signal()).await;
     server.abort();
     result

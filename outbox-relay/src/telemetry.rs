@@ -17,20 +17,39 @@ pub(crate) struct Telemetry {
     exporting: bool,
 }
 
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message`
+    /// and the event's fields), for log collectors.
+    Json,
+}
+
 /// Installs the `tracing` subscriber (level from `RUST_LOG`, default
-/// `default_level`) and the global OpenTelemetry tracer provider. Spans get
-/// real ids either way, so log lines name their traces; they leave the
-/// process only when [`ENDPOINT_VAR`] is set (`OTEL_SERVICE_NAME`,
-/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS` and the other
-/// standard variables apply).
-pub(crate) fn init(service_name: &'static str, default_level: &str) -> Telemetry {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// `default_level`; lines in `format`) and the global OpenTelemetry tracer
+/// provider. Spans get real ids either way, so log lines name their traces;
+/// they leave the process only when [`ENDPOINT_VAR`] is set
+/// (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+/// `OTEL_EXPORTER_OTLP_HEADERS` and the other standard variables apply).
+pub(crate) fn init(
+    service_name: &'static str,
+    default_level: &str,
+    format: LogFormat,
+) -> Telemetry {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let lines = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => lines.init(),
+        // The event's fields at the top level, beside `message`: what log
+        // collectors index without a parsing rule.
+        LogFormat::Json => lines.json().flatten_event(true).init(),
+    }
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service_name);

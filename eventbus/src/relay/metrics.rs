@@ -44,7 +44,12 @@ impl Default for RelayMetrics {
             latency: Histogram::new(LATENCY_BUCKETS),
             batch_size: Histogram::new(SIZE_BUCKETS),
             outbox_wait: Histogram::new(WAIT_BUCKETS),
-            snapshot: Mutex::new(Snapshot::default()),
+            // Presumed up until a publish finds it down: an idle relay has
+            // seen no outage.
+            snapshot: Mutex::new(Snapshot {
+                broker_available: true,
+                ..Snapshot::default()
+            }),
         }
     }
 }
@@ -63,7 +68,7 @@ pub struct Snapshot {
     pub parked_rows: u64,
     /// Partitions this relay owns.
     pub owned_partitions: usize,
-    /// Whether the broker answered the last publish.
+    /// Whether the broker answered the last publish (true before the first).
     pub broker_available: bool,
     /// Whether the last heartbeat reached the database.
     pub database_available: bool,
@@ -275,7 +280,7 @@ impl RelayMetrics {
         );
         out.gauge(
             "eventbus_relay_broker_up",
-            "1 if the last publish reached the broker.",
+            "1 if the last publish reached the broker (or none was tried yet).",
             &[],
             f64::from(u8::from(snap.broker_available)),
         );
