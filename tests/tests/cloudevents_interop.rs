@@ -153,8 +153,9 @@ fn assert_same(got: &Envelope, expected: &Envelope, what: &str) {
 // ---------------------------------------------------------------- events
 
 /// Three events with fresh ids: JSON data with every attribute (`dataschema`
-/// naming schema version 2, trace context, our extensions), bytes with only
-/// the required ones, and text.
+/// naming schema version 2, trace context, our extensions), bytes with no
+/// optional attribute but `time`, and text. Each has a `time`: the SDK's
+/// `CloudEvent` makes one up (now) for an event that has none.
 fn events(tag: &str) -> Vec<Envelope> {
     let id = |n: u32| format!("{tag}-{n}-{}", uuid::Uuid::now_v7());
     let mut full = Envelope::new(
@@ -180,7 +181,7 @@ fn events(tag: &str) -> Vec<Envelope> {
         vec![0, 159, 146, 150, 255],
     );
     bytes.id = id(2);
-    bytes.time = None;
+    bytes.time = "2026-12-07T01:02:03Z".parse().ok();
     bytes.datacontenttype = Some("application/octet-stream".into());
 
     let mut text = Envelope::new(
