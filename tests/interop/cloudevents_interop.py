@@ -44,9 +44,9 @@ try:
     from dateutil.parser import isoparse
 except ImportError as e:
     sys.stderr.write(
-        f"the CloudEvents Python SDK or a broker client is missing ({e}): "
-        "install them with `python3 -m pip install cloudevents confluent-kafka pika` "
-        "(scripts/services.sh does, in ensure_python_interop)\n"
+        f"the CloudEvents Python SDK or a broker client is missing ({e}) for "
+        f"{sys.executable}: `python3 -m pip install cloudevents confluent-kafka pika` "
+        "installs them\n"
     )
     sys.exit(MISSING)
 

@@ -75,7 +75,7 @@ async fn python(args: &[&str], input: &str) -> String {
         .expect("the script's output");
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() == Some(SDK_MISSING) {
-        panic!("{stderr}{HOW_TO_INSTALL}");
+        panic!("{}; {HOW_TO_INSTALL}", stderr.trim_end());
     }
     assert!(
         output.status.success(),
