@@ -220,8 +220,8 @@ fn assert_read_by_sdk(output: &str, events: &[Envelope], binding: &str) {
 }
 
 /// Receives `n` messages with `subscriber`, acknowledging each; their
-/// events by id. Panics on a message that does not decode.
-async fn receive(subscriber: &mut dyn Subscriber, n: usize) -> BTreeMap<String, Envelope> {
+/// events and lanes by id. Panics on a message that does not decode.
+async fn receive(subscriber: &mut dyn Subscriber, n: usize) -> BTreeMap<String, (Envelope, u64)> {
     let mut got = BTreeMap::new();
     while got.len() < n {
         let message = tokio::time::timeout(Duration::from_secs(60), subscriber.next())
@@ -233,14 +233,14 @@ async fn receive(subscriber: &mut dyn Subscriber, n: usize) -> BTreeMap<String, 
             .envelope
             .unwrap_or_else(|e| panic!("we could not decode the SDK's message: {e}"));
         message.settle.ack().await.expect("acknowledge");
-        got.insert(envelope.id.clone(), envelope);
+        got.insert(envelope.id.clone(), (envelope, message.lane));
     }
     got
 }
 
-fn assert_received(got: &BTreeMap<String, Envelope>, sent: &[Envelope], mode: &str) {
+fn assert_received(got: &BTreeMap<String, (Envelope, u64)>, sent: &[Envelope], mode: &str) {
     for expected in sent {
-        let received = got
+        let (received, _) = got
             .get(&expected.id)
             .unwrap_or_else(|| panic!("{mode}: {} not received", expected.id));
         assert_same(received, expected, mode);
@@ -301,6 +301,7 @@ async fn we_read_what_the_python_sdk_publishes_to_rabbitmq_in_both_modes_and_pre
     let group = unique_name("interop");
     // The group's queue is bound before the SDK publishes.
     let mut subscriber = rabbitmq::subscriber(&url, &group, &[&exchange], 16).await;
+    let mut lanes_of_key = BTreeMap::new();
     for mode in [
         "binary",
         "structured",
@@ -313,7 +314,15 @@ async fn we_read_what_the_python_sdk_publishes_to_rabbitmq_in_both_modes_and_pre
         python(&["publish-rabbitmq", &url, &exchange, mode], &input).await;
         let got = receive(subscriber.as_mut(), sent.len()).await;
         assert_received(&got, &sent, &format!("RabbitMQ, {mode}"));
+        // The first event's partition key is in its body in structured mode:
+        // its lane (per-key order) must not depend on the mode.
+        lanes_of_key.insert(mode, got[&sent[0].id].1);
     }
+    let first = lanes_of_key["binary"];
+    assert!(
+        lanes_of_key.values().all(|lane| *lane == first),
+        "one key, one lane, whatever the mode: {lanes_of_key:?}"
+    );
     subscriber.close().await.expect("close");
     rabbitmq::delete_group(&group).await;
     rabbitmq::delete_exchange(&exchange).await;
