@@ -1,7 +1,8 @@
 # Starts the services the test suite needs, installing them first on a fresh
 # Debian/Ubuntu machine (run as root). Sourced by scripts/test; safe to re-run.
 # Exports DATABASE_URL, MYSQL_URL, AMQP_URL, KAFKA_BROKERS and SQS_ENDPOINT (with
-# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION defaults for it).
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION defaults for it), and
+# installs the Python packages of the CloudEvents interoperability suite.
 
 TANSU_VERSION=0.6.0
 
@@ -74,6 +75,21 @@ ensure_sqs() {
   wait_port 4566 30 "moto (SQS)"
 }
 
+# The CloudEvents interoperability suite (tests/tests/cloudevents_interop.rs)
+# runs the official CloudEvents Python SDK with the Kafka and RabbitMQ
+# clients (tests/interop/), installed into the system python3 like moto.
+INTEROP_PACKAGES=("cloudevents>=2.2,<3" "confluent-kafka>=2.3" "pika>=1.3")
+ensure_python_interop() {
+  python3 -c "import cloudevents.core.bindings.kafka, cloudevents.core.bindings.amqp, confluent_kafka, pika" \
+    2>/dev/null && return 0
+  command -v python3 >/dev/null || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  echo "installing the CloudEvents Python SDK, confluent-kafka and pika (once)" >&2
+  # A Debian-managed python3 refuses plain pip installs (PEP 668).
+  python3 -m pip install -q "${INTEROP_PACKAGES[@]}" \
+    || python3 -m pip install -q --break-system-packages "${INTEROP_PACKAGES[@]}"
+}
+
 ensure_mysql() {
   export MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
   port_open 3306 && return 0
@@ -97,5 +113,6 @@ ensure_server_binaries() {
 }
 
 ensure_services() {
-  ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql && ensure_sqs
+  ensure_postgres && ensure_rabbitmq && ensure_kafka && ensure_mysql && ensure_sqs \
+    && ensure_python_interop
 }

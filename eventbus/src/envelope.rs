@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 
+mod content_mode;
+
+pub use content_mode::{ContentMode, STRUCTURED_JSON_CONTENT_TYPE};
+
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::value::RawValue;
@@ -38,6 +42,12 @@ pub enum EnvelopeError {
     /// `specversion` is not `1.0`.
     #[error("unsupported CloudEvents specversion `{0}`, expected `1.0`")]
     UnsupportedSpecVersion(String),
+    /// A structured-mode message in an event format other than JSON (a
+    /// batch, Avro, Protobuf), named by its content type.
+    #[error(
+        "unsupported CloudEvents event format `{0}`: only `application/cloudevents+json` is read"
+    )]
+    UnsupportedFormat(String),
     /// An outbox row holds a value that cannot be read (see
     /// [`OutboxRecord::defect`](crate::outbox::OutboxRecord::defect)).
     #[error("the outbox row cannot be read: {0}")]

@@ -1,24 +1,28 @@
 //! The wire format: an [`Envelope`] as Kafka headers, key and value in the
-//! CloudEvents Kafka protocol binding (binary mode), and back.
+//! CloudEvents Kafka protocol binding (we write binary mode and read both
+//! modes), and back.
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 use super::{CONTENT_TYPE_HEADER, HEADER_PREFIX};
-use crate::envelope::{Envelope, EnvelopeError, JSON_CONTENT_TYPE};
+use crate::envelope::{ContentMode, Envelope, EnvelopeError, JSON_CONTENT_TYPE};
 
 /// Decodes a Kafka message written in the CloudEvents Kafka protocol binding,
-/// binary mode (`ce_*` headers, `content-type`, payload as data).
+/// in either content mode: binary (`ce_*` headers, `content-type`, the value
+/// as data) or structured (a `content-type` of `application/cloudevents+json`
+/// and the whole event, `data` included, as the value; `ce_*` headers are then
+/// ignored, as the binding says).
 ///
-/// When the message carries no `ce_partitionkey` header, a UTF-8 message key
-/// becomes the envelope's `partition_key`, as the binding maps the two. When
-/// it carries no `ce_traceparent`/`ce_tracestate`, plain `traceparent` and
-/// `tracestate` headers (what OpenTelemetry instrumentations write) are used
-/// instead.
+/// When the event has no `partitionkey`, a UTF-8 message key becomes the
+/// envelope's `partition_key`, as the binding maps the two. When it has no
+/// `traceparent`/`tracestate`, plain `traceparent` and `tracestate` headers
+/// (what OpenTelemetry instrumentations write) are used instead.
 ///
 /// # Errors
 ///
 /// [`EnvelopeError`] naming a missing or invalid attribute, including header
-/// values that are not UTF-8.
+/// values that are not UTF-8; for a structured message, also a value that is
+/// not a JSON CloudEvent or an event format other than JSON.
 ///
 /// # Examples
 ///
@@ -69,8 +73,11 @@ pub fn envelope_from_message<M: Message>(
             }
         }
     }
-    let data = message.payload().unwrap_or_default().to_vec();
-    let mut envelope = Envelope::from_binary(HEADER_PREFIX, attributes, content_type, data)?;
+    let value = message.payload().unwrap_or_default();
+    let mut envelope = match (ContentMode::of(content_type), content_type) {
+        (ContentMode::Structured, Some(format)) => Envelope::from_structured(format, value)?,
+        _ => Envelope::from_binary(HEADER_PREFIX, attributes, content_type, value.to_vec())?,
+    };
     // Producers instrumented by OpenTelemetry (in any language) set only the
     // plain headers: continue their trace.
     if envelope.traceparent.is_none() {
@@ -207,5 +214,79 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
         assert_eq!(e.tracestate.as_deref(), Some("k=v"));
+    }
+
+    fn structured(
+        value: &[u8],
+        content_type: &str,
+        key: Option<&[u8]>,
+    ) -> rdkafka::message::OwnedMessage {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some(content_type),
+            })
+            // Ignored in structured mode: the value is authoritative.
+            .insert(Header {
+                key: "ce_id",
+                value: Some("from-a-header"),
+            });
+        rdkafka::message::OwnedMessage::new(
+            Some(value.to_vec()),
+            key.map(<[u8]>::to_vec),
+            "orders".into(),
+            rdkafka::message::Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn structured_mode_is_read_from_the_value() {
+        let mut envelope = sample();
+        let message = structured(
+            &envelope.to_json(),
+            "application/cloudevents+json; charset=UTF-8",
+            Some(b"other-key"),
+        );
+        assert_eq!(envelope_from_message(&message).expect("decodes"), envelope);
+        envelope.partition_key = None;
+        let message = structured(
+            &envelope.to_json(),
+            "application/cloudevents+json",
+            Some(b"k-9"),
+        );
+        let back = envelope_from_message(&message).expect("decodes");
+        assert_eq!(
+            back.partition_key.as_deref(),
+            Some("k-9"),
+            "the key maps to partitionkey"
+        );
+    }
+
+    #[test]
+    fn malformed_structured_messages_name_the_problem() {
+        for (value, content_type, expected) in [
+            (
+                &b"{\"specversion\":"[..],
+                "application/cloudevents+json",
+                "not valid JSON",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","type":"t"}"#,
+                "application/cloudevents+json",
+                "`source` is required",
+            ),
+            (
+                br#"[{"specversion":"1.0"}]"#,
+                "application/cloudevents-batch+json",
+                "event format `application/cloudevents-batch+json`",
+            ),
+        ] {
+            let err = envelope_from_message(&structured(value, content_type, None))
+                .expect_err("malformed");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! CloudEvents Kafka protocol binding (binary mode) and sorts broker failures
 //! into "broker unavailable" and "message rejected"; [`KafkaSubscriber`] reads
 //! them back as a member of a consumer group; [`envelope_from_message`] decodes
-//! one message.
+//! one message, in binary or structured mode.
 //!
 //! | module | owns |
 //! | --- | --- |
@@ -28,6 +28,13 @@
 //! | header `ce_<attr>` | every attribute except `datacontenttype` |
 //! | header `content-type` | `datacontenttype` (`application/json` when unset) |
 //! | headers `traceparent`, `tracestate` | the W3C trace context, when set |
+//!
+//! Received messages may also be in structured mode, as other CloudEvents
+//! SDKs send them: header `content-type: application/cloudevents+json` and
+//! the whole event, `data` included, as the value (the key still maps to
+//! `partitionkey` when the event has none). A structured message that is not
+//! a JSON CloudEvent fails to decode like a malformed binary one, and the
+//! consumer dead-letters it the same way.
 //!
 //! # Consumer groups
 //!

@@ -1,11 +1,13 @@
 //! The wire format: an [`Envelope`] as AMQP properties, headers and body in
-//! the CloudEvents AMQP binding (binary mode), and back.
+//! the CloudEvents AMQP binding (we write binary mode and read both modes),
+//! and back.
 
+use chrono::{DateTime, SecondsFormat};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
 use super::{HEADER_PREFIX, PERSISTENT};
-use crate::envelope::{Envelope, EnvelopeError, JSON_CONTENT_TYPE};
+use crate::envelope::{ContentMode, Envelope, EnvelopeError, JSON_CONTENT_TYPE};
 
 /// The AMQP properties of `envelope` in the CloudEvents binary binding: the
 /// `ce-` headers, `traceparent`/`tracestate`, `content_type`, `message_id`,
@@ -80,12 +82,39 @@ pub(super) fn sent_at(properties: &BasicProperties) -> Option<chrono::DateTime<c
     chrono::DateTime::from_timestamp_millis(ms)
 }
 
-/// Decodes a message in the CloudEvents AMQP binary binding (as sent by
-/// [`RabbitPublisher`](crate::transport::rabbitmq::RabbitPublisher) or any other CloudEvents SDK) into an [`Envelope`].
+/// The attribute header prefixes the CloudEvents AMQP binding gives (the
+/// second for AMQP clients that cannot use `:` in names); we read both beside
+/// our own [`HEADER_PREFIX`], which the CloudEvents SDKs' RabbitMQ bindings use.
+pub const AMQP_BINDING_PREFIXES: [&str; 2] = ["cloudEvents_", "cloudEvents:"];
+
+/// The CloudEvents attribute a header carries, if any: its name after one of
+/// the prefixes we read (case-insensitive), as written.
+pub(super) fn attribute_of(header: &str) -> Option<&str> {
+    [HEADER_PREFIX]
+        .into_iter()
+        .chain(AMQP_BINDING_PREFIXES)
+        .find_map(|prefix| {
+            let head = header.get(..prefix.len())?;
+            head.eq_ignore_ascii_case(prefix)
+                .then(|| &header[prefix.len()..])
+        })
+}
+
+/// Decodes a message in the CloudEvents AMQP binding (as sent by
+/// [`RabbitPublisher`](crate::transport::rabbitmq::RabbitPublisher) or any
+/// other CloudEvents SDK) into an [`Envelope`], in either content mode.
 ///
-/// Attributes come from the `ce-` headers (names case-insensitive), the content
-/// type from the `content_type` property. When no `ce-traceparent`/`ce-tracestate`
-/// header is present, plain `traceparent`/`tracestate` headers are used instead.
+/// - Structured: a `content_type` of `application/cloudevents+json` and the
+///   whole event, `data` included, as the body; attribute headers are ignored.
+/// - Binary: the attributes in headers named with the prefix `ce-` (what we
+///   and the CloudEvents SDKs' RabbitMQ bindings write), `cloudEvents_` or
+///   `cloudEvents:` (the AMQP binding's), names case-insensitive; the content
+///   type from the `content_type` property; the body as data. A `time` header
+///   may also be an AMQP timestamp (seconds) or an integer (milliseconds since
+///   the epoch, as the AMQP binding encodes timestamps).
+///
+/// In both modes, when the event has no `traceparent`/`tracestate`, plain
+/// `traceparent`/`tracestate` headers are used instead.
 ///
 /// ```
 /// use eventbus::transport::rabbitmq::{envelope_from_delivery, message_properties};
@@ -95,31 +124,44 @@ pub(super) fn sent_at(properties: &BasicProperties) -> Option<chrono::DateTime<c
 /// let properties = message_properties(&envelope, None);
 /// let back = envelope_from_delivery(&properties, &envelope.data).unwrap();
 /// assert_eq!(back, envelope);
+///
+/// // The same event in structured mode.
+/// let properties = eventbus::transport::rabbitmq::lapin::BasicProperties::default()
+///     .with_content_type("application/cloudevents+json".into());
+/// assert_eq!(envelope_from_delivery(&properties, &envelope.to_json()).unwrap(), envelope);
 /// ```
 ///
 /// # Errors
 ///
-/// [`EnvelopeError`] when a required attribute is missing or invalid, or a `ce-`
-/// header is not a string.
+/// [`EnvelopeError`] when a required attribute is missing or invalid, or an
+/// attribute header is not a string (nor, for `time`, a timestamp); for a
+/// structured message, also a body that is not a JSON CloudEvent or an event
+/// format other than JSON.
 pub fn envelope_from_delivery(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<Envelope, EnvelopeError> {
-    let mut headers: Vec<(&str, Vec<u8>)> = Vec::new();
+    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     let mut plain_traceparent = None;
     let mut plain_tracestate = None;
+    let structured = ContentMode::of(content_type) == ContentMode::Structured;
     if let Some(table) = properties.headers() {
         for (name, value) in table {
             let name = name.as_str();
-            let is_attribute = name
-                .get(..HEADER_PREFIX.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX));
-            if is_attribute {
-                let text = header_text(value).ok_or_else(|| EnvelopeError::InvalidAttribute {
-                    name: name[HEADER_PREFIX.len()..].to_ascii_lowercase(),
-                    reason: "AMQP header value must be a string".into(),
+            if let Some(attribute) = attribute_of(name) {
+                if structured {
+                    continue;
+                }
+                let attribute = attribute.to_ascii_lowercase();
+                let text = attribute_text(&attribute, value).ok_or_else(|| {
+                    EnvelopeError::InvalidAttribute {
+                        name: attribute.clone(),
+                        reason: "AMQP header value must be a string".into(),
+                    }
                 })?;
-                headers.push((name, text));
+                // One prefix for all, whichever each header was written with.
+                headers.push((format!("{HEADER_PREFIX}{attribute}"), text));
             } else if name.eq_ignore_ascii_case("traceparent") {
                 plain_traceparent = header_text(value);
             } else if name.eq_ignore_ascii_case("tracestate") {
@@ -127,13 +169,15 @@ pub fn envelope_from_delivery(
             }
         }
     }
-    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
-    let mut envelope = Envelope::from_binary(
-        HEADER_PREFIX,
-        headers.iter().map(|(k, v)| (*k, v.as_slice())),
-        content_type,
-        body.to_vec(),
-    )?;
+    let mut envelope = match content_type {
+        Some(format) if structured => Envelope::from_structured(format, body)?,
+        _ => Envelope::from_binary(
+            HEADER_PREFIX,
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            content_type,
+            body.to_vec(),
+        )?,
+    };
     if envelope.traceparent.is_none() {
         envelope.traceparent = plain_traceparent.and_then(|v| String::from_utf8(v).ok());
         if envelope.tracestate.is_none() {
@@ -141,6 +185,28 @@ pub fn envelope_from_delivery(
         }
     }
     Ok(envelope)
+}
+
+/// The text of attribute header `attribute`: as [`header_text`], except that
+/// a `time` given as an AMQP timestamp (seconds) or an integer (milliseconds,
+/// the AMQP binding's timestamp) becomes its RFC 3339 form.
+fn attribute_text(attribute: &str, value: &AMQPValue) -> Option<Vec<u8>> {
+    if attribute != "time" {
+        return header_text(value);
+    }
+    let time = match value {
+        AMQPValue::Timestamp(seconds) => {
+            DateTime::from_timestamp(i64::try_from(*seconds).ok()?, 0)?
+        }
+        AMQPValue::LongLongInt(ms) => DateTime::from_timestamp_millis(*ms)?,
+        AMQPValue::LongInt(ms) => DateTime::from_timestamp_millis(i64::from(*ms))?,
+        AMQPValue::LongUInt(ms) => DateTime::from_timestamp_millis(i64::from(*ms))?,
+        other => return header_text(other),
+    };
+    Some(
+        time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            .into_bytes(),
+    )
 }
 
 /// The bytes of a string-like header value; numbers and booleans as their text.
@@ -275,5 +341,60 @@ mod tests {
         assert_eq!(e.extensions["sequence"], "7");
         assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
         assert_eq!(e.data, b"hi");
+    }
+
+    #[test]
+    fn the_amqp_bindings_prefixes_and_timestamps_are_read() {
+        let e = sample();
+        for prefix in AMQP_BINDING_PREFIXES {
+            let mut headers = FieldTable::default();
+            for (name, value) in e.attributes() {
+                if name != "datacontenttype" && name != "time" {
+                    headers.insert(
+                        format!("{prefix}{name}").into(),
+                        AMQPValue::LongString(value.into()),
+                    );
+                }
+            }
+            let ms = e.time.expect("time").timestamp_millis();
+            headers.insert(format!("{prefix}time").into(), AMQPValue::LongLongInt(ms));
+            let p = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(headers.clone());
+            let back = envelope_from_delivery(&p, &e.data).expect("valid");
+            let mut expected = e.clone();
+            expected.time = chrono::DateTime::from_timestamp_millis(ms);
+            assert_eq!(back, expected, "prefix {prefix}");
+
+            headers.insert(
+                format!("{prefix}time").into(),
+                AMQPValue::Timestamp(u64::try_from(ms / 1000).expect("after 1970")),
+            );
+            let p = p.with_headers(headers);
+            let back = envelope_from_delivery(&p, &e.data).expect("valid");
+            assert_eq!(back.time, chrono::DateTime::from_timestamp(ms / 1000, 0));
+        }
+    }
+
+    #[test]
+    fn structured_mode_is_read_from_the_body() {
+        let e = sample();
+        // Attribute headers beside a structured body are ignored.
+        let mut headers = FieldTable::default();
+        headers.insert("ce-id".into(), AMQPValue::LongString("other".into()));
+        let p = BasicProperties::default()
+            .with_content_type("application/cloudevents+json; charset=utf-8".into())
+            .with_headers(headers);
+        assert_eq!(envelope_from_delivery(&p, &e.to_json()).expect("valid"), e);
+        for (body, expected) in [
+            (&b"{\"specversion\":"[..], "not valid JSON"),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"s"}"#,
+                "`type` is required",
+            ),
+        ] {
+            let err = envelope_from_delivery(&p, body).expect_err("malformed");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! RabbitMQ transport (lapin): [`RabbitPublisher`] sends envelopes to durable topic
 //! exchanges with publisher confirms, in the CloudEvents AMQP binary binding;
 //! [`RabbitSubscriber`] reads them from a consumer group's durable queue with
-//! manual acknowledgement; [`envelope_from_delivery`] decodes one delivery.
+//! manual acknowledgement; [`envelope_from_delivery`] decodes one delivery, in
+//! binary or structured mode.
 //!
 //! | module | owns |
 //! | --- | --- |
@@ -32,6 +33,15 @@
 //! | property `delivery_mode` | `2` (persistent) |
 //! | property `app_id` | [`RabbitPublisherBuilder::app_id`], when set |
 //!
+//! Received messages may also be in structured mode (property `content_type`
+//! `application/cloudevents+json` and the whole event, `data` included, as the
+//! body), or in binary mode with the attribute headers named as the
+//! CloudEvents AMQP binding names them, [`AMQP_BINDING_PREFIXES`]
+//! (`cloudEvents_<attr>`, `cloudEvents:<attr>`; a `time` there may be an AMQP
+//! timestamp or milliseconds since the epoch). A structured message that is
+//! not a JSON CloudEvent fails to decode like a malformed binary one, and the
+//! consumer dead-letters it the same way.
+//!
 //! # Consumer groups
 //!
 //! A group is a durable queue of the group's name, bound to the exchange of each
@@ -58,8 +68,10 @@ mod unroutable;
 
 pub use crate::redact::redact_url;
 use crate::redact::Secrets;
-pub use codec::{envelope_from_delivery, message_properties, SENT_AT_HEADER};
-use codec::{header_text, sent_at, with_sent_at};
+use codec::{attribute_of, header_text, sent_at, with_sent_at};
+pub use codec::{
+    envelope_from_delivery, message_properties, AMQP_BINDING_PREFIXES, SENT_AT_HEADER,
+};
 pub use publisher::{RabbitPublisher, RabbitPublisherBuilder, DEFAULT_MAX_MESSAGE_SIZE};
 pub use subscriber::{RabbitSubscriber, RabbitSubscriberBuilder, DEFAULT_LANES, DEFAULT_PREFETCH};
 pub use tls::RabbitTls;

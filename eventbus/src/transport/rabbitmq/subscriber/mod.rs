@@ -26,8 +26,8 @@ mod settle;
 pub use builder::RabbitSubscriberBuilder;
 
 use super::{
-    envelope_from_delivery, header_text, sent_at, RabbitTls, DEFAULT_BROKER_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, HEADER_PREFIX, SHORT_STRING_MAX,
+    attribute_of, envelope_from_delivery, header_text, sent_at, RabbitTls, DEFAULT_BROKER_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, SHORT_STRING_MAX,
 };
 use crate::error::{Error, Result};
 use crate::transport::{MessageInfo, Received, Subscriber, TransportError};
@@ -186,8 +186,8 @@ impl RabbitSubscriber {
     /// Turns a delivery into a [`Received`] whose settle handle acknowledges on
     /// the delivery's own channel.
     fn received(&self, delivery: Delivery, channel: Channel) -> Received {
-        let lane = self.options.lane_of(&delivery);
         let envelope = envelope_from_delivery(&delivery.properties, &delivery.data);
+        let lane = self.options.lane_of(&delivery, envelope.as_ref().ok());
         let mut info = MessageInfo::new("rabbitmq");
         info.broker_time = sent_at(&delivery.properties);
         let Delivery {
@@ -311,21 +311,15 @@ impl Drop for RabbitSubscriber {
     }
 }
 
-/// The `ce-partitionkey` header (name case-insensitive), as bytes.
+/// The `partitionkey` attribute header (any prefix we read, names
+/// case-insensitive), as bytes: the key of a message that does not decode.
 fn partition_key(properties: &BasicProperties) -> Option<Vec<u8>> {
     let headers = properties.headers().as_ref()?;
     headers.inner().iter().find_map(|(name, value)| {
-        let name = name.as_str();
-        let attribute = name.get(HEADER_PREFIX.len()..)?;
-        let is_key = name
-            .get(..HEADER_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX))
-            && attribute.eq_ignore_ascii_case("partitionkey");
-        if is_key {
-            header_text(value)
-        } else {
-            None
-        }
+        attribute_of(name.as_str())
+            .is_some_and(|a| a.eq_ignore_ascii_case("partitionkey"))
+            .then(|| header_text(value))
+            .flatten()
     })
 }
 
@@ -369,6 +363,8 @@ mod tests {
     fn the_partition_key_header_is_found_case_insensitively() {
         let p = properties_with_key("CE-PartitionKey", "o-1");
         assert_eq!(partition_key(&p), Some(b"o-1".to_vec()));
+        let p = properties_with_key("cloudEvents:partitionkey", "o-2");
+        assert_eq!(partition_key(&p), Some(b"o-2".to_vec()));
         let p = properties_with_key("ce-subject", "o-1");
         assert_eq!(partition_key(&p), None);
         assert_eq!(partition_key(&BasicProperties::default()), None);

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::builder::Binding;
 use super::{consumer_tag, partition_key};
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
 use crate::redact::Secrets;
@@ -119,18 +120,25 @@ impl Options {
     }
 
     /// The lane of a delivery: `0` with single active consumer, otherwise a
-    /// hash of its partition key (its message id when it has none).
-    pub(super) fn lane_of(&self, delivery: &Delivery) -> u64 {
+    /// hash of its partition key (its message id, else its event id, when it
+    /// has none). The key is the decoded event's, so that a structured-mode
+    /// message, whose key is in its body, keeps its key's lane too.
+    pub(super) fn lane_of(&self, delivery: &Delivery, envelope: Option<&Envelope>) -> u64 {
         if self.single_active_consumer {
             return 0;
         }
-        let key = partition_key(&delivery.properties).or_else(|| {
+        let key = match envelope {
+            Some(e) => e.partition_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            None => partition_key(&delivery.properties),
+        }
+        .or_else(|| {
             delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|id| id.as_str().as_bytes().to_vec())
-        });
+        })
+        .or_else(|| envelope.map(|e| e.id.as_bytes().to_vec()));
         match key {
             Some(key) => fnv1a(&key) % self.lanes,
             None => delivery.delivery_tag % self.lanes,
