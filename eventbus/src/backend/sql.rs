@@ -88,6 +88,11 @@ pub(crate) trait SqlDatabase: Database {
     /// [`Dialect::read_time`].
     fn time_at(row: &Self::Row, column: &str) -> Result<DateTime<Utc>, sqlx::Error>;
 
+    /// A relay's name as stored: whole, or cut to what the column holds.
+    fn stored_name(name: &str) -> &str {
+        name
+    }
+
     /// Begins a transaction for statements that read the lease table to fence
     /// their writes (MySQL: at `READ COMMITTED`).
     fn begin(pool: &Pool<Self>) -> BoxFuture<'_, Result<Transaction<'static, Self>, sqlx::Error>> {

@@ -237,6 +237,11 @@ impl SqlDatabase for MySql {
         row.try_get(column)
     }
 
+    /// The relays table's `name` is a `VARCHAR(255)`.
+    fn stored_name(name: &str) -> &str {
+        crate::backend::relay::truncate(name, 255)
+    }
+
     fn begin(pool: &MySqlPool) -> BoxFuture<'_, Result<Transaction<'static, MySql>, sqlx::Error>> {
         Box::pin(begin_read_committed(pool))
     }

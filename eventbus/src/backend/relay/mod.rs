@@ -26,9 +26,6 @@ use crate::outbox::OutboxRecord;
 use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
 use crate::table::TableName;
 
-/// The longest relay name stored (MySQL's `VARCHAR(255)`), in characters.
-const MAX_NAME_CHARS: usize = 255;
-
 /// A relay store's connection and statements: the pool, the outbox table
 /// (named in errors) and its SQL, shared and `Own`.
 #[derive(Debug)]
@@ -104,6 +101,7 @@ pub(crate) trait SqlRelay: Send + Sync + Debug + 'static {
 }
 
 /// Truncates `text` to at most `max` characters.
+#[cfg(feature = "mysql")]
 pub(crate) fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((end, _)) => &text[..end],
@@ -158,7 +156,7 @@ where
 
     async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
         let store = self.store();
-        let name = truncate(name, MAX_NAME_CHARS).to_owned();
+        let name = Db::<S>::stored_name(name).to_owned();
         let mut heartbeat = sqlx::query(&store.sql.heartbeat)
             .bind(Db::<S>::uuid(relay))
             .bind(name.clone());
@@ -358,7 +356,7 @@ where
     Ok(leases(held))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mysql"))]
 mod tests {
     use super::truncate;
 
