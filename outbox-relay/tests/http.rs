@@ -308,6 +308,9 @@ async fn head_answers_like_get_without_a_body() {
     let prefix = format!("{}.", unique_name("http_head"));
     let mut relay = start_relay("relay", &db.url, &amqp_url().await, &prefix, &dir);
     relay.wait_healthy().await;
+    // Ready once the first heartbeat reached the database: on a loaded
+    // machine that can come after the process answers `/healthz`.
+    wait_status(&relay, "/readyz", 200, Duration::from_secs(30)).await;
 
     for path in ["/healthz", "/readyz", "/metrics"] {
         let answer = raw_exchange(
