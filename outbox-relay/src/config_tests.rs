@@ -15,6 +15,16 @@ fn no_broker_args() -> BrokerArgs {
     }
 }
 
+/// No `--database-url`, `--outbox-table` or `--config` given.
+fn no_common_flags() -> Common {
+    Common {
+        database_url: None,
+        database_url_file: None,
+        outbox_table: None,
+        config: None,
+    }
+}
+
 fn temp_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, text).expect("write");
@@ -105,12 +115,7 @@ fn file_values_fill_what_flags_leave_open() {
          [destinations]\norders = \"shop.orders\"\n[producer]\n\"linger.ms\" = \"5\"\n",
     )
     .expect("valid");
-    let common = Common {
-        database_url: None,
-        database_url_file: None,
-        outbox_table: None,
-        config: None,
-    };
+    let common = no_common_flags();
     let run = RunArgs {
         broker: None,
         broker_options: no_broker_args(),
@@ -160,12 +165,7 @@ fn durations_take_human_forms_and_the_old_bare_numbers() {
          http_read_timeout = \"3s\"\nhttp_max_connections = 64\n",
     )
     .expect("valid");
-    let common = Common {
-        database_url: None,
-        database_url_file: None,
-        outbox_table: None,
-        config: None,
-    };
+    let common = no_common_flags();
     let run = run_args(&["--poll-interval", "250ms", "--http-request-timeout", "2"]);
     let r = resolve(&common, &run, file).expect("resolves");
     assert_eq!(r.relay.poll_interval, Duration::from_millis(250));

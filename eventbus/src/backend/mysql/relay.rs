@@ -255,16 +255,10 @@ impl SqlRelay for MySqlRelayStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.store.err(e))?;
-        let claimed = load_measured::<MySql, _>(
-            &mut tx,
-            &rows,
-            limits,
-            record,
-            &self.store.sql.own.payloads,
-            json_array,
-        )
-        .await
-        .map_err(|e| self.store.err(e))?;
+        let payloads = &self.store.sql.own.payloads;
+        let claimed = load_measured::<MySql>(&mut tx, &rows, limits, record, payloads)
+            .await
+            .map_err(|e| self.store.err(e))?;
         let Some(last) = claimed.last().map(|r| r.id) else {
             tx.commit().await.map_err(|e| self.store.err(e))?;
             return Ok(claimed);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Row, Type};
 
-use crate::backend::sql::Bind;
+use crate::backend::sql::{json_array, Bind};
 use crate::outbox::OutboxRecord;
 use crate::relay::ClaimLimits;
 
@@ -25,19 +25,18 @@ where
 }
 
 /// The claimed `rows` (read with `record`) that fit `limits`, with the
-/// payloads they send loaded by the statement `payloads` (its one parameter
-/// the wanted ids, bound as `ids` makes them) on `conn`.
-pub(crate) async fn load_measured<DB, Ids>(
+/// payloads they send loaded on `conn` by the statement `payloads`, whose one
+/// parameter is the wanted ids as a JSON array.
+pub(crate) async fn load_measured<DB>(
     conn: &mut DB::Connection,
     rows: &[DB::Row],
     limits: ClaimLimits,
     record: fn(&DB::Row) -> Result<OutboxRecord, sqlx::Error>,
     payloads: &str,
-    ids: fn(&[i64]) -> Ids,
 ) -> Result<Vec<OutboxRecord>, sqlx::Error>
 where
     DB: sqlx::Database,
-    Ids: Bind<DB>,
+    String: Bind<DB>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     &'static str: ColumnIndex<DB::Row>,
@@ -57,7 +56,7 @@ where
         HashMap::new()
     } else {
         sqlx::query_as::<_, (i64, Vec<u8>)>(payloads)
-            .bind(ids(&wanted))
+            .bind(json_array(&wanted))
             .fetch_all(&mut *conn)
             .await?
             .into_iter()

@@ -188,16 +188,10 @@ impl SqlRelay for SqliteRelayStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.store.err(e))?;
-        let claimed = load_measured::<Sqlite, _>(
-            &mut tx,
-            &rows,
-            limits,
-            record,
-            &self.store.sql.own.payloads,
-            json_array,
-        )
-        .await
-        .map_err(|e| self.store.err(e))?;
+        let payloads = &self.store.sql.own.payloads;
+        let claimed = load_measured::<Sqlite>(&mut tx, &rows, limits, record, payloads)
+            .await
+            .map_err(|e| self.store.err(e))?;
         tx.commit().await.map_err(|e| self.store.err(e))?;
         Ok(claimed)
     }
