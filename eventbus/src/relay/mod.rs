@@ -109,7 +109,7 @@ impl Relay {
         self.id
     }
 
-    /// Live figures, for `/metrics` (also recorded through the [`metrics`]
+    /// Live figures, for `/metrics` (also recorded through the [`metrics`](::metrics)
     /// facade, labelled with the configuration's `name` and `table`).
     pub fn metrics(&self) -> Arc<RelayMetrics> {
         Arc::clone(&self.metrics)
