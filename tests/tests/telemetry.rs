@@ -809,37 +809,6 @@ fn the_global_tracer_exports_to_memory() {
     assert_eq!(spans_of(trace).len(), 1);
 }
 
-/// The names follow Prometheus's conventions: a counter's name, and only a
-/// counter's, ends in `_total`; a duration is in seconds (`_seconds`); and
-/// every relay series carries the `relay` and `outbox` labels that keep two
-/// relays of one process apart.
-#[test]
-fn metric_names_follow_prometheus_conventions() {
-    let relay = eventbus::relay::RelayMetrics::new("r", "eventbus_outbox").render_prometheus();
-    let consumer = eventbus::consumer::ConsumerMetrics::new("g").render_prometheus();
-    for text in [&relay, &consumer] {
-        for line in text.lines() {
-            if let Some(declared) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = declared.split_once(' ').expect("# TYPE name kind");
-                assert_eq!(
-                    name.ends_with("_total"),
-                    kind == "counter",
-                    "{name} is a {kind}"
-                );
-                assert!(
-                    !name.contains("_ms") && !name.contains("milli"),
-                    "{name}: durations in seconds"
-                );
-            } else if !line.starts_with('#') {
-                let labelled = line.starts_with("eventbus_consumer_")
-                    && line.contains("{group=\"g\"")
-                    || line.contains("{relay=\"r\",outbox=\"eventbus_outbox\"");
-                assert!(labelled, "unlabelled sample: {line}");
-            }
-        }
-    }
-}
-
 /// Every metric the Grafana dashboard queries is one the relay renders, and
 /// `docs/observability.md` documents every metric the relay and the consumer
 /// render.
