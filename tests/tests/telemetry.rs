@@ -631,7 +631,9 @@ async fn metrics_after_a_run(broker: Broker) {
     outbox.publish(&mut tx, &too_large).await.expect("publish");
     tx.commit().await.expect("commit");
 
+    let relay_name = unique_name("tel_relay");
     let config = eventbus::relay::RelayConfig {
+        name: relay_name.clone(),
         // The large event is refused and, with one attempt, parked.
         max_message_bytes: 1_000,
         max_attempts: 1,
@@ -671,41 +673,74 @@ async fn metrics_after_a_run(broker: Broker) {
     let text = exposition.render();
     eprintln!("{text}");
 
-    // The relay: counts.
-    assert_eq!(sample(&text, "eventbus_relay_published_total"), 5.0);
+    // The relay: counts, labelled with its name and table.
+    let r = format!("{{relay=\"{relay_name}\",outbox=\"eventbus_outbox\"}}");
     assert_eq!(
-        sample(&text, "eventbus_relay_rejected_total"),
+        sample(&text, &format!("eventbus_relay_published_total{r}")),
+        5.0
+    );
+    assert_eq!(
+        sample(&text, &format!("eventbus_relay_rejected_total{r}")),
         1.0,
         "the large one"
     );
-    assert_eq!(sample(&text, "eventbus_relay_parked_total"), 1.0);
-    assert_eq!(sample(&text, "eventbus_outbox_parked_rows"), 1.0);
-    assert_eq!(sample(&text, "eventbus_outbox_backlog_total"), 0.0);
     assert_eq!(
-        sample(&text, "eventbus_outbox_oldest_pending_age_seconds"),
+        sample(&text, &format!("eventbus_relay_parked_total{r}")),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, &format!("eventbus_outbox_parked_rows{r}")),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, &format!("eventbus_outbox_pending_rows{r}")),
         0.0
     );
-    assert_eq!(sample(&text, "eventbus_relay_broker_up"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("eventbus_outbox_oldest_pending_age_seconds{r}")
+        ),
+        0.0
+    );
+    assert_eq!(sample(&text, &format!("eventbus_relay_broker_up{r}")), 1.0);
     // The relay: times and sizes.
-    let batches = sample(&text, "eventbus_relay_publish_latency_seconds_count");
+    let batches = sample(
+        &text,
+        &format!("eventbus_relay_publish_latency_seconds_count{r}"),
+    );
     assert!(batches >= 1.0, "{batches} batches");
-    assert_eq!(sample(&text, "eventbus_relay_batch_size_count"), batches);
-    assert_eq!(sample(&text, "eventbus_relay_batch_size_sum"), 5.0);
-    let latency = sample(&text, "eventbus_relay_publish_latency_seconds_sum") / batches;
+    assert_eq!(
+        sample(&text, &format!("eventbus_relay_batch_size_count{r}")),
+        batches
+    );
+    assert_eq!(
+        sample(&text, &format!("eventbus_relay_batch_size_sum{r}")),
+        5.0
+    );
+    let latency = sample(
+        &text,
+        &format!("eventbus_relay_publish_latency_seconds_sum{r}"),
+    ) / batches;
     assert!(
         latency > 0.0 && latency < 10.0,
         "publish latency {latency} s"
     );
     assert_eq!(
-        sample(&text, "eventbus_relay_outbox_wait_seconds_count"),
+        sample(
+            &text,
+            &format!("eventbus_relay_outbox_wait_seconds_count{r}")
+        ),
         5.0
     );
-    let wait = sample(&text, "eventbus_relay_outbox_wait_seconds_sum") / 5.0;
+    let wait = sample(&text, &format!("eventbus_relay_outbox_wait_seconds_sum{r}")) / 5.0;
     assert!(wait > 0.0 && wait < 60.0, "outbox wait {wait} s");
     assert_eq!(
         sample(
             &text,
-            "eventbus_relay_outbox_wait_seconds_bucket{le=\"+Inf\"}"
+            &format!(
+                "eventbus_relay_outbox_wait_seconds_bucket{{relay=\"{relay_name}\",outbox=\"eventbus_outbox\",le=\"+Inf\"}}"
+            )
         ),
         5.0
     );

@@ -1,13 +1,73 @@
 //! [`ConsumerMetrics`]: what a consumer has done since it started, and how
-//! long it took, rendered in the Prometheus text format.
+//! long it took, recorded through the [`metrics`] facade (into the
+//! application's recorder) and rendered in the Prometheus text format.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use metrics::{Counter, Label};
+
 use super::Outcome;
+use crate::telemetry::facade::Describe;
 use crate::telemetry::{Exposition, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, WAIT_BUCKETS};
 
+const HANDLED: Describe = Describe::new(
+    "eventbus_consumer_handled_total",
+    "Messages whose handler ran and committed.",
+);
+const DUPLICATES: Describe = Describe::new(
+    "eventbus_consumer_duplicates_total",
+    "Redeliveries the inbox recognised and skipped.",
+);
+const DEAD_LETTERED: Describe = Describe::new(
+    "eventbus_consumer_dead_lettered_total",
+    "Messages dead-lettered (to the broker or the parked table).",
+);
+const RELEASED: Describe = Describe::new(
+    "eventbus_consumer_released_total",
+    "Messages given back to the broker unhandled.",
+);
+const PARKED: Describe = Describe::new(
+    "eventbus_consumer_parked_total",
+    "Messages parked in the consumer's table to be handled later.",
+);
+const RETRIES: Describe = Describe::new("eventbus_consumer_retries_total", "Handler retries made.");
+const BATCHES: Describe = Describe::new(
+    "eventbus_consumer_batches_total",
+    "Batches taken for batch handlers.",
+);
+const BATCH_SPLITS: Describe = Describe::new(
+    "eventbus_consumer_batch_splits_total",
+    "Failed batches split in two to isolate the failing event.",
+);
+const VERSION_GATED: Describe = Describe::new(
+    "eventbus_consumer_version_gated_total",
+    "Messages of a schema version newer than their handler knows, set aside for an upgraded consumer.",
+);
+const HANDLING: Describe = Describe::new(
+    "eventbus_consumer_handling_duration_seconds",
+    "Time from a message's arrival at its handler to its settlement, retries included (per batch for batch handlers).",
+);
+const BROKER_WAIT: Describe = Describe::new(
+    "eventbus_consumer_broker_wait_seconds",
+    "Time a message waited in the broker: from the broker taking it to its handler starting.",
+);
+const END_TO_END: Describe = Describe::new(
+    "eventbus_consumer_end_to_end_seconds",
+    "Time from an event's outbox write (its CloudEvents time) to its handler starting.",
+);
+const BATCH_SIZE: Describe = Describe::new(
+    "eventbus_consumer_batch_size",
+    "Messages per batch taken for batch handlers.",
+);
+
 /// Counters and histograms of one consumer.
+///
+/// Every figure is recorded twice: in the consumer's own counters (read by
+/// the accessors and [`render_prometheus`](Self::render_prometheus)), and
+/// through the [`metrics`] facade into whatever recorder the application
+/// installed, labelled `group` so that several consumers in one process
+/// stay apart.
 ///
 /// ```
 /// use eventbus::consumer::ConsumerMetrics;
@@ -34,6 +94,46 @@ pub struct ConsumerMetrics {
     largest_batch: AtomicU64,
     batch_splits: AtomicU64,
     version_gated: AtomicU64,
+    recorded: Recorded,
+}
+
+/// The facade's handles, labelled with the group.
+#[derive(Debug)]
+struct Recorded {
+    handled: Counter,
+    duplicates: Counter,
+    dead_lettered: Counter,
+    released: Counter,
+    parked: Counter,
+    retries: Counter,
+    batches: Counter,
+    batch_splits: Counter,
+    version_gated: Counter,
+    handling: metrics::Histogram,
+    broker_wait: metrics::Histogram,
+    end_to_end: metrics::Histogram,
+    batch_size: metrics::Histogram,
+}
+
+impl Recorded {
+    fn new(group: &str) -> Self {
+        let l = [Label::new("group", group.to_owned())];
+        Recorded {
+            handled: HANDLED.counter(&l),
+            duplicates: DUPLICATES.counter(&l),
+            dead_lettered: DEAD_LETTERED.counter(&l),
+            released: RELEASED.counter(&l),
+            parked: PARKED.counter(&l),
+            retries: RETRIES.counter(&l),
+            batches: BATCHES.counter(&l),
+            batch_splits: BATCH_SPLITS.counter(&l),
+            version_gated: VERSION_GATED.counter(&l),
+            handling: HANDLING.histogram(&l),
+            broker_wait: BROKER_WAIT.histogram(&l),
+            end_to_end: END_TO_END.histogram(&l),
+            batch_size: BATCH_SIZE.histogram(&l),
+        }
+    }
 }
 
 impl Default for ConsumerMetrics {
@@ -43,10 +143,13 @@ impl Default for ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    /// Zeroed metrics of consumer group `group` (the `group` label).
+    /// Zeroed metrics of consumer group `group` (the `group` label),
+    /// registered with the [`metrics`] recorder in force.
     pub fn new(group: impl Into<String>) -> Self {
+        let group = group.into();
         ConsumerMetrics {
-            group: group.into(),
+            recorded: Recorded::new(&group),
+            group,
             handling: Histogram::new(LATENCY_BUCKETS),
             broker_wait: Histogram::new(WAIT_BUCKETS),
             end_to_end: Histogram::new(WAIT_BUCKETS),
@@ -69,32 +172,37 @@ impl ConsumerMetrics {
     /// retries included.
     pub(super) fn handling(&self, took: Duration) {
         self.handling.observe_duration(took);
+        self.recorded.handling.record(took);
     }
 
     /// A message reached its handler `waited` after the broker took it.
     pub(super) fn broker_wait(&self, waited: Duration) {
         self.broker_wait.observe_duration(waited);
+        self.recorded.broker_wait.record(waited);
     }
 
     /// A message reached its handler `age` after its event happened (its
     /// CloudEvents `time`: the outbox write).
     pub(super) fn end_to_end(&self, age: Duration) {
         self.end_to_end.observe_duration(age);
+        self.recorded.end_to_end.record(age);
     }
 
     pub(super) fn record(&self, outcome: &Outcome) {
-        let counter = match outcome {
-            Outcome::Handled => &self.handled,
-            Outcome::Duplicate => &self.duplicates,
-            Outcome::DeadLettered => &self.dead_lettered,
-            Outcome::Released => &self.released,
-            Outcome::Parked => &self.parked,
+        let (counter, recorded) = match outcome {
+            Outcome::Handled => (&self.handled, &self.recorded.handled),
+            Outcome::Duplicate => (&self.duplicates, &self.recorded.duplicates),
+            Outcome::DeadLettered => (&self.dead_lettered, &self.recorded.dead_lettered),
+            Outcome::Released => (&self.released, &self.recorded.released),
+            Outcome::Parked => (&self.parked, &self.recorded.parked),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        recorded.increment(1);
     }
 
     pub(super) fn retried(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+        self.recorded.retries.increment(1);
     }
 
     pub(super) fn batch(&self, size: usize) {
@@ -103,14 +211,18 @@ impl ConsumerMetrics {
         self.batch_size.observe(size as f64);
         self.batched.fetch_add(size, Ordering::Relaxed);
         self.largest_batch.fetch_max(size, Ordering::Relaxed);
+        self.recorded.batches.increment(1);
+        self.recorded.batch_size.record(size as f64);
     }
 
     pub(super) fn batch_split(&self) {
         self.batch_splits.fetch_add(1, Ordering::Relaxed);
+        self.recorded.batch_splits.increment(1);
     }
 
     pub(super) fn gated(&self) {
         self.version_gated.fetch_add(1, Ordering::Relaxed);
+        self.recorded.version_gated.increment(1);
     }
 
     /// Messages whose handler ran and committed.
@@ -194,78 +306,27 @@ impl ConsumerMetrics {
     pub fn write_to(&self, out: &mut Exposition) {
         let labels = [("group", self.group.as_str())];
         let counters = [
-            (
-                "eventbus_consumer_handled_total",
-                "Messages whose handler ran and committed.",
-                self.handled(),
-            ),
-            (
-                "eventbus_consumer_duplicates_total",
-                "Redeliveries the inbox recognised and skipped.",
-                self.duplicates(),
-            ),
-            (
-                "eventbus_consumer_dead_lettered_total",
-                "Messages dead-lettered (to the broker or the parked table).",
-                self.dead_lettered(),
-            ),
-            (
-                "eventbus_consumer_released_total",
-                "Messages given back to the broker unhandled.",
-                self.released(),
-            ),
-            (
-                "eventbus_consumer_parked_total",
-                "Messages parked in the consumer's table to be handled later.",
-                self.parked(),
-            ),
-            (
-                "eventbus_consumer_retries_total",
-                "Handler retries made.",
-                self.retries(),
-            ),
-            (
-                "eventbus_consumer_batches_total",
-                "Batches taken for batch handlers.",
-                self.batches(),
-            ),
-            (
-                "eventbus_consumer_batch_splits_total",
-                "Failed batches split in two to isolate the failing event.",
-                self.batch_splits(),
-            ),
-            (
-                "eventbus_consumer_version_gated_total",
-                "Messages of a schema version newer than their handler knows, set aside for an upgraded consumer.",
-                self.version_gated(),
-            ),
+            (HANDLED, self.handled()),
+            (DUPLICATES, self.duplicates()),
+            (DEAD_LETTERED, self.dead_lettered()),
+            (RELEASED, self.released()),
+            (PARKED, self.parked()),
+            (RETRIES, self.retries()),
+            (BATCHES, self.batches()),
+            (BATCH_SPLITS, self.batch_splits()),
+            (VERSION_GATED, self.version_gated()),
         ];
-        for (name, help, value) in counters {
-            out.counter(name, help, &labels, value);
+        for (d, value) in counters {
+            out.counter(d.name, d.help, &labels, value);
         }
-        out.histogram(
-            "eventbus_consumer_handling_duration_seconds",
-            "Time from a message's arrival at its handler to its settlement, retries included (per batch for batch handlers).",
-            &labels,
-            &self.handling,
-        );
-        out.histogram(
-            "eventbus_consumer_broker_wait_seconds",
-            "Time a message waited in the broker: from the broker taking it to its handler starting.",
-            &labels,
-            &self.broker_wait,
-        );
-        out.histogram(
-            "eventbus_consumer_end_to_end_seconds",
-            "Time from an event's outbox write (its CloudEvents time) to its handler starting.",
-            &labels,
-            &self.end_to_end,
-        );
-        out.histogram(
-            "eventbus_consumer_batch_size",
-            "Messages per batch taken for batch handlers.",
-            &labels,
-            &self.batch_size,
-        );
+        let histograms = [
+            (HANDLING, &self.handling),
+            (BROKER_WAIT, &self.broker_wait),
+            (END_TO_END, &self.end_to_end),
+            (BATCH_SIZE, &self.batch_size),
+        ];
+        for (d, histogram) in histograms {
+            out.histogram(d.name, d.help, &labels, histogram);
+        }
     }
 }

@@ -1,16 +1,115 @@
 //! [`RelayMetrics`]: counters, gauges and histograms of a running relay,
-//! rendered in the Prometheus text format for `/metrics`.
+//! recorded through the [`metrics`] facade (into the application's recorder)
+//! and rendered in the Prometheus text format for `/metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use metrics::{Counter, Gauge, Label};
+
+use crate::telemetry::facade::{self, Describe};
 use crate::telemetry::{Exposition, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, WAIT_BUCKETS};
 
+const PUBLISHED: Describe = Describe::new(
+    "eventbus_relay_published_total",
+    "Events acknowledged by the broker.",
+);
+const REJECTED: Describe = Describe::new(
+    "eventbus_relay_rejected_total",
+    "Publish attempts rejected by the broker (failed).",
+);
+const PARKED: Describe = Describe::new(
+    "eventbus_relay_parked_total",
+    "Rows parked as failed after their last attempt.",
+);
+const UNROUTABLE: Describe = Describe::new(
+    "eventbus_relay_unroutable_total",
+    "Events the broker routed to no queue, dropped by the destination's policy (also counted as published).",
+);
+const OUTAGES: Describe = Describe::new(
+    "eventbus_relay_broker_outages_total",
+    "Batches that found the broker unavailable.",
+);
+const ABANDONED: Describe = Describe::new(
+    "eventbus_relay_abandoned_batches_total",
+    "Batches abandoned while being sent because a partition lease lapsed.",
+);
+const BATCHES: Describe = Describe::new("eventbus_relay_batches_total", "Batches published.");
+const RETENTION_DELETED: Describe = Describe::new(
+    "eventbus_relay_retention_deleted_total",
+    "Published rows deleted by the retention clean-up.",
+);
+const RETENTION_BACKLOG: Describe = Describe::new(
+    "eventbus_outbox_retention_backlog_rows",
+    "Published rows older than the retention window, not yet deleted.",
+);
+const BACKLOG: Describe = Describe::new(
+    "eventbus_outbox_backlog",
+    "Pending outbox rows per partition owned by this relay.",
+);
+const PENDING: Describe = Describe::new(
+    "eventbus_outbox_pending_rows",
+    "Pending outbox rows in partitions owned by this relay.",
+);
+const OLDEST_PENDING: Describe = Describe::new(
+    "eventbus_outbox_oldest_pending_age_seconds",
+    "Age of the oldest pending row.",
+);
+const HELD_BACK: Describe = Describe::new(
+    "eventbus_relay_held_back_seconds",
+    "How long committed rows have waited for an older open transaction.",
+);
+const PARKED_ROWS: Describe =
+    Describe::new("eventbus_outbox_parked_rows", "Rows parked as failed.");
+const OWNED: Describe = Describe::new(
+    "eventbus_relay_owned_partitions",
+    "Partitions this relay owns.",
+);
+const DATABASE_UP: Describe = Describe::new(
+    "eventbus_relay_database_up",
+    "1 if the last heartbeat reached the database.",
+);
+const BROKER_UP: Describe = Describe::new(
+    "eventbus_relay_broker_up",
+    "1 if the last publish reached the broker (or none was tried yet).",
+);
+const LATENCY: Describe = Describe::new(
+    "eventbus_relay_publish_latency_seconds",
+    "Time from sending a batch to the broker's last acknowledgement.",
+);
+const BATCH_SIZE: Describe = Describe::new(
+    "eventbus_relay_batch_size",
+    "Rows sent to the broker per batch.",
+);
+const OUTBOX_WAIT: Describe = Describe::new(
+    "eventbus_relay_outbox_wait_seconds",
+    "Time an event waited in the outbox: from its write in the business transaction to the broker's acknowledgement.",
+);
+
 /// Live figures of one relay. Cheap to update from the hot path.
+///
+/// Every figure is recorded twice: in the relay's own counters (read by
+/// [`snapshot`](Self::snapshot), the accessors and
+/// [`render_prometheus`](Self::render_prometheus)), and through the
+/// [`metrics`] facade into whatever recorder the application installed,
+/// labelled `relay` (the relay's name) and `outbox` (its table) so that
+/// several relays in one process stay apart.
+///
+/// ```
+/// use eventbus::relay::RelayMetrics;
+///
+/// let metrics = RelayMetrics::new("orders-relay", "eventbus_outbox");
+/// let text = metrics.render_prometheus();
+/// assert!(text.contains(
+///     "eventbus_relay_published_total{relay=\"orders-relay\",outbox=\"eventbus_outbox\"} 0"
+/// ));
+/// ```
 #[derive(Debug)]
 pub struct RelayMetrics {
+    relay: String,
+    outbox: String,
     published: AtomicU64,
     rejected: AtomicU64,
     parked: AtomicU64,
@@ -27,30 +126,94 @@ pub struct RelayMetrics {
     batch_size: Histogram,
     outbox_wait: Histogram,
     snapshot: Mutex<Snapshot>,
+    recorded: Recorded,
+}
+
+/// The facade's handles, labelled with the relay.
+#[derive(Debug)]
+struct Recorded {
+    labels: Vec<Label>,
+    published: Counter,
+    rejected: Counter,
+    parked: Counter,
+    outages: Counter,
+    abandoned: Counter,
+    batches: Counter,
+    retention_deleted: Counter,
+    retention_backlog: Gauge,
+    pending: Gauge,
+    oldest_pending: Gauge,
+    held_back: Gauge,
+    parked_rows: Gauge,
+    owned: Gauge,
+    database_up: Gauge,
+    broker_up: Gauge,
+    latency: metrics::Histogram,
+    batch_size: metrics::Histogram,
+    outbox_wait: metrics::Histogram,
+}
+
+impl Recorded {
+    fn new(labels: Vec<Label>) -> Self {
+        let l = labels.as_slice();
+        Recorded {
+            published: PUBLISHED.counter(l),
+            rejected: REJECTED.counter(l),
+            parked: PARKED.counter(l),
+            outages: OUTAGES.counter(l),
+            abandoned: ABANDONED.counter(l),
+            batches: BATCHES.counter(l),
+            retention_deleted: RETENTION_DELETED.counter(l),
+            retention_backlog: RETENTION_BACKLOG.gauge(l),
+            pending: PENDING.gauge(l),
+            oldest_pending: OLDEST_PENDING.gauge(l),
+            held_back: HELD_BACK.gauge(l),
+            parked_rows: PARKED_ROWS.gauge(l),
+            owned: OWNED.gauge(l),
+            database_up: DATABASE_UP.gauge(l),
+            broker_up: BROKER_UP.gauge(l),
+            latency: LATENCY.histogram(l),
+            batch_size: BATCH_SIZE.histogram(l),
+            outbox_wait: OUTBOX_WAIT.histogram(l),
+            labels,
+        }
+    }
+
+    /// Sets the gauges read from the database; partitions in `before` but
+    /// no longer owned drop to 0 (a facade cannot remove a series).
+    fn snapshot(&self, before: &Snapshot, now: &Snapshot) {
+        for p in before.backlog.keys() {
+            if !now.backlog.contains_key(p) {
+                self.backlog(*p).set(0.0);
+            }
+        }
+        for (p, n) in &now.backlog {
+            self.backlog(*p).set(*n as f64);
+        }
+        self.pending.set(now.backlog.values().sum::<u64>() as f64);
+        self.oldest_pending.set(now.oldest_pending_seconds);
+        self.held_back.set(now.held_back_seconds);
+        self.parked_rows.set(now.parked_rows as f64);
+        self.owned.set(now.owned_partitions as f64);
+        self.database_up
+            .set(f64::from(u8::from(now.database_available)));
+        self.broker_up
+            .set(f64::from(u8::from(now.broker_available)));
+    }
+
+    fn backlog(&self, partition: i32) -> Gauge {
+        BACKLOG.gauge(&facade::with(
+            &self.labels,
+            "partition",
+            partition.to_string(),
+        ))
+    }
 }
 
 impl Default for RelayMetrics {
+    /// Metrics of a relay with no name and no table (empty labels).
     fn default() -> Self {
-        RelayMetrics {
-            published: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            parked: AtomicU64::new(0),
-            unroutable: Mutex::new(BTreeMap::new()),
-            outages: AtomicU64::new(0),
-            abandoned: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            retention_deleted: AtomicU64::new(0),
-            retention_backlog: AtomicU64::new(0),
-            latency: Histogram::new(LATENCY_BUCKETS),
-            batch_size: Histogram::new(SIZE_BUCKETS),
-            outbox_wait: Histogram::new(WAIT_BUCKETS),
-            // Presumed up until a publish finds it down: an idle relay has
-            // seen no outage.
-            snapshot: Mutex::new(Snapshot {
-                broker_available: true,
-                ..Snapshot::default()
-            }),
-        }
+        Self::new("", "")
     }
 }
 
@@ -75,46 +238,110 @@ pub struct Snapshot {
 }
 
 impl RelayMetrics {
+    /// Zeroed metrics of relay `relay` over outbox table `outbox` (the
+    /// `relay` and `outbox` labels), registered with the [`metrics`]
+    /// recorder in force. [`Relay::new`](super::Relay::new) makes them from
+    /// its configuration's `name` and `table`.
+    pub fn new(relay: impl Into<String>, outbox: impl Into<String>) -> Self {
+        let relay = relay.into();
+        let outbox = outbox.into();
+        // Presumed up until a publish finds it down: an idle relay has seen
+        // no outage.
+        let snapshot = Snapshot {
+            broker_available: true,
+            ..Snapshot::default()
+        };
+        let recorded = Recorded::new(vec![
+            Label::new("relay", relay.clone()),
+            Label::new("outbox", outbox.clone()),
+        ]);
+        recorded.snapshot(&Snapshot::default(), &snapshot);
+        RelayMetrics {
+            relay,
+            outbox,
+            published: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            unroutable: Mutex::new(BTreeMap::new()),
+            outages: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            retention_deleted: AtomicU64::new(0),
+            retention_backlog: AtomicU64::new(0),
+            latency: Histogram::new(LATENCY_BUCKETS),
+            batch_size: Histogram::new(SIZE_BUCKETS),
+            outbox_wait: Histogram::new(WAIT_BUCKETS),
+            snapshot: Mutex::new(snapshot),
+            recorded,
+        }
+    }
+
+    /// The relay's name (the `relay` label).
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    /// The relay's outbox table (the `outbox` label).
+    pub fn outbox(&self) -> &str {
+        &self.outbox
+    }
+
     pub(crate) fn published(&self, n: u64) {
         self.published.fetch_add(n, Ordering::Relaxed);
+        self.recorded.published.increment(n);
     }
     pub(crate) fn rejected(&self, n: u64) {
         self.rejected.fetch_add(n, Ordering::Relaxed);
+        self.recorded.rejected.increment(n);
     }
     pub(crate) fn parked(&self, n: u64) {
         self.parked.fetch_add(n, Ordering::Relaxed);
+        self.recorded.parked.increment(n);
     }
     /// One event the broker routed nowhere and `destination`'s policy dropped.
     pub(crate) fn unroutable(&self, destination: &str) {
         if let Ok(mut counts) = self.unroutable.lock() {
             *counts.entry(destination.to_owned()).or_default() += 1;
         }
+        // Rare, and labelled by a destination known only now.
+        let labels = facade::with(&self.recorded.labels, "destination", destination.to_owned());
+        UNROUTABLE.counter(&labels).increment(1);
     }
     pub(crate) fn outage(&self) {
         self.outages.fetch_add(1, Ordering::Relaxed);
+        self.recorded.outages.increment(1);
     }
     /// A batch abandoned in flight because its lease lapsed (fencing).
     pub(crate) fn lease_lapsed(&self) {
         self.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.recorded.abandoned.increment(1);
     }
     pub(crate) fn batch(&self, publish_latency: Duration, size: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.latency.observe_duration(publish_latency);
         self.batch_size.observe(size as f64);
+        self.recorded.batches.increment(1);
+        self.recorded.latency.record(publish_latency);
+        self.recorded.batch_size.record(size as f64);
     }
     /// One row acknowledged by the broker `waited` after it was written.
     pub(crate) fn outbox_wait(&self, waited: Duration) {
         self.outbox_wait.observe_duration(waited);
+        self.recorded.outbox_wait.record(waited);
     }
     pub(crate) fn retention_deleted(&self, n: u64) {
         self.retention_deleted.fetch_add(n, Ordering::Relaxed);
+        self.recorded.retention_deleted.increment(n);
     }
     pub(crate) fn retention_backlog(&self, n: u64) {
         self.retention_backlog.store(n, Ordering::Relaxed);
+        self.recorded.retention_backlog.set(n as f64);
     }
     pub(crate) fn update_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
         if let Ok(mut s) = self.snapshot.lock() {
+            let before = s.clone();
             f(&mut s);
+            self.recorded.snapshot(&before, &s);
         }
     }
 
@@ -174,133 +401,56 @@ impl RelayMetrics {
     }
 
     /// Adds this relay's metrics to `exposition` (to serve them together with
-    /// those of consumers in the same process).
+    /// those of consumers, or of other relays, in the same process).
     pub fn write_to(&self, out: &mut Exposition) {
         let snap = self.snapshot();
-        out.counter(
-            "eventbus_relay_published_total",
-            "Events acknowledged by the broker.",
-            &[],
-            self.published_total(),
-        );
-        out.counter(
-            "eventbus_relay_rejected_total",
-            "Publish attempts rejected by the broker (failed).",
-            &[],
-            self.rejected_total(),
-        );
-        out.counter(
-            "eventbus_relay_parked_total",
-            "Rows parked as failed after their last attempt.",
-            &[],
-            self.parked_total(),
-        );
+        let labels = [
+            ("relay", self.relay.as_str()),
+            ("outbox", self.outbox.as_str()),
+        ];
+        let counters = [
+            (PUBLISHED, self.published_total()),
+            (REJECTED, self.rejected_total()),
+            (PARKED, self.parked_total()),
+            (OUTAGES, self.outages.load(Ordering::Relaxed)),
+            (ABANDONED, self.abandoned_batches_total()),
+            (BATCHES, self.batches.load(Ordering::Relaxed)),
+            (RETENTION_DELETED, self.retention_deleted_total()),
+        ];
+        for (d, value) in counters {
+            out.counter(d.name, d.help, &labels, value);
+        }
         for (destination, n) in self.unroutable_total() {
-            out.counter(
-                "eventbus_relay_unroutable_total",
-                "Events the broker routed to no queue, dropped by the destination's policy (also counted as published).",
-                &[("destination", &destination)],
-                n,
-            );
+            let labels = [labels[0], labels[1], ("destination", destination.as_str())];
+            out.counter(UNROUTABLE.name, UNROUTABLE.help, &labels, n);
         }
-        out.counter(
-            "eventbus_relay_broker_outages_total",
-            "Batches that found the broker unavailable.",
-            &[],
-            self.outages.load(Ordering::Relaxed),
-        );
-        out.counter(
-            "eventbus_relay_abandoned_batches_total",
-            "Batches abandoned while being sent because a partition lease lapsed.",
-            &[],
-            self.abandoned_batches_total(),
-        );
-        out.counter(
-            "eventbus_relay_batches_total",
-            "Batches published.",
-            &[],
-            self.batches.load(Ordering::Relaxed),
-        );
 
-        out.counter(
-            "eventbus_relay_retention_deleted_total",
-            "Published rows deleted by the retention clean-up.",
-            &[],
-            self.retention_deleted_total(),
-        );
-        out.gauge(
-            "eventbus_outbox_retention_backlog_rows",
-            "Published rows older than the retention window, not yet deleted.",
-            &[],
-            self.retention_backlog_rows() as f64,
-        );
-
-        let backlog = "eventbus_outbox_backlog";
-        let help = "Pending outbox rows per partition owned by this relay.";
-        out.gauge_family(backlog, help);
+        out.gauge_family(BACKLOG.name, BACKLOG.help);
         for (p, n) in &snap.backlog {
-            out.gauge(backlog, help, &[("partition", &p.to_string())], *n as f64);
+            let partition = p.to_string();
+            let labels = [labels[0], labels[1], ("partition", partition.as_str())];
+            out.gauge(BACKLOG.name, BACKLOG.help, &labels, *n as f64);
         }
-        let total: u64 = snap.backlog.values().sum();
-        out.gauge(
-            "eventbus_outbox_backlog_total",
-            "Pending outbox rows in partitions owned by this relay.",
-            &[],
-            total as f64,
-        );
-        out.gauge(
-            "eventbus_outbox_oldest_pending_age_seconds",
-            "Age of the oldest pending row.",
-            &[],
-            snap.oldest_pending_seconds,
-        );
-        out.gauge(
-            "eventbus_relay_held_back_seconds",
-            "How long committed rows have waited for an older open transaction.",
-            &[],
-            snap.held_back_seconds,
-        );
-        out.gauge(
-            "eventbus_outbox_parked_rows",
-            "Rows parked as failed.",
-            &[],
-            snap.parked_rows as f64,
-        );
-        out.gauge(
-            "eventbus_relay_owned_partitions",
-            "Partitions this relay owns.",
-            &[],
-            snap.owned_partitions as f64,
-        );
-        out.gauge(
-            "eventbus_relay_database_up",
-            "1 if the last heartbeat reached the database.",
-            &[],
-            f64::from(u8::from(snap.database_available)),
-        );
-        out.gauge(
-            "eventbus_relay_broker_up",
-            "1 if the last publish reached the broker (or none was tried yet).",
-            &[],
-            f64::from(u8::from(snap.broker_available)),
-        );
+        let gauges = [
+            (RETENTION_BACKLOG, self.retention_backlog_rows() as f64),
+            (PENDING, snap.backlog.values().sum::<u64>() as f64),
+            (OLDEST_PENDING, snap.oldest_pending_seconds),
+            (HELD_BACK, snap.held_back_seconds),
+            (PARKED_ROWS, snap.parked_rows as f64),
+            (OWNED, snap.owned_partitions as f64),
+            (DATABASE_UP, f64::from(u8::from(snap.database_available))),
+            (BROKER_UP, f64::from(u8::from(snap.broker_available))),
+        ];
+        for (d, value) in gauges {
+            out.gauge(d.name, d.help, &labels, value);
+        }
 
+        out.histogram(LATENCY.name, LATENCY.help, &labels, &self.latency);
+        out.histogram(BATCH_SIZE.name, BATCH_SIZE.help, &labels, &self.batch_size);
         out.histogram(
-            "eventbus_relay_publish_latency_seconds",
-            "Time from sending a batch to the broker's last acknowledgement.",
-            &[],
-            &self.latency,
-        );
-        out.histogram(
-            "eventbus_relay_batch_size",
-            "Rows sent to the broker per batch.",
-            &[],
-            &self.batch_size,
-        );
-        out.histogram(
-            "eventbus_relay_outbox_wait_seconds",
-            "Time an event waited in the outbox: from its write in the business transaction to the broker's acknowledgement.",
-            &[],
+            OUTBOX_WAIT.name,
+            OUTBOX_WAIT.help,
+            &labels,
             &self.outbox_wait,
         );
     }
@@ -312,7 +462,7 @@ mod tests {
 
     #[test]
     fn renders_counters_gauges_and_histograms() {
-        let m = RelayMetrics::default();
+        let m = RelayMetrics::new("r1", "eventbus_outbox");
         m.published(5);
         m.unroutable("shop.orders");
         m.unroutable("shop.orders");
@@ -323,19 +473,23 @@ mod tests {
             s.broker_available = true;
         });
         let text = m.render_prometheus();
-        assert!(text.contains("eventbus_relay_published_total 5"));
-        assert!(text.contains("eventbus_outbox_backlog{partition=\"3\"} 7"));
-        assert!(text.contains("eventbus_outbox_backlog_total 7"));
-        assert!(text.contains("eventbus_relay_publish_latency_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("eventbus_relay_publish_latency_seconds_bucket{le=\"0.001\"} 0"));
-        assert!(text.contains("eventbus_relay_batch_size_bucket{le=\"5\"} 1"));
-        assert!(text.contains("eventbus_relay_batch_size_sum 5"));
-        assert!(text.contains("eventbus_relay_outbox_wait_seconds_bucket{le=\"0.025\"} 0"));
-        assert!(text.contains("eventbus_relay_outbox_wait_seconds_bucket{le=\"0.05\"} 1"));
-        assert!(text.contains("eventbus_relay_broker_up 1"));
-        assert!(
-            text.contains("eventbus_relay_unroutable_total{destination=\"shop.orders\"} 2"),
-            "{text}"
-        );
+        let l = "relay=\"r1\",outbox=\"eventbus_outbox\"";
+        for line in [
+            format!("eventbus_relay_published_total{{{l}}} 5"),
+            format!("eventbus_outbox_backlog{{{l},partition=\"3\"}} 7"),
+            format!("eventbus_outbox_pending_rows{{{l}}} 7"),
+            format!("eventbus_relay_publish_latency_seconds_bucket{{{l},le=\"0.005\"}} 1"),
+            format!("eventbus_relay_publish_latency_seconds_bucket{{{l},le=\"0.001\"}} 0"),
+            format!("eventbus_relay_batch_size_bucket{{{l},le=\"5\"}} 1"),
+            format!("eventbus_relay_batch_size_sum{{{l}}} 5"),
+            format!("eventbus_relay_outbox_wait_seconds_bucket{{{l},le=\"0.025\"}} 0"),
+            format!("eventbus_relay_outbox_wait_seconds_bucket{{{l},le=\"0.05\"}} 1"),
+            format!("eventbus_relay_broker_up{{{l}}} 1"),
+            format!("eventbus_relay_unroutable_total{{{l},destination=\"shop.orders\"}} 2"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        // A gauge is not a counter: no `_total` on the backlog.
+        assert!(!text.contains("eventbus_outbox_backlog_total"), "{text}");
     }
 }

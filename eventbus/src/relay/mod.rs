@@ -94,12 +94,13 @@ impl Relay {
         config: RelayConfig,
     ) -> Result<Self> {
         config.validate()?;
+        let metrics = RelayMetrics::new(config.name.clone(), config.table.to_string());
         Ok(Relay {
             id: Uuid::now_v7(),
             store,
             publisher,
             config: Arc::new(config),
-            metrics: Arc::new(RelayMetrics::default()),
+            metrics: Arc::new(metrics),
         })
     }
 
@@ -108,7 +109,8 @@ impl Relay {
         self.id
     }
 
-    /// Live figures, for `/metrics`.
+    /// Live figures, for `/metrics` (also recorded through the [`metrics`](::metrics)
+    /// facade, labelled with the configuration's `name` and `table`).
     pub fn metrics(&self) -> Arc<RelayMetrics> {
         Arc::clone(&self.metrics)
     }

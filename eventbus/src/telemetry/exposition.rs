@@ -26,14 +26,15 @@ pub(crate) const SIZE_BUCKETS: &[f64] = &[
 ///
 /// Several sources can write into one exposition — a relay and the consumers
 /// of a service, say — and each family is rendered once, with the samples of
-/// every source under it (consumers tell theirs apart by the `group` label).
+/// every source under it (consumers tell theirs apart by the `group` label,
+/// relays by the `relay` and `outbox` labels).
 ///
 /// ```
 /// use eventbus::consumer::ConsumerMetrics;
 /// use eventbus::relay::RelayMetrics;
 /// use eventbus::telemetry::Exposition;
 ///
-/// let relay = RelayMetrics::default();
+/// let relay = RelayMetrics::new("orders-relay", "eventbus_outbox");
 /// let billing = ConsumerMetrics::new("billing");
 /// let shipping = ConsumerMetrics::new("shipping");
 ///
@@ -42,7 +43,9 @@ pub(crate) const SIZE_BUCKETS: &[f64] = &[
 /// billing.write_to(&mut exposition);
 /// shipping.write_to(&mut exposition);
 /// let text = exposition.render(); // serve it at GET /metrics
-/// assert!(text.contains("eventbus_relay_published_total 0"));
+/// assert!(text.contains(
+///     "eventbus_relay_published_total{relay=\"orders-relay\",outbox=\"eventbus_outbox\"} 0"
+/// ));
 /// assert!(text.contains("eventbus_consumer_handled_total{group=\"shipping\"} 0"));
 /// assert_eq!(text.matches("# TYPE eventbus_consumer_handled_total counter").count(), 1);
 /// ```
@@ -201,11 +204,17 @@ impl Histogram {
 }
 
 fn render_labels(labels: &[(&str, &str)], le: Option<&str>) -> String {
-    if labels.is_empty() && le.is_none() {
+    // An empty value is the same as no label to Prometheus: leave it out.
+    let mut all = labels
+        .iter()
+        .copied()
+        .filter(|(_, v)| !v.is_empty())
+        .chain(le.map(|le| ("le", le)))
+        .peekable();
+    if all.peek().is_none() {
         return String::new();
     }
     let mut out = String::from("{");
-    let all = labels.iter().copied().chain(le.map(|le| ("le", le)));
     for (i, (k, v)) in all.enumerate() {
         if i > 0 {
             out.push(',');
@@ -274,7 +283,7 @@ mod tests {
     fn a_family_is_declared_once() {
         let mut e = Exposition::new();
         e.counter("c_total", "C.", &[("group", "a")], 1);
-        e.gauge("g", "G.", &[], 0.25);
+        e.gauge("g", "G.", &[("relay", "")], 0.25);
         e.counter("c_total", "C.", &[("group", "b")], 2);
         let text = e.render();
         assert_eq!(text.matches("# TYPE c_total counter").count(), 1);

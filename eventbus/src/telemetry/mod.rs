@@ -65,10 +65,33 @@
 //!
 //! [`RelayMetrics`](crate::relay::RelayMetrics) and
 //! [`ConsumerMetrics`](crate::consumer::ConsumerMetrics) count and time what
-//! happens; both render the Prometheus text format, alone or together through
-//! an [`Exposition`]. `docs/observability.md` lists every metric.
+//! happens. They record through the [`metrics`] facade into the recorder the
+//! application installs (relay series labelled `relay` and `outbox`, consumer
+//! series `group`), and render the same figures in the Prometheus text
+//! format, alone or together through an [`Exposition`] (what `outbox-relay`
+//! serves). `docs/observability.md` lists every metric;
+//! `docs/adr/0013-metrics-facade.md` says why both.
+//!
+//! ```
+//! use eventbus::consumer::ConsumerMetrics;
+//! use metrics_util::debugging::DebuggingRecorder;
+//!
+//! let recorder = DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! // Built while the application's recorder is in force: registered with it.
+//! let metrics = metrics::with_local_recorder(&recorder, || ConsumerMetrics::new("billing"));
+//! let names: Vec<String> = snapshotter
+//!     .snapshot()
+//!     .into_vec()
+//!     .into_iter()
+//!     .map(|(key, ..)| key.key().name().to_owned())
+//!     .collect();
+//! assert!(names.iter().any(|n| n == "eventbus_consumer_handled_total"));
+//! assert_eq!(metrics.handled(), 0);
+//! ```
 
 mod exposition;
+pub(crate) mod facade;
 pub(crate) mod span;
 mod trace_context;
 

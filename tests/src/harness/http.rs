@@ -41,10 +41,18 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// The value of the unlabelled Prometheus sample `name` in `text`.
+/// The value of the first Prometheus sample of `name` in `text`, whatever
+/// its labels (a sidecar's relay series all carry the same `relay` and
+/// `outbox` labels).
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    })
 }
 
 /// Waits until `GET path` on 127.0.0.1:`port` answers 200; `alive` says
