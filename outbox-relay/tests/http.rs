@@ -308,6 +308,9 @@ async fn head_answers_like_get_without_a_body() {
     let prefix = format!("{}.", unique_name("http_head"));
     let mut relay = start_relay("relay", &db.url, &amqp_url().await, &prefix, &dir);
     relay.wait_healthy().await;
+    // Ready only once the first heartbeat has reached the database, which may
+    // come after the listener answers /healthz.
+    wait_status(&relay, "/readyz", 200, Duration::from_secs(30)).await;
 
     for path in ["/healthz", "/readyz", "/metrics"] {
         let answer = raw_exchange(
