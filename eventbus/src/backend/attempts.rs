@@ -4,6 +4,7 @@
 //! backend's own `record` (invoked from each backend's `attempts.rs`); the
 //! databases with `RETURNING` share that too ([`record_returning`]).
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use sqlx::{Decode, Executor, IntoArguments, Type};
 
 use crate::backend::dialect::Dialect;
