@@ -152,10 +152,12 @@ impl BenchDb {
         let name = format!("eventbus_bench_{run_id}_{label}");
         let mut admin = PgConnection::connect(&admin_url).await?;
         admin
-            .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
             .await?;
         admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .await?;
         let _ = admin.close().await;
         let url = replace_db_name(&admin_url, &name);

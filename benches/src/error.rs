@@ -18,6 +18,9 @@ pub(crate) enum BenchError {
     /// A database statement failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A statement of the W5 peer, on its own sqlx release, failed.
+    #[error("peer database: {0}")]
+    PeerDatabase(#[from] peer_sqlx::Error),
     /// The eventbus library refused or failed.
     #[error("eventbus: {0}")]
     Eventbus(#[from] eventbus::Error),

@@ -7,6 +7,7 @@
 //! rather than SQL where the dialects differ: placeholders (`$1`, `?1`, `?`),
 //! DDL, JSON operators and reserved words (`key` in MySQL).
 
+use crate::composed;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -187,14 +188,14 @@ macro_rules! plain_sql_on_own_pool {
         }
 
         async fn execute(&self, sql: &str) -> sqlx::Result<u64> {
-            Ok(self.pool.execute(sql).await?.rows_affected())
+            Ok(self.pool.execute(composed(sql)).await?.rows_affected())
         }
 
         fn execute_in<'c>(
             conn: &'c mut <Self::DB as sqlx::Database>::Connection,
             sql: &'c str,
         ) -> BoxFuture<'c, sqlx::Result<u64>> {
-            Box::pin(async move { Ok(conn.execute(sql).await?.rows_affected()) })
+            Box::pin(async move { Ok(conn.execute(composed(sql)).await?.rows_affected()) })
         }
 
         fn scalar_in<'c>(
@@ -202,7 +203,7 @@ macro_rules! plain_sql_on_own_pool {
             sql: &'c str,
         ) -> BoxFuture<'c, i64> {
             Box::pin(async move {
-                sqlx::query_scalar(sql)
+                sqlx::query_scalar(composed(sql))
                     .fetch_one(conn)
                     .await
                     .unwrap_or_else(|e| panic_on(sql, e))
@@ -246,7 +247,7 @@ impl TestDatabase for TestDb {
 
     async fn scalar(&self, sql: &str) -> i64 {
         use sqlx::Row;
-        let row = sqlx::query(sql)
+        let row = sqlx::query(composed(sql))
             .fetch_one(&self.pool)
             .await
             .unwrap_or_else(|e| panic_on(sql, e));
@@ -257,7 +258,7 @@ impl TestDatabase for TestDb {
     }
 
     async fn texts(&self, sql: &str) -> Vec<Option<String>> {
-        sqlx::query_scalar(sql)
+        sqlx::query_scalar(composed(sql))
             .fetch_all(&self.pool)
             .await
             .unwrap_or_else(|e| panic_on(sql, e))
@@ -362,14 +363,14 @@ impl TestDatabase for TestSqlite {
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
+        sqlx::query_scalar(composed(sql))
             .fetch_one(&self.pool)
             .await
             .unwrap_or_else(|e| panic_on(sql, e))
     }
 
     async fn texts(&self, sql: &str) -> Vec<Option<String>> {
-        sqlx::query_scalar(sql)
+        sqlx::query_scalar(composed(sql))
             .fetch_all(&self.pool)
             .await
             .unwrap_or_else(|e| panic_on(sql, e))
@@ -465,7 +466,7 @@ impl TestDatabase for TestMySql {
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
+        sqlx::query_scalar(composed(sql))
             .fetch_one(&self.pool)
             .await
             .unwrap_or_else(|e| panic_on(sql, e))
@@ -473,7 +474,7 @@ impl TestDatabase for TestMySql {
 
     async fn texts(&self, sql: &str) -> Vec<Option<String>> {
         // Bytes: sqlx will not decode binary-collated text as `String`.
-        let rows: Vec<Option<Vec<u8>>> = sqlx::query_scalar(sql)
+        let rows: Vec<Option<Vec<u8>>> = sqlx::query_scalar(composed(sql))
             .fetch_all(&self.pool)
             .await
             .unwrap_or_else(|e| panic_on(sql, e));
@@ -514,7 +515,7 @@ impl TestDatabase for TestMySql {
             }
             let values = vec!["(?, ?, ?, ?)"; rows.len()].join(", ");
             let sql = format!("INSERT INTO effects (member, `key`, seq, event_id) VALUES {values}");
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(composed(&sql));
             for (key, seq, event_id) in rows {
                 query = query.bind(member).bind(key).bind(seq).bind(event_id);
             }

@@ -38,6 +38,13 @@ pub mod tls;
 pub use backend::{CommitOrder, Effect, TestDatabase};
 pub use services::{amqp_url, database_url, kafka_brokers, mysql_url, sqs_endpoint};
 
+/// SQL text a test composed (names from [`unique_name`] or the suite's own
+/// tables, never data from outside the test), handed to sqlx, which takes
+/// only `&'static str` unless the text is asserted safe from injection.
+pub fn composed(text: impl Into<String>) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text.into())
+}
+
 /// A name unique to this process and call, for databases, topics, exchanges, queues.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -66,7 +73,7 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at DATABASE_URL: {e}"));
         admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .execute(composed(format!("CREATE DATABASE \"{name}\"")))
             .await
             .expect("create test database");
         let url = replace_db_name(&admin_url, &name);
@@ -115,9 +122,9 @@ pub fn drop_databases(admin_url: &str, names: &[String]) {
             if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
                 for name in names {
                     let _ = admin
-                        .execute(
-                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
-                        )
+                        .execute(composed(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
                         .await;
                 }
             }

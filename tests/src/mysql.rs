@@ -1,6 +1,7 @@
 //! MySQL and MariaDB test databases: `CREATE DATABASE eventbus_test_<unique>`
 //! on the server of `MYSQL_URL` per test, dropped when the test ends.
 
+use crate::composed;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 
@@ -27,7 +28,7 @@ impl TestMySql {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to MySQL at MYSQL_URL: {e}"));
         admin
-            .execute(format!("CREATE DATABASE `{name}`").as_str())
+            .execute(composed(format!("CREATE DATABASE `{name}`")))
             .await
             .expect("create test database");
         let _ = admin.close().await;
@@ -98,10 +99,10 @@ pub fn drop_database(admin_url: &str, name: &str) {
             .await
             .unwrap_or_default();
             for id in sessions {
-                let _ = admin.execute(format!("KILL {id}").as_str()).await;
+                let _ = admin.execute(composed(format!("KILL {id}"))).await;
             }
             let _ = admin
-                .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
+                .execute(composed(format!("DROP DATABASE IF EXISTS `{name}`")))
                 .await;
             let _ = admin.close().await;
         });

@@ -279,7 +279,7 @@ async fn tx_then_publish_in_one_handler_commits_both_together() {
                 key: step.key.clone(),
                 seq: step.seq,
             };
-            if step.seq % 2 == 0 {
+            if step.seq.is_multiple_of(2) {
                 let mut tx = ctx.tx().await?;
                 sqlx::query(
                     "INSERT INTO effects (member, key, seq, event_id) VALUES ('', $1, $2, $3)",

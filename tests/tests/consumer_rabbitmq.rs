@@ -107,7 +107,7 @@ async fn single_active_consumer_keeps_per_key_order() {
                 let handled = Arc::clone(&handled);
                 async move {
                     // A little work, so that messages queue up in the lanes.
-                    if step.seq % 10 == 0 {
+                    if step.seq.is_multiple_of(10) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     handled.lock().expect("lock").push((member, step.clone()));

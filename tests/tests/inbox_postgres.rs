@@ -2,6 +2,7 @@
 //! (`eventbus_tests::suites::inbox`, also run on MySQL and SQLite), and
 //! cleanup of thousands of entries in batches of one statement each.
 
+use eventbus_tests::composed;
 use std::time::Duration;
 
 use eventbus::Inbox;
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 eventbus_tests::matrix!(inbox_postgres);
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar(composed(sql))
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))

@@ -5,6 +5,7 @@
 //! and the rows of messages it handles stay. Without the option nothing is
 //! deleted; a window under a minute is refused.
 
+use eventbus_tests::composed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,11 +47,11 @@ async fn seed(pool: &PgPool, group: &str, other: &str) {
         (group, "new", "0 seconds", 10),
         (other, "other", "2 days", 20),
     ] {
-        sqlx::query(&format!(
+        sqlx::query(composed(format!(
             "INSERT INTO eventbus_inbox (consumer, source, message_id, event_type, received_at)
              SELECT $1, 'urn:test', '{prefix}-' || g, 't', now() - interval '{age}'
              FROM generate_series(1, $2::bigint) AS g"
-        ))
+        )))
         .bind(consumer)
         .bind(n)
         .execute(pool)

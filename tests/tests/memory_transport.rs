@@ -5,6 +5,7 @@
 //! consumer over it (with PostgreSQL) applies each event once despite
 //! duplicates and rebalances.
 
+use eventbus_tests::composed;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -723,7 +724,7 @@ async fn record(ctx: &Context<Postgres>, step: &Step, pause: Duration) -> Result
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar(composed(sql))
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))

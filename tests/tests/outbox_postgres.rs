@@ -4,6 +4,7 @@
 //! partition computed by `hashtext`, the `NOTIFY` on commit, and
 //! schema-qualified tables.
 
+use eventbus_tests::composed;
 use std::time::Duration;
 
 use eventbus::{Error, Metadata, Migrator, Outbox};
@@ -16,7 +17,7 @@ use sqlx::PgPool;
 eventbus_tests::matrix!(outbox_postgres);
 
 async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+    sqlx::query_scalar(composed(format!("SELECT count(*) FROM {table}")))
         .fetch_one(pool)
         .await
         .expect("count rows")

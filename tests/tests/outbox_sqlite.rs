@@ -3,6 +3,7 @@
 //! what only SQLite has — timestamps as text in one fixed form, its `CHECK`
 //! constraints, WAL mode, attached databases as schemas, and the busy timeout.
 
+use eventbus_tests::composed;
 use std::time::Duration;
 
 use eventbus::{Error, Metadata, Migrator, Outbox};
@@ -25,7 +26,7 @@ fn is_eventbus_timestamp(text: &str) -> bool {
 }
 
 async fn count(pool: &SqlitePool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+    sqlx::query_scalar(composed(format!("SELECT count(*) FROM {table}")))
         .fetch_one(pool)
         .await
         .expect("count rows")

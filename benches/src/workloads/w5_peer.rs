@@ -12,7 +12,7 @@ use eventbus::{Event, Outbox};
 use outbox_core::{OutboxConfig, OutboxError, OutboxManagerBuilder, OutboxService, Transport};
 use outbox_kafka::{KafkaKeyExtractable, KafkaTransport};
 use outbox_postgres::{PostgresOutbox, PostgresWriter};
-use sqlx::PgPool;
+use peer_sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::w3_latency::{grace, writers_for};
@@ -139,10 +139,23 @@ fn peer_config() -> Arc<OutboxConfig<Tick>> {
     Arc::new(config)
 }
 
-async fn peer_db(ctx: &Ctx, label: &str) -> Result<BenchDb> {
+/// The peer's database: created (and dropped) like ours, reached through a
+/// pool of the sqlx release the peer is built on.
+struct PeerDb {
+    /// Keeps the database until the workload ends.
+    _db: BenchDb,
+    pool: PgPool,
+}
+
+async fn peer_db(ctx: &Ctx, label: &str) -> Result<PeerDb> {
     let db = BenchDb::create(&ctx.services, &ctx.run_id, label, 50).await?;
     sqlx::raw_sql(PEER_SCHEMA).execute(&db.pool).await?;
-    Ok(db)
+    let pool = peer_sqlx::postgres::PgPoolOptions::new()
+        .max_connections(50)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect(&db.url)
+        .await?;
+    Ok(PeerDb { _db: db, pool })
 }
 
 async fn peer_write(pool: &PgPool, tick: &Tick) -> Result<()> {

@@ -4,6 +4,7 @@
 //! skips. What differs between databases — ages, UUIDs, timestamps, lists of
 //! ids — comes from [`SqlDatabase`] and its [`Dialect`](super::dialect::Dialect).
 
+use crate::backend::sql::composed;
 use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Row, Type};
 
 use crate::backend::sql::{Bind, SqlDatabase};
@@ -33,7 +34,7 @@ impl<DB> Admin<DB>
 where
     DB: SqlDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
 {
     /// Runs `statement` (a statement on parked rows ending in its `WHERE`
     /// clause) on the rows `ids`, or on every parked row when `ids` is empty.
@@ -43,7 +44,7 @@ where
         } else {
             format!("{statement} AND {}", DB::DIALECT.in_list("id", 1))
         };
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(composed(&sql));
         if !ids.is_empty() {
             query = query.bind(DB::list(ids));
         }
@@ -57,7 +58,7 @@ impl<DB> AdminStore for Admin<DB>
 where
     DB: SqlDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
     for<'c> &'c str: ColumnIndex<DB::Row>,
     usize: ColumnIndex<DB::Row>,
     i32: for<'r> Decode<'r, DB> + Type<DB>,
@@ -75,7 +76,7 @@ where
             t = d.table(&self.table),
             limit = d.param(1),
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(composed(&sql))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -121,31 +122,31 @@ where
         let r = d.object(&self.table, "_relays");
         let now = d.now();
         // `count` is a 64-bit integer everywhere (MySQL's `SUM` is not).
-        let counts = sqlx::query(&format!(
+        let counts = sqlx::query(composed(format!(
             "SELECT count(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
                     count(CASE WHEN state = 'failed' THEN 1 END) AS failed, \
                     count(CASE WHEN state = 'published' THEN 1 END) AS published, \
                     coalesce({oldest}, 0.0) AS oldest \
              FROM {t}",
             oldest = d.age("min(CASE WHEN state = 'pending' THEN created_at END)"),
-        ))
+        )))
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        let relays = sqlx::query(&format!(
+        let relays = sqlx::query(composed(format!(
             "SELECT r.relay_id, r.name, {age} AS age, \
                     (SELECT count(*) FROM {p} l WHERE l.owner = r.relay_id \
                         AND l.lease_expires_at > {now}) AS owned \
              FROM {r} r ORDER BY r.relay_id",
             age = d.age("r.heartbeat_at"),
-        ))
+        )))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        let unowned: i64 = sqlx::query_scalar(&format!(
+        let unowned: i64 = sqlx::query_scalar(composed(format!(
             "SELECT count(*) FROM {p} \
              WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}"
-        ))
+        )))
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -9,7 +9,7 @@ use sqlx::{Decode, Executor, IntoArguments, Type};
 
 use crate::backend::dialect::Dialect;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-use crate::backend::sql::{Bind, SqlDatabase};
+use crate::backend::sql::{composed, Bind, SqlDatabase};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -29,7 +29,7 @@ pub(crate) async fn record_returning<DB>(
 where
     DB: SqlDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
     i64: for<'r> Decode<'r, DB> + Type<DB>,
     String: Bind<DB>,
@@ -47,7 +47,7 @@ where
         now = d.now(),
     );
     let key = InboxKey::of(envelope);
-    let n: i64 = sqlx::query_scalar(&sql)
+    let n: i64 = sqlx::query_scalar(composed(&sql))
         .bind(consumer.to_owned())
         .bind(key.source.to_owned())
         .bind(key.message_id.to_owned())
@@ -100,7 +100,7 @@ macro_rules! attempts_database {
                     key = $crate::backend::attempts::key_filter($dialect, 1),
                 );
                 let key = $crate::inbox::InboxKey::of(envelope);
-                sqlx::query(&sql)
+                sqlx::query($crate::backend::sql::composed(&sql))
                     .bind(consumer)
                     .bind(key.source)
                     .bind(key.message_id)
@@ -124,7 +124,7 @@ macro_rules! attempts_database {
                     key = $crate::backend::attempts::key_filter($dialect, 2),
                 );
                 let key = $crate::inbox::InboxKey::of(envelope);
-                sqlx::query(&sql)
+                sqlx::query($crate::backend::sql::composed(&sql))
                     .bind(reason)
                     .bind(consumer)
                     .bind(key.source)
@@ -147,13 +147,14 @@ macro_rules! attempts_database {
                     key = $crate::backend::attempts::key_filter($dialect, 1),
                 );
                 let key = $crate::inbox::InboxKey::of(envelope);
-                let row: Option<Option<String>> = sqlx::query_scalar(&sql)
-                    .bind(consumer)
-                    .bind(key.source)
-                    .bind(key.message_id)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err($crate::backend::attempts::failed(inbox))?;
+                let row: Option<Option<String>> =
+                    sqlx::query_scalar($crate::backend::sql::composed(&sql))
+                        .bind(consumer)
+                        .bind(key.source)
+                        .bind(key.message_id)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err($crate::backend::attempts::failed(inbox))?;
                 Ok(row.flatten())
             }
 
@@ -169,7 +170,7 @@ macro_rules! attempts_database {
                     key = $crate::backend::attempts::key_filter($dialect, 1),
                 );
                 let key = $crate::inbox::InboxKey::of(envelope);
-                sqlx::query(&sql)
+                sqlx::query($crate::backend::sql::composed(&sql))
                     .bind(consumer)
                     .bind(key.source)
                     .bind(key.message_id)

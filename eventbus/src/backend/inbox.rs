@@ -1,6 +1,7 @@
 //! The inbox insert of the databases that can skip a conflicting row
 //! (`INSERT … ON CONFLICT DO NOTHING`: PostgreSQL, SQLite).
 
+use crate::backend::sql::composed;
 use std::collections::HashSet;
 
 use sqlx::{Executor, IntoArguments};
@@ -30,7 +31,7 @@ pub(crate) async fn insert_unless_seen<DB>(
 where
     DB: SqlDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
     String: Bind<DB>,
     Option<String>: Bind<DB>,
 {
@@ -50,7 +51,7 @@ where
         t = DB::DIALECT.table(table),
     );
     let key = InboxKey::of(envelope);
-    let done = sqlx::query(&sql)
+    let done = sqlx::query(composed(&sql))
         .bind(consumer.to_owned())
         .bind(key.source.to_owned())
         .bind(key.message_id.to_owned())

@@ -3,7 +3,7 @@
 
 use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Type};
 
-use crate::backend::sql::{Bind, SqlDatabase};
+use crate::backend::sql::{composed, Bind, SqlDatabase};
 use crate::error::Result;
 
 /// Applies the `steps` — (component, version, statements) — not yet
@@ -16,7 +16,7 @@ pub(crate) async fn apply_steps<DB>(
 where
     DB: SqlDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
     usize: ColumnIndex<DB::Row>,
     i64: for<'r> Decode<'r, DB> + Type<DB>,
     i32: Bind<DB>,
@@ -34,7 +34,7 @@ where
         d.param(2)
     );
     for (component, version, statements) in steps {
-        let done: i64 = sqlx::query_scalar(&recorded)
+        let done: i64 = sqlx::query_scalar(composed(&recorded))
             .bind(component.clone())
             .bind(version)
             .fetch_one(&mut *conn)
@@ -45,9 +45,9 @@ where
         for statement in &statements {
             // No arguments: sent as text, so DDL, trigger bodies and (where
             // the database allows) several statements at once are fine.
-            conn.execute(statement.as_str()).await?;
+            conn.execute(composed(statement)).await?;
         }
-        sqlx::query(&record)
+        sqlx::query(composed(&record))
             .bind(component.clone())
             .bind(version)
             .execute(&mut *conn)

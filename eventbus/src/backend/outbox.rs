@@ -1,6 +1,7 @@
 //! The outbox insert of the databases without array parameters (MySQL,
 //! SQLite): multi-row `INSERT … VALUES (…), (…)` statements.
 
+use crate::backend::sql::composed;
 use sqlx::{Encode, Executor, IntoArguments, Type};
 
 use crate::backend::sql::{Bind, SqlDatabase};
@@ -23,7 +24,7 @@ pub(crate) async fn insert_rows<DB>(
 where
     DB: SqlDatabase + sqlx::database::HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
     for<'a> &'a str: Encode<'a, DB> + Type<DB>,
     for<'a> Option<&'a str>: Encode<'a, DB> + Type<DB>,
     i32: Bind<DB>,
@@ -38,7 +39,7 @@ where
          schema_version, subject, headers, payload, created_at) VALUES {values}",
         table = DB::DIALECT.table(table)
     );
-    let mut query = sqlx::query(&sql);
+    let mut query = sqlx::query(composed(&sql));
     for e in entries {
         query = query
             .bind(DB::uuid(e.event_id))

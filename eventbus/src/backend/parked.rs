@@ -3,6 +3,7 @@
 //! so one macro implements [`ParkedDatabase`] for each (invoked from each
 //! backend's module).
 
+use crate::backend::sql::composed;
 use chrono::{DateTime, Utc};
 
 use crate::backend::dialect::Dialect;
@@ -164,7 +165,7 @@ macro_rules! parked_database {
                     v = values.join(", "),
                     conflict = $conflict,
                 );
-                let done = sqlx::query(&statement)
+                let done = sqlx::query(composed(&statement))
                     .bind(row.consumer)
                     .bind(row.key)
                     .bind(row.source)
@@ -201,7 +202,7 @@ macro_rules! parked_database {
                     a = $d.param(1),
                     b = $d.param(2),
                 );
-                let found: Option<(i64,)> = sqlx::query_as(&statement)
+                let found: Option<(i64,)> = sqlx::query_as(composed(&statement))
                     .bind(consumer)
                     .bind(key)
                     .fetch_optional(pool)
@@ -228,7 +229,7 @@ macro_rules! parked_database {
                     b = $d.param(2),
                     l = limit.max(1),
                 );
-                let rows: Vec<Row> = sqlx::query_as(&statement)
+                let rows: Vec<Row> = sqlx::query_as(composed(&statement))
                     .bind(consumer)
                     .bind(millis(now))
                     .fetch_all(pool)
@@ -254,7 +255,7 @@ macro_rules! parked_database {
                     d = $d.param(5),
                     e = $d.param(6),
                 );
-                let done = sqlx::query(&statement)
+                let done = sqlx::query(composed(&statement))
                     .bind(millis(lease_until))
                     .bind(UNFINISHED_ATTEMPT)
                     .bind(parked.id)
@@ -287,7 +288,7 @@ macro_rules! parked_database {
                     f = $d.param(6),
                     g = $d.param(7),
                 );
-                let done = sqlx::query(&statement)
+                let done = sqlx::query(composed(&statement))
                     .bind(state)
                     .bind(holds)
                     .bind(attempts)
@@ -313,7 +314,7 @@ macro_rules! parked_database {
                     a = $d.param(1),
                     b = $d.param(2),
                 );
-                let done = sqlx::query(&statement)
+                let done = sqlx::query(composed(&statement))
                     .bind(id)
                     .bind(i64::from(claimed))
                     .execute(pool)
@@ -352,7 +353,7 @@ macro_rules! parked_database {
                     t = $d.object(inbox, PARKED_SUFFIX),
                     l = limit.max(1),
                 );
-                let mut query = sqlx::query_as::<_, Row>(&statement);
+                let mut query = sqlx::query_as::<_, Row>(composed(&statement));
                 if let Some(consumer) = consumer {
                     query = query.bind(consumer);
                 }
@@ -374,7 +375,7 @@ macro_rules! parked_database {
                     t = $d.object(inbox, PARKED_SUFFIX),
                     a = $d.param(1),
                 );
-                let row: Option<Row> = sqlx::query_as(&statement)
+                let row: Option<Row> = sqlx::query_as(composed(&statement))
                     .bind(id)
                     .fetch_optional(pool)
                     .await
@@ -400,7 +401,7 @@ macro_rules! parked_database {
                 let mut replayed = 0;
                 match ids {
                     None => {
-                        replayed += sqlx::query(&statement)
+                        replayed += sqlx::query(composed(&statement))
                             .bind(millis(now))
                             .bind(consumer)
                             .execute(pool)
@@ -410,7 +411,7 @@ macro_rules! parked_database {
                     }
                     Some(ids) => {
                         for id in ids {
-                            replayed += sqlx::query(&one)
+                            replayed += sqlx::query(composed(&one))
                                 .bind(millis(now))
                                 .bind(consumer)
                                 .bind(*id)

@@ -101,7 +101,7 @@ macro_rules! inventory_sql {
             }
 
             async fn restock(pool: &Pool<Self>, sku: &str, units: i64) -> sqlx::Result<()> {
-                sqlx::query(&$dialect.sql("DELETE FROM reservations WHERE sku = $1"))
+                sqlx::query($dialect.sql("DELETE FROM reservations WHERE sku = $1"))
                     .bind(sku)
                     .execute(pool)
                     .await?;
@@ -126,7 +126,7 @@ macro_rules! inventory_sql {
 
             async fn reserve(tx: &mut Transaction<'static, Self>, o: &OrderPlaced) -> sqlx::Result<Reserve> {
                 let known: Option<String> =
-                    sqlx::query_scalar(&$dialect.sql("SELECT state FROM reservations WHERE order_id = $1"))
+                    sqlx::query_scalar($dialect.sql("SELECT state FROM reservations WHERE order_id = $1"))
                         .bind(&o.order_id)
                         .fetch_optional(&mut **tx)
                         .await?;
@@ -135,7 +135,7 @@ macro_rules! inventory_sql {
                 }
                 // Check and take in one statement: concurrent orders for the
                 // same product cannot both take the last units.
-                let taken = sqlx::query(&$dialect.sql(
+                let taken = sqlx::query($dialect.sql(
                     "UPDATE stock SET available = available - $1 WHERE sku = $2 AND available >= $3",
                 ))
                 .bind(o.quantity)
@@ -144,13 +144,13 @@ macro_rules! inventory_sql {
                 .execute(&mut **tx)
                 .await?;
                 if taken.rows_affected() == 0 {
-                    let left: Option<i64> = sqlx::query_scalar(&$dialect.sql("SELECT available FROM stock WHERE sku = $1"))
+                    let left: Option<i64> = sqlx::query_scalar($dialect.sql("SELECT available FROM stock WHERE sku = $1"))
                         .bind(&o.sku)
                         .fetch_optional(&mut **tx)
                         .await?;
                     return Ok(Reserve::Unavailable(left.unwrap_or(0)));
                 }
-                sqlx::query(&$dialect.sql(
+                sqlx::query($dialect.sql(
                     "INSERT INTO reservations (order_id, sku, quantity, state) VALUES ($1, $2, $3, 'reserved')",
                 ))
                 .bind(&o.order_id)
@@ -164,7 +164,7 @@ macro_rules! inventory_sql {
             async fn settle_reservation(tx: &mut Transaction<'static, Self>, order_id: &str, to: &str) -> sqlx::Result<Option<i64>> {
                 // Update, then read what was moved (MySQL has no
                 // `UPDATE … RETURNING`); the update's row lock holds the row.
-                let moved = sqlx::query(&$dialect.sql(
+                let moved = sqlx::query($dialect.sql(
                     "UPDATE reservations SET state = $1 WHERE order_id = $2 AND state = 'reserved'",
                 ))
                 .bind(to)
@@ -174,14 +174,14 @@ macro_rules! inventory_sql {
                 if moved.rows_affected() == 0 {
                     return Ok(None);
                 }
-                let (sku, quantity): (String, i64) = sqlx::query_as(&$dialect.sql(
+                let (sku, quantity): (String, i64) = sqlx::query_as($dialect.sql(
                     "SELECT sku, quantity FROM reservations WHERE order_id = $1",
                 ))
                 .bind(order_id)
                 .fetch_one(&mut **tx)
                 .await?;
                 if to == "released" {
-                    sqlx::query(&$dialect.sql("UPDATE stock SET available = available + $1 WHERE sku = $2"))
+                    sqlx::query($dialect.sql("UPDATE stock SET available = available + $1 WHERE sku = $2"))
                         .bind(quantity)
                         .bind(&sku)
                         .execute(&mut **tx)

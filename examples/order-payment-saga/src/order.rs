@@ -144,7 +144,7 @@ macro_rules! order_sql {
                     Dialect::MySql => ", KEY orders_awaiting (state, deadline_ms)",
                     Dialect::Postgres | Dialect::Sqlite => "",
                 };
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "CREATE TABLE IF NOT EXISTS orders (
                         id             VARCHAR(255) PRIMARY KEY,
                         customer       TEXT NOT NULL,
@@ -156,7 +156,7 @@ macro_rules! order_sql {
                         placed_at_ms   BIGINT NOT NULL,
                         deadline_ms    BIGINT,
                         finished_at_ms BIGINT{index})",
-                ))
+                )))
                 .execute(pool)
                 .await?;
                 if $dialect != Dialect::MySql {
@@ -168,7 +168,7 @@ macro_rules! order_sql {
             }
 
             async fn insert_order(tx: &mut Transaction<'static, Self>, o: &OrderPlaced) -> sqlx::Result<()> {
-                sqlx::query(&$dialect.sql(
+                sqlx::query($dialect.sql(
                     "INSERT INTO orders (id, customer, sku, quantity, amount_cents, state, placed_at_ms)
                      VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
                 ))
@@ -194,7 +194,7 @@ macro_rules! order_sql {
                 // A guarded UPDATE per allowed state: whoever changes the row first
                 // wins, the others match nothing (the row lock orders them).
                 for state in from {
-                    let done = sqlx::query(&$dialect.sql(
+                    let done = sqlx::query($dialect.sql(
                         "UPDATE orders SET state = $1, reason = $2, finished_at_ms = $3
                          WHERE id = $4 AND state = $5",
                     ))
@@ -211,7 +211,7 @@ macro_rules! order_sql {
             }
 
             async fn await_payment(tx: &mut Transaction<'static, Self>, id: &str, deadline_ms: i64) -> sqlx::Result<bool> {
-                let done = sqlx::query(&$dialect.sql(
+                let done = sqlx::query($dialect.sql(
                     "UPDATE orders SET state = 'awaiting_payment', deadline_ms = $1
                      WHERE id = $2 AND state = 'pending'",
                 ))
@@ -223,7 +223,7 @@ macro_rules! order_sql {
             }
 
             async fn overdue(pool: &Pool<Self>, now_ms: i64) -> sqlx::Result<Vec<String>> {
-                sqlx::query_scalar(&$dialect.sql(
+                sqlx::query_scalar($dialect.sql(
                     "SELECT id FROM orders WHERE state = 'awaiting_payment' AND deadline_ms < $1",
                 ))
                 .bind(now_ms)
@@ -232,7 +232,7 @@ macro_rules! order_sql {
             }
 
             async fn order(pool: &Pool<Self>, id: &str) -> sqlx::Result<Option<OrderView>> {
-                let row: Option<Row> = sqlx::query_as(&$dialect.sql(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1")))
+                let row: Option<Row> = sqlx::query_as($dialect.sql(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1")))
                     .bind(id)
                     .fetch_optional(pool)
                     .await?;
@@ -240,7 +240,7 @@ macro_rules! order_sql {
             }
 
             async fn orders(pool: &Pool<Self>) -> sqlx::Result<Vec<OrderView>> {
-                let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders ORDER BY placed_at_ms"))
+                let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM orders ORDER BY placed_at_ms")))
                     .fetch_all(pool)
                     .await?;
                 Ok(rows.into_iter().map(view).collect())

@@ -130,7 +130,7 @@ macro_rules! payment_sql {
                     Charge::Pending | Charge::Skipped => "pending",
                 };
                 // A cancellation seen first left a `voided` row: nothing to do.
-                let inserted = sqlx::query(&$dialect.insert_if_absent(
+                let inserted = sqlx::query($dialect.insert_if_absent(
                     "payments",
                     "order_id, amount_cents, state, due_at_ms",
                     "$1, $2, $3, $4",
@@ -151,7 +151,7 @@ macro_rules! payment_sql {
             }
 
             async fn due(pool: &Pool<Self>, now_ms: i64) -> sqlx::Result<Vec<String>> {
-                sqlx::query_scalar(&$dialect.sql("SELECT order_id FROM payments WHERE state = 'pending' AND due_at_ms <= $1"))
+                sqlx::query_scalar($dialect.sql("SELECT order_id FROM payments WHERE state = 'pending' AND due_at_ms <= $1"))
                     .bind(now_ms)
                     .fetch_all(pool)
                     .await
@@ -168,7 +168,7 @@ macro_rules! payment_sql {
             async fn cancel(tx: &mut Transaction<'static, Self>, order_id: &str) -> sqlx::Result<Option<i64>> {
                 // No payment yet: leave a `voided` row so a late StockReserved
                 // (another topic, no order between them) charges nothing.
-                sqlx::query(&$dialect.insert_if_absent(
+                sqlx::query($dialect.insert_if_absent(
                     "payments",
                     "order_id, amount_cents, state",
                     "$1, 0, 'voided'",
@@ -176,7 +176,7 @@ macro_rules! payment_sql {
                 .bind(order_id)
                 .execute(&mut **tx)
                 .await?;
-                sqlx::query(&$dialect.sql("UPDATE payments SET state = 'voided' WHERE order_id = $1 AND state = 'pending'"))
+                sqlx::query($dialect.sql("UPDATE payments SET state = 'voided' WHERE order_id = $1 AND state = 'pending'"))
                     .bind(order_id)
                     .execute(&mut **tx)
                     .await?;
@@ -195,7 +195,7 @@ macro_rules! payment_sql {
             ) -> sqlx::Result<Option<i64>> {
                 // Update, then read the amount (MySQL has no `UPDATE …
                 // RETURNING`); the update's row lock holds the row.
-                let moved = sqlx::query(&$dialect.sql(
+                let moved = sqlx::query($dialect.sql(
                     "UPDATE payments SET state = $1 WHERE order_id = $2 AND state = $3",
                 ))
                 .bind(to)
@@ -206,7 +206,7 @@ macro_rules! payment_sql {
                 if moved.rows_affected() == 0 {
                     return Ok(None);
                 }
-                sqlx::query_scalar(&$dialect.sql("SELECT amount_cents FROM payments WHERE order_id = $1"))
+                sqlx::query_scalar($dialect.sql("SELECT amount_cents FROM payments WHERE order_id = $1"))
                     .bind(order_id)
                     .fetch_one(&mut **tx)
                     .await
@@ -214,7 +214,7 @@ macro_rules! payment_sql {
             }
 
             async fn record(tx: &mut Transaction<'static, Self>, order_id: &str, kind: &str, amount_cents: i64) -> sqlx::Result<()> {
-                sqlx::query(&$dialect.sql(
+                sqlx::query($dialect.sql(
                     "INSERT INTO ledger (entry_id, order_id, kind, amount_cents, at_ms) VALUES ($1, $2, $3, $4, $5)",
                 ))
                 .bind(uuid::Uuid::now_v7().to_string())

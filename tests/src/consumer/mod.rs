@@ -13,6 +13,7 @@
 //! | `poison` | dead letters and re-driving them |
 //! | `flow` | the in-flight bound, point-to-point and publish-subscribe groups |
 
+use crate::composed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,7 +158,7 @@ pub const REPEATED_EFFECTS: &str =
 
 /// The value of a `SELECT count(*)`-like query.
 pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar(composed(sql))
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))

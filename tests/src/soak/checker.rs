@@ -3,6 +3,7 @@
 //! the consumers' effects — into what was lost, applied twice or out of
 //! order.
 
+use crate::composed;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -142,5 +143,5 @@ pub(crate) async fn violation_samples(pool: &PgPool, n: i64) -> Result<Vec<Strin
 }
 
 pub(crate) async fn scalar(pool: &PgPool, sql: &str) -> Result<i64> {
-    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+    Ok(sqlx::query_scalar(composed(sql)).fetch_one(pool).await?)
 }

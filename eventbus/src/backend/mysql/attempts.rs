@@ -1,6 +1,7 @@
 //! The MySQL attempt counts: its counting upsert; the other statements are
 //! shared (`backend::attempts`).
 
+use crate::backend::sql::composed;
 use sqlx::{MySql, MySqlConnection};
 
 use super::NOW;
@@ -30,7 +31,7 @@ async fn record(
         a = Dialect::MYSQL.object(inbox, ATTEMPTS_SUFFIX)
     );
     let key = InboxKey::of(envelope);
-    let done = sqlx::query(&sql)
+    let done = sqlx::query(composed(&sql))
         .bind(consumer)
         .bind(key.source)
         .bind(key.message_id)

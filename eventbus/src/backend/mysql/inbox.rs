@@ -2,6 +2,7 @@
 //! duplicate-key error means "seen before"; a batch is recorded row by row in
 //! key order.
 
+use crate::backend::sql::composed;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ impl InboxDatabase for MySql {
             Dialect::MYSQL.table(table)
         );
         let key = InboxKey::of(envelope);
-        let inserted = sqlx::query(&sql)
+        let inserted = sqlx::query(composed(&sql))
             .bind(consumer)
             .bind(key.source)
             .bind(key.message_id)
@@ -58,7 +59,7 @@ impl InboxDatabase for MySql {
             "SELECT 1 FROM {} WHERE consumer = ? AND source = ? AND message_id = ?",
             Dialect::MYSQL.table(table)
         );
-        let old: Option<i64> = sqlx::query_scalar(&sql)
+        let old: Option<i64> = sqlx::query_scalar(composed(&sql))
             .bind(consumer)
             .bind(legacy.source)
             .bind(legacy.message_id)
@@ -106,7 +107,7 @@ impl InboxDatabase for MySql {
              LIMIT ?",
             Dialect::MYSQL.table(table)
         );
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(composed(&sql))
             .bind(consumer)
             .bind(micros(older_than))
             .bind(batch)

@@ -10,6 +10,8 @@
 //! by the next run.
 
 use sqlx::pool::PoolConnection;
+
+use crate::backend::sql::composed;
 use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{NOW, WRITE_LOCKS_SUFFIX};
@@ -168,17 +170,14 @@ END"
 
 /// Applies the steps not yet recorded, on `conn`, which holds the migration lock.
 async fn create_and_apply(conn: &mut PoolConnection<MySql>, migrator: &Migrator) -> Result<()> {
-    conn.execute(
-        format!(
-            "CREATE TABLE IF NOT EXISTS eventbus_migrations (
+    conn.execute(composed(format!(
+        "CREATE TABLE IF NOT EXISTS eventbus_migrations (
                 component  VARCHAR(255) NOT NULL,
                 version    INT          NOT NULL,
                 applied_at DATETIME(6)  NOT NULL DEFAULT ({NOW}),
                 PRIMARY KEY (component, version)
             ) ENGINE = InnoDB"
-        )
-        .as_str(),
-    )
+    )))
     .await?;
     apply_steps::<MySql>(&mut **conn, steps(migrator)).await
 }

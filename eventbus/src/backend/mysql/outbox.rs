@@ -3,6 +3,7 @@
 //! statements, so ids are assigned and committed in the same order within a
 //! partition (`docs/adr/0004-mysql-commit-order.md`).
 
+use crate::backend::sql::composed;
 use sqlx::{Executor, MySql, MySqlConnection};
 
 use super::{crc32, WRITE_LOCKS_SUFFIX};
@@ -59,7 +60,7 @@ async fn lock_partitions(
     entries: &[OutboxEntry],
 ) -> Result<()> {
     let locks = Dialect::MYSQL.object(table, WRITE_LOCKS_SUFFIX);
-    let partitions: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {locks}"))
+    let partitions: i64 = sqlx::query_scalar(composed(format!("SELECT COUNT(*) FROM {locks}")))
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| Error::from_table_query(e, table))?;
@@ -88,7 +89,7 @@ async fn lock_partitions(
          ORDER BY `partition` FOR UPDATE"
     );
     let locked = conn
-        .fetch_all(sql.as_str())
+        .fetch_all(composed(sql))
         .await
         .map_err(|e| Error::from_table_query(e, table))?;
     if locked.len() != wanted.len() {

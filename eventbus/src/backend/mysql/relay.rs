@@ -13,6 +13,7 @@
 //! rows it joins, in row order, and deadlock with a heartbeat renewing them
 //! in partition order.
 
+use crate::backend::sql::composed;
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, Transaction};
 use uuid::Uuid;
@@ -168,7 +169,7 @@ impl MySqlRelayStore {
 
     /// The leases `relay` holds right now, read without locking in `tx`.
     async fn held(&self, tx: &mut Transaction<'static, MySql>, relay: Uuid) -> Result<Vec<Lease>> {
-        sqlx::query_as(&self.store.sql.own.held)
+        sqlx::query_as(composed(&self.store.sql.own.held))
             .bind(hyphenated(relay))
             .fetch_all(&mut **tx)
             .await
@@ -199,7 +200,7 @@ impl MySqlRelayStore {
             tx.commit().await.map_err(|e| self.store.err(e))?;
             return Ok(0);
         }
-        let done = sqlx::query(sql)
+        let done = sqlx::query(composed(sql))
             .bind(rows)
             .bind(int_list(&held))
             .execute(&mut *tx)
@@ -249,7 +250,7 @@ impl SqlRelay for MySqlRelayStore {
         // inserts (a writer holds their partition's write lock, so nothing
         // older in that partition is left behind) and rows being changed by
         // someone else, e.g. a fenced-out relay's late acknowledgement.
-        let rows = sqlx::query(&self.store.sql.own.claim)
+        let rows = sqlx::query(composed(&self.store.sql.own.claim))
             .bind(&list)
             .bind(i64::from(limits.rows))
             .fetch_all(&mut *tx)
@@ -265,19 +266,20 @@ impl SqlRelay for MySqlRelayStore {
         };
         // Was a committed row skipped? A plain read sees it; if so, its key
         // waits for the next round rather than going out of order.
-        let publishable: i64 = sqlx::query_scalar(&self.store.sql.own.claimable_count)
+        let publishable: i64 = sqlx::query_scalar(composed(&self.store.sql.own.claimable_count))
             .bind(&list)
             .bind(last)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.store.err(e))?;
         let claimed = if usize::try_from(publishable).is_ok_and(|n| n > claimed.len()) {
-            let claimable: Vec<(i64, i32, Vec<u8>)> = sqlx::query_as(&self.store.sql.own.claimable)
-                .bind(&list)
-                .bind(last)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.store.err(e))?;
+            let claimable: Vec<(i64, i32, Vec<u8>)> =
+                sqlx::query_as(composed(&self.store.sql.own.claimable))
+                    .bind(&list)
+                    .bind(last)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.store.err(e))?;
             let claimable: Vec<(i64, i32, String)> = claimable
                 .into_iter()
                 .map(|(id, p, key)| (id, p, String::from_utf8_lossy(&key).into_owned()))

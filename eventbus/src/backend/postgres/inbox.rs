@@ -1,6 +1,7 @@
 //! The PostgreSQL inbox: `INSERT … ON CONFLICT DO NOTHING` on (consumer,
 //! [`InboxKey`]), one row at a time or a batch in one statement.
 
+use crate::backend::sql::composed;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -52,7 +53,7 @@ impl InboxDatabase for Postgres {
             .iter()
             .map(|e| InboxKey::legacy(e).map(|k| k.source))
             .collect();
-        let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
+        let inserted: Vec<(String, String)> = sqlx::query_as(composed(&sql))
             .bind(consumer)
             .bind(&sources)
             .bind(&ids)
@@ -76,7 +77,7 @@ impl InboxDatabase for Postgres {
              WHERE consumer = $3 AND received_at < now() - make_interval(secs => $1) LIMIT $2)",
             t = table.quoted()
         );
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(composed(&sql))
             .bind(older_than.as_secs_f64())
             .bind(batch)
             .bind(consumer)

@@ -1,6 +1,7 @@
 //! The PostgreSQL outbox writer: one `INSERT … SELECT FROM UNNEST(…)` per call,
 //! whatever the number of events.
 
+use crate::backend::sql::composed;
 use sqlx::{PgConnection, Postgres};
 
 use crate::error::{Error, Result};
@@ -48,7 +49,7 @@ impl OutboxDatabase for Postgres {
              AS u(i, s, d, k, t, v, sub, h, p, c)",
             table = table.quoted()
         );
-        sqlx::query(&sql)
+        sqlx::query(composed(&sql))
             .bind(&event_ids)
             .bind(&sources)
             .bind(&destinations)

@@ -1,6 +1,7 @@
 //! The PostgreSQL [`RelayStore`]: lease table, snapshot-safe claiming
 //! (`txid < pg_snapshot_xmin`), fenced acknowledgement and LISTEN/NOTIFY wake-ups.
 
+use crate::backend::sql::composed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,7 +197,7 @@ impl SqlRelay for PgRelayStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.store.err(e))?;
-        let rows = sqlx::query(&self.store.sql.own.claim)
+        let rows = sqlx::query(composed(&self.store.sql.own.claim))
             .bind(partitions)
             .bind(relay)
             .bind(i64::from(limits.rows))
@@ -235,7 +236,7 @@ impl SqlRelay for PgRelayStore {
             Retention::Delete => &self.store.sql.own.delete,
             Retention::Keep(_) => &self.store.sql.own.mark_published,
         };
-        let done = sqlx::query(sql)
+        let done = sqlx::query(composed(sql))
             .bind(ids)
             .bind(relay)
             .bind(partitions)
@@ -252,7 +253,7 @@ impl SqlRelay for PgRelayStore {
         let park: Vec<bool> = rejections.iter().map(|r| r.park).collect();
         let delays: Vec<i64> = rejections.iter().map(|r| millis(r.retry_in)).collect();
         let errors: Vec<&str> = rejections.iter().map(|r| r.error.as_str()).collect();
-        sqlx::query(&self.store.sql.own.reject)
+        sqlx::query(composed(&self.store.sql.own.reject))
             .bind(&ids)
             .bind(relay)
             .bind(&park)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Row, Type};
 
-use crate::backend::sql::{json_array, Bind};
+use crate::backend::sql::{composed, json_array, Bind};
 use crate::outbox::OutboxRecord;
 use crate::relay::ClaimLimits;
 
@@ -38,7 +38,7 @@ where
     DB: sqlx::Database,
     String: Bind<DB>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    DB::Arguments: IntoArguments<DB>,
     &'static str: ColumnIndex<DB::Row>,
     usize: ColumnIndex<DB::Row>,
     Option<i64>: for<'r> Decode<'r, DB> + Type<DB>,
@@ -55,7 +55,7 @@ where
     let loaded: HashMap<i64, Vec<u8>> = if wanted.is_empty() {
         HashMap::new()
     } else {
-        sqlx::query_as::<_, (i64, Vec<u8>)>(payloads)
+        sqlx::query_as::<_, (i64, Vec<u8>)>(composed(payloads))
             .bind(json_array(&wanted))
             .fetch_all(&mut *conn)
             .await?

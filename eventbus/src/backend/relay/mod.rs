@@ -12,6 +12,7 @@ mod statements;
 pub(crate) use claim::load_measured;
 pub(crate) use statements::RelaySql;
 
+use crate::backend::sql::composed;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,7 +139,7 @@ impl<S> RelayStore for S
 where
     S: SqlRelay,
     for<'c> &'c mut <Db<S> as sqlx::Database>::Connection: Executor<'c, Database = Db<S>>,
-    for<'q> <Db<S> as sqlx::Database>::Arguments<'q>: IntoArguments<'q, Db<S>>,
+    <Db<S> as sqlx::Database>::Arguments: IntoArguments<Db<S>>,
     for<'c> &'c str: ColumnIndex<<Db<S> as sqlx::Database>::Row>,
     usize: ColumnIndex<<Db<S> as sqlx::Database>::Row>,
     i32: for<'r> Decode<'r, Db<S>> + Type<Db<S>>,
@@ -148,7 +149,7 @@ where
 {
     async fn partitions(&self) -> Result<Vec<i32>> {
         let store = self.store();
-        sqlx::query_scalar(&store.sql.partitions)
+        sqlx::query_scalar(composed(&store.sql.partitions))
             .fetch_all(&store.pool)
             .await
             .map_err(|e| store.err(e))
@@ -157,7 +158,7 @@ where
     async fn heartbeat(&self, relay: Uuid, name: &str, dead_after: Duration) -> Result<Vec<Uuid>> {
         let store = self.store();
         let name = Db::<S>::stored_name(name).to_owned();
-        let mut heartbeat = sqlx::query(&store.sql.heartbeat)
+        let mut heartbeat = sqlx::query(composed(&store.sql.heartbeat))
             .bind(Db::<S>::uuid(relay))
             .bind(name.clone());
         if !Db::<S>::DIALECT.reuses_params() {
@@ -167,12 +168,12 @@ where
             .execute(&store.pool)
             .await
             .map_err(|e| store.err(e))?;
-        sqlx::query(&store.sql.forget_dead)
+        sqlx::query(composed(&store.sql.forget_dead))
             .bind(Db::<S>::span(dead_after.saturating_mul(10), Towards::Past))
             .execute(&store.pool)
             .await
             .map_err(|e| store.err(e))?;
-        let live = sqlx::query(&store.sql.live)
+        let live = sqlx::query(composed(&store.sql.live))
             .bind(Db::<S>::span(dead_after, Towards::Past))
             .fetch_all(&store.pool)
             .await
@@ -191,7 +192,7 @@ where
             return Ok(Vec::new());
         }
         let store = self.store();
-        let renew = sqlx::query(&store.sql.renew)
+        let renew = sqlx::query(composed(&store.sql.renew))
             .bind(Db::<S>::span(ttl, Towards::Future))
             .bind(Db::<S>::uuid(relay))
             .bind(Db::<S>::partitions(partitions));
@@ -203,7 +204,7 @@ where
             return Ok(Vec::new());
         }
         let store = self.store();
-        let mut acquire = sqlx::query(&store.sql.acquire)
+        let mut acquire = sqlx::query(composed(&store.sql.acquire))
             .bind(Db::<S>::uuid(relay))
             .bind(Db::<S>::span(ttl, Towards::Future))
             .bind(Db::<S>::partitions(partitions));
@@ -219,7 +220,7 @@ where
             return Ok(());
         }
         let store = self.store();
-        sqlx::query(&store.sql.release)
+        sqlx::query(composed(&store.sql.release))
             .bind(Db::<S>::uuid(relay))
             .bind(Db::<S>::partitions(partitions))
             .execute(&store.pool)
@@ -231,7 +232,7 @@ where
     async fn deregister(&self, relay: Uuid) -> Result<()> {
         let store = self.store();
         for statement in [&store.sql.release_all, &store.sql.deregister] {
-            sqlx::query(statement)
+            sqlx::query(composed(statement))
                 .bind(Db::<S>::uuid(relay))
                 .execute(&store.pool)
                 .await
@@ -274,12 +275,13 @@ where
 
     async fn stats(&self, partitions: &[i32]) -> Result<Snapshot> {
         let store = self.store();
-        let rows: Vec<(i32, i64, Option<f64>, Option<f64>)> = sqlx::query_as(&store.sql.stats)
-            .bind(Db::<S>::partitions(partitions))
-            .fetch_all(&store.pool)
-            .await
-            .map_err(|e| store.err(e))?;
-        let parked: i64 = sqlx::query_scalar(&store.sql.parked)
+        let rows: Vec<(i32, i64, Option<f64>, Option<f64>)> =
+            sqlx::query_as(composed(&store.sql.stats))
+                .bind(Db::<S>::partitions(partitions))
+                .fetch_all(&store.pool)
+                .await
+                .map_err(|e| store.err(e))?;
+        let parked: i64 = sqlx::query_scalar(composed(&store.sql.parked))
             .fetch_one(&store.pool)
             .await
             .map_err(|e| store.err(e))?;
@@ -291,7 +293,7 @@ where
         let mut tx = Db::<S>::begin(&store.pool)
             .await
             .map_err(|e| store.err(e))?;
-        let done = sqlx::query(&store.sql.delete_published)
+        let done = sqlx::query(composed(&store.sql.delete_published))
             .bind(Db::<S>::span(keep, Towards::Past))
             .bind(batch)
             .execute(&mut *tx)
@@ -303,7 +305,7 @@ where
 
     async fn expired_published(&self, keep: Duration) -> Result<u64> {
         let store = self.store();
-        let n: i64 = sqlx::query_scalar(&store.sql.expired_published)
+        let n: i64 = sqlx::query_scalar(composed(&store.sql.expired_published))
             .bind(Db::<S>::span(keep, Towards::Past))
             .fetch_one(&store.pool)
             .await
@@ -323,12 +325,12 @@ async fn update_leases<'q, DB, Own>(
     store: &SqlStore<DB, Own>,
     relay: Uuid,
     partitions: &[i32],
-    update: sqlx::query::Query<'q, DB, DB::Arguments<'q>>,
+    update: sqlx::query::Query<'q, DB, DB::Arguments>,
 ) -> Result<Vec<Lease>>
 where
     DB: SqlDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
+    DB::Arguments: IntoArguments<DB>,
     usize: ColumnIndex<DB::Row>,
     i32: for<'r> Decode<'r, DB> + Type<DB>,
     i64: for<'r> Decode<'r, DB> + Type<DB>,
@@ -344,7 +346,7 @@ where
     } else {
         let mut tx = DB::begin(&store.pool).await.map_err(|e| store.err(e))?;
         update.execute(&mut *tx).await.map_err(|e| store.err(e))?;
-        let owned = sqlx::query_as(&store.sql.owned)
+        let owned = sqlx::query_as(composed(&store.sql.owned))
             .bind(DB::uuid(relay))
             .bind(DB::partitions(partitions))
             .fetch_all(&mut *tx)

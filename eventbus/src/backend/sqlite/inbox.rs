@@ -2,6 +2,7 @@
 //! one row at a time or a batch in one statement; SQLite's single write lock
 //! makes a concurrent delivery wait for the first.
 
+use crate::backend::sql::composed;
 use std::time::Duration;
 
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
@@ -54,7 +55,7 @@ impl InboxDatabase for Sqlite {
                 (k.source, k.message_id, e.event_type.as_str(), legacy)
             })
             .collect();
-        let inserted: Vec<(String, String)> = sqlx::query_as(&sql)
+        let inserted: Vec<(String, String)> = sqlx::query_as(composed(&sql))
             .bind(consumer)
             .bind(json_array(&rows))
             .fetch_all(conn)
@@ -76,7 +77,7 @@ impl InboxDatabase for Sqlite {
             t = table.quoted(),
             cutoff = now_shifted(1),
         );
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(composed(&sql))
             .bind(shift(older_than, -1))
             .bind(batch)
             .bind(consumer)

@@ -1,6 +1,7 @@
 //! SQLite migrations: the same tables and columns as on PostgreSQL in SQLite
 //! types, one logical partition, and `BEGIN IMMEDIATE` to serialise migrators.
 
+use crate::backend::sql::composed;
 use sqlx::{Sqlite, SqlitePool};
 
 use super::NOW;
@@ -153,13 +154,13 @@ impl MigrateDatabase for Sqlite {
         // IMMEDIATE takes the write lock at once (waiting out the busy timeout):
         // concurrent migrators queue here, then find the work done.
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(&format!(
+        sqlx::query(composed(format!(
             "CREATE TABLE IF NOT EXISTS eventbus_migrations (
                 component  TEXT    NOT NULL,
                 version    INTEGER NOT NULL,
                 applied_at TEXT    NOT NULL DEFAULT ({NOW}),
                 PRIMARY KEY (component, version))"
-        ))
+        )))
         .execute(&mut *tx)
         .await?;
         let steps = steps(migrator)

@@ -6,6 +6,7 @@
 //! transaction holds until it ends, so ids become visible in commit order
 //! (`docs/adr/0003-sqlite-outbox.md`).
 
+use crate::backend::sql::composed;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Sqlite, SqlitePool};
 use uuid::Uuid;
@@ -181,7 +182,7 @@ impl SqlRelay for SqliteRelayStore {
             .begin()
             .await
             .map_err(|e| self.store.err(e))?;
-        let rows = sqlx::query(&self.store.sql.own.claim)
+        let rows = sqlx::query(composed(&self.store.sql.own.claim))
             .bind(json_array(partitions))
             .bind(hyphenated(relay))
             .bind(i64::from(limits.rows))
@@ -207,7 +208,7 @@ impl SqlRelay for SqliteRelayStore {
             Retention::Delete => &self.store.sql.own.delete,
             Retention::Keep(_) => &self.store.sql.own.mark_published,
         };
-        let done = sqlx::query(sql)
+        let done = sqlx::query(composed(sql))
             .bind(json_array(ids))
             .bind(hyphenated(relay))
             .bind(tenures(leases))
@@ -222,7 +223,7 @@ impl SqlRelay for SqliteRelayStore {
             .iter()
             .map(|r| (r.id, r.park, shift(r.retry_in, 1), r.error.as_str()))
             .collect();
-        sqlx::query(&self.store.sql.own.reject)
+        sqlx::query(composed(&self.store.sql.own.reject))
             .bind(json_array(&rows))
             .bind(hyphenated(relay))
             .bind(tenures(leases))
