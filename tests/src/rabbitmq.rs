@@ -203,14 +203,13 @@ impl TestQueue {
     /// Receives exactly `n` messages within `timeout` and decodes each with
     /// [`envelope_from_delivery`].
     pub async fn read_envelopes(&mut self, n: usize, timeout: Duration) -> Vec<Envelope> {
-        self.read(n, timeout)
-            .await
-            .iter()
-            .map(|d| {
-                envelope_from_delivery(&d.properties, &d.data)
-                    .unwrap_or_else(|e| panic!("not a CloudEvent: {e}"))
-            })
-            .collect()
+        decode_all(&self.read(n, timeout).await)
+    }
+
+    /// Receives up to `n` messages within `timeout`, as [`try_read`](Self::try_read),
+    /// and decodes each with [`envelope_from_delivery`].
+    pub async fn try_read_envelopes(&mut self, n: usize, timeout: Duration) -> Vec<Envelope> {
+        decode_all(&self.try_read(n, timeout).await)
     }
 
     /// Asserts that nothing more arrives within `wait`.
@@ -456,4 +455,15 @@ async fn proxy(mut client: TcpStream, upstream: String, mut cut: watch::Receiver
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
         _ = cut.changed() => {}
     }
+}
+
+/// Decodes every delivery as a CloudEvent, or panics saying why one is not.
+fn decode_all(deliveries: &[Delivery]) -> Vec<Envelope> {
+    deliveries
+        .iter()
+        .map(|d| {
+            envelope_from_delivery(&d.properties, &d.data)
+                .unwrap_or_else(|e| panic!("not a CloudEvent: {e}"))
+        })
+        .collect()
 }
