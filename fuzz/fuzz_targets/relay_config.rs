@@ -17,6 +17,13 @@ mod destinations;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../outbox-relay/src/redact.rs"]
 mod redact;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../outbox-relay/src/duration.rs"]
+mod duration;
+// The listener's settings, not its server, stand in for `crate::http`.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../outbox-relay/src/http/settings.rs"]
+mod http;
 
 /// `outbox-relay run`'s settings.
 #[derive(Debug, Parser)]
