@@ -372,6 +372,10 @@ macro_rules! matrix {
             mt a_delayed_retry_does_not_hold_the_partition {
                 $crate::consumer::delayed_retry_scenario(&$crate::consumer::Broker::kafka().await).await;
             }
+            /// Keys given back to the broker one after another each wait for their first message.
+            mt given_back_keys_keep_their_order {
+                $crate::consumer::given_back_keys_keep_order_scenario(&$crate::consumer::Broker::kafka().await).await;
+            }
             /// A dead letter larger than the dead-letter topic takes (the original fits)
             /// is kept in the parked table; the partition flows on.
             mt an_oversized_dead_letter_is_kept_in_the_database {
@@ -456,6 +460,10 @@ macro_rules! matrix {
             /// retry does not hold up 1,000 messages of other keys.
             mt a_delayed_retry_does_not_hold_the_lane {
                 $crate::consumer::delayed_retry_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
+            }
+            /// Keys given back to the broker one after another each wait for their first message.
+            mt given_back_keys_keep_their_order {
+                $crate::consumer::given_back_keys_keep_order_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
             }
             /// The group's dead-letter queue is deleted: the next dead letter routes
             /// nowhere, is kept in the parked table, and the queue (single active

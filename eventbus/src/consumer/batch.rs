@@ -10,6 +10,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::context::BatchContext;
+use super::given_back::{Arrival, GivenBack};
 use super::handler::{BatchRegistration, Failure};
 use super::{DeliveryMode, Outcome, Queued, Shared};
 use crate::envelope::Envelope;
@@ -26,9 +27,8 @@ pub(super) enum Work<DB: sqlx::Database> {
     Batch(BatchRegistration<DB>, Vec<Batched>),
 }
 
-impl<DB: sqlx::Database> Work<DB> {
-    /// Whether a message of partition key `key` is among the messages.
-    pub(super) fn has_key(&self, key: &str) -> bool {
+impl<DB: sqlx::Database> Arrival for Work<DB> {
+    fn has_key(&self, key: &str) -> bool {
         let of = |e: &Envelope| e.partition_key.as_deref() == Some(key);
         match self {
             Work::One(queued) => queued.0.envelope.as_ref().is_ok_and(of),
@@ -36,14 +36,19 @@ impl<DB: sqlx::Database> Work<DB> {
         }
     }
 
-    /// Whether the event with id `id` is among the messages.
-    pub(super) fn carries(&self, id: &str) -> bool {
+    fn brings_back(&self, id: &str) -> bool {
         match self {
-            Work::One(queued) => queued.0.envelope.as_ref().is_ok_and(|e| e.id == id),
-            Work::Batch(_, batch) => batch.iter().any(|b| b.envelope.id == id),
+            Work::One(queued) => {
+                queued.0.settle.is_current() && queued.0.envelope.as_ref().is_ok_and(|e| e.id == id)
+            }
+            Work::Batch(_, batch) => batch
+                .iter()
+                .any(|b| b.settle.is_current() && b.envelope.id == id),
         }
     }
+}
 
+impl<DB: sqlx::Database> Work<DB> {
     /// Gives every message back to the broker (shutdown before it started).
     pub(super) async fn release(self) {
         let settles: Vec<Box<dyn Settle>> = match self {
@@ -211,14 +216,13 @@ impl<DB> Shared<DB>
 where
     DB: InboxDatabase + OutboxDatabase,
 {
-    /// Handles a batch and settles each of its messages.
-    /// Handles a batch and settles its messages; what to await if one was
-    /// given back to the broker (the first).
+    /// Handles a batch and settles its messages; what to await of those
+    /// given back to the broker.
     pub(super) async fn handle_batch(
         &self,
         registration: BatchRegistration<DB>,
         batch: Vec<Batched>,
-    ) -> Option<super::Returning> {
+    ) -> Vec<GivenBack> {
         self.metrics.batch(batch.len());
         let mut destinations = Vec::with_capacity(batch.len());
         let mut infos = Vec::with_capacity(batch.len());
@@ -269,11 +273,14 @@ where
         for outcome in &outcomes {
             self.metrics.record(outcome);
         }
-        let released = outcomes
+        // Every one given back is awaited: the messages a release left
+        // unstarted are of other keys, which must not be overtaken either.
+        let released: Vec<GivenBack> = outcomes
             .iter()
             .zip(envelopes.iter().zip(&infos))
-            .find(|(o, _)| matches!(o, Outcome::Released))
-            .map(|(_, (e, info))| super::Returning::of(e, info));
+            .filter(|(o, _)| matches!(o, Outcome::Released))
+            .map(|(_, (e, info))| GivenBack::of(e, info))
+            .collect();
         for (outcome, settle) in outcomes.into_iter().zip(settles) {
             let settled = match outcome {
                 Outcome::Released => settle.release().await,
@@ -285,7 +292,10 @@ where
             }
         }
         drop(permits);
-        released.filter(|_| !once)
+        if once {
+            return Vec::new();
+        }
+        released
     }
 
     /// Handles `envelopes` in as few transactions as their failures allow.

@@ -18,6 +18,7 @@ mod builder;
 mod context;
 pub mod dead_letter;
 mod gate;
+mod given_back;
 mod handler;
 mod inbox_retention;
 mod metrics;
@@ -262,27 +263,25 @@ where
     DB: InboxDatabase + OutboxDatabase,
 {
     let mut lane = batch::Lane::new(rx);
-    // A message given back to the broker, until it comes round again: the
-    // messages behind it are given back too, so none overtakes it.
-    let mut returning: Option<Returning> = None;
+    // Messages given back to the broker, until they come round again: what
+    // would overtake them is given back too (`given_back` module).
+    let mut awaited = given_back::Awaited::default();
+    // Since when the lane has been waiting (idle or giving back) rather than
+    // handling: only that time counts against what it awaits.
+    let mut waiting_since = tokio::time::Instant::now();
     while let Some(work) = lane.next(&shared).await {
+        awaited.charge(waiting_since.elapsed());
+        waiting_since = tokio::time::Instant::now();
         if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             // Not started: back to the broker.
             work.release().await;
             continue;
         }
-        if let Some(back) = &returning {
-            if tokio::time::Instant::now() < back.until && !work.carries(&back.id) {
-                if back.rewinds || back.key.as_ref().is_some_and(|k| work.has_key(k)) {
-                    // Not at once: the broker hands it straight back.
-                    tokio::time::sleep(RELEASE_PAUSE).await;
-                    work.release().await;
-                    continue;
-                }
-            } else {
-                // It is back (or went to another member of the group).
-                returning = None;
-            }
+        if awaited.holds_back(&work) {
+            // Not at once: the broker hands it straight back.
+            tokio::time::sleep(RELEASE_PAUSE).await;
+            work.release().await;
+            continue;
         }
         if let Some(pacer) = &shared.pacer {
             let messages = match &work {
@@ -294,53 +293,18 @@ where
                 continue;
             }
         }
-        let released = match work {
+        match work {
             batch::Work::One(queued) => {
                 let (message, _permit) = *queued;
-                shared.handle(message).await
+                awaited.extend(shared.handle(message).await);
             }
             batch::Work::Batch(registration, batch) => {
-                shared.handle_batch(registration, batch).await
+                awaited.extend(shared.handle_batch(registration, batch).await);
             }
-        };
-        if let Some(mut back) = released {
-            back.until = tokio::time::Instant::now() + RETURN_WAIT;
-            returning = Some(back);
         }
+        waiting_since = tokio::time::Instant::now();
     }
 }
-
-/// A message a lane gave back to the broker, awaited until it comes round.
-#[derive(Debug)]
-struct Returning {
-    /// Its event id.
-    id: String,
-    /// Its partition key: on a broker that does not rewind (RabbitMQ, SQS),
-    /// the later messages of this key are given back too, and no others.
-    key: Option<String>,
-    /// Whether giving it back rewound its partition (Kafka, the in-memory
-    /// broker): then every later message of the lane comes again after it,
-    /// and is given back.
-    rewinds: bool,
-    /// Until when it is awaited.
-    until: tokio::time::Instant,
-}
-
-impl Returning {
-    fn of(envelope: &Envelope, info: &MessageInfo) -> Self {
-        Returning {
-            id: envelope.id.clone(),
-            key: envelope.partition_key.clone(),
-            rewinds: matches!(info.system, "kafka" | "memory"),
-            until: tokio::time::Instant::now(),
-        }
-    }
-}
-
-/// How long a lane gives back the messages behind one it gave back, waiting
-/// for it to come round again; after that the broker has handed it to
-/// another member of the group.
-const RETURN_WAIT: Duration = Duration::from_secs(30);
 
 /// The pause before a lane gives back a message behind one it gave back.
 const RELEASE_PAUSE: Duration = Duration::from_millis(50);
@@ -351,7 +315,7 @@ where
 {
     /// Handles one message and settles it; what to await if it was given
     /// back to the broker.
-    async fn handle(&self, message: Received) -> Option<Returning> {
+    async fn handle(&self, message: Received) -> Option<given_back::GivenBack> {
         let Received {
             destination,
             envelope,
@@ -374,7 +338,7 @@ where
                 self.dead_letter(&wrapped, &destination, 1, &reason).await
             }
             Ok(envelope) => {
-                id = Some(Returning::of(&envelope, &info));
+                id = Some(given_back::GivenBack::of(&envelope, &info));
                 telemetry::arrived(&self.metrics, &envelope, &info);
                 if self.mode == DeliveryMode::AtMostOnce {
                     // Acknowledge first, durably: from here on the broker will

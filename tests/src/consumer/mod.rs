@@ -11,6 +11,7 @@
 //! | `crash` | a worker process SIGKILLed mid-run, in each delivery mode |
 //! | `parking` | parked messages: key order behind newer versions and delayed retries, refused dead letters |
 //! | `poison` | dead letters and re-driving them |
+//! | `given_back` | messages given back to the broker keep their keys' order |
 //! | `flow` | the in-flight bound, point-to-point and publish-subscribe groups |
 
 use crate::composed;
@@ -29,6 +30,7 @@ mod broker;
 mod counting;
 mod crash;
 mod flow;
+mod given_back;
 mod parking;
 mod poison;
 
@@ -38,6 +40,7 @@ pub use crash::{
     at_least_once_scenario, at_most_once_scenario, effectively_once_scenario, CrashOutcome,
 };
 pub use flow::{backpressure_scenario, groups_scenario, SlowRun};
+pub use given_back::given_back_keys_keep_order_scenario;
 pub use parking::{
     delayed_retry_scenario, newer_version_keeps_key_order, newer_version_keeps_key_order_scenario,
     refused_dead_letter_scenario, Refusal, StepV2,
