@@ -198,6 +198,14 @@ async fn run(common: &Common, command: Command) -> Result<()> {
             println!("failed (parked): {}", s.failed);
             println!("published (kept): {}", s.published);
             println!("unowned partitions: {}", s.unowned_partitions);
+            match s.next_scheduled_due {
+                Some(due) => println!(
+                    "scheduled: {} (next due {})",
+                    s.scheduled,
+                    due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+                None => println!("scheduled: {}", s.scheduled),
+            }
             println!("relays:");
             for (id, name, age, owned) in s.relays {
                 println!("  {id}  {name}  heartbeat {age:.1}s ago  owns {owned} partitions");

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use eventbus::inbox::InboxDatabase;
 use eventbus::migrate::MigrateDatabase;
-use eventbus::outbox::OutboxDatabase;
+use eventbus::outbox::{OutboxDatabase, ScheduledDatabase};
 use eventbus::relay::{MySqlRelayStore, OutboxAdmin, PgRelayStore, RelayStore, SqliteRelayStore};
 use eventbus::TableName;
 use futures::future::BoxFuture;
@@ -51,7 +51,7 @@ pub struct Effect {
 /// A database created for one test, on one of the backends.
 pub trait TestDatabase: Sized + Send + Sync + 'static {
     /// The sqlx database type.
-    type DB: OutboxDatabase + InboxDatabase + MigrateDatabase;
+    type DB: OutboxDatabase + ScheduledDatabase + InboxDatabase + MigrateDatabase;
 
     /// The backend's name, for messages.
     const NAME: &'static str;

@@ -7,7 +7,7 @@
 //! | --- | --- | --- | --- |
 //! | `outbox_postgres`, `outbox_mysql`, `outbox_sqlite` | [`suites::outbox`](crate::suites::outbox) (`@outbox`: the part every database runs) | PostgreSQL, MySQL, SQLite | — |
 //! | `inbox_postgres`, `inbox_mysql`, `inbox_sqlite` | [`suites::inbox`](crate::suites::inbox) (`@inbox`) | PostgreSQL, MySQL, SQLite | — |
-//! | `relay_kafka`, `relay_rabbitmq`, `relay_sqs` | [`suites::relay`](crate::suites::relay), [`suites::commit_order`](crate::suites::commit_order) | PostgreSQL | Kafka, RabbitMQ, SQS |
+//! | `relay_kafka`, `relay_rabbitmq`, `relay_sqs` | [`suites::relay`](crate::suites::relay), [`suites::commit_order`](crate::suites::commit_order), [`suites::scheduled`](crate::suites::scheduled) (RabbitMQ) | PostgreSQL | Kafka, RabbitMQ, SQS |
 //! | `relay_mysql` | the same | MySQL | Kafka, RabbitMQ, SQS |
 //! | `relay_sqlite` | the same | SQLite | RabbitMQ, SQS |
 //! | `consumer_kafka`, `consumer_rabbitmq`, `consumer_sqs` | the [`consumer`](crate::consumer) scenarios over a [`Broker`](crate::consumer::Broker), [`suites::consumer`](crate::suites::consumer) | PostgreSQL | Kafka, RabbitMQ, SQS |
@@ -157,6 +157,15 @@ macro_rules! matrix {
     };
     (relay_rabbitmq) => {
         $crate::__matrix_tests! {
+            mt a_scheduled_event_waits_for_its_time_and_goes_once {
+                $crate::suites::scheduled::a_scheduled_event_waits_for_its_time_and_goes_once::<$crate::TestDb>().await;
+            }
+            mt ten_thousand_events_due_at_the_same_second_all_arrive {
+                $crate::suites::scheduled::ten_thousand_events_due_at_the_same_second_all_arrive::<$crate::TestDb>().await;
+            }
+            mt cancelling_while_events_move_never_publishes_a_cancelled_one {
+                $crate::suites::scheduled::cancelling_while_events_move_never_publishes_a_cancelled_one::<$crate::TestDb>().await;
+            }
             mt relays_100k_events_over_1000_keys_in_order {
                 let took = $crate::suites::relay::volume_over_rabbitmq::<$crate::TestDb>(100_000, 1_000, 10_000).await;
                 println!("PostgreSQL → RabbitMQ: 100,000 events relayed in {took:?}");
@@ -208,6 +217,15 @@ macro_rules! matrix {
     };
     (relay_mysql) => {
         $crate::__matrix_tests! {
+            mt a_scheduled_event_waits_for_its_time_and_goes_once {
+                $crate::suites::scheduled::a_scheduled_event_waits_for_its_time_and_goes_once::<$crate::mysql::TestMySql>().await;
+            }
+            mt ten_thousand_events_due_at_the_same_second_all_arrive {
+                $crate::suites::scheduled::ten_thousand_events_due_at_the_same_second_all_arrive::<$crate::mysql::TestMySql>().await;
+            }
+            mt cancelling_while_events_move_never_publishes_a_cancelled_one {
+                $crate::suites::scheduled::cancelling_while_events_move_never_publishes_a_cancelled_one::<$crate::mysql::TestMySql>().await;
+            }
             mt store_claims_in_order_behind_failures_and_fences_every_write {
                 $crate::suites::relay::store_claims_in_order_behind_failures_and_fences_every_write::<$crate::mysql::TestMySql>().await;
             }
@@ -264,6 +282,15 @@ macro_rules! matrix {
     };
     (relay_sqlite) => {
         $crate::__matrix_tests! {
+            mt a_scheduled_event_waits_for_its_time_and_goes_once {
+                $crate::suites::scheduled::a_scheduled_event_waits_for_its_time_and_goes_once::<$crate::sqlite::TestSqlite>().await;
+            }
+            mt ten_thousand_events_due_at_the_same_second_all_arrive {
+                $crate::suites::scheduled::ten_thousand_events_due_at_the_same_second_all_arrive::<$crate::sqlite::TestSqlite>().await;
+            }
+            mt cancelling_while_events_move_never_publishes_a_cancelled_one {
+                $crate::suites::scheduled::cancelling_while_events_move_never_publishes_a_cancelled_one::<$crate::sqlite::TestSqlite>().await;
+            }
             ct store_claims_in_order_behind_failures_and_fences_every_write {
                 $crate::suites::relay::store_claims_in_order_behind_failures_and_fences_every_write::<$crate::sqlite::TestSqlite>().await;
             }

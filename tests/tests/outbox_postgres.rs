@@ -33,7 +33,8 @@ async fn concurrent_migrations_are_idempotent() {
             ("inbox:eventbus_inbox".to_owned(), 2),
             ("inbox:eventbus_inbox".to_owned(), 3),
             ("outbox:eventbus_outbox".to_owned(), 1),
-            ("outbox:eventbus_outbox".to_owned(), 2)
+            ("outbox:eventbus_outbox".to_owned(), 2),
+            ("outbox:eventbus_outbox".to_owned(), 3),
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -51,7 +52,8 @@ async fn concurrent_migrations_are_idempotent() {
             "eventbus_migrations",
             "eventbus_outbox",
             "eventbus_outbox_partitions",
-            "eventbus_outbox_relays"
+            "eventbus_outbox_relays",
+            "eventbus_outbox_scheduled"
         ]
     );
     let triggers: i64 = sqlx::query_scalar(
@@ -267,7 +269,8 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
             ("inbox:svc.inbox".to_owned(), 2),
             ("inbox:svc.inbox".to_owned(), 3),
             ("outbox:svc.outbox".to_owned(), 1),
-            ("outbox:svc.outbox".to_owned(), 2)
+            ("outbox:svc.outbox".to_owned(), 2),
+            ("outbox:svc.outbox".to_owned(), 3),
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -284,7 +287,8 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
             "inbox_parked",
             "outbox",
             "outbox_partitions",
-            "outbox_relays"
+            "outbox_relays",
+            "outbox_scheduled"
         ]
     );
     assert_eq!(count(&db.pool, "svc.outbox_partitions").await, 8);

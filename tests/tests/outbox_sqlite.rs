@@ -63,7 +63,8 @@ async fn concurrent_migrations_are_idempotent() {
             ("inbox:eventbus_inbox".to_owned(), 1),
             ("inbox:eventbus_inbox".to_owned(), 2),
             ("inbox:eventbus_inbox".to_owned(), 3),
-            ("outbox:eventbus_outbox".to_owned(), 1)
+            ("outbox:eventbus_outbox".to_owned(), 1),
+            ("outbox:eventbus_outbox".to_owned(), 2),
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -81,7 +82,8 @@ async fn concurrent_migrations_are_idempotent() {
             "eventbus_migrations",
             "eventbus_outbox",
             "eventbus_outbox_partitions",
-            "eventbus_outbox_relays"
+            "eventbus_outbox_relays",
+            "eventbus_outbox_scheduled"
         ]
     );
     let partitions: Vec<i32> =
@@ -214,7 +216,8 @@ async fn attached_schema_tables_migrate_and_publish() {
             "inbox_parked",
             "outbox",
             "outbox_partitions",
-            "outbox_relays"
+            "outbox_relays",
+            "outbox_scheduled"
         ]
     );
 
@@ -228,8 +231,9 @@ async fn attached_schema_tables_migrate_and_publish() {
         .expect("publish into svc.outbox");
     tx.commit().await.expect("commit");
     assert_eq!(count(&pool, "svc.outbox").await, 2);
-    // outbox 1, inbox 1, 2 (the attempts table) and 3 (the parked table)
-    assert_eq!(count(&pool, "main.eventbus_migrations").await, 4);
+    // outbox 1 and 2 (the scheduled table), inbox 1, 2 (the attempts table)
+    // and 3 (the parked table)
+    assert_eq!(count(&pool, "main.eventbus_migrations").await, 5);
 }
 
 #[tokio::test]

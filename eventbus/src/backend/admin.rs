@@ -56,7 +56,7 @@ where
 #[async_trait::async_trait]
 impl<DB> AdminStore for Admin<DB>
 where
-    DB: SqlDatabase,
+    DB: SqlDatabase + crate::outbox::ScheduledDatabase,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'c> &'c str: ColumnIndex<DB::Row>,
@@ -150,6 +150,7 @@ where
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
+        let scheduled = DB::scheduled_stats(&self.pool, &self.table).await?;
         // Clocks of client and server may disagree by a little: never negative.
         Ok(Status {
             pending: counts.try_get("pending")?,
@@ -168,6 +169,8 @@ where
                 })
                 .collect::<std::result::Result<_, sqlx::Error>>()?,
             unowned_partitions: unowned,
+            scheduled: i64::try_from(scheduled.rows).unwrap_or(i64::MAX),
+            next_scheduled_due: scheduled.next_due,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! [`InboxDatabase`](crate::inbox::InboxDatabase),
 //! [`AttemptsDatabase`](crate::inbox::AttemptsDatabase),
 //! [`ParkedDatabase`](crate::inbox::ParkedDatabase),
+//! [`ScheduledDatabase`](crate::outbox::ScheduledDatabase),
 //! [`MigrateDatabase`](crate::migrate::MigrateDatabase) and
 //! [`RelayStore`].
 
@@ -31,6 +32,8 @@ mod parked;
 pub(crate) mod relay;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod row;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod scheduled;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod sql;
 

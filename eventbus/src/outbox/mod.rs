@@ -5,6 +5,7 @@
 //! public contract, described in `docs/outbox-table.md`.
 
 mod record;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use crate::event::Event;
 use crate::table::TableName;
 
 pub use record::OutboxRecord;
+pub use schedule::{ScheduledDatabase, ScheduledStats, SCHEDULED_SUFFIX};
 
 /// The default outbox table name.
 pub const DEFAULT_TABLE: &str = "eventbus_outbox";
@@ -331,24 +333,33 @@ impl Outbox {
     where
         DB: OutboxDatabase,
     {
-        for entry in entries {
-            self.check_size(&entry.event_type, entry.payload.len())?;
-        }
+        let entries = self.sourced(entries)?;
         if entries.is_empty() {
             return Ok(());
         }
+        self.insert_traced(tx, &entries).await
+    }
+
+    /// `entries` checked for size, each with a source (this outbox's where
+    /// it has none).
+    fn sourced<'e>(
+        &self,
+        entries: &'e [OutboxEntry],
+    ) -> Result<std::borrow::Cow<'e, [OutboxEntry]>> {
+        for entry in entries {
+            self.check_size(&entry.event_type, entry.payload.len())?;
+        }
         if entries.iter().all(|e| e.source.is_some()) {
-            return self.insert_traced(tx, entries).await;
+            return Ok(std::borrow::Cow::Borrowed(entries));
         }
         let source = self.checked_source()?;
-        let sourced: Vec<OutboxEntry> = entries
+        Ok(entries
             .iter()
             .map(|e| OutboxEntry {
                 source: e.source.clone().or_else(|| Some(source.to_owned())),
                 ..e.clone()
             })
-            .collect();
-        self.insert_traced(tx, &sourced).await
+            .collect())
     }
 
     /// Inserts `entries` inside a `publish` span per event, whose trace

@@ -84,6 +84,10 @@ pub struct Status {
     pub relays: Vec<(Uuid, String, f64, i64)>,
     /// Partitions with no valid lease.
     pub unowned_partitions: i64,
+    /// Scheduled events waiting ([`crate::outbox::schedule`]).
+    pub scheduled: i64,
+    /// When the earliest scheduled event is due.
+    pub next_scheduled_due: Option<DateTime<Utc>>,
 }
 
 impl OutboxAdmin {

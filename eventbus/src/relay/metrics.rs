@@ -45,6 +45,18 @@ const RETENTION_BACKLOG: Describe = Describe::new(
     "eventbus_outbox_retention_backlog_rows",
     "Published rows older than the retention window, not yet deleted.",
 );
+const SCHEDULED_RELEASED: Describe = Describe::new(
+    "eventbus_relay_scheduled_released_total",
+    "Scheduled events moved into the outbox when they came due.",
+);
+const SCHEDULED_ROWS: Describe = Describe::new(
+    "eventbus_outbox_scheduled_rows",
+    "Scheduled events waiting, due or not.",
+);
+const SCHEDULED_NEXT_DUE: Describe = Describe::new(
+    "eventbus_outbox_scheduled_next_due_timestamp_seconds",
+    "When the earliest scheduled event is due, in seconds since the epoch (0 when none waits).",
+);
 const BACKLOG: Describe = Describe::new(
     "eventbus_outbox_backlog",
     "Pending outbox rows per partition owned by this relay.",
@@ -122,6 +134,11 @@ pub struct RelayMetrics {
     /// Retention: rows deleted, and expired rows not yet deleted.
     retention_deleted: AtomicU64,
     retention_backlog: AtomicU64,
+    /// Scheduled events: moved into the outbox, waiting, and the next due
+    /// time (seconds since the epoch, 0 when none).
+    scheduled_released: AtomicU64,
+    scheduled_rows: AtomicU64,
+    scheduled_next_due: AtomicU64,
     latency: Histogram,
     batch_size: Histogram,
     outbox_wait: Histogram,
@@ -141,6 +158,9 @@ struct Recorded {
     batches: Counter,
     retention_deleted: Counter,
     retention_backlog: Gauge,
+    scheduled_released: Counter,
+    scheduled_rows: Gauge,
+    scheduled_next_due: Gauge,
     pending: Gauge,
     oldest_pending: Gauge,
     held_back: Gauge,
@@ -165,6 +185,9 @@ impl Recorded {
             batches: BATCHES.counter(l),
             retention_deleted: RETENTION_DELETED.counter(l),
             retention_backlog: RETENTION_BACKLOG.gauge(l),
+            scheduled_released: SCHEDULED_RELEASED.counter(l),
+            scheduled_rows: SCHEDULED_ROWS.gauge(l),
+            scheduled_next_due: SCHEDULED_NEXT_DUE.gauge(l),
             pending: PENDING.gauge(l),
             oldest_pending: OLDEST_PENDING.gauge(l),
             held_back: HELD_BACK.gauge(l),
@@ -268,6 +291,9 @@ impl RelayMetrics {
             batches: AtomicU64::new(0),
             retention_deleted: AtomicU64::new(0),
             retention_backlog: AtomicU64::new(0),
+            scheduled_released: AtomicU64::new(0),
+            scheduled_rows: AtomicU64::new(0),
+            scheduled_next_due: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),
             batch_size: Histogram::new(SIZE_BUCKETS),
             outbox_wait: Histogram::new(WAIT_BUCKETS),
@@ -333,6 +359,19 @@ impl RelayMetrics {
         self.retention_deleted.fetch_add(n, Ordering::Relaxed);
         self.recorded.retention_deleted.increment(n);
     }
+    pub(crate) fn scheduled_released(&self, n: u64) {
+        self.scheduled_released.fetch_add(n, Ordering::Relaxed);
+        self.recorded.scheduled_released.increment(n);
+    }
+    pub(crate) fn scheduled(&self, stats: &crate::outbox::ScheduledStats) {
+        let next = stats
+            .next_due
+            .map_or(0, |t| u64::try_from(t.timestamp()).unwrap_or(0));
+        self.scheduled_rows.store(stats.rows, Ordering::Relaxed);
+        self.scheduled_next_due.store(next, Ordering::Relaxed);
+        self.recorded.scheduled_rows.set(stats.rows as f64);
+        self.recorded.scheduled_next_due.set(next as f64);
+    }
     pub(crate) fn retention_backlog(&self, n: u64) {
         self.retention_backlog.store(n, Ordering::Relaxed);
         self.recorded.retention_backlog.set(n as f64);
@@ -383,6 +422,17 @@ impl RelayMetrics {
         self.retention_backlog.load(Ordering::Relaxed)
     }
 
+    /// Scheduled events this relay moved into the outbox since start.
+    pub fn scheduled_released_total(&self) -> u64 {
+        self.scheduled_released.load(Ordering::Relaxed)
+    }
+
+    /// Scheduled events waiting, as last counted by the relay that moves
+    /// them (0 on the others).
+    pub fn scheduled_rows(&self) -> u64 {
+        self.scheduled_rows.load(Ordering::Relaxed)
+    }
+
     /// Published rows deleted by this relay's retention clean-up since start.
     pub fn retention_deleted_total(&self) -> u64 {
         self.retention_deleted.load(Ordering::Relaxed)
@@ -416,6 +466,7 @@ impl RelayMetrics {
             (ABANDONED, self.abandoned_batches_total()),
             (BATCHES, self.batches.load(Ordering::Relaxed)),
             (RETENTION_DELETED, self.retention_deleted_total()),
+            (SCHEDULED_RELEASED, self.scheduled_released_total()),
         ];
         for (d, value) in counters {
             out.counter(d.name, d.help, &labels, value);
@@ -433,6 +484,11 @@ impl RelayMetrics {
         }
         let gauges = [
             (RETENTION_BACKLOG, self.retention_backlog_rows() as f64),
+            (SCHEDULED_ROWS, self.scheduled_rows() as f64),
+            (
+                SCHEDULED_NEXT_DUE,
+                self.scheduled_next_due.load(Ordering::Relaxed) as f64,
+            ),
             (PENDING, snap.backlog.values().sum::<u64>() as f64),
             (OLDEST_PENDING, snap.oldest_pending_seconds),
             (HELD_BACK, snap.held_back_seconds),

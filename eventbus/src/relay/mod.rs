@@ -15,6 +15,7 @@ mod key_gate;
 mod membership;
 mod metrics;
 mod retention;
+mod scheduled;
 mod store;
 mod telemetry;
 
@@ -172,6 +173,13 @@ impl Relay {
             )))),
             Retention::Delete => None,
         };
+        // Scheduled events coming due move into the outbox on their own task.
+        let scheduler = AbortOnDrop(tokio::spawn(scheduled::release(
+            Arc::clone(&membership),
+            Arc::clone(&self.store),
+            Arc::clone(&self.config),
+            Arc::clone(&self.metrics),
+        )));
         let worker = self.work(
             Arc::clone(&membership),
             Arc::clone(&wake),
@@ -187,7 +195,7 @@ impl Relay {
                 worker.await
             }
         };
-        drop((heart, listener, stats, cleaner));
+        drop((heart, listener, stats, cleaner, scheduler));
         if let Err(e) = self.store.deregister(self.id).await {
             tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
         }

@@ -217,6 +217,18 @@ pub trait RelayStore: Send + Sync + std::fmt::Debug + 'static {
     /// deleted: the retention clean-up's backlog.
     async fn expired_published(&self, keep: Duration) -> Result<u64>;
 
+    /// Moves up to `limit` scheduled events due at `now` into the outbox, in
+    /// one transaction; returns how many. By default there is no scheduled
+    /// table and nothing to move.
+    async fn release_due(&self, _now: chrono::DateTime<chrono::Utc>, _limit: u32) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// What waits in the scheduled table (by default nothing).
+    async fn scheduled(&self) -> Result<crate::outbox::ScheduledStats> {
+        Ok(crate::outbox::ScheduledStats::default())
+    }
+
     /// Wakes `notify` whenever new rows are committed, for as long as it runs.
     /// Backends without notifications return at once; the relay then polls.
     async fn listen(&self, notify: Arc<Notify>) -> Result<()>;

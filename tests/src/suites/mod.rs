@@ -9,3 +9,4 @@ pub mod consumer;
 pub mod inbox;
 pub mod outbox;
 pub mod relay;
+pub mod scheduled;

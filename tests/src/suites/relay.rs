@@ -52,7 +52,7 @@ pub async fn wait_drained<D: TestDatabase>(db: &D, timeout: Duration) {
     }
 }
 
-fn step(key: &str, seq: u64) -> Step {
+pub(crate) fn step(key: &str, seq: u64) -> Step {
     Step {
         key: key.into(),
         seq,
@@ -67,7 +67,7 @@ fn decode_kafka(messages: &[OwnedMessage]) -> Vec<Step> {
         .collect()
 }
 
-fn decode_amqp(
+pub(crate) fn decode_amqp(
     deliveries: &[eventbus::transport::rabbitmq::lapin::message::Delivery],
 ) -> Vec<Step> {
     deliveries
@@ -78,7 +78,7 @@ fn decode_amqp(
 
 /// A fresh exchange (under a unique destination prefix) with a queue bound to
 /// it, and a publisher.
-async fn rabbit(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
+pub(crate) async fn rabbit(tag: &str) -> (Arc<RabbitPublisher>, String, TestQueue) {
     let prefix = format!("{}.", unique_name(tag));
     let exchange = format!("{prefix}{}", Step::DESTINATION);
     let queue = TestQueue::bind_all(&exchange).await;
@@ -99,7 +99,7 @@ async fn kafka(tag: &str) -> (Arc<KafkaPublisher>, String, String, String) {
 }
 
 /// Starts a relay on `db`'s own pool.
-fn relay_on<D: TestDatabase>(
+pub(crate) fn relay_on<D: TestDatabase>(
     db: &D,
     publisher: Arc<dyn Publisher>,
     config: RelayConfig,

@@ -160,8 +160,30 @@ END"
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
         t = Dialect::MYSQL.object(inbox, crate::inbox::PARKED_SUFFIX),
     )];
+    // Scheduled events (crate::outbox::schedule): due times in milliseconds
+    // since the epoch.
+    let outbox_v2 = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {s} (
+    id             BIGINT        NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    event_id       CHAR(36)      CHARACTER SET ascii NOT NULL,
+    source         VARCHAR(1024),
+    destination    VARCHAR(255)  NOT NULL,
+    partition_key  VARCHAR(512)  NOT NULL,
+    event_type     VARCHAR(255)  NOT NULL,
+    schema_version INT           NOT NULL DEFAULT 1,
+    subject        VARCHAR(1024),
+    headers        LONGTEXT      NOT NULL CHECK (JSON_VALID(headers)),
+    payload        LONGTEXT      NOT NULL CHECK (JSON_VALID(payload)),
+    created_at     BIGINT        NOT NULL,
+    due_at         BIGINT        NOT NULL,
+    UNIQUE KEY event_id (event_id),
+    KEY due (due_at, id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+        s = Dialect::MYSQL.object(outbox, crate::outbox::SCHEDULED_SUFFIX),
+    )];
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
+        (format!("outbox:{outbox}"), 2, outbox_v2),
         (format!("inbox:{inbox}"), 1, inbox_v1),
         (format!("inbox:{inbox}"), 2, inbox_v2),
         (format!("inbox:{inbox}"), 3, inbox_v3),

@@ -10,6 +10,7 @@ use crate::backend::migrate::apply_steps;
 use crate::error::Result;
 use crate::inbox::{ATTEMPTS_SUFFIX, PARKED_SUFFIX};
 use crate::migrate::{MigrateDatabase, Migrator};
+use crate::outbox::SCHEDULED_SUFFIX;
 
 /// Serializes concurrent migrations across processes (an arbitrary constant).
 const LOCK_KEY: i64 = 0x6576_656e_7462_7573; // "eventbus"
@@ -160,9 +161,33 @@ CREATE INDEX IF NOT EXISTS {by_due} ON {t} (consumer, due_at);
         by_key = Dialect::POSTGRES.local(inbox, "_parked_key"),
         by_due = Dialect::POSTGRES.local(inbox, "_parked_due"),
     );
+    // Scheduled events (crate::outbox::schedule): due times in milliseconds
+    // since the epoch, text columns checked as JSON like the outbox's.
+    let outbox_v3 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {s} (
+id             bigserial PRIMARY KEY,
+event_id       text   NOT NULL UNIQUE,
+source         text,
+destination    text   NOT NULL,
+partition_key  text   NOT NULL,
+event_type     text   NOT NULL,
+schema_version int    NOT NULL DEFAULT 1,
+subject        text,
+headers        text   NOT NULL DEFAULT '{{}}' CHECK (headers::jsonb IS NOT NULL),
+payload        text   NOT NULL CHECK (payload::jsonb IS NOT NULL),
+created_at     bigint NOT NULL,
+due_at         bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {due} ON {s} (due_at, id);
+"#,
+        s = outbox.with_suffix(SCHEDULED_SUFFIX),
+        due = idx("_scheduled_due"),
+    );
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("outbox:{outbox}"), 2, outbox_v2),
+        (format!("outbox:{outbox}"), 3, outbox_v3),
         (format!("inbox:{inbox}"), 1, inbox_v1),
         (format!("inbox:{inbox}"), 2, inbox_v2),
         (format!("inbox:{inbox}"), 3, inbox_v3),

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::backend::sql::{Bind, SqlDatabase, Towards};
 use crate::error::{Error, Result};
-use crate::outbox::OutboxRecord;
+use crate::outbox::{OutboxRecord, ScheduledDatabase, ScheduledStats};
 use crate::relay::{leases, ClaimLimits, Lease, Rejection, RelayStore, Retention, Snapshot};
 use crate::table::TableName;
 
@@ -146,6 +146,7 @@ where
     i64: for<'r> Decode<'r, Db<S>> + Bind<Db<S>>,
     f64: for<'r> Decode<'r, Db<S>> + Type<Db<S>>,
     String: for<'r> Decode<'r, Db<S>> + Bind<Db<S>>,
+    Db<S>: ScheduledDatabase,
 {
     async fn partitions(&self) -> Result<Vec<i32>> {
         let store = self.store();
@@ -311,6 +312,16 @@ where
             .await
             .map_err(|e| store.err(e))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn release_due(&self, now: chrono::DateTime<chrono::Utc>, limit: u32) -> Result<u64> {
+        let store = self.store();
+        Db::<S>::release_due(&store.pool, &store.table, now, limit).await
+    }
+
+    async fn scheduled(&self) -> Result<ScheduledStats> {
+        let store = self.store();
+        Db::<S>::scheduled_stats(&store.pool, &store.table).await
     }
 
     async fn listen(&self, notify: Arc<Notify>) -> Result<()> {

@@ -10,6 +10,7 @@ use crate::backend::migrate::apply_steps;
 use crate::error::Result;
 use crate::inbox::{ATTEMPTS_SUFFIX, PARKED_SUFFIX};
 use crate::migrate::{MigrateDatabase, Migrator};
+use crate::outbox::SCHEDULED_SUFFIX;
 
 /// A version 4 UUID in the hyphenated lowercase form, made by SQLite: the
 /// default `event_id` of rows written with plain SQL.
@@ -81,6 +82,30 @@ CREATE TABLE IF NOT EXISTS {relays_table} (
         blocked = outbox.with_suffix("_blocked"),
         published = outbox.with_suffix("_published"),
     );
+    // Scheduled events (crate::outbox::schedule): due times in milliseconds
+    // since the epoch.
+    let outbox_v2 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {s} (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT    NOT NULL UNIQUE,
+    source         TEXT,
+    destination    TEXT    NOT NULL,
+    partition_key  TEXT    NOT NULL,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL DEFAULT 1,
+    subject        TEXT,
+    headers        TEXT    NOT NULL DEFAULT '{{}}' CHECK (json_valid(headers)),
+    payload        TEXT    NOT NULL CHECK (json_valid(payload)),
+    created_at     INTEGER NOT NULL,
+    due_at         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {due} ON {local_s} (due_at, id);
+"#,
+        s = outbox.with_suffix(SCHEDULED_SUFFIX),
+        due = outbox.with_suffix("_scheduled_due"),
+        local_s = Dialect::SQLITE.local(outbox, SCHEDULED_SUFFIX),
+    );
     let inbox = &m.inbox;
     let inbox_v1 = format!(
         r#"
@@ -142,6 +167,7 @@ CREATE INDEX IF NOT EXISTS {by_due} ON {local} (consumer, due_at);
     );
     vec![
         (format!("outbox:{outbox}"), 1, outbox_v1),
+        (format!("outbox:{outbox}"), 2, outbox_v2),
         (format!("inbox:{inbox}"), 1, inbox_v1),
         (format!("inbox:{inbox}"), 2, inbox_v2),
         (format!("inbox:{inbox}"), 3, inbox_v3),
