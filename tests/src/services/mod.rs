@@ -140,7 +140,7 @@ pub fn unavailable_message(service: Service, why: &Unavailable) -> String {
         }
         Unavailable::Container { name, error } => format!(
             "{var} is not set and the container standing in for it ({name}) failed: {error}\n\
-             (`docker rm -f {name}` removes it; the next test starts it afresh.)"
+             (If it exists, `docker rm -f {name}` removes it; the next test starts it afresh.)"
         ),
     };
     format!(
