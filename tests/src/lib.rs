@@ -4,16 +4,13 @@
 //! [`TestDatabase`]).
 //!
 //! Services come from environment variables (`DATABASE_URL`, `MYSQL_URL`, `AMQP_URL`,
-//! `KAFKA_BROKERS`, `SQS_ENDPOINT`). When one is unset and a Docker engine answers, the service is
-//! started with testcontainers; otherwise the test fails and says how to provide it.
+//! `KAFKA_BROKERS`, `SQS_ENDPOINT`). When one is unset and a Docker engine is configured, the
+//! service runs in a container started with testcontainers and reused by every test process
+//! ([`services`]); otherwise the test fails and says how to provide it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
-use testcontainers::core::{IntoContainerPort, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-use tokio::sync::OnceCell;
 
 pub mod backend;
 pub mod consumer;
@@ -148,65 +145,4 @@ pub fn replace_db_name(url: &str, name: &str) -> String {
         Some(q) => format!("{base}/{name}?{q}"),
         None => format!("{base}/{name}"),
     }
-}
-
-/// Keeps a testcontainers container alive for the whole test process.
-type Held = OnceCell<(String, Option<ContainerAsync<GenericImage>>)>;
-
-pub(crate) async fn from_env_or_container(
-    var: &str,
-    how_to: &str,
-    cell: &'static Held,
-    start: impl std::future::Future<Output = (String, ContainerAsync<GenericImage>)>,
-) -> String {
-    if let Ok(v) = std::env::var(var) {
-        if !v.trim().is_empty() {
-            return v;
-        }
-    }
-    let (url, _) = cell
-        .get_or_init(|| async {
-            if !docker_available() {
-                panic!(
-                    "{var} is not set and no Docker engine is available to start one.\n{how_to}\n\
-                     (`bash scripts/test` starts every service the suite needs.)"
-                );
-            }
-            let (url, container) = start.await;
-            (url, Some(container))
-        })
-        .await;
-    url.clone()
-}
-
-fn docker_available() -> bool {
-    std::process::Command::new("docker")
-        .arg("info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-pub(crate) async fn start_container(
-    image: GenericImage,
-    port: u16,
-    env: &[(&str, &str)],
-) -> (u16, ContainerAsync<GenericImage>) {
-    let mut request = image
-        .with_exposed_port(port.tcp())
-        .with_startup_timeout(std::time::Duration::from_secs(120));
-    for (k, v) in env {
-        request = request.with_env_var(*k, *v);
-    }
-    let container = request.start().await.expect("start test container");
-    let host_port = container
-        .get_host_port_ipv4(port)
-        .await
-        .expect("container port");
-    (host_port, container)
-}
-
-pub(crate) fn wait_stderr(message: &str) -> WaitFor {
-    WaitFor::message_on_stderr(message)
 }
