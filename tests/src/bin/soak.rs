@@ -13,6 +13,15 @@
 
 #[tokio::main]
 async fn main() {
+    // The child processes (`consume`, `relay`) log to stderr, which the
+    // soak sends to their files; `RUST_LOG` (set by the soak) filters.
+    if std::env::args().nth(1).as_deref() != Some("run") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let code = eventbus_tests::soak::cli(std::env::args().skip(1).collect()).await;
     std::process::exit(code);
 }

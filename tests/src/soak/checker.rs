@@ -145,3 +145,34 @@ pub(crate) async fn violation_samples(pool: &PgPool, n: i64) -> Result<Vec<Strin
 pub(crate) async fn scalar(pool: &PgPool, sql: &str) -> Result<i64> {
     Ok(sqlx::query_scalar(composed(sql)).fetch_one(pool).await?)
 }
+
+/// The effects of the first key with an order violation around it, oldest
+/// first, as `seq at member event`: when each step was applied and by which
+/// consumer process, to tell after the run how the violation came about.
+pub(crate) async fn violation_history(pool: &PgPool) -> Result<Vec<String>> {
+    let first: Option<(String, i64)> =
+        sqlx::query_as("SELECT key, seq FROM order_violations ORDER BY seq LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    let Some((key, seq)) = first else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<(i64, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT seq, to_char(at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS'), member, event_id \
+         FROM effects WHERE key = $1 AND seq BETWEEN $2 - 12 AND $2 + 12 ORDER BY at",
+    )
+    .bind(&key)
+    .bind(seq)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, at, member, event)| {
+            format!(
+                "{key} {seq} at {at} by {} (event {})",
+                member.unwrap_or_default(),
+                event.unwrap_or_default()
+            )
+        })
+        .collect())
+}

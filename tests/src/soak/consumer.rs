@@ -16,7 +16,8 @@ use crate::relay::Step;
 /// The consumers' tables. `effects` deliberately has no unique key: a
 /// duplicate effect must be countable, not prevented here.
 pub(crate) const DDL: [&str; 3] = [
-    "CREATE TABLE effects (key text NOT NULL, seq bigint NOT NULL)",
+    "CREATE TABLE effects (key text NOT NULL, seq bigint NOT NULL, \
+     at timestamptz NOT NULL DEFAULT clock_timestamp(), member bigint, event_id text)",
     "CREATE INDEX ON effects (key, seq)",
     "CREATE TABLE order_violations (key text NOT NULL, seq bigint NOT NULL, previous bigint)",
 ];
@@ -127,9 +128,13 @@ async fn apply(ctx: &Context<Postgres>, step: &Step) -> Result<()> {
             .execute(&mut **tx)
             .await?;
     }
-    sqlx::query("INSERT INTO effects (key, seq) VALUES ($1, $2)")
+    // When, by which process and from which event: what a violation's
+    // neighbours tell about how it came about.
+    sqlx::query("INSERT INTO effects (key, seq, member, event_id) VALUES ($1, $2, $3, $4)")
         .bind(&step.key)
         .bind(seq)
+        .bind(i64::from(std::process::id()))
+        .bind(&ctx.envelope().id)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -107,7 +107,9 @@ impl Supervised {
             .append(true)
             .open(log);
         let mut cmd = (self.command)();
-        cmd.env("RUST_LOG", "warn")
+        // `SOAK_LOG` (e.g. `info`) makes the children say more.
+        let level = std::env::var("SOAK_LOG").unwrap_or_else(|_| "warn".to_owned());
+        cmd.env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);

@@ -374,6 +374,7 @@ async fn run(options: Options) -> Result<bool> {
     let findings = checker::check(&pool).await?;
     let sabotaged = checker::scalar(&pool, "SELECT count(*) FROM sabotage").await?;
     let samples = checker::violation_samples(&pool, 5).await?;
+    let history = checker::violation_history(&pool).await?;
     for s in relays.iter_mut().chain(consumers.iter_mut()) {
         s.kill().await;
     }
@@ -394,6 +395,14 @@ async fn run(options: Options) -> Result<bool> {
     );
     if !samples.is_empty() {
         eprintln!("soak: order violations (key: step after step), first ones: {samples:?}");
+        eprintln!("soak: the effects around the first one, as applied:");
+        for line in &history {
+            eprintln!("soak:   {line}");
+        }
+        eprintln!(
+            "soak: the processes' logs are {}/eventbus-soak-*.log",
+            std::env::temp_dir().display()
+        );
     }
     println!(
         "{}",
