@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use eventbus::transport::kafka::rdkafka;
-use eventbus::transport::rabbitmq::{connection_properties, lapin};
+use eventbus::transport::rabbitmq::lapin;
 use eventbus_tests::{drop_databases, replace_db_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
@@ -74,10 +74,11 @@ impl Services {
 
     /// Fails with a clear message if RabbitMQ does not answer.
     pub(crate) async fn check_rabbitmq(&self) -> Result<()> {
-        let connecting = lapin::Connection::connect(&self.amqp_url, connection_properties());
+        let connecting =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default());
         let reason = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => {
-                let _ = c.close(200, "bench check").await;
+                let _ = c.close(200, "bench check".into()).await;
                 return Ok(());
             }
             Ok(Err(e)) => e.to_string(),

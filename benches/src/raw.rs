@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus::transport::kafka::rdkafka;
-use eventbus::transport::rabbitmq::{connection_properties, lapin, message_properties};
+use eventbus::transport::rabbitmq::{lapin, message_properties};
 use eventbus::OutgoingMessage;
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -15,9 +15,9 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -203,7 +203,7 @@ pub(crate) async fn kafka_reader(
 
 /// A RabbitMQ connection with a channel in confirm mode.
 pub(crate) async fn rabbit_channel(url: &str) -> Result<(Connection, Channel)> {
-    let connection = Connection::connect(url, connection_properties())
+    let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .map_err(|e| BenchError::Broker(format!("cannot connect to RabbitMQ: {e}")))?;
     let channel = connection
@@ -223,7 +223,7 @@ pub(crate) async fn rabbit_sink(channel: &Channel, exchange: &str) -> Result<()>
     let fail = |e: lapin::Error| BenchError::Broker(format!("declaring {exchange}: {e}"));
     channel
         .exchange_declare(
-            exchange,
+            exchange.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -235,7 +235,7 @@ pub(crate) async fn rabbit_sink(channel: &Channel, exchange: &str) -> Result<()>
         .map_err(fail)?;
     channel
         .queue_declare(
-            exchange,
+            exchange.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -246,9 +246,9 @@ pub(crate) async fn rabbit_sink(channel: &Channel, exchange: &str) -> Result<()>
         .map_err(fail)?;
     channel
         .queue_bind(
-            exchange,
-            exchange,
-            "#",
+            exchange.into(),
+            exchange.into(),
+            "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -261,14 +261,14 @@ pub(crate) async fn rabbit_sink(channel: &Channel, exchange: &str) -> Result<()>
 pub(crate) async fn rabbit_delete_queue(url: &str, name: &str) -> Result<()> {
     let (connection, channel) = rabbit_channel(url).await?;
     rabbit_drop_sink(&channel, name).await?;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
 
 /// Deletes the queue made by [`rabbit_sink`] (and its messages).
 pub(crate) async fn rabbit_drop_sink(channel: &Channel, exchange: &str) -> Result<()> {
     channel
-        .queue_delete(exchange, QueueDeleteOptions::default())
+        .queue_delete(exchange.into(), QueueDeleteOptions::default())
         .await
         .map_err(|e| BenchError::Broker(format!("deleting queue {exchange}: {e}")))?;
     Ok(())
@@ -306,8 +306,8 @@ pub(crate) async fn rabbit_send_all(
         let envelope = &message.envelope;
         let confirm = channel
             .basic_publish(
-                &message.destination,
-                &envelope.event_type,
+                message.destination.as_str().into(),
+                envelope.event_type.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,

@@ -228,14 +228,18 @@ async fn capped_queue(exchange: &str) -> (Connection, Channel, String) {
     arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1_000));
     arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
     channel
-        .queue_declare(&name, QueueDeclareOptions::default(), arguments)
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
         .await
         .expect("declare capped queue");
     channel
         .queue_bind(
-            &name,
-            exchange,
-            "#",
+            name.as_str().into(),
+            exchange.into(),
+            "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -376,11 +380,11 @@ async fn retention_keeps_the_kept_rows_within_the_window_at_6000_events_per_seco
     );
 
     let _ = channel
-        .queue_delete(&queue, QueueDeleteOptions::default())
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
     let _ = channel
-        .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await;
-    let _ = connection.close(200, "test done").await;
+    let _ = connection.close(200, "test done".into()).await;
     drop(relay);
 }

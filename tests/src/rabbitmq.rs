@@ -13,9 +13,11 @@ use eventbus::transport::rabbitmq::lapin::options::{
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use eventbus::transport::rabbitmq::lapin::types::{AMQPValue, FieldTable};
-use eventbus::transport::rabbitmq::lapin::{Channel, Connection, Consumer, ExchangeKind};
+use eventbus::transport::rabbitmq::lapin::{
+    Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+};
 use eventbus::transport::rabbitmq::{
-    connection_properties, envelope_from_delivery, RabbitSubscriber, RabbitSubscriberBuilder,
+    envelope_from_delivery, RabbitSubscriber, RabbitSubscriberBuilder,
 };
 use eventbus::Envelope;
 use futures::StreamExt;
@@ -28,7 +30,7 @@ const QUEUE_EXPIRES_MS: i64 = 10 * 60 * 1000;
 /// Opens a connection to the test broker (`AMQP_URL`) on the tokio runtime.
 pub async fn connect() -> Connection {
     let url = crate::amqp_url().await;
-    Connection::connect(&url, connection_properties())
+    Connection::connect(&url, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to RabbitMQ at AMQP_URL: {e}"))
 }
@@ -42,7 +44,7 @@ pub async fn declare_topic_exchange(channel: &Channel, exchange: &str) {
 pub async fn declare_exchange(channel: &Channel, exchange: &str, kind: ExchangeKind) {
     channel
         .exchange_declare(
-            exchange,
+            exchange.into(),
             kind,
             ExchangeDeclareOptions {
                 durable: true,
@@ -59,10 +61,10 @@ pub async fn delete_exchange(exchange: &str) {
     let connection = connect().await;
     if let Ok(channel) = connection.create_channel().await {
         let _ = channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "test clean-up").await;
+    let _ = connection.close(200, "test clean-up".into()).await;
 }
 
 /// A queue bound to an exchange, read by the test: what a consumer of the
@@ -118,15 +120,19 @@ impl TestQueue {
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(QUEUE_EXPIRES_MS));
         channel
-            .queue_declare(&name, QueueDeclareOptions::default(), arguments)
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::default(),
+                arguments,
+            )
             .await
             .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
         for pattern in patterns {
             channel
                 .queue_bind(
-                    &name,
-                    exchange,
-                    pattern,
+                    name.as_str().into(),
+                    exchange.into(),
+                    (*pattern).into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -151,8 +157,8 @@ impl TestQueue {
             let consumer = self
                 .channel
                 .basic_consume(
-                    &self.name,
-                    &crate::unique_name("test_consumer"),
+                    self.name.as_str().into(),
+                    crate::unique_name("test_consumer").into(),
                     BasicConsumeOptions {
                         no_ack: true,
                         ..BasicConsumeOptions::default()
@@ -227,9 +233,9 @@ impl TestQueue {
     pub async fn delete(self) {
         let _ = self
             .channel
-            .queue_delete(&self.name, QueueDeleteOptions::default())
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
             .await;
-        let _ = self.connection.close(200, "test done").await;
+        let _ = self.connection.close(200, "test done".into()).await;
     }
 }
 
@@ -279,10 +285,10 @@ pub async fn delete_group(group: &str) {
     let connection = connect().await;
     if let Ok(channel) = connection.create_channel().await {
         let _ = channel
-            .queue_delete(group, QueueDeleteOptions::default())
+            .queue_delete(group.into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "test clean-up").await;
+    let _ = connection.close(200, "test clean-up".into()).await;
 }
 
 /// How many messages queue `queue` holds, or `None` if it does not exist
@@ -292,7 +298,7 @@ pub async fn queue_depth(queue: &str) -> Option<u32> {
     let channel = connection.create_channel().await.expect("a channel");
     let found = channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -302,7 +308,7 @@ pub async fn queue_depth(queue: &str) -> Option<u32> {
         .await
         .ok()
         .map(|q| q.message_count());
-    let _ = connection.close(200, "test").await;
+    let _ = connection.close(200, "test".into()).await;
     found
 }
 

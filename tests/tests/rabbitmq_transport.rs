@@ -423,7 +423,7 @@ async fn ensure_destination_is_idempotent_and_declares_a_durable_topic_exchange(
         );
     }
 
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     delete_exchange(&exchange).await;
     delete_exchange(&fanout).await;
 }

@@ -91,7 +91,7 @@ async fn exchange_exists(name: &str) -> bool {
     let channel = connection.create_channel().await.expect("open channel");
     let found = channel
         .exchange_declare(
-            name,
+            name.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 passive: true,
@@ -101,7 +101,7 @@ async fn exchange_exists(name: &str) -> bool {
         )
         .await
         .is_ok();
-    let _ = connection.close(200, "test").await;
+    let _ = connection.close(200, "test".into()).await;
     found
 }
 

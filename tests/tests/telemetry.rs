@@ -461,8 +461,8 @@ async fn send_third_party(broker: &Broker, destination: &str, traceparent: &str,
                 .with_headers(headers);
             channel
                 .basic_publish(
-                    destination,
-                    OrderPlaced::TYPE,
+                    destination.into(),
+                    OrderPlaced::TYPE.into(),
                     BasicPublishOptions::default(),
                     &data,
                     properties,
@@ -471,7 +471,7 @@ async fn send_third_party(broker: &Broker, destination: &str, traceparent: &str,
                 .expect("publish")
                 .await
                 .expect("the broker confirms the third-party message");
-            let _ = connection.close(200, "done").await;
+            let _ = connection.close(200, "done".into()).await;
         }
         other => panic!("not a broker of this suite: {other:?}"),
     }

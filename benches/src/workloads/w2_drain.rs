@@ -169,7 +169,7 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         ctx.progress.done(&bar);
         if let Some((conn, channel)) = rabbit {
             raw::rabbit_drop_sink(&channel, &destination).await?;
-            let _ = conn.close(200, "done").await;
+            let _ = conn.close(200, "done".into()).await;
         }
         ctx.progress.log(format!(
             "W2 {} raw producer: {raw_rate:.0}/s",

@@ -456,12 +456,12 @@ async fn wait_for_queues(amqp: &str, queues: &[String]) {
                 ..QueueDeclareOptions::default()
             };
             if channel
-                .queue_declare(queue, passive, FieldTable::default())
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                 .await
                 .is_ok()
             {
                 found = true;
-                let _ = channel.close(200, "").await;
+                let _ = channel.close(200, "".into()).await;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -471,7 +471,7 @@ async fn wait_for_queues(amqp: &str, queues: &[String]) {
             "the services did not declare queue {queue} within 60 s"
         );
     }
-    let _ = connection.close(200, "").await;
+    let _ = connection.close(200, "".into()).await;
 }
 
 /// Waits (up to 60 s) until the database at `url` exists and has the outbox

@@ -265,8 +265,8 @@ impl Broker {
                 let channel = connection.create_channel().await.expect("channel");
                 channel
                     .basic_publish(
-                        destination,
-                        Step::TYPE,
+                        destination.into(),
+                        Step::TYPE.into(),
                         BasicPublishOptions::default(),
                         body,
                         BasicProperties::default().with_content_type("text/plain".into()),
@@ -275,7 +275,7 @@ impl Broker {
                     .expect("publish raw")
                     .await
                     .expect("raw publish sent");
-                let _ = connection.close(200, "sent").await;
+                let _ = connection.close(200, "sent".into()).await;
             }
             Broker::Sqs(_) => {
                 let publisher = sqs::publisher(true).await;
@@ -550,7 +550,7 @@ async fn ready_in_queue(group: &str) -> u32 {
     let channel = connection.create_channel().await.expect("channel");
     let queue = channel
         .queue_declare(
-            group,
+            group.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -559,6 +559,6 @@ async fn ready_in_queue(group: &str) -> u32 {
         )
         .await
         .expect("passive queue.declare");
-    let _ = connection.close(200, "counted").await;
+    let _ = connection.close(200, "counted".into()).await;
     queue.message_count()
 }

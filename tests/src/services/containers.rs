@@ -325,11 +325,12 @@ async fn probe(service: Service, value: &str, host_port: u16) -> Result<(), Prob
             let _ = connection.close().await;
         }
         Service::RabbitMq => {
-            use eventbus::transport::rabbitmq::{connection_properties, lapin};
-            let connection = lapin::Connection::connect(value, connection_properties())
-                .await
-                .map_err(|e| not_yet(&e))?;
-            let _ = connection.close(200, "probe").await;
+            use eventbus::transport::rabbitmq::lapin;
+            let connection =
+                lapin::Connection::connect(value, lapin::ConnectionProperties::default())
+                    .await
+                    .map_err(|e| not_yet(&e))?;
+            let _ = connection.close(200, "probe".into()).await;
         }
         Service::Kafka => {
             let advertised = kafka_brokers_advertised(value.to_owned()).await?;

@@ -150,7 +150,7 @@ pub(crate) async fn declare_exchange(amqp: &str, exchange: &str) -> Result<()> {
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
-            exchange,
+            exchange.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -159,7 +159,7 @@ pub(crate) async fn declare_exchange(amqp: &str, exchange: &str) -> Result<()> {
             FieldTable::default(),
         )
         .await?;
-    connection.close(0, "").await?;
+    connection.close(0, "".into()).await?;
     Ok(())
 }
 
@@ -179,12 +179,12 @@ pub(crate) async fn wait_subscribed(amqp: &str, group: &str, timeout: Duration) 
             ..QueueDeclareOptions::default()
         };
         let queue = channel
-            .queue_declare(group, passive, FieldTable::default())
+            .queue_declare(group.into(), passive, FieldTable::default())
             .await;
         if queue.is_ok_and(|q| q.consumer_count() > 0) {
             break;
         }
-        let _ = channel.close(200, "").await;
+        let _ = channel.close(200, "".into()).await;
         if Instant::now() > deadline {
             return Err(format!(
                 "no consumer subscribed to queue {group} within {timeout:?} (see {})",
@@ -197,6 +197,6 @@ pub(crate) async fn wait_subscribed(amqp: &str, group: &str, timeout: Duration) 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Only a look: closing may race the broker closing a refused channel.
-    let _ = connection.close(0, "").await;
+    let _ = connection.close(0, "".into()).await;
     Ok(())
 }

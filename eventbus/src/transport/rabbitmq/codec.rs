@@ -15,6 +15,12 @@ use crate::envelope::{ContentMode, Envelope, EnvelopeError, JSON_CONTENT_TYPE};
 ///
 /// Useful to consumers that republish an event, e.g. to a dead-letter exchange.
 /// Fields longer than AMQP allows are not checked here; the publisher checks them.
+///
+/// # Panics
+///
+/// When the event type, the event id, `datacontenttype`, an attribute name
+/// with its `ce-` prefix, or `app_id` is longer than 255 bytes: lapin refuses
+/// to make an AMQP short string of it.
 pub fn message_properties(envelope: &Envelope, app_id: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in envelope.binary_headers(HEADER_PREFIX) {

@@ -6,7 +6,7 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | this one | connection properties, what a refusal is |
+//! | this one | the runtime lapin runs on, connection loss, what a refusal is |
 //! | `codec` | the wire format: envelope ↔ AMQP properties, headers and body |
 //! | `publisher` | [`RabbitPublisher`]: confirms, batching, refusals, reconnection |
 //! | `subscriber` | [`RabbitSubscriber`]: group queues, bindings, prefetch, lanes, settling |
@@ -54,9 +54,9 @@ use std::time::Duration;
 
 use std::str::FromStr;
 
-use lapin::protocol::AMQPErrorKind;
+use futures::StreamExt;
 use lapin::uri::AMQPUri;
-use lapin::ConnectionProperties;
+use lapin::Connection;
 
 use crate::error::{Error, Result};
 
@@ -99,32 +99,33 @@ const SHORT_STRING_MAX: usize = 255;
 /// AMQP `delivery_mode` of persistent messages.
 const PERSISTENT: u8 = 2;
 
-/// lapin connection properties that run its tasks and IO on the current tokio
-/// runtime rather than on executor threads of its own; lapin's defaults when
-/// called outside a tokio runtime.
-///
-/// ```no_run
-/// # async fn demo() -> lapin::Result<()> {
-/// use eventbus::transport::rabbitmq::{connection_properties, lapin};
-///
-/// let connection = lapin::Connection::connect(
-///     "amqp://guest:guest@127.0.0.1:5672/%2f",
-///     connection_properties(),
-/// )
-/// .await?;
-/// # Ok(()) }
-/// ```
-pub fn connection_properties() -> ConnectionProperties {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => tokio_properties(handle),
-        Err(_) => ConnectionProperties::default(),
-    }
+/// The runtime lapin runs a connection's tasks and IO on: the tokio runtime
+/// of `handle`, rather than executor threads of its own.
+fn tokio_runtime(handle: tokio::runtime::Handle) -> async_rs::TokioRuntime {
+    async_rs::Runtime::tokio_with_handle(handle)
 }
 
-fn tokio_properties(handle: tokio::runtime::Handle) -> ConnectionProperties {
-    ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::default().with_handle(handle))
-        .with_reactor(tokio_reactor_trait::Tokio)
+/// Calls `lost` once, with lapin's error, when `connection` dies; a channel
+/// the broker closed leaves the connection up and is not reported. The
+/// watching task ends with the connection.
+fn on_connection_lost(
+    connection: &Connection,
+    runtime: &tokio::runtime::Handle,
+    lost: impl FnOnce(&lapin::Error) + Send + 'static,
+) {
+    let status = connection.status().clone();
+    let events = connection.events_listener();
+    runtime.spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                if !status.connected() {
+                    lost(&e);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// The parsed URL of a publisher or subscriber, and the URL with its password
@@ -148,7 +149,7 @@ fn amqp_uri(url: &str, tls: &RabbitTls) -> Result<(AMQPUri, String)> {
 /// as PRECONDITION_FAILED, NOT_FOUND, ACCESS_REFUSED), as opposed to a dead
 /// connection.
 fn is_soft(e: &lapin::Error) -> bool {
-    matches!(e, lapin::Error::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)))
+    e.is_amqp_soft_error()
 }
 
 #[cfg(test)]
@@ -158,18 +159,19 @@ mod tests {
     #[test]
     fn soft_errors_are_channel_refusals() {
         use lapin::protocol::{AMQPError, AMQPHardError, AMQPSoftError};
-        let soft = lapin::Error::ProtocolError(AMQPError::new(
+        use lapin::ErrorKind;
+        let soft = lapin::Error::from(ErrorKind::ProtocolError(AMQPError::new(
             AMQPSoftError::NOTFOUND.into(),
             "NOT_FOUND - no exchange 'x'".into(),
-        ));
-        let hard = lapin::Error::ProtocolError(AMQPError::new(
+        )));
+        let hard = lapin::Error::from(ErrorKind::ProtocolError(AMQPError::new(
             AMQPHardError::CONNECTIONFORCED.into(),
             "CONNECTION_FORCED".into(),
-        ));
+        )));
         assert!(is_soft(&soft));
         assert!(!is_soft(&hard));
-        assert!(!is_soft(&lapin::Error::InvalidChannelState(
-            lapin::ChannelState::Closed
+        assert!(!is_soft(&lapin::Error::from(
+            ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "basic.publish")
         )));
     }
 }

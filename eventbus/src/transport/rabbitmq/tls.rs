@@ -112,10 +112,13 @@ impl RabbitTls {
     pub(crate) fn to_lapin(&self) -> OwnedTLSConfig {
         OwnedTLSConfig {
             cert_chain: self.ca_pem.clone(),
-            identity: self.identity.as_ref().map(|(der, password)| OwnedIdentity {
-                der: der.clone(),
-                password: password.clone(),
-            }),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|(der, password)| OwnedIdentity::PKCS12 {
+                    der: der.clone(),
+                    password: password.clone(),
+                }),
         }
     }
 }

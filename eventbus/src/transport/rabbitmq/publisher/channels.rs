@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex as StdMutex, MutexGuard, PoisonError};
 
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection};
+use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::{RabbitPublisher, MAX_IDLE_CHANNELS};
-use crate::transport::rabbitmq::tokio_properties;
+use crate::transport::rabbitmq::{on_connection_lost, tokio_runtime};
 use crate::transport::PublishError;
 
 pub(super) struct Link {
@@ -26,12 +26,16 @@ impl RabbitPublisher {
     pub(super) async fn open(&self) -> Result<Link, PublishError> {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         lock(&self.declared).clear();
-        let mut properties = tokio_properties(self.runtime.clone());
+        let mut properties = ConnectionProperties::default();
         if let Some(name) = &self.connection_name {
             properties = properties.with_connection_name(name.clone().into());
         }
-        let connecting =
-            Connection::connect_uri_with_config(self.uri.clone(), properties, self.tls.to_lapin());
+        let connecting = Connection::connect_uri_with_config(
+            self.uri.clone(),
+            properties,
+            self.tls.to_lapin(),
+            tokio_runtime(self.runtime.clone()),
+        );
         let connection = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {
@@ -52,8 +56,8 @@ impl RabbitPublisher {
         };
         let url = self.redacted_url.clone();
         let secrets = self.secrets.clone();
-        connection.on_error(move |e| {
-            tracing::warn!(url = %url, error = %secrets.scrub(&e), "RabbitMQ connection lost; reconnecting on the next publish");
+        on_connection_lost(&connection, &self.runtime, move |e| {
+            tracing::warn!(url = %url, error = %secrets.scrub(e), "RabbitMQ connection lost; reconnecting on the next publish");
         });
         tracing::debug!(url = %self.redacted_url, generation, "connected to RabbitMQ");
         Ok(Link {

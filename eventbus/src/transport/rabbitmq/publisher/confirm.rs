@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Confirmation, ExchangeKind};
 
 use super::channels::lock;
 use super::{
@@ -70,8 +69,8 @@ impl RabbitPublisher {
             let message = &messages[i];
             let envelope = &message.envelope;
             let sending = channel.basic_publish(
-                &message.destination,
-                &envelope.event_type,
+                message.destination.as_str().into(),
+                envelope.event_type.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,
@@ -101,11 +100,11 @@ impl RabbitPublisher {
             }
             let attempt = match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(ret))) => {
-                    returned.extend(ret.map(|r| *r));
+                    returned.extend(ret);
                     Attempt::Confirmed
                 }
                 Ok(Ok(Confirmation::Nack(ret))) => {
-                    returned.extend(ret.map(|r| *r));
+                    returned.extend(ret);
                     Attempt::Failed(PublishError::Rejected(
                         "the broker nacked the message (negative publisher confirm)".into(),
                     ))
@@ -262,7 +261,7 @@ impl RabbitPublisher {
         check_destination(destination)?;
         let pooled = self.acquire().await?;
         let declaring = pooled.channel.exchange_declare(
-            destination,
+            destination.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 passive,

@@ -202,7 +202,7 @@ impl RabbitPublisher {
             if link.connection.status().connected() {
                 if let Err(e) = link
                     .connection
-                    .close(200, "eventbus publisher closed")
+                    .close(200, "eventbus publisher closed".into())
                     .await
                 {
                     tracing::debug!(url = %self.redacted_url, error = %self.secrets.scrub(&e), "closing RabbitMQ connection failed");
@@ -344,7 +344,7 @@ impl Publisher for RabbitPublisher {
         let declaring = async {
             channel
                 .queue_declare(
-                    destination,
+                    destination.into(),
                     QueueDeclareOptions {
                         durable: true,
                         ..QueueDeclareOptions::default()
@@ -354,9 +354,9 @@ impl Publisher for RabbitPublisher {
                 .await?;
             channel
                 .queue_bind(
-                    destination,
-                    destination,
-                    "#",
+                    destination.into(),
+                    destination.into(),
+                    "#".into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

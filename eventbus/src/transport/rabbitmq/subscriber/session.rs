@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::watch;
 
 use super::builder::Binding;
@@ -22,7 +22,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
 use crate::redact::Secrets;
-use crate::transport::rabbitmq::{is_soft, tokio_properties, RabbitTls};
+use crate::transport::rabbitmq::{is_soft, on_connection_lost, tokio_runtime, RabbitTls};
 use crate::transport::{Cause, TransportError};
 
 /// The validated options, shared with reconnection tasks.
@@ -158,7 +158,7 @@ impl Session {
     /// Connects and sets up the exchanges, the queue, its bindings, the
     /// prefetch and the consumer.
     pub(super) async fn open(options: &Options) -> Result<Session> {
-        let mut properties = tokio_properties(options.runtime.clone());
+        let mut properties = ConnectionProperties::default();
         if let Some(name) = &options.connection_name {
             properties = properties.with_connection_name(name.clone().into());
         }
@@ -166,6 +166,7 @@ impl Session {
             options.uri.clone(),
             properties,
             options.tls.to_lapin(),
+            tokio_runtime(options.runtime.clone()),
         );
         let connection = match tokio::time::timeout(options.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
@@ -183,8 +184,8 @@ impl Session {
         let url = options.redacted_url.clone();
         let secrets = options.secrets.clone();
         let group = options.group.clone();
-        connection.on_error(move |e| {
-            tracing::warn!(url = %url, group = %group, error = %secrets.scrub(&e), "RabbitMQ connection lost; the subscriber reconnects");
+        on_connection_lost(&connection, &options.runtime, move |e| {
+            tracing::warn!(url = %url, group = %group, error = %secrets.scrub(e), "RabbitMQ connection lost; the subscriber reconnects");
         });
         let channel = options
             .step(
@@ -204,7 +205,7 @@ impl Session {
                     )
                 },
                 channel.queue_declare(
-                    group,
+                    group.into(),
                     QueueDeclareOptions {
                         durable: true,
                         ..QueueDeclareOptions::default()
@@ -224,9 +225,9 @@ impl Session {
                             )
                         },
                         channel.queue_bind(
-                            group,
-                            &binding.exchange,
-                            pattern,
+                            group.into(),
+                            binding.exchange.as_str().into(),
+                            pattern.as_str().into(),
                             QueueBindOptions::default(),
                             FieldTable::default(),
                         ),
@@ -245,8 +246,8 @@ impl Session {
             .step(
                 || format!("cannot consume from queue `{group}`"),
                 channel.basic_consume(
-                    group,
-                    &tag,
+                    group.into(),
+                    tag.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 ),
@@ -273,7 +274,7 @@ impl Session {
         for binding in &options.bindings {
             let exchange = binding.exchange.as_str();
             let declaring = channel.exchange_declare(
-                exchange,
+                exchange.into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -294,7 +295,7 @@ impl Session {
                 )
                 .await?;
             let checking = channel.exchange_declare(
-                exchange,
+                exchange.into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     passive: true,
@@ -328,7 +329,7 @@ impl Session {
                 .step(
                     || format!("cannot cancel consumer `{tag}`"),
                     self.channel
-                        .basic_cancel(tag, BasicCancelOptions::default()),
+                        .basic_cancel(tag.into(), BasicCancelOptions::default()),
                 )
                 .await
             {
@@ -350,7 +351,7 @@ impl Session {
             if let Err(e) = options
                 .step(
                     || "cannot close the channel".to_owned(),
-                    self.channel.close(200, "eventbus subscriber closed"),
+                    self.channel.close(200, "eventbus subscriber closed".into()),
                 )
                 .await
             {
@@ -361,7 +362,8 @@ impl Session {
             if let Err(e) = options
                 .step(
                     || "cannot close the connection".to_owned(),
-                    self.connection.close(200, "eventbus subscriber closed"),
+                    self.connection
+                        .close(200, "eventbus subscriber closed".into()),
                 )
                 .await
             {

@@ -6,9 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::acker::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
-use lapin::Channel;
+use lapin::{Acker, Channel};
 use tokio::sync::watch;
 
 use super::CHANNEL_CHECK_INTERVAL;
@@ -92,7 +91,14 @@ impl RabbitSettle {
                 "cannot {what} delivery {}: its channel closed; RabbitMQ delivers the message again",
                 self.delivery_tag
             ).into()))),
-            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Ok(true))) => Ok(()),
+            // lapin sends nothing for a delivery whose channel failed, or one
+            // already settled.
+            Ok(Some(Ok(false))) => Err(Error::Subscribe(TransportError::Unavailable(format!(
+                "cannot {what} delivery {}: its channel failed or it was already settled; \
+                 RabbitMQ delivers the message again unless it was settled",
+                self.delivery_tag
+            ).into()))),
             Ok(Some(Err(e))) => Err(Error::Subscribe(TransportError::unavailable_from(
                 format_args!("cannot {what} delivery {}", self.delivery_tag),
                 e,
