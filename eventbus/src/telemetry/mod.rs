@@ -25,6 +25,12 @@
 //! too. Attribute names follow the OpenTelemetry messaging semantic
 //! conventions; see [`attributes`] and `docs/observability.md`.
 //!
+//! An application that exports its `tracing` spans through a
+//! `tracing-opentelemetry` layer gets the same trace, each span once: the
+//! consumer's `process` `tracing` span (see below) is then the exported
+//! `process` span rather than a copy of it (`docs/observability.md`,
+//! "Applications on `tracing-opentelemetry`").
+//!
 //! Without the feature, the trace context given in
 //! [`Metadata`](crate::Metadata) (or received) still travels unchanged.
 //!

@@ -60,6 +60,9 @@ pub(crate) struct MessagingSpan {
     /// What a message passes on when there is no valid span of our own (no
     /// `otel` feature, or a tracer that records nothing and starts no trace).
     parent: Option<TraceContext>,
+    /// The `tracing` span the work runs in (`process` only; disabled for the
+    /// others), with the trace id for log lines.
+    log: tracing::Span,
     #[cfg(feature = "otel")]
     cx: opentelemetry::Context,
 }
@@ -74,21 +77,37 @@ impl MessagingSpan {
         links: &[TraceContext],
     ) -> Self {
         #[cfg(feature = "otel")]
-        let cx = otel::start(operation, destination, &parent, links);
+        let (cx, log) = otel::start(
+            operation,
+            &format!("{} {destination}", operation.name()),
+            &parent,
+            links,
+        );
         #[cfg(not(feature = "otel"))]
-        let _ = (destination, links);
+        let log = {
+            let _ = (destination, links);
+            log_span(operation)
+        };
         let parent = match parent {
             Parent::Remote(tc) => Some(tc),
             #[cfg(feature = "otel")]
             Parent::Current => TraceContext::current(),
             _ => None,
         };
-        MessagingSpan {
+        let span = MessagingSpan {
             operation,
             parent,
+            log,
             #[cfg(feature = "otel")]
             cx,
+        };
+        if let Some(tc) = span.trace_context() {
+            span.log
+                .record("trace_id", tracing::field::display(tc.trace_id()));
+            span.log
+                .record("span_id", tracing::field::display(tc.span_id()));
         }
+        span
     }
 
     /// The trace context to hand on: this span's, or the parent's when there
@@ -179,27 +198,11 @@ impl MessagingSpan {
         }
     }
 
-    /// A `tracing` span carrying this span's `trace_id` and `span_id`, so
-    /// that log lines written inside it name the trace.
+    /// The `tracing` span carrying this span's `trace_id` and `span_id`, so
+    /// that log lines written inside it name the trace (`process` spans; a
+    /// disabled span for the others).
     pub(crate) fn log_span(&self) -> tracing::Span {
-        let Some(tc) = self.trace_context() else {
-            return tracing::Span::none();
-        };
-        let (trace_id, span_id) = (tc.trace_id(), tc.span_id());
-        // Error level, and the target of the module whose lines it wraps:
-        // the span, and with it the trace id, must be enabled under any
-        // filter that lets those lines through.
-        match self.operation {
-            Operation::Publish => {
-                tracing::error_span!(target: "eventbus::outbox", "publish", trace_id = %trace_id, span_id = %span_id)
-            }
-            Operation::Send => {
-                tracing::error_span!(target: "eventbus::relay", "send", trace_id = %trace_id, span_id = %span_id)
-            }
-            Operation::Process => {
-                tracing::error_span!(target: "eventbus::consumer", "process", trace_id = %trace_id, span_id = %span_id)
-            }
-        }
+        self.log.clone()
     }
 
     /// Runs `future` inside this span: the active OpenTelemetry context (so
@@ -230,6 +233,26 @@ pub(crate) fn common(
     }
 }
 
+/// The `tracing` span a `process` span's work runs in, named `process` with
+/// the OpenTelemetry kind in the field `tracing-opentelemetry` reads, and
+/// `trace_id`/`span_id` recorded once known. The other operations run no
+/// code of the application: no span.
+fn log_span(operation: Operation) -> tracing::Span {
+    match operation {
+        // Error level, and the target of the module whose lines it wraps:
+        // the span, and with it the trace id, must be enabled under any
+        // filter that lets those lines through.
+        Operation::Process => tracing::error_span!(
+            target: "eventbus::consumer",
+            "process",
+            otel.kind = "consumer",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        ),
+        Operation::Publish | Operation::Send => tracing::Span::none(),
+    }
+}
+
 /// The trace context of the caller's active span (none without `otel`).
 pub(crate) fn current() -> Option<TraceContext> {
     #[cfg(feature = "otel")]
@@ -245,14 +268,39 @@ mod otel {
     use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, Tracer as _};
     use opentelemetry::{global, Context, InstrumentationScope};
 
-    use super::{Operation, Parent, TraceContext};
+    use super::{log_span, Operation, Parent, TraceContext};
 
+    /// Starts the OpenTelemetry span and the `tracing` span of `operation`;
+    /// returns the context holding the former, and the latter.
+    ///
+    /// An application exporting `tracing` spans through a
+    /// `tracing-opentelemetry` layer would export the `tracing` span as a
+    /// second span, in a trace of its own. So the `tracing` span is made
+    /// first, with the parent as the active context, and if such a layer
+    /// backs it with an OpenTelemetry span, that span is the one: it gets the
+    /// links and attributes, and no second span is started.
     pub(super) fn start(
         operation: Operation,
-        destination: &str,
+        name: &str,
         parent: &Parent,
         links: &[TraceContext],
-    ) -> Context {
+    ) -> (Context, tracing::Span) {
+        let parent_cx = match parent {
+            Parent::Remote(tc) => tc.to_context(),
+            Parent::Current => Context::current(),
+            Parent::Root => Context::new(),
+        };
+        let log = {
+            let _parent = parent_cx.clone().attach();
+            log_span(operation)
+        };
+        if let Some(cx) = layer_span(&log) {
+            cx.span().update_name(name.to_owned());
+            for tc in links {
+                cx.span().add_link(tc.span_context(), Vec::new());
+            }
+            return (cx, log);
+        }
         // Looked up per span, not cached: a provider installed after the
         // first message (tests, late initialisation) must take effect.
         let tracer = global::tracer_with_scope(
@@ -260,18 +308,11 @@ mod otel {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         );
-        let parent_cx = match parent {
-            Parent::Remote(tc) => tc.to_context(),
-            Parent::Current => Context::current(),
-            Parent::Root => Context::new(),
-        };
         let kind = match operation {
             Operation::Publish | Operation::Send => SpanKind::Producer,
             Operation::Process => SpanKind::Consumer,
         };
-        let mut builder = tracer
-            .span_builder(format!("{} {destination}", operation.name()))
-            .with_kind(kind);
+        let mut builder = tracer.span_builder(name.to_owned()).with_kind(kind);
         if !links.is_empty() {
             builder = builder.with_links(
                 links
@@ -281,7 +322,19 @@ mod otel {
             );
         }
         let span = builder.start_with_context(&tracer, &parent_cx);
-        parent_cx.with_span(span)
+        (parent_cx.with_span(span), log)
+    }
+
+    /// The context of the OpenTelemetry span a `tracing-opentelemetry` layer
+    /// made for `log`, if one did: such a layer (with its default context
+    /// activation) makes it the active context while `log` is entered.
+    fn layer_span(log: &tracing::Span) -> Option<Context> {
+        if log.is_disabled() {
+            return None;
+        }
+        let _blank = Context::new().attach();
+        let cx = log.in_scope(Context::current);
+        cx.span().span_context().is_valid().then_some(cx)
     }
 }
 
