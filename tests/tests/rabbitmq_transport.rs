@@ -489,6 +489,42 @@ async fn a_message_the_broker_refuses_fails_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refusal_the_later_messages_of_its_key_are_not_sent() {
+    // The broker refuses m0 (its exchange is missing) and closes the channel,
+    // failing m1 and m2 with it. Resending one by one, the publisher learns
+    // that m0 is refused before m1's turn: m1, of the same destination and
+    // key, is not sent (it would land ahead of m0's retry); m2 goes.
+    let exchange = unique_name("rmq_refuse_key");
+    let missing = unique_name("rmq_missing_key");
+    let mut queue = TestQueue::bind_all(&exchange).await;
+    let publisher = RabbitPublisher::builder(amqp_url().await)
+        .declare_exchanges(false)
+        .connect()
+        .await
+        .expect("connect");
+    let messages = vec![
+        message(&missing, event("k", 0)),
+        message(&missing, event("k", 1)),
+        message(&exchange, event("k", 2)),
+    ];
+    let results = publisher.publish_batch(&messages).await;
+    assert!(
+        matches!(&results[0], Err(PublishError::Rejected(_))),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1], Err(PublishError::NotSent(_))),
+        "m1 must wait behind the refused m0: {:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert_eq!(queue.read(1, READ_TIMEOUT).await.len(), 1);
+    queue.delete().await;
+    delete_exchange(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_rejected_before_reaching_the_broker() {
     let exchange = unique_name("rmq_size");
     let mut queue = TestQueue::bind_all(&exchange).await;

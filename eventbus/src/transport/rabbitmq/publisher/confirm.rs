@@ -206,8 +206,23 @@ impl RabbitPublisher {
         results: &mut [Option<Result<Delivered, PublishError>>],
     ) {
         let mut reconnects_left = ISOLATION_RECONNECTS;
+        // Keys whose message failed: their later messages are not sent, so
+        // that none lands ahead of it (the relay sends them again after it).
+        let mut failed_keys: std::collections::BTreeSet<(&str, Option<&str>)> =
+            std::collections::BTreeSet::new();
+        let key_of = |i: usize| {
+            let m = &messages[i];
+            (m.destination.as_str(), m.envelope.partition_key.as_deref())
+        };
         let mut pos = 0;
         while let Some(&i) = items.get(pos) {
+            if failed_keys.contains(&key_of(i)) {
+                results[i] = Some(Err(PublishError::NotSent(
+                    "an earlier event of the same key failed".into(),
+                )));
+                pos += 1;
+                continue;
+            }
             let attempt = match self.acquire().await {
                 Ok(pooled) => {
                     let attempt = self
@@ -228,6 +243,7 @@ impl RabbitPublisher {
                 }
                 Attempt::Failed(e) if !e.is_unavailable() => {
                     results[i] = Some(Err(e));
+                    failed_keys.insert(key_of(i));
                     pos += 1;
                     continue;
                 }
@@ -235,6 +251,7 @@ impl RabbitPublisher {
                     results[i] = Some(Err(PublishError::Rejected(
                         self.lapin_cause("RabbitMQ refused the message and closed the channel", &e),
                     )));
+                    failed_keys.insert(key_of(i));
                     pos += 1;
                     continue;
                 }
