@@ -14,17 +14,14 @@ use crate::envelope::{ContentMode, Envelope, EnvelopeError, JSON_CONTENT_TYPE};
 /// `timestamp`, `type`, persistent `delivery_mode` and, when given, `app_id`.
 ///
 /// Useful to consumers that republish an event, e.g. to a dead-letter exchange.
-/// Fields longer than AMQP allows are not checked here; the publisher checks them.
-///
-/// # Panics
-///
-/// When the event type, the event id, `datacontenttype`, an attribute name
-/// with its `ce-` prefix, or `app_id` is longer than 255 bytes: lapin refuses
-/// to make an AMQP short string of it.
+/// AMQP short strings hold at most 255 bytes: the publisher refuses an event
+/// whose type, id, `datacontenttype` or attribute names (with their `ce-`
+/// prefix) are longer before it gets here; called directly, such values are
+/// cut to 255 bytes (at a character boundary).
 pub fn message_properties(envelope: &Envelope, app_id: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in envelope.binary_headers(HEADER_PREFIX) {
-        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        headers.insert(short(&name), AMQPValue::LongString(value.into()));
     }
     // What OpenTelemetry messaging instrumentations in other languages read.
     for (name, value) in [
@@ -40,10 +37,10 @@ pub fn message_properties(envelope: &Envelope, app_id: Option<&str>) -> BasicPro
         .as_deref()
         .unwrap_or(JSON_CONTENT_TYPE);
     let mut properties = BasicProperties::default()
-        .with_content_type(content_type.into())
+        .with_content_type(short(content_type))
         .with_delivery_mode(PERSISTENT)
-        .with_message_id(envelope.id.as_str().into())
-        .with_type(envelope.event_type.as_str().into())
+        .with_message_id(short(&envelope.id))
+        .with_type(short(&envelope.event_type))
         .with_headers(headers);
     if let Some(seconds) = envelope
         .time
@@ -52,9 +49,19 @@ pub fn message_properties(envelope: &Envelope, app_id: Option<&str>) -> BasicPro
         properties = properties.with_timestamp(seconds);
     }
     if let Some(app_id) = app_id {
-        properties = properties.with_app_id(app_id.into());
+        properties = properties.with_app_id(short(app_id));
     }
     properties
+}
+
+/// `value` as an AMQP short string: at most 255 bytes, cut at a character
+/// boundary (lapin panics on longer ones).
+fn short(value: &str) -> ShortString {
+    let mut end = value.len().min(255);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].into()
 }
 
 /// The header carrying when a message was sent, in milliseconds since the
@@ -236,6 +243,17 @@ pub(super) fn header_text(value: &AMQPValue) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_long_short_strings_are_cut_not_a_panic() {
+        let mut e = Envelope::new("urn:s", &"t".repeat(300), b"{}".to_vec());
+        e.id = "é".repeat(200);
+        let p = message_properties(&e, Some(&"a".repeat(256)));
+        assert_eq!(p.kind().as_ref().map(|t| t.as_str().len()), Some(255));
+        // 127 two-byte characters: the 128th would pass 255 bytes.
+        assert_eq!(p.message_id().as_ref().map(|t| t.as_str().len()), Some(254));
+        assert_eq!(p.app_id().as_ref().map(|t| t.as_str().len()), Some(255));
+    }
 
     use crate::envelope::sample;
 
