@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn over_long_short_strings_are_cut_not_a_panic() {
-        let mut e = Envelope::new("urn:s", &"t".repeat(300), b"{}".to_vec());
+        let mut e = Envelope::new("urn:s", "t".repeat(300), b"{}".to_vec());
         e.id = "é".repeat(200);
         let p = message_properties(&e, Some(&"a".repeat(256)));
         assert_eq!(p.kind().as_ref().map(|t| t.as_str().len()), Some(255));
