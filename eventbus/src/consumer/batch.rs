@@ -10,7 +10,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::context::BatchContext;
-use super::given_back::{Arrival, GivenBack};
+use super::given_back::{Arrival, Arrived, GivenBack};
 use super::handler::{BatchRegistration, Failure};
 use super::{DeliveryMode, Outcome, Queued, Shared};
 use crate::envelope::Envelope;
@@ -28,23 +28,28 @@ pub(super) enum Work<DB: sqlx::Database> {
 }
 
 impl<DB: sqlx::Database> Arrival for Work<DB> {
-    fn has_key(&self, key: &str) -> bool {
-        let of = |e: &Envelope| e.partition_key.as_deref() == Some(key);
+    fn arrived(&self) -> Vec<Arrived<'_>> {
         match self {
-            Work::One(queued) => queued.0.envelope.as_ref().is_ok_and(of),
-            Work::Batch(_, batch) => batch.iter().any(|b| of(&b.envelope)),
-        }
-    }
-
-    fn brings_back(&self, id: &str) -> bool {
-        match self {
-            Work::One(queued) => {
-                queued.0.settle.is_current() && queued.0.envelope.as_ref().is_ok_and(|e| e.id == id)
-            }
+            Work::One(queued) => queued
+                .0
+                .envelope
+                .as_ref()
+                .map(|e| vec![arrived(e, queued.0.settle.as_ref())])
+                .unwrap_or_default(),
             Work::Batch(_, batch) => batch
                 .iter()
-                .any(|b| b.settle.is_current() && b.envelope.id == id),
+                .map(|b| arrived(&b.envelope, b.settle.as_ref()))
+                .collect(),
         }
+    }
+}
+
+/// `envelope`, settled through `settle`, as the wait sees it.
+fn arrived<'a>(envelope: &'a Envelope, settle: &dyn Settle) -> Arrived<'a> {
+    Arrived {
+        id: envelope.id.as_str(),
+        key: envelope.partition_key.as_deref(),
+        live: settle.is_current(),
     }
 }
 

@@ -6,18 +6,24 @@
 //! behind what it had already sent. Until it comes round, the lane gives
 //! back what must not overtake it: on a broker that rewinds (Kafka, the
 //! in-memory broker) every later message of the lane, since they all come
-//! again after it; on one that gives back a single message (RabbitMQ, SQS),
-//! the later messages of its key, and each key given back is awaited on its
-//! own however many others were given back meanwhile.
+//! again after it, in order; on one that gives back a single message
+//! (RabbitMQ, SQS), the later messages of its key — and then each of those
+//! must come round too before the key goes on. The broker hands them back
+//! one by one, as they are given back, so a message of the key published
+//! meanwhile can arrive between two of them: the lane keeps, per key, the
+//! list of what it gave back, in order, takes a message of the key only when
+//! it is the first of that list, and gives back any other one, adding it to
+//! the list. Each key is awaited on its own, however many others were given
+//! back meanwhile.
 //!
-//! The wait is bounded, because the message may never come round to this
-//! lane (another member of the group took it, or the broker dropped it): by
-//! [`RETURN_WAIT`] of the lane's own waiting, that is idle or giving back.
-//! Its time handling other messages does not count: the given-back message
-//! comes round behind them, however slowly they are handled (a database that
-//! restarts makes each take seconds).
+//! The wait is bounded, because a message may never come round to this lane
+//! (another member of the group took it, or the broker dropped it): by
+//! [`RETURN_WAIT`] of the lane's own waiting since the key last moved, that
+//! is idle or giving back. Its time handling other messages does not count:
+//! the given-back messages come round behind them, however slowly they are
+//! handled (a database that restarts makes each take seconds).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::envelope::Envelope;
@@ -51,50 +57,75 @@ impl GivenBack {
     }
 }
 
-/// What a lane's next work is made of, as far as waiting is concerned.
-pub(super) trait Arrival {
-    /// Whether it holds a message of partition key `key`.
-    fn has_key(&self, key: &str) -> bool;
-    /// Whether it holds a live copy (one its broker still expects to be
-    /// settled) of the event with id `id`.
-    fn brings_back(&self, id: &str) -> bool;
+/// One message of a lane's next work, as far as waiting is concerned.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Arrived<'a> {
+    /// Its event id.
+    pub(super) id: &'a str,
+    /// Its partition key.
+    pub(super) key: Option<&'a str>,
+    /// Whether its broker still expects it to be settled (a copy from a
+    /// channel that closed is not: the broker hands it over again).
+    pub(super) live: bool,
 }
 
-/// A given-back message awaited, and how much longer.
+/// What a lane's next work is made of: its messages, in order.
+pub(super) trait Arrival {
+    /// The messages (those that decoded; the others are ordered with nothing).
+    fn arrived(&self) -> Vec<Arrived<'_>>;
+}
+
+/// The messages of one key given back, in order, and how much longer the
+/// lane waits for the first of them.
 #[derive(Debug)]
 struct Waiting {
-    id: String,
+    ids: VecDeque<String>,
     left: Duration,
 }
 
 impl Waiting {
-    fn new(id: String) -> Self {
+    fn new() -> Self {
         Waiting {
-            id,
+            ids: VecDeque::new(),
             left: RETURN_WAIT,
         }
     }
 }
 
+/// The first message given back on a rewinding broker, and how much longer
+/// the lane waits for it.
+#[derive(Debug)]
+struct Rewind {
+    id: String,
+    left: Duration,
+}
+
 /// What one lane awaits.
 #[derive(Debug, Default)]
 pub(super) struct Awaited {
-    /// The first message given back of each key, on a broker that gives back
-    /// one message.
+    /// Per key, on a broker that gives back one message: what was given back.
     keys: HashMap<String, Waiting>,
     /// The first message given back on a broker that rewinds.
-    rewind: Option<Waiting>,
+    rewind: Option<Rewind>,
 }
 
 impl Awaited {
-    /// Records messages given back; for a key already awaited, or behind a
-    /// rewind already awaited, the first one given back is what comes first.
+    /// Records messages the lane handled and then gave back. Each was the
+    /// first of its key (or its key awaited nothing), so it goes first.
     pub(super) fn extend(&mut self, given_back: impl IntoIterator<Item = GivenBack>) {
         for g in given_back {
             if g.rewinds {
-                self.rewind.get_or_insert_with(|| Waiting::new(g.id));
+                if self.rewind.is_none() {
+                    self.rewind = Some(Rewind {
+                        id: g.id,
+                        left: RETURN_WAIT,
+                    });
+                }
             } else if let Some(key) = g.key {
-                self.keys.entry(key).or_insert_with(|| Waiting::new(g.id));
+                let waiting = self.keys.entry(key).or_insert_with(Waiting::new);
+                if !waiting.ids.contains(&g.id) {
+                    waiting.ids.push_front(g.id);
+                }
             }
         }
     }
@@ -102,37 +133,75 @@ impl Awaited {
     /// Counts `waited` of the lane's waiting against everything awaited;
     /// what has waited long enough is forgotten.
     pub(super) fn charge(&mut self, waited: Duration) {
-        let expired = |w: &mut Waiting| {
+        if let Some(r) = &mut self.rewind {
+            r.left = r.left.saturating_sub(waited);
+            if r.left.is_zero() {
+                tracing::warn!(id = %r.id, "a message given back to the broker did not come round to this lane; what it held back goes on");
+                self.rewind = None;
+            }
+        }
+        self.keys.retain(|key, w| {
             w.left = w.left.saturating_sub(waited);
             if w.left.is_zero() {
-                tracing::warn!(id = %w.id, "a message given back to the broker did not come round to this lane; what it held back goes on");
+                tracing::warn!(%key, waiting = w.ids.len(), "messages given back to the broker did not come round to this lane; their key goes on");
             }
-            w.left.is_zero()
-        };
-        if self.rewind.as_mut().is_some_and(expired) {
-            self.rewind = None;
-        }
-        self.keys.retain(|_, w| !expired(w));
+            !w.left.is_zero()
+        });
     }
 
     /// Whether `work` must be given back too, because something it holds
-    /// would overtake an awaited message; otherwise forgets the awaited
-    /// messages it brings back.
+    /// would overtake a message given back earlier; if so, what of it is
+    /// keyed joins its key's list. Otherwise the given-back messages it
+    /// brings back are crossed off.
     pub(super) fn holds_back(&mut self, work: &impl Arrival) -> bool {
-        let behind_rewind = self
-            .rewind
-            .as_ref()
-            .is_some_and(|w| !work.brings_back(&w.id));
-        let behind_key = self
-            .keys
-            .iter()
-            .any(|(key, w)| work.has_key(key) && !work.brings_back(&w.id));
-        if behind_rewind || behind_key {
-            return true;
+        let arrived = work.arrived();
+        if let Some(r) = &self.rewind {
+            if !arrived.iter().any(|m| m.live && m.id == r.id) {
+                // It all comes again after the rewound message.
+                return true;
+            }
+            self.rewind = None;
         }
-        self.rewind = None;
-        self.keys.retain(|_, w| !work.brings_back(&w.id));
-        false
+        if self.takes(&arrived) {
+            for m in &arrived {
+                let Some(key) = m.key else { continue };
+                if let Some(w) = self.keys.get_mut(key) {
+                    w.ids.pop_front();
+                    w.left = RETURN_WAIT;
+                    if w.ids.is_empty() {
+                        self.keys.remove(key);
+                    }
+                }
+            }
+            return false;
+        }
+        // Given back: what it holds waits behind what went before.
+        for m in &arrived {
+            let Some(key) = m.key else { continue };
+            let waiting = self.keys.entry(key.to_owned()).or_insert_with(Waiting::new);
+            if !waiting.ids.iter().any(|id| id == m.id) {
+                waiting.ids.push_back(m.id.to_owned());
+            }
+        }
+        true
+    }
+
+    /// Whether every awaited key in `arrived` comes as the next of its list,
+    /// in order and live.
+    fn takes(&self, arrived: &[Arrived<'_>]) -> bool {
+        let mut next: HashMap<&str, usize> = HashMap::new();
+        for m in arrived {
+            let Some(key) = m.key else { continue };
+            let Some(w) = self.keys.get(key) else {
+                continue;
+            };
+            let n = next.entry(key).or_insert(0);
+            if !m.live || w.ids.get(*n).is_none_or(|id| id != m.id) {
+                return false;
+            }
+            *n += 1;
+        }
+        true
     }
 }
 
@@ -154,11 +223,15 @@ mod tests {
     }
 
     impl Arrival for Messages {
-        fn has_key(&self, key: &str) -> bool {
-            self.messages.iter().any(|(_, k)| *k == key)
-        }
-        fn brings_back(&self, id: &str) -> bool {
-            !self.stale && self.messages.iter().any(|(i, _)| *i == id)
+        fn arrived(&self) -> Vec<Arrived<'_>> {
+            self.messages
+                .iter()
+                .map(|(id, key)| Arrived {
+                    id,
+                    key: Some(key),
+                    live: !self.stale,
+                })
+                .collect()
         }
     }
 
@@ -183,8 +256,44 @@ mod tests {
             "other keys flow"
         );
         assert!(!awaited.holds_back(&work(&[("a0", "a")])), "a0 came round");
-        assert!(!awaited.holds_back(&work(&[("a1", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a1", "a")])), "then a1");
         assert!(awaited.holds_back(&work(&[("b1", "b")])), "b still waits");
+    }
+
+    #[test]
+    fn a_message_arriving_between_the_given_back_ones_waits_behind_them() {
+        // What the soak found: a0 given back, a1 and a2 given back behind it;
+        // the broker hands them back one by one, and a3, published
+        // meanwhile, arrives between a1 and a2.
+        let mut awaited = Awaited::default();
+        awaited.extend([given("a0", "a", false)]);
+        assert!(awaited.holds_back(&work(&[("a1", "a")])));
+        assert!(awaited.holds_back(&work(&[("a2", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a0", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a1", "a")])));
+        assert!(
+            awaited.holds_back(&work(&[("a3", "a")])),
+            "a3 must not pass a2"
+        );
+        assert!(!awaited.holds_back(&work(&[("a2", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a3", "a")])), "a3 after a2");
+        assert!(
+            !awaited.holds_back(&work(&[("a4", "a")])),
+            "the key is free"
+        );
+    }
+
+    #[test]
+    fn a_message_given_back_again_stays_first() {
+        let mut awaited = Awaited::default();
+        awaited.extend([given("a0", "a", false)]);
+        assert!(awaited.holds_back(&work(&[("a1", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a0", "a")])));
+        // Its handling failed again: given back again, still ahead of a1.
+        awaited.extend([given("a0", "a", false)]);
+        assert!(awaited.holds_back(&work(&[("a1", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a0", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a1", "a")])));
     }
 
     #[test]
@@ -192,13 +301,14 @@ mod tests {
         let mut awaited = Awaited::default();
         // A batch gave back a0 and b0 (b0 behind a0, not started).
         awaited.extend([given("a0", "a", false), given("b0", "b", false)]);
+        // c0 goes back with b1, so it waits behind itself: c0 first.
         assert!(awaited.holds_back(&work(&[("c0", "c"), ("b1", "b")])));
-        // a0 is back, but with b1 of a key still waiting: all of it goes
-        // back, and a0 stays awaited.
+        assert!(awaited.holds_back(&work(&[("c1", "c")])), "c1 behind c0");
+        // a0 is back, but with b1 ahead of b0: all of it goes back.
         assert!(awaited.holds_back(&work(&[("a0", "a"), ("b1", "b")])));
-        assert!(awaited.holds_back(&work(&[("a1", "a")])));
         assert!(!awaited.holds_back(&work(&[("a0", "a"), ("b0", "b")])));
-        assert!(!awaited.holds_back(&work(&[("a1", "a"), ("b1", "b")])));
+        assert!(!awaited.holds_back(&work(&[("c0", "c"), ("b1", "b")])));
+        assert!(!awaited.holds_back(&work(&[("c1", "c")])));
     }
 
     #[test]
@@ -211,6 +321,7 @@ mod tests {
         };
         assert!(awaited.holds_back(&stale));
         assert!(awaited.holds_back(&work(&[("a1", "a")])));
+        assert!(!awaited.holds_back(&work(&[("a0", "a")])));
     }
 
     #[test]
@@ -221,7 +332,7 @@ mod tests {
         awaited.charge(RETURN_WAIT - Duration::from_millis(1));
         assert!(awaited.holds_back(&work(&[("a1", "a")])));
         awaited.charge(Duration::from_millis(1));
-        assert!(!awaited.holds_back(&work(&[("a1", "a")])), "given up on a0");
+        assert!(!awaited.holds_back(&work(&[("a2", "a")])), "given up on a0");
     }
 
     #[test]
