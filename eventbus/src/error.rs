@@ -92,6 +92,18 @@ pub enum Error {
     #[error("invalid state: {0}")]
     InvalidState(String),
 
+    /// A saga step could not be applied to its instance ([`crate::saga`]);
+    /// its transaction was rolled back.
+    #[error("saga `{saga}`, instance `{instance}`: {reason}")]
+    Saga {
+        /// The saga's name.
+        saga: String,
+        /// The instance's correlation id.
+        instance: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A handler (user code) returned an error; its transaction was rolled back.
     #[error("handler failed: {0}")]
     Handler(#[source] BoxError),

@@ -56,6 +56,7 @@ pub mod migrate;
 pub mod outbox;
 pub mod redact;
 pub mod relay;
+pub mod saga;
 pub mod schema;
 mod table;
 pub mod telemetry;

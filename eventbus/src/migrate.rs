@@ -1,5 +1,5 @@
-//! Embedded, idempotent database migrations for the outbox, relay and inbox
-//! tables: [`migrate`] with defaults, or a configured [`Migrator`].
+//! Embedded, idempotent database migrations for the outbox, relay, inbox and
+//! saga tables: [`migrate`] with defaults, or a configured [`Migrator`].
 //!
 //! PostgreSQL, MySQL/MariaDB and SQLite get the same tables and columns in their
 //! own types (`docs/outbox-table.md`); SQLite's outbox has a single partition.
@@ -34,6 +34,7 @@ pub async fn migrate<DB: MigrateDatabase>(pool: &sqlx::Pool<DB>) -> Result<()> {
 pub struct Migrator {
     pub(crate) outbox: TableName,
     pub(crate) inbox: TableName,
+    pub(crate) sagas: TableName,
     pub(crate) partitions: u32,
 }
 
@@ -44,11 +45,13 @@ impl Default for Migrator {
 }
 
 impl Migrator {
-    /// Default names (`eventbus_outbox`, `eventbus_inbox`) and 64 partitions.
+    /// Default names (`eventbus_outbox`, `eventbus_inbox`, `eventbus_sagas`)
+    /// and 64 partitions.
     pub fn new() -> Self {
         Migrator {
             outbox: crate::outbox::default_table(),
             inbox: crate::inbox::default_table(),
+            sagas: crate::saga::default_table(),
             partitions: DEFAULT_PARTITIONS,
         }
     }
@@ -70,6 +73,16 @@ impl Migrator {
     /// [`crate::Error::Config`] for an invalid name.
     pub fn inbox_table(mut self, name: &str) -> Result<Self> {
         self.inbox = TableName::parse(name)?;
+        Ok(self)
+    }
+
+    /// The saga table to create ([`crate::saga`]).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Config`] for an invalid name.
+    pub fn saga_table(mut self, name: &str) -> Result<Self> {
+        self.sagas = TableName::parse(name)?;
         Ok(self)
     }
 

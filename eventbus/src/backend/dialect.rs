@@ -239,6 +239,25 @@ impl Dialect {
         }
     }
 
+    /// `column` read as text: MySQL hands binary-collated columns back as
+    /// bytes.
+    pub(crate) fn text(self, column: &str) -> String {
+        match self.placeholder {
+            Placeholder::Positional => format!("CONVERT({column} USING utf8mb4)"),
+            Placeholder::Dollar | Placeholder::Numbered => column.to_owned(),
+        }
+    }
+
+    /// What a `SELECT` ends with to lock the rows it reads until the
+    /// transaction ends. Nothing on SQLite, where a writing transaction
+    /// already excludes every other writer.
+    pub(crate) fn for_update(self) -> &'static str {
+        match self.placeholder {
+            Placeholder::Numbered => "",
+            Placeholder::Dollar | Placeholder::Positional => " FOR UPDATE",
+        }
+    }
+
     /// `name` quoted as a column (for reserved words such as `partition`).
     pub(crate) fn column(self, name: &str) -> String {
         let q = self.quote;

@@ -33,6 +33,7 @@ pub(crate) mod relay;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod row;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod saga;
 mod scheduled;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod sql;

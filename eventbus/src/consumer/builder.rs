@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::inbox::{BoxError, InboxDatabase};
 use crate::outbox::{Outbox, OutboxDatabase};
+use crate::saga::{Saga, SagaDatabase, SagaDefinition};
 use crate::schema::Upcasters;
 use crate::table::TableName;
 use crate::transport::{Publisher, Subscriber};
@@ -67,6 +68,9 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     inbox_table: TableName,
     inbox_retention: Option<Duration>,
     outbox: Outbox,
+    /// The sagas joined, and the first that could not be, for `build`.
+    sagas: Vec<&'static str>,
+    invalid_saga: Option<String>,
 }
 
 impl<DB> ConsumerBuilder<DB>
@@ -94,6 +98,8 @@ where
             inbox_table: crate::inbox::default_table(),
             inbox_retention: None,
             outbox,
+            sagas: Vec::new(),
+            invalid_saga: None,
         }
     }
 
@@ -374,6 +380,18 @@ where
         if let Some(e) = self.registry.invalid_upcaster.take() {
             return Err(Error::Schema(e));
         }
+        if let Some(e) = self.invalid_saga.take() {
+            return Err(Error::config(format!("consumer `{}`: {e}", self.group)));
+        }
+        if !self.sagas.is_empty() && self.mode != DeliveryMode::EffectivelyOnce {
+            return Err(Error::config(format!(
+                "consumer `{}` runs sagas ({}) in {:?} mode: sagas need effectively-once \
+                 delivery, or a redelivered event would apply its step twice",
+                self.group,
+                self.sagas.join(", "),
+                self.mode
+            )));
+        }
         if let Some(window) = self.inbox_retention {
             if window < inbox_retention::MIN_WINDOW {
                 return Err(Error::config(format!(
@@ -413,5 +431,27 @@ where
             }),
             subscriber: tokio::sync::Mutex::new(subscriber),
         })
+    }
+}
+
+impl<DB: SagaDatabase> ConsumerBuilder<DB> {
+    /// Joins saga `saga`: each of its event types gets a handler that runs
+    /// the saga's step in the consumer's transaction (see
+    /// [`crate::saga`]). Sagas need the default
+    /// [effectively-once](DeliveryMode::EffectivelyOnce) mode; `build`
+    /// refuses another. One handler per event type: a saga's event types
+    /// replace handlers of those types registered before, as
+    /// [`on`](Self::on) does.
+    pub fn saga<S: Saga>(mut self, saga: SagaDefinition<S, DB>) -> Self {
+        if saga.is_empty() {
+            self.invalid_saga.get_or_insert(format!(
+                "saga `{}` has no event: register its events with `.starts::<E>()`, \
+                 `.handles::<E>()` or `.timeout::<E>()`",
+                S::NAME
+            ));
+            return self;
+        }
+        self.sagas.push(S::NAME);
+        saga.register_with(self)
     }
 }

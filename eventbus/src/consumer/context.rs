@@ -228,6 +228,11 @@ impl<DB: sqlx::Database> Context<DB> {
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
     }
+
+    /// The outbox follow-up events go to.
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
 }
 
 impl<DB: OutboxDatabase> Context<DB> {

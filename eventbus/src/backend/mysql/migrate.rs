@@ -181,7 +181,27 @@ END"
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
         s = Dialect::MYSQL.object(outbox, crate::outbox::SCHEDULED_SUFFIX),
     )];
+    // Saga instances (crate::saga): state as JSON text, times in
+    // milliseconds since the epoch.
+    let sagas = &m.sagas;
+    let sagas_v1 = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {s} (
+    saga         VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    instance_id  VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    state        LONGTEXT     NOT NULL CHECK (JSON_VALID(state)),
+    status       VARCHAR(16)  NOT NULL CHECK (status IN ('active', 'completed')),
+    version      BIGINT       NOT NULL,
+    timeouts     LONGTEXT     NOT NULL CHECK (JSON_VALID(timeouts)),
+    started_at   BIGINT       NOT NULL,
+    updated_at   BIGINT       NOT NULL,
+    completed_at BIGINT,
+    PRIMARY KEY (saga, instance_id),
+    KEY by_status (saga, status, updated_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+        s = Dialect::MYSQL.table(sagas),
+    )];
     vec![
+        (format!("sagas:{sagas}"), 1, sagas_v1),
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("outbox:{outbox}"), 2, outbox_v2),
         (format!("inbox:{inbox}"), 1, inbox_v1),

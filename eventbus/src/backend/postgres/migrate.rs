@@ -184,7 +184,30 @@ CREATE INDEX IF NOT EXISTS {due} ON {s} (due_at, id);
         s = outbox.with_suffix(SCHEDULED_SUFFIX),
         due = idx("_scheduled_due"),
     );
+    // Saga instances (crate::saga): state as JSON text, times in
+    // milliseconds since the epoch.
+    let sagas = &m.sagas;
+    let sagas_v1 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {s} (
+saga         text   NOT NULL,
+instance_id  text   NOT NULL,
+state        text   NOT NULL CHECK (state::jsonb IS NOT NULL),
+status       text   NOT NULL CHECK (status IN ('active', 'completed')),
+version      bigint NOT NULL,
+timeouts     text   NOT NULL DEFAULT '[]' CHECK (timeouts::jsonb IS NOT NULL),
+started_at   bigint NOT NULL,
+updated_at   bigint NOT NULL,
+completed_at bigint,
+PRIMARY KEY (saga, instance_id)
+);
+CREATE INDEX IF NOT EXISTS {by_status} ON {s} (saga, status, updated_at);
+"#,
+        s = sagas.quoted(),
+        by_status = Dialect::POSTGRES.local(sagas, "_status"),
+    );
     vec![
+        (format!("sagas:{sagas}"), 1, sagas_v1),
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("outbox:{outbox}"), 2, outbox_v2),
         (format!("outbox:{outbox}"), 3, outbox_v3),

@@ -165,7 +165,31 @@ CREATE INDEX IF NOT EXISTS {by_due} ON {local} (consumer, due_at);
         by_key = inbox.with_suffix("_parked_key"),
         by_due = inbox.with_suffix("_parked_due"),
     );
+    // Saga instances (crate::saga): state as JSON text, times in
+    // milliseconds since the epoch.
+    let sagas = &m.sagas;
+    let sagas_v1 = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {s} (
+    saga         TEXT    NOT NULL,
+    instance_id  TEXT    NOT NULL,
+    state        TEXT    NOT NULL CHECK (json_valid(state)),
+    status       TEXT    NOT NULL CHECK (status IN ('active', 'completed')),
+    version      INTEGER NOT NULL,
+    timeouts     TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(timeouts)),
+    started_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    completed_at INTEGER,
+    PRIMARY KEY (saga, instance_id)
+);
+CREATE INDEX IF NOT EXISTS {by_status} ON {local} (saga, status, updated_at);
+"#,
+        s = sagas.quoted(),
+        local = Dialect::SQLITE.local(sagas, ""),
+        by_status = sagas.with_suffix("_status"),
+    );
     vec![
+        (format!("sagas:{sagas}"), 1, sagas_v1),
         (format!("outbox:{outbox}"), 1, outbox_v1),
         (format!("outbox:{outbox}"), 2, outbox_v2),
         (format!("inbox:{inbox}"), 1, inbox_v1),
