@@ -34,6 +34,7 @@ pub(crate) mod relay;
 pub(crate) mod row;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod saga;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod scheduled;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod sql;

@@ -119,7 +119,9 @@ pub use store::{
 #[doc(hidden)]
 pub use store::StoredInstance;
 
-pub(crate) use store::{default_table, time, Row};
+pub(crate) use store::default_table;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) use store::{time, Row};
 
 /// A saga's state: stored as JSON in the saga table, one row per instance,
 /// under the saga's [`NAME`](Self::NAME).
