@@ -15,6 +15,7 @@ use eventbus::inbox::InboxDatabase;
 use eventbus::migrate::MigrateDatabase;
 use eventbus::outbox::{OutboxDatabase, ScheduledDatabase};
 use eventbus::relay::{MySqlRelayStore, OutboxAdmin, PgRelayStore, RelayStore, SqliteRelayStore};
+use eventbus::saga::SagaDatabase;
 use eventbus::TableName;
 use futures::future::BoxFuture;
 use sqlx::{Executor, MySql, MySqlPool, PgPool, Postgres, Sqlite, SqlitePool};
@@ -51,7 +52,7 @@ pub struct Effect {
 /// A database created for one test, on one of the backends.
 pub trait TestDatabase: Sized + Send + Sync + 'static {
     /// The sqlx database type.
-    type DB: OutboxDatabase + ScheduledDatabase + InboxDatabase + MigrateDatabase;
+    type DB: OutboxDatabase + ScheduledDatabase + InboxDatabase + MigrateDatabase + SagaDatabase;
 
     /// The backend's name, for messages.
     const NAME: &'static str;

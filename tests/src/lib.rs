@@ -25,6 +25,7 @@ pub mod rabbit_node;
 pub mod rabbitmq;
 pub mod relay;
 pub mod relay_cli;
+pub mod saga;
 pub mod services;
 pub mod soak;
 pub mod sqlite;

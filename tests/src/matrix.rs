@@ -13,6 +13,7 @@
 //! | `consumer_kafka`, `consumer_rabbitmq`, `consumer_sqs` | the [`consumer`](crate::consumer) scenarios over a [`Broker`](crate::consumer::Broker), [`suites::consumer`](crate::suites::consumer) | PostgreSQL | Kafka, RabbitMQ, SQS |
 //! | `consumer_mysql` | the same | MySQL | RabbitMQ, Kafka |
 //! | `consumer_sqlite` | [`suites::consumer`](crate::suites::consumer) | SQLite | RabbitMQ |
+//! | `saga_postgres`, `saga_mysql`, `saga_sqlite` | [`suites::saga`](crate::suites::saga) (`@saga`) | PostgreSQL, MySQL, SQLite | Kafka, RabbitMQ |
 //!
 //! A scenario is generic over [`TestDatabase`](crate::TestDatabase) and, for
 //! the consumer, takes a [`Broker`](crate::consumer::Broker); an entry here
@@ -594,6 +595,71 @@ macro_rules! matrix {
                 println!("rate limit 50/s on MySQL and RabbitMQ: 100 handler calls over {span:?}");
             }
         }
+    };
+    // The saga suite as every database runs it, on Kafka and RabbitMQ.
+    (@saga $db:ty) => {
+        $crate::__matrix_tests! {
+            mt duplicates_of_every_saga_event_change_nothing_on_rabbitmq {
+                $crate::suites::saga::duplicates_change_nothing::<$db>(&$crate::consumer::Broker::rabbitmq().await).await;
+            }
+            mt duplicates_of_every_saga_event_change_nothing_on_kafka {
+                $crate::suites::saga::duplicates_change_nothing::<$db>(&$crate::consumer::Broker::kafka().await).await;
+            }
+            mt saga_timeouts_fire_once_and_never_after_completion_on_rabbitmq {
+                $crate::suites::saga::timeouts_fire_once_and_never_after_completion::<$db>(&$crate::consumer::Broker::rabbitmq().await).await;
+            }
+            mt saga_timeouts_fire_once_and_never_after_completion_on_kafka {
+                $crate::suites::saga::timeouts_fire_once_and_never_after_completion::<$db>(&$crate::consumer::Broker::kafka().await).await;
+            }
+            mt concurrent_steps_of_one_saga_instance_in_two_processes_both_apply_on_rabbitmq {
+                $crate::suites::saga::concurrent_steps_of_one_instance_both_apply::<$db>(
+                    &$crate::consumer::Broker::rabbitmq().await,
+                    env!("CARGO_BIN_EXE_saga_worker"),
+                )
+                .await;
+            }
+            mt concurrent_steps_of_one_saga_instance_in_two_processes_both_apply_on_kafka {
+                $crate::suites::saga::concurrent_steps_of_one_instance_both_apply::<$db>(
+                    &$crate::consumer::Broker::kafka().await,
+                    env!("CARGO_BIN_EXE_saga_worker"),
+                )
+                .await;
+            }
+            mt a_saga_worker_killed_mid_step_leaves_no_partial_state_on_rabbitmq {
+                $crate::suites::saga::killed_mid_step_leaves_no_partial_state::<$db>(
+                    &$crate::consumer::Broker::rabbitmq().await,
+                    env!("CARGO_BIN_EXE_saga_worker"),
+                )
+                .await;
+            }
+            mt a_saga_worker_killed_mid_step_leaves_no_partial_state_on_kafka {
+                $crate::suites::saga::killed_mid_step_leaves_no_partial_state::<$db>(
+                    &$crate::consumer::Broker::kafka().await,
+                    env!("CARGO_BIN_EXE_saga_worker"),
+                )
+                .await;
+            }
+        }
+    };
+    (saga_postgres) => {
+        $crate::matrix!(@saga $crate::TestDb);
+        $crate::__matrix_tests! {
+            /// The negative control of the race: without the saga's lock,
+            /// legs are lost, and the suite's check says so.
+            mt unlocked_steps_of_one_saga_instance_lose_updates_on_rabbitmq {
+                $crate::suites::saga::unlocked_steps_lose_updates::<$crate::TestDb>(
+                    &$crate::consumer::Broker::rabbitmq().await,
+                    env!("CARGO_BIN_EXE_saga_worker"),
+                )
+                .await;
+            }
+        }
+    };
+    (saga_mysql) => {
+        $crate::matrix!(@saga $crate::mysql::TestMySql);
+    };
+    (saga_sqlite) => {
+        $crate::matrix!(@saga $crate::sqlite::TestSqlite);
     };
     (consumer_sqlite) => {
         $crate::__matrix_tests! {

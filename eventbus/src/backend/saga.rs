@@ -7,6 +7,14 @@
 //! its inbox row), so two steps of one instance run one after the other.
 //! The update also checks the version it read: a step that lost its lock
 //! some other way changes nothing and fails.
+//!
+//! On MySQL a locking read of a row that does not exist locks the gap where
+//! it would go (repeatable read), and two steps starting two new instances
+//! in one gap then deadlock on their inserts. So a step that may start an
+//! instance looks first without a lock there, and locks only a row that is
+//! there; a new instance's insert meets a concurrent one on the primary key
+//! instead (and the step is retried). Steps that cannot start one take the
+//! locking read: they insert nothing into the gap.
 
 use sqlx::{Executor, FromRow, IntoArguments};
 
@@ -307,7 +315,7 @@ where
 /// Implements [`SagaDatabase`](crate::saga::SagaDatabase) for a backend with
 /// the functions above.
 macro_rules! saga_database {
-    ($db:ty) => {
+    ($db:ty, probe_first = $probe:expr) => {
         #[async_trait::async_trait]
         impl crate::saga::SagaDatabase for $db {
             async fn lock_instance(
@@ -316,6 +324,22 @@ macro_rules! saga_database {
                 saga: &str,
                 instance_id: &str,
             ) -> Result<Option<StoredInstance>> {
+                select::<$db, _>(&mut *conn, table, saga, instance_id, true).await
+            }
+
+            async fn lock_to_start(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                table: &TableName,
+                saga: &str,
+                instance_id: &str,
+            ) -> Result<Option<StoredInstance>> {
+                if $probe
+                    && select::<$db, _>(&mut *conn, table, saga, instance_id, false)
+                        .await?
+                        .is_none()
+                {
+                    return Ok(None);
+                }
                 select::<$db, _>(&mut *conn, table, saga, instance_id, true).await
             }
 
@@ -370,8 +394,8 @@ macro_rules! saga_database {
 }
 
 #[cfg(feature = "postgres")]
-saga_database!(sqlx::Postgres);
+saga_database!(sqlx::Postgres, probe_first = false);
 #[cfg(feature = "mysql")]
-saga_database!(sqlx::MySql);
+saga_database!(sqlx::MySql, probe_first = true);
 #[cfg(feature = "sqlite")]
-saga_database!(sqlx::Sqlite);
+saga_database!(sqlx::Sqlite, probe_first = false);

@@ -293,7 +293,11 @@ where
     let table = settings.sagas.table_name();
     let stored = {
         let mut tx = ctx.tx().await?;
-        DB::lock_instance(&mut **tx, table, S::NAME, &id).await?
+        if step.start.is_some() {
+            DB::lock_to_start(&mut **tx, table, S::NAME, &id).await?
+        } else {
+            DB::lock_instance(&mut **tx, table, S::NAME, &id).await?
+        }
     };
     let rule = |ignored: Ignored, rule: Unmatched| -> Result<(), BoxError> {
         match rule {

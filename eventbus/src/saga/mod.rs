@@ -59,7 +59,7 @@
 //!     const NAME: &'static str = "checkout";
 //! }
 //!
-//! #[async_trait::async_trait]
+//! #[eventbus::saga::async_trait]
 //! impl<DB: SagaDatabase> StartedBy<OrderPlaced, DB> for Checkout {
 //!     fn correlate(e: &OrderPlaced) -> String { e.order_id.clone() }
 //!     async fn start(ctx: &SagaContext<DB>, e: OrderPlaced) -> Result<Self, BoxError> {
@@ -68,7 +68,7 @@
 //!     }
 //! }
 //!
-//! #[async_trait::async_trait]
+//! #[eventbus::saga::async_trait]
 //! impl<DB: SagaDatabase> Handles<PaymentCharged, DB> for Checkout {
 //!     fn correlate(e: &PaymentCharged) -> String { e.order_id.clone() }
 //!     async fn handle(&mut self, ctx: &SagaContext<DB>, _: PaymentCharged) -> Result<(), BoxError> {
@@ -78,7 +78,7 @@
 //!     }
 //! }
 //!
-//! #[async_trait::async_trait]
+//! #[eventbus::saga::async_trait]
 //! impl<DB: SagaDatabase> Handles<PaymentDue, DB> for Checkout {
 //!     fn correlate(e: &PaymentDue) -> String { e.order_id.clone() }
 //!     async fn handle(&mut self, ctx: &SagaContext<DB>, e: PaymentDue) -> Result<(), BoxError> {
@@ -109,6 +109,9 @@ use serde::Serialize;
 use crate::error::BoxError;
 use crate::event::Event;
 
+/// The attribute the saga traits' impls take (`#[eventbus::saga::async_trait]`),
+/// re-exported so a service needs no dependency of its own for it.
+pub use async_trait::async_trait;
 pub use context::SagaContext;
 pub use definition::{SagaDefinition, Unmatched};
 pub use store::{

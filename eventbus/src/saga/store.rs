@@ -282,6 +282,17 @@ pub trait SagaDatabase: InboxDatabase + ScheduledDatabase {
         instance_id: &str,
     ) -> Result<Option<StoredInstance>>;
 
+    /// Like [`lock_instance`](Self::lock_instance), for a step that may
+    /// start the instance: it may report an instance committed a moment ago
+    /// as absent, since the step's insert then fails on the primary key and
+    /// the step is retried (MySQL uses this to avoid gap locks).
+    async fn lock_to_start(
+        conn: &mut Self::Connection,
+        table: &TableName,
+        saga: &str,
+        instance_id: &str,
+    ) -> Result<Option<StoredInstance>>;
+
     /// Inserts a new instance; `false` if one with its id exists.
     async fn insert_instance(
         conn: &mut Self::Connection,

@@ -9,4 +9,5 @@ pub mod consumer;
 pub mod inbox;
 pub mod outbox;
 pub mod relay;
+pub mod saga;
 pub mod scheduled;
