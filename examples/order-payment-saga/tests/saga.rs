@@ -55,9 +55,11 @@ fn figure(report: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("report has no figure `{name}`: {report}"))
 }
 
-/// What every chaos run must show: all four outcomes happened, chaos really
-/// injected copies and restarts, the inboxes absorbed repeats, and the
-/// databases (read here, not by the demo) satisfy every invariant.
+/// What every chaos run must show: all four outcomes happened, every
+/// payment-timeout cancellation came from a saga timeout and every order
+/// saga completed, chaos really injected copies and restarts, the inboxes
+/// absorbed repeats, and the databases (read here, not by the demo) satisfy
+/// every invariant, the saga table's included.
 fn assert_chaos_run(report: &Value, snapshot: &Snapshot, orders: usize) {
     for outcome in [
         "confirmed",
@@ -71,6 +73,14 @@ fn assert_chaos_run(report: &Value, snapshot: &Snapshot, orders: usize) {
         );
     }
     assert_eq!(figure(report, "unfinished"), 0, "{report}");
+    // Payment timeouts are the order saga's scheduled timeouts, not a sweep.
+    assert_eq!(
+        figure(report, "timeouts_fired"),
+        figure(report, "cancelled_timeout"),
+        "{report}"
+    );
+    assert_eq!(figure(report, "sagas_active"), 0, "{report}");
+    assert_eq!(figure(report, "sagas_completed"), orders as u64, "{report}");
     assert!(
         figure(report, "duplicates_injected") > 0,
         "chaos sent no copies: {report}"
