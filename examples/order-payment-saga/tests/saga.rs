@@ -15,7 +15,7 @@ use eventbus_tests::{
 use order_payment_saga::audit::{Pools, Snapshot};
 use order_payment_saga::db;
 use order_payment_saga::demo::order_request;
-use order_payment_saga::order::{OrderView, PlaceOrder};
+use order_payment_saga::order::{OrderView, PlaceOrder, PAYMENT_TIMEOUT};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -320,6 +320,12 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
         if service == "order" {
             args.extend(["--http".into(), format!("127.0.0.1:{port}")]);
         }
+        if service == "payment" {
+            // Well past the order saga's 4 s payment timeout: the slow
+            // customers' orders are cancelled by their timeout, which only
+            // the order database's sidecar relay can bring back.
+            args.extend(["--gateway-delay-ms".into(), "10000".into()]);
+        }
         args
     };
     let mut processes = Vec::new();
@@ -423,6 +429,12 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
     }
     assert!(finals.iter().any(|o| o.state == "confirmed"));
     assert!(finals.iter().any(|o| o.state == "cancelled"));
+    assert!(
+        finals
+            .iter()
+            .any(|o| o.reason.as_deref() == Some(PAYMENT_TIMEOUT)),
+        "no order was cancelled by its payment timeout: {finals:?}"
+    );
 
     // The audit subcommand agrees once compensations have landed.
     let mut passed = false;
