@@ -1,15 +1,19 @@
 //! The saga's invariants, checked from the three services' databases once the
 //! run is over: every order final, money charged equals confirmed orders, no
-//! order charged twice, stock adds up and nothing stays reserved.
+//! order charged twice, stock adds up and nothing stays reserved; and on the
+//! order service's saga table: every final order's saga completed, every
+//! payment-timeout cancellation made by a handled timeout, no timeout left
+//! waiting for a completed saga.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use eventbus::saga::{Saga, SagaQuery, SagaRecord, SagaStatus, Sagas};
 use sqlx::Pool;
 
 use crate::db::SagaDb;
 use crate::inventory::{Reservation, Stock};
-use crate::order::OrderView;
+use crate::order::{OrderSaga, OrderView, PAYMENT_TIMEOUT};
 use crate::payment::LedgerEntry;
 use crate::Result;
 
@@ -35,6 +39,11 @@ pub struct Snapshot {
     pub reservations: Vec<Reservation>,
     /// Every money movement.
     pub ledger: Vec<LedgerEntry>,
+    /// Every instance of the order saga (read after the orders).
+    pub sagas: Vec<SagaRecord>,
+    /// The orders whose payment timeout waits in the order outbox's
+    /// scheduled table (read after the sagas).
+    pub waiting_timeouts: Vec<String>,
 }
 
 /// One invariant and whether it holds.
@@ -56,13 +65,23 @@ impl fmt::Display for Check {
 }
 
 impl<DB: SagaDb> Pools<DB> {
-    /// Reads all three databases.
+    /// Reads all three databases. Orders, then sagas, then waiting timeouts:
+    /// a saga completes in the transaction that makes its order final and
+    /// drops its timeouts, so the checks need no common snapshot — an order
+    /// read final has its saga read completed, and a timeout read waiting
+    /// cannot belong to a saga read completed.
     pub async fn snapshot(&self) -> Result<Snapshot> {
+        let orders = DB::orders(&self.order).await?;
+        let query = SagaQuery::new().saga(OrderSaga::NAME).limit(u32::MAX);
+        let sagas = Sagas::new().list(&self.order, &query).await?;
+        let waiting_timeouts = DB::waiting_payment_timeouts(&self.order).await?;
         Ok(Snapshot {
-            orders: DB::orders(&self.order).await?,
+            orders,
             stock: DB::stock(&self.inventory).await?,
             reservations: DB::reservations(&self.inventory).await?,
             ledger: DB::ledger(&self.payment).await?,
+            sagas,
+            waiting_timeouts,
         })
     }
 }
@@ -76,6 +95,23 @@ impl Snapshot {
     /// How many orders ended in `state`.
     pub fn count(&self, state: &str) -> usize {
         self.orders.iter().filter(|o| o.state == state).count()
+    }
+
+    /// The orders cancelled because payment did not answer in time.
+    pub fn cancelled_by_timeout(&self) -> impl Iterator<Item = &OrderView> {
+        self.orders
+            .iter()
+            .filter(|o| o.state == "cancelled" && o.reason.as_deref() == Some(PAYMENT_TIMEOUT))
+    }
+
+    /// The order sagas completed by their payment timeout: the timeout came
+    /// back through the broker while the saga still waited for it.
+    pub fn completed_by_timeout(&self) -> impl Iterator<Item = &SagaRecord> {
+        self.sagas.iter().filter(|s| {
+            s.status == SagaStatus::Completed
+                && serde_json::from_value::<OrderSaga>(s.state.clone())
+                    .is_ok_and(|state| state.timed_out_by.is_some())
+        })
     }
 
     /// Every invariant of the saga.
@@ -191,6 +227,82 @@ impl Snapshot {
                 "{} reservations, {} not settled to match their order",
                 self.reservations.len(),
                 held.len()
+            ),
+        });
+        checks.extend(self.saga_checks(&orders));
+        checks
+    }
+
+    /// The order saga's invariants.
+    fn saga_checks(&self, orders: &HashMap<&str, &OrderView>) -> Vec<Check> {
+        let sagas: HashMap<&str, &SagaRecord> = self
+            .sagas
+            .iter()
+            .map(|s| (s.instance_id.as_str(), s))
+            .collect();
+        let mut checks = Vec::new();
+
+        // Sagas completed after the orders were read are left out: their
+        // order was not final yet.
+        let by_timeout: HashSet<&str> = self
+            .completed_by_timeout()
+            .map(|s| s.instance_id.as_str())
+            .filter(|id| orders.get(id).is_some_and(|o| o.is_final()))
+            .collect();
+        let cancelled: HashSet<&str> = self.cancelled_by_timeout().map(|o| o.id.as_str()).collect();
+        let not_by_timeout = cancelled.difference(&by_timeout).count();
+        let not_cancelled = by_timeout.difference(&cancelled).count();
+        checks.push(Check {
+            name: "every payment-timeout cancellation was made by a handled saga timeout",
+            ok: not_by_timeout == 0 && not_cancelled == 0,
+            detail: format!(
+                "{} orders cancelled for payment timeout, {} sagas completed by their timeout; \
+                 {not_by_timeout} cancellations without a handled timeout, {not_cancelled} timeouts without the cancellation",
+                cancelled.len(),
+                by_timeout.len()
+            ),
+        });
+
+        let finals: Vec<&OrderView> = self.orders.iter().filter(|o| o.is_final()).collect();
+        let open = finals
+            .iter()
+            .filter(|o| {
+                sagas
+                    .get(o.id.as_str())
+                    .is_none_or(|s| s.status != SagaStatus::Completed)
+            })
+            .count();
+        checks.push(Check {
+            name: "every final order's saga is completed",
+            ok: open == 0,
+            detail: format!(
+                "{} final orders, {open} without a completed saga",
+                finals.len()
+            ),
+        });
+
+        let completed: Vec<&SagaRecord> = self
+            .sagas
+            .iter()
+            .filter(|s| s.status == SagaStatus::Completed)
+            .collect();
+        let still_pending = completed.iter().filter(|s| !s.timeouts.is_empty()).count();
+        let orphaned = self
+            .waiting_timeouts
+            .iter()
+            .filter(|id| {
+                sagas
+                    .get(id.as_str())
+                    .is_some_and(|s| s.status == SagaStatus::Completed)
+            })
+            .count();
+        checks.push(Check {
+            name: "no completed saga still waits for a timeout",
+            ok: still_pending == 0 && orphaned == 0,
+            detail: format!(
+                "{} completed sagas, {still_pending} with pending timeouts; {} timeouts scheduled, {orphaned} of them for a completed saga",
+                completed.len(),
+                self.waiting_timeouts.len()
             ),
         });
         checks

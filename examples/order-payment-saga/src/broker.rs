@@ -115,14 +115,14 @@ mod sqs {
     use eventbus::transport::Subscriber;
     use eventbus::Publisher;
 
-    use crate::events::{INVENTORY, ORDERS, PAYMENTS};
+    use crate::events::{INVENTORY, ORDERS, ORDER_TIMEOUTS, PAYMENTS};
     use crate::service::Service;
 
     /// The queues (as destinations) of `destination`: one per listening
     /// service for a saga topic (`<namespace>.orders`), none (its own queue)
     /// for anything else, such as dead letters.
     fn fan_out(destination: &str) -> Vec<String> {
-        let topic = [ORDERS, INVENTORY, PAYMENTS]
+        let topic = [ORDERS, INVENTORY, PAYMENTS, ORDER_TIMEOUTS]
             .into_iter()
             .find(|t| destination == *t || destination.ends_with(&format!(".{t}")));
         let Some(topic) = topic else {

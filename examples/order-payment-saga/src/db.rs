@@ -15,14 +15,16 @@ use std::time::Duration;
 
 use eventbus::inbox::InboxDatabase;
 use eventbus::migrate::MigrateDatabase;
-use eventbus::outbox::OutboxDatabase;
+use eventbus::outbox::{OutboxDatabase, SCHEDULED_SUFFIX};
 use eventbus::relay::{MySqlRelayStore, PgRelayStore, RelayStore, SqliteRelayStore};
-use eventbus::TableName;
+use eventbus::saga::{SagaDatabase, Sagas};
+use eventbus::{Event, TableName};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, PgPool, Postgres, Sqlite, SqlitePool};
 
+use crate::events::PaymentTimedOut;
 use crate::inventory::InventoryDb;
 use crate::order::OrderDb;
 use crate::payment::PaymentDb;
@@ -93,18 +95,30 @@ impl Dialect {
     }
 }
 
-/// A database the whole saga runs on: the SDK's outbox, inbox and migrations,
-/// plus each service's own tables.
+/// A database the whole saga runs on: the SDK's outbox (with its scheduled
+/// table), inbox, saga table and migrations, plus each service's own tables.
 #[async_trait::async_trait]
 pub trait SagaDb:
-    OutboxDatabase + InboxDatabase + MigrateDatabase + OrderDb + InventoryDb + PaymentDb
+    OutboxDatabase + InboxDatabase + SagaDatabase + MigrateDatabase + OrderDb + InventoryDb + PaymentDb
 {
     /// The relay's view of this database's outbox.
     fn relay_store(pool: sqlx::Pool<Self>) -> Arc<dyn RelayStore>;
 
-    /// Empties the outbox and inbox, so a demo run starts clean even if an
-    /// earlier one was interrupted with events still pending.
+    /// Empties the outbox, its scheduled events, the inbox and the saga
+    /// table, so a demo run starts clean even if an earlier one was
+    /// interrupted with events or timeouts still pending.
     async fn reset(pool: &sqlx::Pool<Self>) -> sqlx::Result<()>;
+
+    /// The orders whose payment timeout waits in the outbox's scheduled
+    /// table (`docs/outbox-table.md`), one entry per waiting timeout.
+    async fn waiting_payment_timeouts(pool: &sqlx::Pool<Self>) -> sqlx::Result<Vec<String>>;
+}
+
+/// The default outbox's scheduled table, where timeouts wait.
+fn scheduled_table() -> TableName {
+    let outbox = TableName::default_outbox();
+    TableName::parse(&format!("{}{SCHEDULED_SUFFIX}", outbox.name()))
+        .expect("the default outbox's scheduled table name is valid")
 }
 
 macro_rules! saga_db {
@@ -118,7 +132,8 @@ macro_rules! saga_db {
             async fn reset(pool: &sqlx::Pool<Self>) -> sqlx::Result<()> {
                 let outbox = TableName::default_outbox();
                 let inbox = TableName::default_inbox();
-                for table in [outbox, inbox] {
+                let sagas = Sagas::new().table_name().clone();
+                for table in [outbox, scheduled_table(), inbox, sagas] {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DELETE FROM {}",
                         $quoted(&table)
@@ -127,6 +142,19 @@ macro_rules! saga_db {
                     .await?;
                 }
                 Ok(())
+            }
+
+            async fn waiting_payment_timeouts(
+                pool: &sqlx::Pool<Self>,
+            ) -> sqlx::Result<Vec<String>> {
+                let sql = format!(
+                    "SELECT partition_key FROM {} WHERE event_type = '{}'",
+                    $quoted(&scheduled_table()),
+                    PaymentTimedOut::TYPE,
+                );
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await
             }
         }
     };

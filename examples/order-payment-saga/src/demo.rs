@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventbus::relay::RelayMetrics;
+use eventbus::saga::SagaStatus;
 use eventbus::Publisher;
 use futures::StreamExt;
 use serde::Serialize;
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::audit::{Check, Pools, Snapshot};
 use crate::broker::{Broker, ChaosPublisher};
 use crate::db::SagaDb;
-use crate::order::{OrderService, OrderView, PlaceOrder};
+use crate::order::{OrderService, OrderView, PlaceOrder, PAYMENT_TIMEOUT};
 use crate::service::{self, ConsumerCounts, Service, Settings, Shutdown};
 use crate::{Error, Result};
 
@@ -93,6 +94,14 @@ pub struct Report {
     pub cancelled_declined: usize,
     /// Orders cancelled because payment did not answer in time.
     pub cancelled_timeout: usize,
+    /// Order sagas completed by their payment timeout: scheduled when stock
+    /// was reserved, relayed when due and handled while the saga still
+    /// waited for it.
+    pub timeouts_fired: usize,
+    /// Order sagas still active when the run ended.
+    pub sagas_active: usize,
+    /// Order sagas completed.
+    pub sagas_completed: usize,
     /// Orders rejected for lack of stock.
     pub rejected: usize,
     /// Orders not final when the run ended.
@@ -154,17 +163,20 @@ impl Report {
              | confirmed                       | {:>6} |\n\
              | cancelled: payment declined     | {:>6} |\n\
              | cancelled: payment timeout      | {:>6} |\n\
+             |   fired by the saga's timeout   | {:>6} |\n\
              | rejected: out of stock          | {:>6} |\n\
              | not final (stuck)               | {:>6} |\n\
              | placed                          | {:>6} |\n\n\
              events relayed {} · handled {} · duplicates absorbed {} · dead-lettered {}\n\
              chaos: {} copies sent, {} relay restarts\n\
+             order sagas: {} completed, {} active\n\
              placed → final latency: p50 {p50} ms · p90 {p90} ms · p99 {p99} ms · max {max} ms\n\
              ran {:.1} s\n\ninvariants:\n",
             self.setup,
             self.confirmed,
             self.cancelled_declined,
             self.cancelled_timeout,
+            self.timeouts_fired,
             self.rejected,
             self.unfinished,
             self.placed,
@@ -174,6 +186,8 @@ impl Report {
             self.dead_lettered,
             self.duplicates_injected,
             self.relay_restarts,
+            self.sagas_completed,
+            self.sagas_active,
             self.elapsed_s,
         );
         for c in &self.checks {
@@ -367,6 +381,7 @@ fn report(setup: String, snapshot: &Snapshot, tally: Tally) -> Report {
             })
             .count()
     };
+    let sagas = |status: SagaStatus| snapshot.sagas.iter().filter(|s| s.status == status).count();
     let mut latencies: Vec<i64> = snapshot
         .orders
         .iter()
@@ -385,7 +400,10 @@ fn report(setup: String, snapshot: &Snapshot, tally: Tally) -> Report {
         placed: tally.placed,
         confirmed: snapshot.count("confirmed"),
         cancelled_declined: cancelled("payment declined"),
-        cancelled_timeout: cancelled("payment timeout"),
+        cancelled_timeout: cancelled(PAYMENT_TIMEOUT),
+        timeouts_fired: snapshot.completed_by_timeout().count(),
+        sagas_active: sagas(SagaStatus::Active),
+        sagas_completed: sagas(SagaStatus::Completed),
         rejected: snapshot.count("rejected"),
         unfinished: snapshot.unfinished(),
         events_relayed: tally.relayed,

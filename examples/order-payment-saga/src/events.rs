@@ -10,6 +10,9 @@ pub const ORDERS: &str = "orders";
 pub const INVENTORY: &str = "inventory";
 /// Topic of the payment service's events.
 pub const PAYMENTS: &str = "payments";
+/// Topic of the order saga's timeouts: scheduled by the order service for
+/// itself, consumed by no other service.
+pub const ORDER_TIMEOUTS: &str = "order-timeouts";
 
 /// A customer placed an order (order service).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Event)]
@@ -45,6 +48,17 @@ pub struct OrderCancelled {
     pub order_id: String,
     /// Why: `payment declined` or `payment timeout`.
     pub reason: String,
+}
+
+/// The order's payment did not come in time: the order saga's timeout,
+/// scheduled in its own outbox when stock is reserved and delivered back to
+/// the order service when due, unless the saga completed first (order
+/// service, to itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Event)]
+#[event(type = "com.example.saga.order.payment_timed_out", version = 1, destination = "order-timeouts", key = order_id)]
+pub struct PaymentTimedOut {
+    /// The order.
+    pub order_id: String,
 }
 
 /// The order could not be served: nothing was reserved (order service).

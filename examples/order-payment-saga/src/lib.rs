@@ -1,20 +1,26 @@
 //! The order/payment saga: three services — **order**, **inventory**,
-//! **payment** — each with its own database, choreographed through events
+//! **payment** — each with its own database, talking through events
 //! published with the eventbus outbox and consumed effectively once through
-//! the inbox.
+//! the inbox. Two styles side by side: the order service **orchestrates**
+//! each order with a saga of the library (`eventbus::saga`: state in its
+//! saga table, a scheduled payment timeout), while inventory and payment
+//! **choreograph** between themselves, each reacting to the other's events.
 //!
 //! ```text
-//! POST /orders ─► OrderPlaced ─► inventory: StockReserved ─► payment: PaymentCharged ─► order: OrderConfirmed
-//!                                     │                            │
-//!                                     └► StockUnavailable          ├► PaymentDeclined ─► order: OrderCancelled
-//!                                          └► order: rejected      └► (no answer in time) ─► order: OrderCancelled
+//! POST /orders ─► OrderPlaced ─► inventory: StockReserved ─► payment: PaymentCharged ─► order saga: OrderConfirmed
+//!    (order saga                      │        │                   │
+//!     started)                        │        └► order saga:      ├► PaymentDeclined ─► order saga: OrderCancelled
+//!                                     │           PaymentTimedOut  └► (no answer before PaymentTimedOut comes due)
+//!                                     │           scheduled             ─► order saga: OrderCancelled
+//!                                     └► StockUnavailable ─► order saga: OrderRejected
 //!                                                                  OrderCancelled ─► inventory: StockReleased
 //!                                                                                 └► payment: PaymentRefunded / void
 //! ```
 //!
 //! The binary (`src/main.rs`) runs the whole saga in one process on SQLite
 //! and the in-memory broker by default, or each service on its own against
-//! PostgreSQL and Kafka or RabbitMQ. `docs/saga.md` walks through it.
+//! PostgreSQL or MySQL and Kafka, RabbitMQ or SQS. `docs/saga.md` walks
+//! through it.
 
 pub mod audit;
 pub mod broker;

@@ -1,6 +1,8 @@
-//! The order service: takes orders over HTTP, and drives each one to a final
-//! state from what inventory and payment say — confirmed, cancelled (payment
-//! declined or timed out, with compensation) or rejected (out of stock).
+//! The order service: takes orders over HTTP and orchestrates each one with
+//! an [`OrderSaga`] (`eventbus::saga`) to a final state from what inventory
+//! and payment say — confirmed, cancelled (payment declined, or no answer
+//! before the saga's payment timeout, with compensation) or rejected (out
+//! of stock).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +12,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eventbus::consumer::{ConsumerBuilder, Context, UnknownTypes};
+use eventbus::consumer::{ConsumerBuilder, UnknownTypes};
+use eventbus::saga::{Handles, Saga, SagaContext, SagaDefinition, Sagas};
 use eventbus::{BoxError, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::{Pool, Transaction};
 
-use crate::db::{for_each_database, Dialect, SagaDb};
+use crate::db::{for_each_database, SagaDb};
 use crate::events::{
     OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected, PaymentCharged, PaymentDeclined,
-    StockReserved, StockUnavailable,
+    PaymentTimedOut, StockReserved, StockUnavailable,
 };
 use crate::now_ms;
 
@@ -88,14 +91,8 @@ pub trait OrderDb: sqlx::Database {
         to: &str,
         reason: Option<&str>,
     ) -> sqlx::Result<bool>;
-    /// Starts the payment clock of a `pending` order.
-    async fn await_payment(
-        tx: &mut Transaction<'static, Self>,
-        id: &str,
-        deadline_ms: i64,
-    ) -> sqlx::Result<bool>;
-    /// Orders waiting for payment past their deadline.
-    async fn overdue(pool: &Pool<Self>, now_ms: i64) -> sqlx::Result<Vec<String>>;
+    /// Moves a `pending` order to `awaiting_payment`; whether it did.
+    async fn await_payment(tx: &mut Transaction<'static, Self>, id: &str) -> sqlx::Result<bool>;
     /// One order.
     async fn order(pool: &Pool<Self>, id: &str) -> sqlx::Result<Option<OrderView>>;
     /// All orders.
@@ -138,13 +135,9 @@ macro_rules! order_sql {
         #[async_trait::async_trait]
         impl OrderDb for $db {
             async fn create_order_tables(pool: &Pool<Self>) -> sqlx::Result<()> {
-                // MySQL indexes only bounded text, and creates indexes with
-                // the table (it has no `CREATE INDEX IF NOT EXISTS`).
-                let index = match $dialect {
-                    Dialect::MySql => ", KEY orders_awaiting (state, deadline_ms)",
-                    Dialect::Postgres | Dialect::Sqlite => "",
-                };
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                // Payment timeouts are the order saga's: no deadline column,
+                // no index to poll.
+                sqlx::query(
                     "CREATE TABLE IF NOT EXISTS orders (
                         id             VARCHAR(255) PRIMARY KEY,
                         customer       TEXT NOT NULL,
@@ -154,16 +147,10 @@ macro_rules! order_sql {
                         state          VARCHAR(32) NOT NULL,
                         reason         TEXT,
                         placed_at_ms   BIGINT NOT NULL,
-                        deadline_ms    BIGINT,
-                        finished_at_ms BIGINT{index})",
-                )))
+                        finished_at_ms BIGINT)",
+                )
                 .execute(pool)
                 .await?;
-                if $dialect != Dialect::MySql {
-                    sqlx::query("CREATE INDEX IF NOT EXISTS orders_awaiting ON orders (state, deadline_ms)")
-                        .execute(pool)
-                        .await?;
-                }
                 Ok(())
             }
 
@@ -210,25 +197,14 @@ macro_rules! order_sql {
                 Ok(moved)
             }
 
-            async fn await_payment(tx: &mut Transaction<'static, Self>, id: &str, deadline_ms: i64) -> sqlx::Result<bool> {
+            async fn await_payment(tx: &mut Transaction<'static, Self>, id: &str) -> sqlx::Result<bool> {
                 let done = sqlx::query($dialect.sql(
-                    "UPDATE orders SET state = 'awaiting_payment', deadline_ms = $1
-                     WHERE id = $2 AND state = 'pending'",
+                    "UPDATE orders SET state = 'awaiting_payment' WHERE id = $1 AND state = 'pending'",
                 ))
-                .bind(deadline_ms)
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
                 Ok(done.rows_affected() == 1)
-            }
-
-            async fn overdue(pool: &Pool<Self>, now_ms: i64) -> sqlx::Result<Vec<String>> {
-                sqlx::query_scalar($dialect.sql(
-                    "SELECT id FROM orders WHERE state = 'awaiting_payment' AND deadline_ms < $1",
-                ))
-                .bind(now_ms)
-                .fetch_all(pool)
-                .await
             }
 
             async fn order(pool: &Pool<Self>, id: &str) -> sqlx::Result<Option<OrderView>> {
@@ -255,6 +231,221 @@ macro_rules! order_sql {
 }
 for_each_database!(order_sql);
 
+/// Where an order's saga stands: the same words as the `orders` row's
+/// `state`, which each step moves in its own transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Placed; inventory has not answered.
+    Pending,
+    /// Stock reserved; the payment timeout runs.
+    AwaitingPayment,
+    /// Paid (final).
+    Confirmed,
+    /// Payment declined or timed out; compensated by inventory and payment
+    /// (final).
+    Cancelled,
+    /// Out of stock (final).
+    Rejected,
+}
+
+impl Stage {
+    /// The word in the `orders` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Pending => "pending",
+            Stage::AwaitingPayment => "awaiting_payment",
+            Stage::Confirmed => "confirmed",
+            Stage::Cancelled => "cancelled",
+            Stage::Rejected => "rejected",
+        }
+    }
+
+    /// Whether the order is over: its saga completes with this step.
+    pub fn is_final(self) -> bool {
+        matches!(self, Stage::Confirmed | Stage::Cancelled | Stage::Rejected)
+    }
+}
+
+/// The reason of an order cancelled by its payment timeout.
+pub const PAYMENT_TIMEOUT: &str = "payment timeout";
+
+/// The order saga: one instance per order, keyed by the order id, started
+/// with the order ([`OrderService::place`]) and driven by what inventory and
+/// payment say, and by its own payment timeout. The service orchestrates
+/// its orders with it; inventory and payment still choreograph between
+/// themselves and never see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSaga {
+    /// Where the order stands.
+    pub stage: Stage,
+    /// How long payment may take once stock is reserved, in ms: the
+    /// service's setting when the order was placed.
+    pub payment_timeout_ms: u64,
+    /// The id of the payment timeout that cancelled the order, if one did.
+    #[serde(default)]
+    pub timed_out_by: Option<String>,
+}
+
+impl Saga for OrderSaga {
+    const NAME: &'static str = "order";
+}
+
+impl OrderSaga {
+    /// A new order's saga.
+    pub fn new(payment_timeout: Duration) -> Self {
+        OrderSaga {
+            stage: Stage::Pending,
+            payment_timeout_ms: u64::try_from(payment_timeout.as_millis()).unwrap_or(u64::MAX),
+            timed_out_by: None,
+        }
+    }
+
+    /// The saga's events: inventory's and payment's answers, and the
+    /// payment timeout it schedules for itself.
+    pub fn definition<DB: SagaDb>() -> SagaDefinition<OrderSaga, DB> {
+        SagaDefinition::new()
+            .handles::<StockReserved>()
+            .handles::<StockUnavailable>()
+            .handles::<PaymentCharged>()
+            .handles::<PaymentDeclined>()
+            .timeout::<PaymentTimedOut>()
+    }
+
+    /// Moves the saga and the order's row to `to` in the step's
+    /// transaction, completing the saga on a final stage (which cancels the
+    /// payment timeout, if one waits).
+    async fn advance<DB: SagaDb>(
+        &mut self,
+        ctx: &SagaContext<DB>,
+        to: Stage,
+        reason: Option<&str>,
+    ) -> Result<(), BoxError> {
+        let id = ctx.instance_id();
+        let mut tx = ctx.tx().await?;
+        let moved = if to == Stage::AwaitingPayment {
+            DB::await_payment(&mut tx, id).await?
+        } else {
+            DB::transition(&mut tx, id, &[self.stage.as_str()], to.as_str(), reason).await?
+        };
+        if !moved {
+            // The row moves only with the saga, in the same transactions.
+            return Err(Box::new(crate::Error::Invariant(format!(
+                "order {id} is not `{}` in the orders table, as its saga is",
+                self.stage.as_str()
+            ))));
+        }
+        self.stage = to;
+        if to.is_final() {
+            ctx.complete();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl<DB: SagaDb> Handles<StockReserved, DB> for OrderSaga {
+    fn correlate(e: &StockReserved) -> String {
+        e.order_id.clone()
+    }
+
+    async fn handle(&mut self, ctx: &SagaContext<DB>, e: StockReserved) -> Result<(), BoxError> {
+        if self.stage != Stage::Pending {
+            return Ok(());
+        }
+        self.advance(ctx, Stage::AwaitingPayment, None).await?;
+        // Comes back to this saga when due, unless payment answers first.
+        let after = Duration::from_millis(self.payment_timeout_ms);
+        ctx.request_timeout(
+            after,
+            &PaymentTimedOut {
+                order_id: e.order_id,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl<DB: SagaDb> Handles<StockUnavailable, DB> for OrderSaga {
+    fn correlate(e: &StockUnavailable) -> String {
+        e.order_id.clone()
+    }
+
+    async fn handle(&mut self, ctx: &SagaContext<DB>, e: StockUnavailable) -> Result<(), BoxError> {
+        let reason = format!(
+            "out of stock: {} of {} wanted, {} left",
+            e.requested, e.sku, e.available
+        );
+        self.advance(ctx, Stage::Rejected, Some(&reason)).await?;
+        ctx.publish(&OrderRejected {
+            order_id: e.order_id,
+            reason,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+// Payment may answer before stock's event reaches us (another topic): a
+// `pending` order is confirmed or cancelled as well as one awaiting payment.
+// A charge for an order cancelled first finds the saga completed and is
+// ignored; payment refunds it when it sees `OrderCancelled`.
+#[async_trait::async_trait]
+impl<DB: SagaDb> Handles<PaymentCharged, DB> for OrderSaga {
+    fn correlate(e: &PaymentCharged) -> String {
+        e.order_id.clone()
+    }
+
+    async fn handle(&mut self, ctx: &SagaContext<DB>, e: PaymentCharged) -> Result<(), BoxError> {
+        self.advance(ctx, Stage::Confirmed, None).await?;
+        ctx.publish(&OrderConfirmed {
+            order_id: e.order_id,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl<DB: SagaDb> Handles<PaymentDeclined, DB> for OrderSaga {
+    fn correlate(e: &PaymentDeclined) -> String {
+        e.order_id.clone()
+    }
+
+    async fn handle(&mut self, ctx: &SagaContext<DB>, e: PaymentDeclined) -> Result<(), BoxError> {
+        let reason = format!("payment declined: {}", e.reason);
+        self.advance(ctx, Stage::Cancelled, Some(&reason)).await?;
+        ctx.publish(&OrderCancelled {
+            order_id: e.order_id,
+            reason,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+// Registered as the saga's timeout: it runs only while the instance still
+// waits for this very event, so never after payment answered.
+#[async_trait::async_trait]
+impl<DB: SagaDb> Handles<PaymentTimedOut, DB> for OrderSaga {
+    fn correlate(e: &PaymentTimedOut) -> String {
+        e.order_id.clone()
+    }
+
+    async fn handle(&mut self, ctx: &SagaContext<DB>, e: PaymentTimedOut) -> Result<(), BoxError> {
+        self.advance(ctx, Stage::Cancelled, Some(PAYMENT_TIMEOUT))
+            .await?;
+        self.timed_out_by = Some(ctx.envelope().id.clone());
+        ctx.publish(&OrderCancelled {
+            order_id: e.order_id,
+            reason: PAYMENT_TIMEOUT.into(),
+        })
+        .await?;
+        Ok(())
+    }
+}
+
 /// The order service's settings.
 #[derive(Debug, Clone)]
 pub struct OrderService<DB: SagaDb> {
@@ -262,6 +453,8 @@ pub struct OrderService<DB: SagaDb> {
     pub pool: Pool<DB>,
     /// Where its events go.
     pub outbox: Outbox,
+    /// Where its orders' sagas live.
+    pub sagas: Sagas,
     /// How long an order waits for payment before it is cancelled.
     pub payment_timeout: Duration,
 }
@@ -272,11 +465,13 @@ impl<DB: SagaDb> OrderService<DB> {
         OrderService {
             pool,
             outbox: Outbox::new(SOURCE),
+            sagas: Sagas::new(),
             payment_timeout,
         }
     }
 
-    /// Places an order: the row and its `OrderPlaced` event commit together.
+    /// Places an order: the row, its saga and its `OrderPlaced` event commit
+    /// together.
     pub async fn place(&self, request: PlaceOrder) -> crate::Result<OrderView> {
         if request.quantity < 1 || request.amount_cents < 1 {
             return Err(crate::Error::Usage(
@@ -292,6 +487,13 @@ impl<DB: SagaDb> OrderService<DB> {
         };
         let mut tx = self.pool.begin().await?;
         DB::insert_order(&mut tx, &placed).await?;
+        let saga = OrderSaga::new(self.payment_timeout);
+        if !self.sagas.start(&mut tx, &placed.order_id, &saga).await? {
+            return Err(crate::Error::Invariant(format!(
+                "order {} has a saga already",
+                placed.order_id
+            )));
+        }
         self.outbox.publish(&mut tx, &placed).await?;
         tx.commit().await?;
         DB::order(&self.pool, &placed.order_id)
@@ -299,110 +501,14 @@ impl<DB: SagaDb> OrderService<DB> {
             .ok_or_else(|| crate::Error::Invariant("a committed order vanished".into()))
     }
 
-    /// The handlers that move orders on, for the service's consumer.
+    /// The order saga on the service's consumer: its steps run in the
+    /// consumer's transaction, with the inbox row.
     pub fn handlers(&self, builder: ConsumerBuilder<DB>) -> ConsumerBuilder<DB> {
-        let timeout = i64::try_from(self.payment_timeout.as_millis()).unwrap_or(i64::MAX);
         builder
             .outbox(self.outbox.clone())
             // Stock released / payment refunded are for other services' records.
             .unknown_types(UnknownTypes::Skip)
-            .on(move |ctx: Context<DB>, e: StockReserved| async move {
-                let mut tx = ctx.tx().await?;
-                DB::await_payment(&mut tx, &e.order_id, now_ms().saturating_add(timeout)).await?;
-                Ok::<_, BoxError>(())
-            })
-            .on(|ctx: Context<DB>, e: StockUnavailable| async move {
-                let reason = format!(
-                    "out of stock: {} of {} wanted, {} left",
-                    e.requested, e.sku, e.available
-                );
-                if finish(&ctx, &e.order_id, &["pending"], "rejected", &reason).await? {
-                    ctx.publish(&OrderRejected {
-                        order_id: e.order_id,
-                        reason,
-                    })
-                    .await?;
-                }
-                Ok(())
-            })
-            // Payment may answer before stock's event reaches us (another
-            // topic): `pending` confirms as well as `awaiting_payment`.
-            .on(|ctx: Context<DB>, e: PaymentCharged| async move {
-                if finish(
-                    &ctx,
-                    &e.order_id,
-                    &["pending", "awaiting_payment"],
-                    "confirmed",
-                    "",
-                )
-                .await?
-                {
-                    ctx.publish(&OrderConfirmed {
-                        order_id: e.order_id,
-                    })
-                    .await?;
-                }
-                // A charge for an order already cancelled is refunded by payment
-                // when it sees OrderCancelled.
-                Ok(())
-            })
-            .on(|ctx: Context<DB>, e: PaymentDeclined| async move {
-                let reason = format!("payment declined: {}", e.reason);
-                if finish(
-                    &ctx,
-                    &e.order_id,
-                    &["pending", "awaiting_payment"],
-                    "cancelled",
-                    &reason,
-                )
-                .await?
-                {
-                    ctx.publish(&OrderCancelled {
-                        order_id: e.order_id,
-                        reason,
-                    })
-                    .await?;
-                }
-                Ok(())
-            })
-    }
-
-    /// Cancels orders whose payment did not come in time, until `shutdown`.
-    pub async fn expire_unpaid(&self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            if let Err(e) = self.expire_once().await {
-                tracing::warn!(error = %e, "expiring unpaid orders failed; trying again");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = &mut shutdown => return,
-            }
-        }
-    }
-
-    async fn expire_once(&self) -> crate::Result<()> {
-        for id in DB::overdue(&self.pool, now_ms()).await? {
-            let mut tx = self.pool.begin().await?;
-            let reason = "payment timeout";
-            if DB::transition(
-                &mut tx,
-                &id,
-                &["awaiting_payment"],
-                "cancelled",
-                Some(reason),
-            )
-            .await?
-            {
-                let cancelled = OrderCancelled {
-                    order_id: id,
-                    reason: reason.into(),
-                };
-                self.outbox.publish(&mut tx, &cancelled).await?;
-            }
-            tx.commit().await?;
-        }
-        Ok(())
+            .saga(OrderSaga::definition::<DB>().store(self.sagas.clone()))
     }
 
     /// The HTTP API: `POST /orders`, `GET /orders/{id}`.
@@ -412,19 +518,6 @@ impl<DB: SagaDb> OrderService<DB> {
             .route("/orders/{id}", get(show::<DB>))
             .with_state(self)
     }
-}
-
-/// Moves the order in the handler's transaction; whether it moved.
-async fn finish<DB: SagaDb>(
-    ctx: &Context<DB>,
-    id: &str,
-    from: &[&str],
-    to: &str,
-    reason: &str,
-) -> Result<bool, BoxError> {
-    let mut tx = ctx.tx().await?;
-    let reason = (!reason.is_empty()).then_some(reason);
-    Ok(DB::transition(&mut tx, id, from, to, reason).await?)
 }
 
 async fn place<DB: SagaDb>(

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::db::SagaDb;
-use crate::events::{INVENTORY, ORDERS, PAYMENTS};
+use crate::events::{INVENTORY, ORDERS, ORDER_TIMEOUTS, PAYMENTS};
 use crate::inventory;
 use crate::order::{self, OrderService};
 use crate::payment::{self, PaymentService};
@@ -43,10 +43,11 @@ impl Service {
         }
     }
 
-    /// The topics it consumes.
+    /// The topics it consumes: the order service also gets its saga's
+    /// timeouts back, on a topic of their own.
     pub fn listens_to(self) -> &'static [&'static str] {
         match self {
-            Service::Order => &[INVENTORY, PAYMENTS],
+            Service::Order => &[INVENTORY, PAYMENTS, ORDER_TIMEOUTS],
             Service::Inventory => &[ORDERS],
             Service::Payment => &[INVENTORY, ORDERS],
         }
@@ -78,7 +79,7 @@ impl Settings {
 
     /// Every saga topic's broker name.
     pub fn topics(&self) -> Vec<String> {
-        [ORDERS, INVENTORY, PAYMENTS]
+        [ORDERS, INVENTORY, PAYMENTS, ORDER_TIMEOUTS]
             .iter()
             .map(|t| self.topic(t))
             .collect()
@@ -86,6 +87,8 @@ impl Settings {
 
     /// The relay settings for a service's outbox: quick polling (SQLite has no
     /// notifications) and short leases, so a restarted relay resumes quickly.
+    /// The relay also moves the order saga's payment timeouts out of the
+    /// order outbox's scheduled table when they come due.
     pub fn relay_config(&self, service: Service) -> RelayConfig {
         RelayConfig {
             name: format!("{}-relay", service.name()),
@@ -225,8 +228,9 @@ pub fn relay<DB: SagaDb>(
     )?)
 }
 
-/// Keeps `service`'s background work going (expiring unpaid orders, the slow
-/// gateway's answers) until `shutdown`.
+/// Keeps `service`'s background work going (the slow gateway's answers)
+/// until `shutdown`. The order service has none: its payment timeouts are
+/// scheduled events its saga gets back through the broker.
 pub async fn background<DB: SagaDb>(
     service: Service,
     pool: Pool<DB>,
@@ -234,17 +238,12 @@ pub async fn background<DB: SagaDb>(
     shutdown: Shutdown,
 ) {
     match service {
-        Service::Order => {
-            OrderService::new(pool, settings.payment_timeout)
-                .expire_unpaid(shutdown.signalled())
-                .await;
-        }
         Service::Payment => {
             PaymentService::new(pool, settings.gateway_delay)
                 .answer_late(shutdown.signalled())
                 .await;
         }
-        Service::Inventory => shutdown.signalled().await,
+        Service::Order | Service::Inventory => shutdown.signalled().await,
     }
 }
 

@@ -15,7 +15,7 @@ use eventbus_tests::{
 use order_payment_saga::audit::{Pools, Snapshot};
 use order_payment_saga::db;
 use order_payment_saga::demo::order_request;
-use order_payment_saga::order::{OrderView, PlaceOrder};
+use order_payment_saga::order::{OrderView, PlaceOrder, PAYMENT_TIMEOUT};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -55,9 +55,11 @@ fn figure(report: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("report has no figure `{name}`: {report}"))
 }
 
-/// What every chaos run must show: all four outcomes happened, chaos really
-/// injected copies and restarts, the inboxes absorbed repeats, and the
-/// databases (read here, not by the demo) satisfy every invariant.
+/// What every chaos run must show: all four outcomes happened, every
+/// payment-timeout cancellation came from a saga timeout and every order
+/// saga completed, chaos really injected copies and restarts, the inboxes
+/// absorbed repeats, and the databases (read here, not by the demo) satisfy
+/// every invariant, the saga table's included.
 fn assert_chaos_run(report: &Value, snapshot: &Snapshot, orders: usize) {
     for outcome in [
         "confirmed",
@@ -71,6 +73,14 @@ fn assert_chaos_run(report: &Value, snapshot: &Snapshot, orders: usize) {
         );
     }
     assert_eq!(figure(report, "unfinished"), 0, "{report}");
+    // Payment timeouts are the order saga's scheduled timeouts, not a sweep.
+    assert_eq!(
+        figure(report, "timeouts_fired"),
+        figure(report, "cancelled_timeout"),
+        "{report}"
+    );
+    assert_eq!(figure(report, "sagas_active"), 0, "{report}");
+    assert_eq!(figure(report, "sagas_completed"), orders as u64, "{report}");
     assert!(
         figure(report, "duplicates_injected") > 0,
         "chaos sent no copies: {report}"
@@ -310,6 +320,12 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
         if service == "order" {
             args.extend(["--http".into(), format!("127.0.0.1:{port}")]);
         }
+        if service == "payment" {
+            // Well past the order saga's 4 s payment timeout: the slow
+            // customers' orders are cancelled by their timeout, which only
+            // the order database's sidecar relay can bring back.
+            args.extend(["--gateway-delay-ms".into(), "10000".into()]);
+        }
         args
     };
     let mut processes = Vec::new();
@@ -413,6 +429,12 @@ async fn services_as_processes_with_relay_sidecars_over_http() {
     }
     assert!(finals.iter().any(|o| o.state == "confirmed"));
     assert!(finals.iter().any(|o| o.state == "cancelled"));
+    assert!(
+        finals
+            .iter()
+            .any(|o| o.reason.as_deref() == Some(PAYMENT_TIMEOUT)),
+        "no order was cancelled by its payment timeout: {finals:?}"
+    );
 
     // The audit subcommand agrees once compensations have landed.
     let mut passed = false;
