@@ -35,6 +35,7 @@ async fn concurrent_migrations_are_idempotent() {
             ("outbox:eventbus_outbox".to_owned(), 1),
             ("outbox:eventbus_outbox".to_owned(), 2),
             ("outbox:eventbus_outbox".to_owned(), 3),
+            ("sagas:eventbus_sagas".to_owned(), 1),
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -53,7 +54,8 @@ async fn concurrent_migrations_are_idempotent() {
             "eventbus_outbox",
             "eventbus_outbox_partitions",
             "eventbus_outbox_relays",
-            "eventbus_outbox_scheduled"
+            "eventbus_outbox_scheduled",
+            "eventbus_sagas"
         ]
     );
     let triggers: i64 = sqlx::query_scalar(
@@ -258,6 +260,8 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
         .expect("valid name")
         .inbox_table("svc.inbox")
         .expect("valid name")
+        .saga_table("svc.sagas")
+        .expect("valid name")
         .partitions(8)
         .expect("valid partitions");
     migrate_concurrently(&db.url, 4, &migrator).await;
@@ -271,6 +275,7 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
             ("outbox:svc.outbox".to_owned(), 1),
             ("outbox:svc.outbox".to_owned(), 2),
             ("outbox:svc.outbox".to_owned(), 3),
+            ("sagas:svc.sagas".to_owned(), 1),
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -288,7 +293,8 @@ async fn schema_qualified_tables_migrate_publish_and_notify() {
             "outbox",
             "outbox_partitions",
             "outbox_relays",
-            "outbox_scheduled"
+            "outbox_scheduled",
+            "sagas"
         ]
     );
     assert_eq!(count(&db.pool, "svc.outbox_partitions").await, 8);

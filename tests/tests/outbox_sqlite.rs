@@ -65,6 +65,7 @@ async fn concurrent_migrations_are_idempotent() {
             ("inbox:eventbus_inbox".to_owned(), 3),
             ("outbox:eventbus_outbox".to_owned(), 1),
             ("outbox:eventbus_outbox".to_owned(), 2),
+            ("sagas:eventbus_sagas".to_owned(), 1),
         ]
     );
     let tables: Vec<String> = sqlx::query_scalar(
@@ -83,7 +84,8 @@ async fn concurrent_migrations_are_idempotent() {
             "eventbus_outbox",
             "eventbus_outbox_partitions",
             "eventbus_outbox_relays",
-            "eventbus_outbox_scheduled"
+            "eventbus_outbox_scheduled",
+            "eventbus_sagas"
         ]
     );
     let partitions: Vec<i32> =
@@ -199,6 +201,8 @@ async fn attached_schema_tables_migrate_and_publish() {
         .outbox_table("svc.outbox")
         .expect("valid name")
         .inbox_table("svc.inbox")
+        .expect("valid name")
+        .saga_table("svc.sagas")
         .expect("valid name");
     migrator.run(&pool).await.expect("migrate");
     migrator.run(&pool).await.expect("migrate again");
@@ -217,7 +221,8 @@ async fn attached_schema_tables_migrate_and_publish() {
             "outbox",
             "outbox_partitions",
             "outbox_relays",
-            "outbox_scheduled"
+            "outbox_scheduled",
+            "sagas"
         ]
     );
 
@@ -232,8 +237,8 @@ async fn attached_schema_tables_migrate_and_publish() {
     tx.commit().await.expect("commit");
     assert_eq!(count(&pool, "svc.outbox").await, 2);
     // outbox 1 and 2 (the scheduled table), inbox 1, 2 (the attempts table)
-    // and 3 (the parked table)
-    assert_eq!(count(&pool, "main.eventbus_migrations").await, 5);
+    // and 3 (the parked table), sagas 1
+    assert_eq!(count(&pool, "main.eventbus_migrations").await, 6);
 }
 
 #[tokio::test]

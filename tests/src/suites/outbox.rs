@@ -561,7 +561,8 @@ pub async fn concurrent_migrations_are_idempotent<D: TestDatabase>() -> D {
             .await,
         [
             Some("inbox:eventbus_inbox".to_owned()),
-            Some("outbox:eventbus_outbox".to_owned())
+            Some("outbox:eventbus_outbox".to_owned()),
+            Some("sagas:eventbus_sagas".to_owned())
         ]
     );
     assert_eq!(
