@@ -618,10 +618,10 @@ async fn shared_trips<D: TestDatabase>(db: &D) -> usize {
     members.values().filter(|m| m.len() == 2).count()
 }
 
-/// Two `saga_worker` processes of one group on `broker` race on 24 trips
-/// (see [`race`]): both legs of each trip published together, with
-/// different keys, so they take different lanes and, mostly, different
-/// processes. Both legs of every trip apply — version 3, legs {1, 2}, one
+/// Two `saga_worker` processes of one group on `broker` race on 24 trips of
+/// 2 legs, each leg's step holding its trip for 400 ms: both legs of each
+/// trip published together, with different keys, so they take different
+/// lanes and, mostly, different processes. Both legs of every trip apply — version 3, legs {1, 2}, one
 /// effect each, trip completed — and for some trips the two legs were
 /// handled by different processes, so two processes did meet on one
 /// instance. [`unlocked_steps_lose_updates`] is the same race without the
