@@ -18,7 +18,7 @@ impl Saga for Checkout {
     const NAME: &'static str = "checkout";
 }
 
-#[async_trait::async_trait]
+#[eventbus::saga::async_trait]
 impl<DB: SagaDatabase> Handles<PaymentCharged, DB> for Checkout {
     async fn handle(&mut self, _: &SagaContext<DB>, _: PaymentCharged) -> Result<(), BoxError> {
         self.paid = true;

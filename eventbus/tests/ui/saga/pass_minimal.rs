@@ -33,7 +33,7 @@ impl Saga for Checkout {
     const NAME: &'static str = "checkout";
 }
 
-#[async_trait::async_trait]
+#[eventbus::saga::async_trait]
 impl<DB: SagaDatabase> StartedBy<OrderPlaced, DB> for Checkout {
     fn correlate(event: &OrderPlaced) -> String {
         event.order_id.clone()
@@ -48,7 +48,7 @@ impl<DB: SagaDatabase> StartedBy<OrderPlaced, DB> for Checkout {
     }
 }
 
-#[async_trait::async_trait]
+#[eventbus::saga::async_trait]
 impl<DB: SagaDatabase> Handles<PaymentCharged, DB> for Checkout {
     fn correlate(event: &PaymentCharged) -> String {
         event.order_id.clone()
@@ -61,7 +61,7 @@ impl<DB: SagaDatabase> Handles<PaymentCharged, DB> for Checkout {
     }
 }
 
-#[async_trait::async_trait]
+#[eventbus::saga::async_trait]
 impl<DB: SagaDatabase> Handles<PaymentDue, DB> for Checkout {
     fn correlate(event: &PaymentDue) -> String {
         event.order_id.clone()
