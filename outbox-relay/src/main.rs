@@ -12,6 +12,7 @@ mod healthcheck;
 mod http;
 mod inbox;
 mod redact;
+mod sagas;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -89,6 +90,12 @@ enum Command {
     Inbox {
         #[command(subcommand)]
         action: inbox::InboxAction,
+    },
+    /// Inspect saga instances: a summary and a list, or one instance with
+    /// its state and pending timeouts.
+    Sagas {
+        #[command(subcommand)]
+        action: sagas::SagasAction,
     },
 }
 
@@ -214,6 +221,7 @@ async fn run(common: &Common, command: Command) -> Result<()> {
         }
         Command::Dlq { action } => dead_letters::run(action, common, &file).await,
         Command::Inbox { action } => inbox::run(action, common, &file).await,
+        Command::Sagas { action } => sagas::run(action, common, &file).await,
         Command::Failed { action } => {
             let admin = admin(common, &file).await?;
             match action {
