@@ -5,17 +5,13 @@
 //! that is not an event.
 //!
 //! After a change of message on purpose, regenerate the files with
-//! `TRYBUILD=overwrite cargo nextest run -p eventbus --all-features --test saga_ui`
+//! `TRYBUILD=overwrite cargo nextest run -p eventbus-compile-fail --test saga_ui`
 //! and review the diff. The messages are rustc's, so a new toolchain
 //! (`rust-toolchain.toml`) may reword them.
 //!
-//! The first run builds eventbus again, with the features of the test run,
-//! in `<target>/tests/trybuild`: with `--all-features` that is librdkafka
-//! and the AWS SDK too (about 9 minutes on 2 cores, 3.5 GB); later runs take
-//! seconds.
-
-// The cases derive their events.
-#![cfg(feature = "macros")]
+//! trybuild builds the cases in `<target>/tests/trybuild` against this
+//! package's dev-dependencies: eventbus with `macros` only, whatever the
+//! features of the test run (the cases are generic over the database).
 
 /// Where the cases are, from the package root (the tests' working
 /// directory): a glob that matches nothing passes without testing anything.
