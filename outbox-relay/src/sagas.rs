@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Subcommand, ValueEnum};
-use eventbus::saga::{SagaCount, SagaDatabase, SagaQuery, SagaRecord, SagaStatus, Sagas};
+use eventbus::backend::{connect, Create};
+use eventbus::saga::{SagaCount, SagaQuery, SagaRecord, SagaStatus, Sagas};
 use eventbus::{Error, Result};
 
 use crate::config::{self, Common, FileConfig};
@@ -75,19 +76,10 @@ pub(crate) struct SagaTable {
     name: String,
 }
 
-/// A pool of whichever database the URL names. `eventbus::backend::Backend`
-/// offers no saga reads, so the command opens its own pool, as
-/// `eventbus::backend::connect` would.
-enum Pool {
-    Postgres(sqlx::PgPool),
-    MySql(sqlx::MySqlPool),
-    Sqlite(sqlx::SqlitePool),
-}
-
 /// Runs `action` against the database of `common` / `file`.
 pub(crate) async fn run(action: SagasAction, common: &Common, file: &FileConfig) -> Result<()> {
     let url = config::database_url(common, file)?;
-    let pool = open(url.expose()).await?;
+    let db = connect(url.expose(), Create::AsUrlSays).await?;
     let now = Utc::now();
     let lines = match &action {
         SagasAction::List {
@@ -104,16 +96,14 @@ pub(crate) async fn run(action: SagasAction, common: &Common, file: &FileConfig)
             if let Some(status) = status {
                 query = query.status((*status).into());
             }
-            let (counts, records) = match &pool {
-                Pool::Postgres(p) => read_list(p, &sagas, &query).await?,
-                Pool::MySql(p) => read_list(p, &sagas, &query).await?,
-                Pool::Sqlite(p) => read_list(p, &sagas, &query).await?,
-            };
-            let counts = counts
+            let counts = db
+                .saga_counts(&sagas)
+                .await?
                 .into_iter()
                 .filter(|c| saga.as_ref().is_none_or(|s| *s == c.saga))
                 .filter(|c| status.is_none_or(|s| SagaStatus::from(s) == c.status))
                 .collect::<Vec<_>>();
+            let records = db.list_sagas(&sagas, &query).await?;
             list_lines(&sagas, &counts, &records, *limit, now)
         }
         SagasAction::Show {
@@ -122,16 +112,14 @@ pub(crate) async fn run(action: SagasAction, common: &Common, file: &FileConfig)
             table,
         } => {
             let sagas = Sagas::new().table(&table.name)?;
-            let record = match &pool {
-                Pool::Postgres(p) => sagas.record(p, saga, instance_id).await?,
-                Pool::MySql(p) => sagas.record(p, saga, instance_id).await?,
-                Pool::Sqlite(p) => sagas.record(p, saga, instance_id).await?,
-            };
-            let record = record.ok_or_else(|| Error::Saga {
-                saga: saga.clone(),
-                instance: instance_id.clone(),
-                reason: format!("no such instance in {}", sagas.table_name()),
-            })?;
+            let record = db
+                .saga_record(&sagas, saga, instance_id)
+                .await?
+                .ok_or_else(|| Error::Saga {
+                    saga: saga.clone(),
+                    instance: instance_id.clone(),
+                    reason: format!("no such instance in {}", sagas.table_name()),
+                })?;
             show_lines(&record, now)
         }
     };
@@ -139,56 +127,6 @@ pub(crate) async fn run(action: SagasAction, common: &Common, file: &FileConfig)
         println!("{line}");
     }
     Ok(())
-}
-
-/// Opens the database `url` names, by its scheme, with the settings of
-/// `eventbus::backend::connect`: a SQLite file is never created here.
-async fn open(url: &str) -> Result<Pool> {
-    let scheme = url.split_once(':').map_or("", |(s, _)| s);
-    let acquire = std::time::Duration::from_secs(10);
-    Ok(match scheme {
-        "postgres" | "postgresql" => Pool::Postgres(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(acquire)
-                .connect(url)
-                .await?,
-        ),
-        "mysql" | "mariadb" => Pool::MySql(
-            sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(acquire)
-                .connect(&url.replacen("mariadb:", "mysql:", 1))
-                .await?,
-        ),
-        "sqlite" => {
-            use std::str::FromStr;
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-                .map_err(|e| Error::Config(format!("invalid SQLite URL: {e}")))?
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(eventbus::sqlite::DEFAULT_BUSY_TIMEOUT);
-            Pool::Sqlite(
-                sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(acquire)
-                    .connect_with(options)
-                    .await?,
-            )
-        }
-        _ => {
-            return Err(Error::Config(
-                "unsupported database URL: use postgres://…, mysql://… or sqlite://path.db".into(),
-            ))
-        }
-    })
-}
-
-async fn read_list<DB: SagaDatabase>(
-    pool: &sqlx::Pool<DB>,
-    sagas: &Sagas,
-    query: &SagaQuery,
-) -> Result<(Vec<SagaCount>, Vec<SagaRecord>)> {
-    Ok((sagas.counts(pool).await?, sagas.list(pool, query).await?))
 }
 
 /// What `sagas list` prints: the summary, then the instances.

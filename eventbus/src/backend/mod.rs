@@ -68,6 +68,7 @@ use crate::error::Result;
 use crate::inbox::{Inbox, ParkRequest, Parked, ParkedState};
 use crate::migrate::Migrator;
 use crate::relay::{OutboxAdmin, RelayStore};
+use crate::saga::{SagaCount, SagaQuery, SagaRecord, Sagas};
 use crate::table::TableName;
 
 pub use connect::{connect, Create};
@@ -175,6 +176,32 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         ids: Option<&[i64]>,
         now: DateTime<Utc>,
     ) -> Result<u64>;
+
+    /// Saga instances per saga and status, as [`Sagas::counts`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Database`].
+    async fn saga_counts(&self, sagas: &Sagas) -> Result<Vec<SagaCount>>;
+
+    /// Saga instances, as [`Sagas::list`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Database`].
+    async fn list_sagas(&self, sagas: &Sagas, query: &SagaQuery) -> Result<Vec<SagaRecord>>;
+
+    /// One saga instance, as [`Sagas::record`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Database`].
+    async fn saga_record(
+        &self,
+        sagas: &Sagas,
+        saga: &str,
+        instance_id: &str,
+    ) -> Result<Option<SagaRecord>>;
 }
 
 // `Backend` stays object-safe: the sidecar holds an `Arc<dyn Backend>`.
@@ -185,7 +212,7 @@ const _: fn(Arc<dyn Backend>) = |_| {};
 /// into a [`Backend`].
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) trait BackendDatabase:
-    crate::migrate::MigrateDatabase + crate::inbox::InboxDatabase
+    crate::migrate::MigrateDatabase + crate::inbox::InboxDatabase + crate::saga::SagaDatabase
 {
     /// The database this is.
     const KIND: DatabaseKind;
@@ -251,5 +278,22 @@ impl<DB: BackendDatabase> Backend for Pooled<DB> {
         now: DateTime<Utc>,
     ) -> Result<u64> {
         DB::replay_dead(&self.0, inbox, consumer, ids, now).await
+    }
+
+    async fn saga_counts(&self, sagas: &Sagas) -> Result<Vec<SagaCount>> {
+        sagas.counts(&self.0).await
+    }
+
+    async fn list_sagas(&self, sagas: &Sagas, query: &SagaQuery) -> Result<Vec<SagaRecord>> {
+        sagas.list(&self.0, query).await
+    }
+
+    async fn saga_record(
+        &self,
+        sagas: &Sagas,
+        saga: &str,
+        instance_id: &str,
+    ) -> Result<Option<SagaRecord>> {
+        sagas.record(&self.0, saga, instance_id).await
     }
 }
