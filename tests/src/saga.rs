@@ -222,6 +222,18 @@ pub fn trip_saga<D: TestDatabase>() -> SagaDefinition<Trip<D>, D::DB> {
         .when_missing(Unmatched::Retry)
 }
 
+/// Retries that bring a leg that overtook its booking back within a
+/// second or two, for long enough that the booking is there.
+fn overtaken_legs_retry() -> RetryPolicy {
+    RetryPolicy {
+        immediate: 5,
+        immediate_delay: Duration::from_millis(200),
+        delayed: 10,
+        delayed_initial: Duration::from_millis(500),
+        delayed_max: Duration::from_secs(2),
+    }
+}
+
 /// A consumer of group `group` running the trip saga; [`TripClosed`] coming
 /// back on the same destination is skipped.
 ///
@@ -238,14 +250,7 @@ pub fn trip_consumer<D: TestDatabase>(
     Consumer::builder(group)
         .max_in_flight(max_in_flight)
         .unknown_types(UnknownTypes::Skip)
-        // Legs that overtake their booking come back within a second.
-        .retry(RetryPolicy {
-            immediate: 5,
-            immediate_delay: Duration::from_millis(200),
-            delayed: 10,
-            delayed_initial: Duration::from_millis(500),
-            delayed_max: Duration::from_secs(2),
-        })
+        .retry(overtaken_legs_retry())
         .saga(trip_saga::<D>())
         .build(pool, subscriber, dead_letters)
 }
@@ -322,12 +327,6 @@ pub fn unlocked_trip_consumer<D: TestDatabase>(
                 }
             },
         )
-        .retry(RetryPolicy {
-            immediate: 5,
-            immediate_delay: Duration::from_millis(200),
-            delayed: 10,
-            delayed_initial: Duration::from_millis(500),
-            delayed_max: Duration::from_secs(2),
-        })
+        .retry(overtaken_legs_retry())
         .build(pool, subscriber, dead_letters)
 }

@@ -8,11 +8,11 @@
 //! `effectively-once`, `at-least-once` or `at-most-once`. Prints `ready` on
 //! stdout once consuming.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus::consumer::{Consumer, Context, DeliveryMode, RetryPolicy};
-use eventbus::{Publisher, Result};
+use eventbus::Result;
+use eventbus_tests::harness::worker;
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::relay::Step;
 use eventbus_tests::sqlite::TestSqlite;
@@ -45,40 +45,9 @@ async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
     let max_in_flight: usize = args[6].parse().expect("max-in-flight");
     let sleep_ms: u64 = args.get(7).map_or(0, |s| s.parse().expect("sleep ms"));
 
-    let pool = sqlx::pool::PoolOptions::<D::DB>::new()
-        .max_connections(16)
-        .connect(db)
-        .await?;
-    let (subscriber, dead_letters): (Box<dyn eventbus::transport::Subscriber>, Arc<dyn Publisher>) =
-        match broker.split_once("://") {
-            Some(("kafka", brokers)) => (
-                eventbus_tests::kafka::subscriber(brokers, group, &[destination], max_in_flight)
-                    .await,
-                Arc::new(eventbus_tests::kafka::publisher_builder(brokers).build()?),
-            ),
-            Some(("amqp", _)) => (
-                eventbus_tests::rabbitmq::subscriber(broker, group, &[destination], max_in_flight)
-                    .await,
-                Arc::new(eventbus::transport::rabbitmq::RabbitPublisher::connect(broker).await?),
-            ),
-            // The endpoint comes from `SQS_ENDPOINT`, as for the tests; the
-            // destination is a FIFO queue, and a crashed worker's messages
-            // come back after a visibility timeout kept short for the tests.
-            Some(("sqs" | "sqs+http", _)) => (
-                Box::new(
-                    eventbus_tests::sqs::subscriber_builder()
-                        .await
-                        .fifo(true)
-                        .queue(destination.clone())
-                        .max_in_flight(max_in_flight)
-                        .visibility_timeout(Duration::from_secs(5))
-                        .connect()
-                        .await?,
-                ),
-                Arc::new(eventbus_tests::sqs::publisher(true).await),
-            ),
-            _ => panic!("unsupported broker {broker}"),
-        };
+    let pool = worker::pool::<D::DB>(db).await?;
+    let (subscriber, dead_letters) =
+        worker::connections(broker, group, destination, max_in_flight).await?;
     let consumer = Consumer::builder(group.clone())
         .mode(mode)
         .max_in_flight(max_in_flight)

@@ -4,14 +4,13 @@
 //!
 //! `saga_worker <database-url> <broker-url> <group> <destination> <member> [unlocked]`
 //! with a `postgres://`, `mysql://` or `sqlite://` database and a
-//! `kafka://` or `amqp://` broker; `member` names this process in the
+//! `kafka://`, `amqp://` or `sqs+http://` broker; `member` names this process in the
 //! effects it writes; `unlocked` runs the race's negative control
 //! ([`saga::unlocked_trip_consumer`]) instead of the saga. Prints `ready`
 //! on stdout once consuming; stops on SIGINT.
 
-use std::sync::Arc;
-
-use eventbus::{Publisher, Result};
+use eventbus::Result;
+use eventbus_tests::harness::worker;
 use eventbus_tests::mysql::TestMySql;
 use eventbus_tests::sqlite::TestSqlite;
 use eventbus_tests::{saga, TestDatabase, TestDb};
@@ -40,24 +39,9 @@ async fn main() -> Result<()> {
 async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
     let (db, broker, group, destination) = (&args[1], &args[2], &args[3], &args[4]);
     saga::set_member(&args[5]);
-    let pool = sqlx::pool::PoolOptions::<D::DB>::new()
-        .max_connections(16)
-        .connect(db)
-        .await?;
-    let (subscriber, dead_letters): (Box<dyn eventbus::transport::Subscriber>, Arc<dyn Publisher>) =
-        match broker.split_once("://") {
-            Some(("kafka", brokers)) => (
-                eventbus_tests::kafka::subscriber(brokers, group, &[destination], MAX_IN_FLIGHT)
-                    .await,
-                Arc::new(eventbus_tests::kafka::publisher_builder(brokers).build()?),
-            ),
-            Some(("amqp", _)) => (
-                eventbus_tests::rabbitmq::subscriber(broker, group, &[destination], MAX_IN_FLIGHT)
-                    .await,
-                Arc::new(eventbus::transport::rabbitmq::RabbitPublisher::connect(broker).await?),
-            ),
-            _ => panic!("unsupported broker {broker}"),
-        };
+    let pool = worker::pool::<D::DB>(db).await?;
+    let (subscriber, dead_letters) =
+        worker::connections(broker, group, destination, MAX_IN_FLIGHT).await?;
     let consumer = if args.get(6).map(String::as_str) == Some("unlocked") {
         saga::unlocked_trip_consumer::<D>(pool, group, subscriber, dead_letters, MAX_IN_FLIGHT)?
     } else {

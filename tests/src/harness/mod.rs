@@ -21,6 +21,7 @@ pub mod http;
 pub mod port;
 pub mod process;
 pub mod relay_process;
+pub mod worker;
 
 pub use http::{http_get, metric, wait_http_ok};
 pub use port::{free_port, try_free_port, wait_listening};

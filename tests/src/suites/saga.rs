@@ -538,6 +538,20 @@ impl Worker {
     }
 }
 
+/// Bookings of `trips`, two legs each, no deadline.
+fn bookings(trips: &[String]) -> Vec<Envelope> {
+    trips
+        .iter()
+        .map(|t| {
+            envelope_of(&TripBooked {
+                trip: t.clone(),
+                legs: 2,
+                deadline_ms: 0,
+            })
+        })
+        .collect()
+}
+
 /// Runs the race: 24 trips of 2 legs, booked, then both legs of each trip
 /// published together in waves, each leg's step holding its trip for
 /// 400 ms, consumed by two `saga_worker` processes of one group started
@@ -550,17 +564,7 @@ async fn race<D: TestDatabase>(
     mode: &[&str],
 ) -> Vec<String> {
     let trips: Vec<String> = (0..24).map(|i| format!("race-{i}")).collect();
-    let bookings: Vec<Envelope> = trips
-        .iter()
-        .map(|t| {
-            envelope_of(&TripBooked {
-                trip: t.clone(),
-                legs: 2,
-                deadline_ms: 0,
-            })
-        })
-        .collect();
-    setup.send(&bookings).await;
+    setup.send(&bookings(&trips)).await;
     let args = |member: &'static str| [&[member][..], mode].concat();
     let first = Worker::start_with(bin, broker, &setup.db, setup, &args("a")).await;
     let second = Worker::start_with(bin, broker, &setup.db, setup, &args("b")).await;
@@ -699,16 +703,7 @@ pub async fn unlocked_steps_lose_updates<D: TestDatabase>(broker: &Broker, bin: 
 pub async fn killed_mid_step_leaves_no_partial_state<D: TestDatabase>(broker: &Broker, bin: &str) {
     let setup = Setup::<D>::new(broker, "saga_kill").await;
     let trips: Vec<String> = (0..16).map(|i| format!("kill-{i}")).collect();
-    let mut stream: Vec<Envelope> = trips
-        .iter()
-        .map(|t| {
-            envelope_of(&TripBooked {
-                trip: t.clone(),
-                legs: 2,
-                deadline_ms: 0,
-            })
-        })
-        .collect();
+    let mut stream = bookings(&trips);
     for t in &trips {
         stream.push(envelope_of(&LegConfirmed::new(t, 1, 500)));
         stream.push(envelope_of(&LegConfirmed::new(t, 2, 500)));
