@@ -61,7 +61,7 @@ enum TopCommand {
 enum Command {
     /// Relay events until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
-    /// Create or upgrade the outbox, relay and inbox tables (idempotent); creates
+    /// Create or upgrade the outbox, relay, inbox and saga tables (idempotent); creates
     /// a SQLite database file that does not exist yet.
     Migrate {
         /// Number of logical partitions for a new outbox table (PostgreSQL and
@@ -71,6 +71,9 @@ enum Command {
         /// Inbox table name.
         #[arg(long, env = "EVENTBUS_INBOX_TABLE", default_value = eventbus::inbox::DEFAULT_TABLE)]
         inbox_table: String,
+        /// Saga table name (`eventbus::saga`).
+        #[arg(long, env = "EVENTBUS_SAGA_TABLE", default_value = eventbus::saga::DEFAULT_TABLE)]
+        saga_table: String,
     },
     /// Print backlog, oldest pending age, relays with their partitions, parked rows.
     Status,
@@ -174,6 +177,7 @@ async fn run(common: &Common, command: Command) -> Result<()> {
         Command::Migrate {
             partitions,
             inbox_table,
+            saga_table,
         } => {
             let db = connect(
                 config::database_url(common, &file)?.expose(),
@@ -192,6 +196,7 @@ async fn run(common: &Common, command: Command) -> Result<()> {
             let migrator = eventbus::Migrator::new()
                 .outbox_table(&table.to_string())?
                 .inbox_table(&inbox_table)?
+                .saga_table(&saga_table)?
                 .partitions(partitions)?;
             db.migrate(&migrator).await?;
             println!("migrations applied");

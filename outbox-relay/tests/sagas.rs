@@ -408,3 +408,37 @@ async fn sagas_list_refuses_an_unknown_status() {
         harness::text(&out)
     );
 }
+
+/// `migrate --saga-table` creates the saga table under that name, where
+/// `Sagas::table` and `sagas list --table` find it.
+#[tokio::test]
+async fn migrate_creates_the_saga_table_it_is_given() {
+    let db = TestSqlite::new().await;
+    harness::cli_ok(
+        BIN,
+        &[
+            "migrate",
+            "--database-url",
+            db.url(),
+            "--saga-table",
+            "checkout_sagas",
+        ],
+    )
+    .await;
+    let sagas = Sagas::new().table("checkout_sagas").expect("a valid name");
+    let mut tx = db.pool().begin().await.expect("begin");
+    assert!(sagas
+        .start(
+            &mut tx,
+            "o-9",
+            &Checkout {
+                items: vec!["book".into()],
+                paid: false,
+            },
+        )
+        .await
+        .expect("start in the table migrate created"));
+    tx.commit().await.expect("commit");
+    let listing = list(db.url(), &["--table", "checkout_sagas"]).await;
+    assert_eq!(listing.ids(), ["checkout/o-9"], "{}", listing.text);
+}
