@@ -18,6 +18,7 @@ mod retention;
 mod scheduled;
 mod store;
 mod telemetry;
+mod wakeup;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -49,6 +50,7 @@ pub use metrics::{RelayMetrics, Snapshot};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use store::leases;
 pub use store::{ClaimLimits, Lease, Rejection, RelayStore};
+pub(crate) use wakeup::written;
 
 /// Forwards outbox rows to a broker. Build one with [`Relay::new`], then
 /// [`run`](Relay::run) it until shutdown.
@@ -146,6 +148,15 @@ impl Relay {
                 }
             }
         }));
+        // Writes by this process to the outbox wake the relay at once; the
+        // poll stays the fallback (see `wakeup`).
+        let writes = self.config.in_process_wakeups.then(|| {
+            AbortOnDrop(tokio::spawn(wakeup::follow(
+                wakeup::Writes::on(self.config.table.clone()),
+                Arc::clone(&wake),
+                self.config.poll_interval,
+            )))
+        });
         let heart = AbortOnDrop(tokio::spawn(membership::keep_alive(
             Arc::clone(&membership),
             Arc::clone(&self.store),
@@ -195,7 +206,7 @@ impl Relay {
                 worker.await
             }
         };
-        drop((heart, listener, stats, cleaner, scheduler));
+        drop((heart, listener, writes, stats, cleaner, scheduler));
         if let Err(e) = self.store.deregister(self.id).await {
             tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
         }
