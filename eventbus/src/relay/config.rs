@@ -39,7 +39,7 @@ pub struct RelayConfig {
     /// Wake up as soon as code in this process writes to the outbox through
     /// [`Outbox`](crate::Outbox) on SQLite or MySQL, instead of waiting for
     /// the poll (default `true`). The wake-up is a hint given before the
-    /// writer commits: the relay then looks a few times over the next 250 ms
+    /// writer commits: the relay then looks at once and a few times over the next 250 ms
     /// and falls back to `poll_interval` after that. Off, such a relay finds
     /// new rows by polling alone. PostgreSQL wakes relays by `NOTIFY`, in any
     /// process, whatever this says.
