@@ -1,8 +1,8 @@
 //! The relay suite, on any database: the store's claiming and fencing, volume
 //! with per-key order over RabbitMQ, Kafka and SQS, commit order with overlapping
 //! transactions, poison events, rows from other writers that are not events,
-//! metrics and status, plain-SQL rows, retention, and several relays sharing
-//! the outbox while one of them dies.
+//! metrics and status, plain-SQL rows, retention, several relays sharing
+//! the outbox while one of them dies, and in-process wake-ups.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
