@@ -39,9 +39,9 @@ pub struct RelayConfig {
     /// Wake up as soon as code in this process writes to the outbox through
     /// [`Outbox`](crate::Outbox) on SQLite or MySQL, instead of waiting for
     /// the poll (default `true`). The wake-up is a hint given before the
-    /// writer commits: the relay then looks at once and a few times over the next 250 ms
-    /// and falls back to `poll_interval` after that. Off, such a relay finds
-    /// new rows by polling alone. PostgreSQL wakes relays by `NOTIFY`, in any
+    /// writer commits: an idle relay then looks at once and a few times over
+    /// the next 250 ms, and falls back to `poll_interval` after that. Off,
+    /// such a relay finds new rows by polling alone. PostgreSQL wakes relays by `NOTIFY`, in any
     /// process, whatever this says.
     pub in_process_wakeups: bool,
     /// How often the relay heartbeats, renews leases and rebalances.

@@ -134,6 +134,8 @@ impl Relay {
         let partitions = self.store.partitions().await?;
         let membership = Arc::new(Membership::new(self.id, partitions));
         let wake = Arc::new(Notify::new());
+        // Writes by this process (see `wakeup`): heeded only by an idle relay.
+        let written = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
 
         // Held in guards: if this future is dropped (the caller's task aborted),
@@ -153,7 +155,7 @@ impl Relay {
         let writes = self.config.in_process_wakeups.then(|| {
             AbortOnDrop(tokio::spawn(wakeup::follow(
                 wakeup::Writes::on(self.config.table.clone()),
-                Arc::clone(&wake),
+                Arc::clone(&written),
                 self.config.poll_interval,
             )))
         });
@@ -194,6 +196,7 @@ impl Relay {
         let worker = self.work(
             Arc::clone(&membership),
             Arc::clone(&wake),
+            Arc::clone(&written),
             Arc::clone(&stop),
         );
         tokio::pin!(worker);
@@ -220,6 +223,7 @@ impl Relay {
         &self,
         membership: Arc<Membership>,
         wake: Arc<Notify>,
+        written: Arc<Notify>,
         stop: Arc<Notify>,
     ) -> std::result::Result<(), PublishError> {
         let mut known_destinations: HashSet<String> = HashSet::new();
@@ -295,6 +299,11 @@ impl Relay {
             };
             tokio::select! {
                 () = wake.notified() => {}
+                // A relay that just found rows looks again within 20 ms
+                // anyway: writes seen meanwhile would only split its batches,
+                // and on SQLite every batch is one more write transaction
+                // competing with the writers.
+                () = written.notified(), if !found_rows => {}
                 () = tokio::time::sleep(next_look) => {}
                 () = stop.notified() => return Ok(()),
             }

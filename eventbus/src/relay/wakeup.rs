@@ -97,8 +97,9 @@ const RECHECK: [Duration; 9] = [
 /// once, then over the [`RECHECK`] window, which ends early at
 /// `poll_interval`, where the poll takes over. Writes during a window add no
 /// looks (so a steady stream of writes costs at most ten claims every 250
-/// ms, and a relay that finds rows looks again within 20 ms anyway); the
-/// next window starts when it ends if any came.
+/// ms); the next window starts when it ends if any came. The relay heeds
+/// `wake` only while idle: after a claim that found rows it looks again
+/// within 20 ms anyway.
 pub(crate) async fn follow(writes: Writes, wake: Arc<Notify>, poll_interval: Duration) {
     loop {
         writes.next().await;
