@@ -273,6 +273,14 @@ macro_rules! matrix {
                 println!("MySQL, three relays, one killed: {run:?}");
                 assert!(run.took < ::std::time::Duration::from_secs(600));
             }
+            mt an_event_published_in_process_is_relayed_without_waiting_for_the_poll {
+                let took = $crate::suites::relay::an_event_published_in_process_is_relayed_without_waiting_for_the_poll::<$crate::mysql::TestMySql>(true).await;
+                println!("MySQL, in-process wake-up, 10 s poll: relayed {took:?} after commit");
+            }
+            mt without_in_process_wakeups_an_event_waits_for_the_poll {
+                let took = $crate::suites::relay::an_event_published_in_process_is_relayed_without_waiting_for_the_poll::<$crate::mysql::TestMySql>(false).await;
+                println!("MySQL, in-process wake-ups off, 10 s poll: relayed {took:?} after commit");
+            }
             mt an_early_transaction_id_does_not_let_a_later_event_overtake {
                 $crate::suites::commit_order::an_early_transaction_id_does_not_let_a_later_event_overtake::<$crate::mysql::TestMySql>().await;
             }
@@ -312,6 +320,14 @@ macro_rules! matrix {
             }
             mt rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it {
                 $crate::suites::relay::rows_the_relay_cannot_decode_are_parked_instead_of_stopping_it::<$crate::sqlite::TestSqlite>().await;
+            }
+            mt an_event_published_in_process_is_relayed_without_waiting_for_the_poll {
+                let took = $crate::suites::relay::an_event_published_in_process_is_relayed_without_waiting_for_the_poll::<$crate::sqlite::TestSqlite>(true).await;
+                println!("SQLite, in-process wake-up, 10 s poll: relayed {took:?} after commit");
+            }
+            mt without_in_process_wakeups_an_event_waits_for_the_poll {
+                let took = $crate::suites::relay::an_event_published_in_process_is_relayed_without_waiting_for_the_poll::<$crate::sqlite::TestSqlite>(false).await;
+                println!("SQLite, in-process wake-ups off, 10 s poll: relayed {took:?} after commit");
             }
             // `an_early_transaction_id_does_not_let_a_later_event_overtake` needs
             // concurrent writers: not SQLite's.

@@ -131,6 +131,12 @@ pub struct OutboxEntry {
 /// A database the outbox can write to. Implemented for each compiled-in backend.
 #[async_trait::async_trait]
 pub trait OutboxDatabase: sqlx::Database {
+    /// Whether the database itself wakes relays when a transaction that
+    /// wrote to the outbox commits (PostgreSQL's `NOTIFY`). Where it does
+    /// not, a write through [`Outbox`] wakes the relays of this process
+    /// instead ([`RelayConfig::in_process_wakeups`](crate::relay::RelayConfig::in_process_wakeups)).
+    const NOTIFIES_RELAYS: bool = false;
+
     /// Inserts `entries` into `table` with one statement, on `conn`.
     async fn insert_entries(
         conn: &mut Self::Connection,
@@ -374,6 +380,9 @@ impl Outbox {
     {
         let (entries, spans) = crate::telemetry::span::publish_spans(&self.table, entries);
         let result = DB::insert_entries(&mut **tx, &self.table, &entries).await;
+        if result.is_ok() && !DB::NOTIFIES_RELAYS {
+            crate::relay::written(&self.table);
+        }
         for span in spans {
             if let Err(e) = &result {
                 span.fail("database", &e.to_string());

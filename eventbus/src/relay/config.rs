@@ -36,6 +36,14 @@ pub struct RelayConfig {
     pub claim_bytes: usize,
     /// Fallback poll interval when no notification arrives.
     pub poll_interval: Duration,
+    /// Wake up as soon as code in this process writes to the outbox through
+    /// [`Outbox`](crate::Outbox) on SQLite or MySQL, instead of waiting for
+    /// the poll (default `true`). The wake-up is a hint given before the
+    /// writer commits: an idle relay then looks at once and a few times over
+    /// the next 250 ms, and falls back to `poll_interval` after that. Off,
+    /// such a relay finds new rows by polling alone. PostgreSQL wakes relays by `NOTIFY`, in any
+    /// process, whatever this says.
+    pub in_process_wakeups: bool,
     /// How often the relay heartbeats, renews leases and rebalances.
     pub heartbeat_interval: Duration,
     /// Lease length; a crashed relay's partitions are taken over after this.
@@ -79,6 +87,7 @@ impl Default for RelayConfig {
             batch_size: 1000,
             claim_bytes: DEFAULT_CLAIM_BYTES,
             poll_interval: Duration::from_secs(1),
+            in_process_wakeups: true,
             heartbeat_interval: Duration::from_millis(1000),
             lease_ttl: Duration::from_secs(5),
             max_attempts: 5,

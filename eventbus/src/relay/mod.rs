@@ -18,6 +18,7 @@ mod retention;
 mod scheduled;
 mod store;
 mod telemetry;
+mod wakeup;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -49,6 +50,7 @@ pub use metrics::{RelayMetrics, Snapshot};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use store::leases;
 pub use store::{ClaimLimits, Lease, Rejection, RelayStore};
+pub(crate) use wakeup::written;
 
 /// Forwards outbox rows to a broker. Build one with [`Relay::new`], then
 /// [`run`](Relay::run) it until shutdown.
@@ -132,6 +134,8 @@ impl Relay {
         let partitions = self.store.partitions().await?;
         let membership = Arc::new(Membership::new(self.id, partitions));
         let wake = Arc::new(Notify::new());
+        // Writes by this process (see `wakeup`): heeded only by an idle relay.
+        let written = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
 
         // Held in guards: if this future is dropped (the caller's task aborted),
@@ -146,6 +150,15 @@ impl Relay {
                 }
             }
         }));
+        // Writes by this process to the outbox wake the relay at once; the
+        // poll stays the fallback (see `wakeup`).
+        let writes = self.config.in_process_wakeups.then(|| {
+            AbortOnDrop(tokio::spawn(wakeup::follow(
+                wakeup::Writes::on(self.config.table.clone()),
+                Arc::clone(&written),
+                self.config.poll_interval,
+            )))
+        });
         let heart = AbortOnDrop(tokio::spawn(membership::keep_alive(
             Arc::clone(&membership),
             Arc::clone(&self.store),
@@ -183,6 +196,7 @@ impl Relay {
         let worker = self.work(
             Arc::clone(&membership),
             Arc::clone(&wake),
+            Arc::clone(&written),
             Arc::clone(&stop),
         );
         tokio::pin!(worker);
@@ -195,7 +209,7 @@ impl Relay {
                 worker.await
             }
         };
-        drop((heart, listener, stats, cleaner, scheduler));
+        drop((heart, listener, writes, stats, cleaner, scheduler));
         if let Err(e) = self.store.deregister(self.id).await {
             tracing::warn!(error = %e, "could not release partitions on shutdown; they expire with their leases");
         }
@@ -209,6 +223,7 @@ impl Relay {
         &self,
         membership: Arc<Membership>,
         wake: Arc<Notify>,
+        written: Arc<Notify>,
         stop: Arc<Notify>,
     ) -> std::result::Result<(), PublishError> {
         let mut known_destinations: HashSet<String> = HashSet::new();
@@ -284,6 +299,11 @@ impl Relay {
             };
             tokio::select! {
                 () = wake.notified() => {}
+                // A relay that just found rows looks again within 20 ms
+                // anyway: writes seen meanwhile would only split its batches,
+                // and on SQLite every batch is one more write transaction
+                // competing with the writers.
+                () = written.notified(), if !found_rows => {}
                 () = tokio::time::sleep(next_look) => {}
                 () = stop.notified() => return Ok(()),
             }

@@ -1,8 +1,8 @@
 //! The relay suite, on any database: the store's claiming and fencing, volume
 //! with per-key order over RabbitMQ, Kafka and SQS, commit order with overlapping
 //! transactions, poison events, rows from other writers that are not events,
-//! metrics and status, plain-SQL rows, retention, and several relays sharing
-//! the outbox while one of them dies.
+//! metrics and status, plain-SQL rows, retention, several relays sharing
+//! the outbox while one of them dies, and in-process wake-ups.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1138,6 +1138,62 @@ pub async fn metrics_and_status_report_the_backlog_falling_to_zero<D: TestDataba
         i64::from(D::PARTITIONS),
         "and releases its partitions"
     );
+}
+
+/// A relay running in the process that publishes hears of the write at once
+/// ([`RelayConfig::in_process_wakeups`]): with a 10 s poll, an event published
+/// and committed while the relay idles reaches the broker well before the
+/// poll would have found it. With `wakeups` off (the control) it waits for
+/// the poll, which shows the test measures the wake-up and not something
+/// else that claims early. Returns the time from commit to delivery.
+pub async fn an_event_published_in_process_is_relayed_without_waiting_for_the_poll<
+    D: TestDatabase,
+>(
+    wakeups: bool,
+) -> Duration {
+    const POLL: Duration = Duration::from_secs(10);
+    let db = D::migrated().await;
+    let (publisher, prefix, mut queue) = rabbit("in_process_wakeup").await;
+    let mut config = test_config(&prefix);
+    config.poll_interval = POLL;
+    config.in_process_wakeups = wakeups;
+    let relay = relay_on(&db, publisher, config);
+    // Acquiring partitions wakes the relay for a claim; once that is done it
+    // idles for the poll interval.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay.metrics.snapshot().owned_partitions != D::PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "the relay took no partition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut tx = db.pool().begin().await.expect("begin");
+    Outbox::new("urn:test:relay")
+        .publish(&mut tx, &step("k-1", 1))
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+    let committed = Instant::now();
+    let delivered = queue.read(1, POLL * 2).await;
+    let took = committed.elapsed();
+    assert_eq!(decode_amqp(&delivered), vec![step("k-1", 1)]);
+    if wakeups {
+        assert!(
+            took < POLL / 3,
+            "on {}, an event published in the process took {took:?} to be relayed \
+             with in-process wake-ups: not well under the {POLL:?} poll",
+            D::NAME
+        );
+    } else {
+        assert!(
+            took > POLL / 2,
+            "on {}, an event took {took:?} to be relayed with in-process wake-ups off: \
+             something else woke the relay before its {POLL:?} poll",
+            D::NAME
+        );
+    }
+    relay.stop().await;
+    took
 }
 
 /// What a service in another language does — one `INSERT` naming

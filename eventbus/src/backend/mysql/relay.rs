@@ -39,7 +39,9 @@ const MAX_ERROR_CHARS: usize = 2_000;
 ///
 /// Any number of relays may share the outbox: they divide its partitions
 /// through leases, as on PostgreSQL. New rows are found by polling
-/// ([`RelayConfig::poll_interval`](crate::relay::RelayConfig::poll_interval)).
+/// ([`RelayConfig::poll_interval`](crate::relay::RelayConfig::poll_interval)),
+/// and at once when this process writes them
+/// ([`RelayConfig::in_process_wakeups`](crate::relay::RelayConfig::in_process_wakeups)).
 ///
 /// ```no_run
 /// # #[cfg(feature = "rabbitmq")]

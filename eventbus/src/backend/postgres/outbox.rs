@@ -10,6 +10,9 @@ use crate::table::TableName;
 
 #[async_trait::async_trait]
 impl OutboxDatabase for Postgres {
+    // The outbox trigger's `NOTIFY` wakes the relays once the writer commits.
+    const NOTIFIES_RELAYS: bool = true;
+
     async fn insert_entries(
         conn: &mut PgConnection,
         table: &TableName,

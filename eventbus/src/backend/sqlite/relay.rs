@@ -27,7 +27,9 @@ use crate::table::TableName;
 /// the work. Start a second one on the same file and it stands by: it
 /// heartbeats, finds the partition leased, and takes over once the first
 /// stops or its lease expires. New rows are found by polling
-/// ([`RelayConfig::poll_interval`](crate::relay::RelayConfig::poll_interval)).
+/// ([`RelayConfig::poll_interval`](crate::relay::RelayConfig::poll_interval)),
+/// and at once when this process writes them
+/// ([`RelayConfig::in_process_wakeups`](crate::relay::RelayConfig::in_process_wakeups)).
 ///
 /// ```no_run
 /// # #[cfg(feature = "rabbitmq")]
