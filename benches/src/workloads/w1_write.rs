@@ -75,7 +75,7 @@ impl Side {
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Side::Ours => "outbox",
+            Side::Ours => "SDK",
             Side::OutboxSql => "outbox SQL",
             Side::Plain => "plain insert",
         })
@@ -129,8 +129,8 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
             let min = if tx_size == 1 { 0.75 } else { 0.85 };
             ctx.progress.log(format!(
-                "W1 tx={tx_size:>4} clients={clients}: outbox {ours:>9.0}/s, outbox SQL {outbox_sql:>9.0}/s, \
-                 plain {plain:>9.0}/s; outbox/plain {:.2}, outbox/outbox SQL {:.2}, outbox SQL/plain {:.2}",
+                "W1 tx={tx_size:>4} clients={clients}: SDK {ours:>9.0}/s, outbox SQL {outbox_sql:>9.0}/s, \
+                 plain {plain:>9.0}/s; SDK/plain {:.2}, SDK/outbox SQL {:.2}, outbox SQL/plain {:.2}",
                 ratio(ours, plain),
                 ratio(ours, outbox_sql),
                 ratio(outbox_sql, plain),
@@ -139,7 +139,7 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
                 "{tx_size}-event transactions, {clients} client{}",
                 if clients > 1 { "s" } else { "" }
             );
-            // What the contract costs: the issue's target.
+            // The contract and the SDK together: the issue's target.
             report
                 .rows
                 .push(Row::throughput(&case, ours, PLAIN, plain, Some(min)));
