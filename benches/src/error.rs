@@ -49,6 +49,10 @@ pub(crate) enum BenchError {
     /// The peer library (outbox-core and friends) failed.
     #[error("peer library: {0}")]
     Peer(String),
+    /// A baseline did not write what ours wrote, so their ratio would
+    /// compare different work.
+    #[error("baseline differs from ours: {0}")]
+    BaselineDiffers(String),
     /// A task of the workload panicked or was cancelled.
     #[error("task: {0}")]
     Task(#[from] tokio::task::JoinError),

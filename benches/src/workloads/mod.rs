@@ -3,7 +3,7 @@
 //!
 //! | module | measures |
 //! | --- | --- |
-//! | `w1_write` | the write path: `Outbox::publish` vs a plain insert |
+//! | `w1_write` | the write path: `Outbox::publish` vs hand-written SQL into the outbox table and into a plain table |
 //! | `w2_drain` | draining a backlog with the `outbox-relay` process vs a raw producer and a database-only loop |
 //! | `w3_latency` | steady-state commit→ack and commit→handler latency, NOTIFY vs polling, vs a dual write |
 //! | `w4_consumer` | the effectively-once consumer vs the same consumer without an inbox |
