@@ -46,6 +46,11 @@ pub(crate) async fn release(
                 if moved > 0 {
                     tracing::debug!(moved, "scheduled events came due");
                     metrics.scheduled_released(moved);
+                    // Committed: this process's relays (this one among them)
+                    // claim them now rather than at their next poll.
+                    if config.in_process_wakeups {
+                        super::wakeup::written(&config.table);
+                    }
                 }
                 if moved >= u64::from(RELEASE_BATCH) {
                     // More may be due: go again at once.
