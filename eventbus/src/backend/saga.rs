@@ -258,11 +258,7 @@ where
                 })
                 .sum();
             SagaCount {
-                status: if status == SagaStatus::Completed.as_str() {
-                    SagaStatus::Completed
-                } else {
-                    SagaStatus::Active
-                },
+                status: SagaStatus::parse(&status),
                 saga,
                 instances: u64::try_from(instances).unwrap_or(0),
                 pending_timeouts,

@@ -147,46 +147,14 @@ mod tests {
         written(&name); // nobody left to wake, and no panic
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn one_write_wakes_the_relay_at_once_then_over_the_window_then_stops() {
-        let name = table("wakeup_test_window");
+    /// Starts a follower of table `name` with `poll`, writes once, and
+    /// returns when (ms after the write) it woke the relay, calling
+    /// `at_look` at each look; stops after 5 s without a look.
+    async fn looks(name: &str, poll: Duration, mut at_look: impl FnMut(u128)) -> Vec<u128> {
+        let name = table(name);
         let writes = Writes::on(name.clone());
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(follow(writes, Arc::clone(&wake), Duration::from_secs(1)));
-        tokio::task::yield_now().await;
-        written(&name);
-        let started = tokio::time::Instant::now();
-        let mut looks = Vec::new();
-        while let Ok(()) = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await {
-            looks.push(started.elapsed().as_millis());
-        }
-        assert_eq!(looks, [0, 2, 5, 10, 25, 50, 100, 150, 200, 250]);
-        task.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_window_ends_at_the_poll_interval() {
-        let name = table("wakeup_test_short_poll");
-        let writes = Writes::on(name.clone());
-        let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(follow(writes, Arc::clone(&wake), Duration::from_millis(20)));
-        tokio::task::yield_now().await;
-        written(&name);
-        let started = tokio::time::Instant::now();
-        let mut looks = Vec::new();
-        while let Ok(()) = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await {
-            looks.push(started.elapsed().as_millis());
-        }
-        assert_eq!(looks, [0, 2, 5, 10]);
-        task.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn writes_during_a_window_add_no_looks_and_start_the_next_one_when_it_ends() {
-        let name = table("wakeup_test_busy");
-        let writes = Writes::on(name.clone());
-        let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(follow(writes, Arc::clone(&wake), Duration::from_millis(60)));
+        let task = tokio::spawn(follow(writes, Arc::clone(&wake), poll));
         tokio::task::yield_now().await;
         written(&name);
         let started = tokio::time::Instant::now();
@@ -194,12 +162,34 @@ mod tests {
         while let Ok(()) = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await {
             let at = started.elapsed().as_millis();
             looks.push(at);
-            if at == 5 {
-                written(&name);
-                written(&name);
-            }
+            at_look(at);
         }
-        assert_eq!(looks, [0, 2, 5, 10, 25, 50, 50, 52, 55, 60, 75, 100]);
         task.abort();
+        looks
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_write_wakes_the_relay_at_once_then_over_the_window_then_stops() {
+        let looks = looks("wakeup_test_window", Duration::from_secs(1), |_| {}).await;
+        assert_eq!(looks, [0, 2, 5, 10, 25, 50, 100, 150, 200, 250]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_ends_at_the_poll_interval() {
+        let looks = looks("wakeup_test_short_poll", Duration::from_millis(20), |_| {}).await;
+        assert_eq!(looks, [0, 2, 5, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_during_a_window_add_no_looks_and_start_the_next_one_when_it_ends() {
+        let name = "wakeup_test_busy";
+        let looks = looks(name, Duration::from_millis(60), |at| {
+            if at == 5 {
+                written(&table(name));
+                written(&table(name));
+            }
+        })
+        .await;
+        assert_eq!(looks, [0, 2, 5, 10, 25, 50, 50, 52, 55, 60, 75, 100]);
     }
 }

@@ -52,7 +52,9 @@ impl SagaStatus {
         }
     }
 
-    fn parse(status: &str) -> Self {
+    /// The status the `status` column holds (anything but `completed` reads
+    /// as active).
+    pub(crate) fn parse(status: &str) -> Self {
         if status == "completed" {
             SagaStatus::Completed
         } else {
