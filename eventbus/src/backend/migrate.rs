@@ -5,6 +5,40 @@ use sqlx::{ColumnIndex, Decode, Executor, IntoArguments, Type};
 
 use crate::backend::sql::{composed, Bind, SqlDatabase};
 use crate::error::Result;
+use crate::migrate::Migrator;
+
+/// One database's migration steps per component, oldest first; each step is
+/// the statements it runs. A step's version is its place in its list, so
+/// versions can neither skip nor repeat, and a released step is never edited,
+/// only followed by a new one.
+pub(crate) struct Steps {
+    /// The saga table's steps.
+    pub(crate) sagas: Vec<Vec<String>>,
+    /// The outbox table's steps (with its partitions and relays tables).
+    pub(crate) outbox: Vec<Vec<String>>,
+    /// The inbox table's steps.
+    pub(crate) inbox: Vec<Vec<String>>,
+}
+
+impl Steps {
+    /// The steps as [`apply_steps`] takes them — (component, version,
+    /// statements) — with the components named after `m`'s tables.
+    pub(crate) fn numbered(self, m: &Migrator) -> Vec<(String, i32, Vec<String>)> {
+        let named = [
+            (format!("sagas:{}", m.sagas), self.sagas),
+            (format!("outbox:{}", m.outbox), self.outbox),
+            (format!("inbox:{}", m.inbox), self.inbox),
+        ];
+        named
+            .into_iter()
+            .flat_map(|(component, steps)| {
+                (1..)
+                    .zip(steps)
+                    .map(move |(version, statements)| (component.clone(), version, statements))
+            })
+            .collect()
+    }
+}
 
 /// Applies the `steps` — (component, version, statements) — not yet
 /// recorded in `eventbus_migrations`, on `conn`, whose caller holds the

@@ -16,7 +16,7 @@ use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{NOW, WRITE_LOCKS_SUFFIX};
 use crate::backend::dialect::Dialect;
-use crate::backend::migrate::apply_steps;
+use crate::backend::migrate::{apply_steps, Steps};
 use crate::error::{Error, Result};
 use crate::migrate::{MigrateDatabase, Migrator};
 
@@ -200,14 +200,12 @@ END"
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
         s = Dialect::MYSQL.table(sagas),
     )];
-    vec![
-        (format!("sagas:{sagas}"), 1, sagas_v1),
-        (format!("outbox:{outbox}"), 1, outbox_v1),
-        (format!("outbox:{outbox}"), 2, outbox_v2),
-        (format!("inbox:{inbox}"), 1, inbox_v1),
-        (format!("inbox:{inbox}"), 2, inbox_v2),
-        (format!("inbox:{inbox}"), 3, inbox_v3),
-    ]
+    Steps {
+        sagas: vec![sagas_v1],
+        outbox: vec![outbox_v1, outbox_v2],
+        inbox: vec![inbox_v1, inbox_v2, inbox_v3],
+    }
+    .numbered(m)
 }
 
 /// Applies the steps not yet recorded, on `conn`, which holds the migration lock.

@@ -6,7 +6,7 @@
 use sqlx::{PgPool, Postgres};
 
 use crate::backend::dialect::Dialect;
-use crate::backend::migrate::apply_steps;
+use crate::backend::migrate::{apply_steps, Steps};
 use crate::error::Result;
 use crate::inbox::{ATTEMPTS_SUFFIX, PARKED_SUFFIX};
 use crate::migrate::{MigrateDatabase, Migrator};
@@ -21,7 +21,7 @@ const NOTIFY_LOCK_CLASS: i32 = 0x6576_6e74; // "evnt"
 
 /// Migration steps: (component, version, SQL template). Never edit a released
 /// step; add a new one.
-fn steps(m: &Migrator) -> Vec<(String, i32, String)> {
+fn steps(m: &Migrator) -> Vec<(String, i32, Vec<String>)> {
     let outbox = &m.outbox;
     let t = outbox.quoted();
     let partitions_table = outbox.with_suffix("_partitions");
@@ -206,15 +206,12 @@ CREATE INDEX IF NOT EXISTS {by_status} ON {s} (saga, status, updated_at);
         s = sagas.quoted(),
         by_status = Dialect::POSTGRES.local(sagas, "_status"),
     );
-    vec![
-        (format!("sagas:{sagas}"), 1, sagas_v1),
-        (format!("outbox:{outbox}"), 1, outbox_v1),
-        (format!("outbox:{outbox}"), 2, outbox_v2),
-        (format!("outbox:{outbox}"), 3, outbox_v3),
-        (format!("inbox:{inbox}"), 1, inbox_v1),
-        (format!("inbox:{inbox}"), 2, inbox_v2),
-        (format!("inbox:{inbox}"), 3, inbox_v3),
-    ]
+    Steps {
+        sagas: vec![vec![sagas_v1]],
+        outbox: vec![vec![outbox_v1], vec![outbox_v2], vec![outbox_v3]],
+        inbox: vec![vec![inbox_v1], vec![inbox_v2], vec![inbox_v3]],
+    }
+    .numbered(m)
 }
 
 #[async_trait::async_trait]
@@ -236,10 +233,7 @@ impl MigrateDatabase for Postgres {
         )
         .execute(&mut *tx)
         .await?;
-        let steps = steps(migrator)
-            .into_iter()
-            .map(|(c, v, sql)| (c, v, vec![sql]));
-        apply_steps::<Postgres>(&mut *tx, steps).await?;
+        apply_steps::<Postgres>(&mut *tx, steps(migrator)).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use sqlx::{Sqlite, SqlitePool};
 
 use super::NOW;
 use crate::backend::dialect::Dialect;
-use crate::backend::migrate::apply_steps;
+use crate::backend::migrate::{apply_steps, Steps};
 use crate::error::Result;
 use crate::inbox::{ATTEMPTS_SUFFIX, PARKED_SUFFIX};
 use crate::migrate::{MigrateDatabase, Migrator};
@@ -31,7 +31,7 @@ fn uuid_glob() -> String {
 
 /// Migration steps: (component, version, SQL). Never edit a released step; add
 /// a new one.
-fn steps(m: &Migrator) -> Vec<(String, i32, String)> {
+fn steps(m: &Migrator) -> Vec<(String, i32, Vec<String>)> {
     let outbox = &m.outbox;
     let t = outbox.quoted();
     // SQLite names an index's schema on the index, not on its table.
@@ -188,14 +188,12 @@ CREATE INDEX IF NOT EXISTS {by_status} ON {local} (saga, status, updated_at);
         local = Dialect::SQLITE.local(sagas, ""),
         by_status = sagas.with_suffix("_status"),
     );
-    vec![
-        (format!("sagas:{sagas}"), 1, sagas_v1),
-        (format!("outbox:{outbox}"), 1, outbox_v1),
-        (format!("outbox:{outbox}"), 2, outbox_v2),
-        (format!("inbox:{inbox}"), 1, inbox_v1),
-        (format!("inbox:{inbox}"), 2, inbox_v2),
-        (format!("inbox:{inbox}"), 3, inbox_v3),
-    ]
+    Steps {
+        sagas: vec![vec![sagas_v1]],
+        outbox: vec![vec![outbox_v1], vec![outbox_v2]],
+        inbox: vec![vec![inbox_v1], vec![inbox_v2], vec![inbox_v3]],
+    }
+    .numbered(m)
 }
 
 #[async_trait::async_trait]
@@ -213,10 +211,7 @@ impl MigrateDatabase for Sqlite {
         )))
         .execute(&mut *tx)
         .await?;
-        let steps = steps(migrator)
-            .into_iter()
-            .map(|(c, v, sql)| (c, v, vec![sql]));
-        apply_steps::<Sqlite>(&mut *tx, steps).await?;
+        apply_steps::<Sqlite>(&mut *tx, steps(migrator)).await?;
         tx.commit().await?;
         Ok(())
     }
