@@ -26,8 +26,11 @@ use crate::{Error, Result};
 pub struct DemoOptions {
     /// Orders to place.
     pub orders: usize,
-    /// Orders placed at once.
+    /// Orders placed at once, at most.
     pub concurrency: usize,
+    /// Orders placed per second; 0 places them as fast as `concurrency`
+    /// allows, which measures the backlog more than the saga's latency.
+    pub rate: u32,
     /// Send some events twice and restart relays during the run.
     pub chaos: bool,
     /// Shared service settings.
@@ -88,6 +91,8 @@ pub struct Report {
     pub setup: String,
     /// Orders placed.
     pub placed: usize,
+    /// Orders placed per second (0: as fast as they were answered).
+    pub rate: u32,
     /// Orders confirmed.
     pub confirmed: usize,
     /// Orders cancelled because the card was declined.
@@ -156,6 +161,10 @@ impl Report {
     /// The summary table.
     pub fn render(&self) -> String {
         let [p50, p90, p99, max] = self.latency_ms;
+        let pace = match self.rate {
+            0 => " (orders placed back to back)".to_owned(),
+            n => format!(" (orders placed at {n}/s)"),
+        };
         let mut out = format!(
             "\norder/payment saga on {}\n\n\
              | outcome                         | orders |\n\
@@ -170,7 +179,7 @@ impl Report {
              events relayed {} · handled {} · duplicates absorbed {} · dead-lettered {}\n\
              chaos: {} copies sent, {} relay restarts\n\
              order sagas: {} completed, {} active\n\
-             placed → final latency: p50 {p50} ms · p90 {p90} ms · p99 {p99} ms · max {max} ms\n\
+             placed → final latency{pace}: p50 {p50} ms · p90 {p90} ms · p99 {p99} ms · max {max} ms\n\
              ran {:.1} s\n\ninvariants:\n",
             self.setup,
             self.confirmed,
@@ -315,7 +324,7 @@ pub async fn run<DB: SagaDb>(
         Arc::clone(&restarts),
     ));
 
-    let placed = place_orders(address, options.orders, options.concurrency).await?;
+    let placed = place_orders(address, options.orders, options.concurrency, options.rate).await?;
     let snapshot = settle(&pools, options.deadline).await?;
 
     keeper_stop.notify_one();
@@ -351,6 +360,7 @@ pub async fn run<DB: SagaDb>(
 
     let tally = Tally {
         placed,
+        rate: options.rate,
         counts,
         relayed,
         duplicates_injected: duplicated.load(Ordering::Relaxed),
@@ -364,6 +374,7 @@ pub async fn run<DB: SagaDb>(
 #[derive(Clone, Copy)]
 struct Tally {
     placed: usize,
+    rate: u32,
     counts: ConsumerCounts,
     relayed: u64,
     duplicates_injected: u64,
@@ -398,6 +409,7 @@ fn report(setup: String, snapshot: &Snapshot, tally: Tally) -> Report {
     Report {
         setup,
         placed: tally.placed,
+        rate: tally.rate,
         confirmed: snapshot.count("confirmed"),
         cancelled_declined: cancelled("payment declined"),
         cancelled_timeout: cancelled(PAYMENT_TIMEOUT),
@@ -527,12 +539,29 @@ async fn keep_relays<DB: SagaDb>(
     }
 }
 
-/// Places `count` orders through the HTTP API, `concurrency` at a time.
-async fn place_orders(address: SocketAddr, count: usize, concurrency: usize) -> Result<usize> {
+/// Places `count` orders through the HTTP API, `rate` a second (0: as fast
+/// as answered), at most `concurrency` at a time.
+async fn place_orders(
+    address: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    rate: u32,
+) -> Result<usize> {
     let client = reqwest::Client::new();
     let url = format!("http://{address}/orders");
     let mut placed = 0;
-    let mut results = futures::stream::iter(0..count)
+    // On a schedule from the start, so a slow answer does not slow the
+    // arrivals down (the latency then measures the saga, not the client).
+    let start = tokio::time::Instant::now();
+    let step = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let results = futures::stream::iter(0..count)
+        .then(move |i| async move {
+            if let Some(step) = step {
+                let n = u32::try_from(i).unwrap_or(u32::MAX);
+                tokio::time::sleep_until(start + step.saturating_mul(n)).await;
+            }
+            i
+        })
         .map(|i| {
             let (client, url) = (client.clone(), url.clone());
             async move {
@@ -555,6 +584,7 @@ async fn place_orders(address: SocketAddr, count: usize, concurrency: usize) -> 
             }
         })
         .buffer_unordered(concurrency.max(1));
+    let mut results = std::pin::pin!(results);
     while let Some(result) = results.next().await {
         result?;
         placed += 1;

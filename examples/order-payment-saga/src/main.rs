@@ -87,9 +87,13 @@ struct DemoArgs {
     /// Orders to place.
     #[arg(long, default_value_t = 200)]
     orders: usize,
-    /// Orders placed at once.
+    /// Orders placed at once, at most.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Orders placed per second, on a schedule; 0 places them back to back
+    /// (a load test: the latency then measures the backlog).
+    #[arg(long, default_value_t = 25)]
+    rate: u32,
     /// Send every tenth event twice and kill and restart a relay every 1.5 s.
     #[arg(long)]
     chaos: bool,
@@ -199,6 +203,7 @@ async fn run_demo(args: DemoArgs) -> Result<bool> {
     let options = DemoOptions {
         orders: args.orders,
         concurrency: args.concurrency,
+        rate: args.rate,
         chaos: args.chaos,
         settings,
         http: args.http,
