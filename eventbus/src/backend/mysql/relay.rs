@@ -22,7 +22,7 @@ use super::{int_list, micros, NOW};
 use crate::backend::dialect::Dialect;
 use crate::backend::relay::{load_measured, truncate, RelaySql, SqlRelay, SqlStore};
 use crate::backend::row::Lenient;
-use crate::backend::sql::{hyphenated, json_array, SqlDatabase};
+use crate::backend::sql::{hyphenated, json_array};
 use crate::error::Result;
 use crate::outbox::OutboxRecord;
 use crate::relay::{leases, ClaimLimits, Lease, Rejection, Retention};
@@ -163,12 +163,6 @@ impl MySqlRelayStore {
         }
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, MySql>> {
-        MySql::begin(&self.store.pool)
-            .await
-            .map_err(|e| self.store.err(e))
-    }
-
     /// The leases `relay` holds right now, read without locking in `tx`.
     async fn held(&self, tx: &mut Transaction<'static, MySql>, relay: Uuid) -> Result<Vec<Lease>> {
         sqlx::query_as(composed(&self.store.sql.own.held))
@@ -189,7 +183,7 @@ impl MySqlRelayStore {
         relay: Uuid,
         leases: &[Lease],
     ) -> Result<u64> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.store.begin().await?;
         // Only partitions still held in the tenure the rows were claimed in.
         let held: Vec<i32> = self
             .held(&mut tx, relay)
@@ -236,7 +230,7 @@ impl SqlRelay for MySqlRelayStore {
         partitions: &[i32],
         limits: ClaimLimits,
     ) -> Result<Vec<OutboxRecord>> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.store.begin().await?;
         let held = self.held(&mut tx, relay).await?;
         let partitions: Vec<i32> = partitions
             .iter()

@@ -184,12 +184,7 @@ impl SqlRelay for PgRelayStore {
         // rows and prefers a bitmap scan of all of them plus a sort: 4.7 s
         // per batch at a million rows instead of 1.4 ms. So, for this
         // statement only, rule out the plans that read every pending row.
-        let mut tx = self
-            .store
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.store.err(e))?;
+        let mut tx = self.store.begin().await?;
         sqlx::query(
             "SELECT set_config('enable_bitmapscan', 'off', true), \
                     set_config('enable_seqscan', 'off', true)",

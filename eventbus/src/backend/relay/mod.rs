@@ -62,6 +62,14 @@ impl<DB: sqlx::Database, Own> SqlStore<DB, Own> {
     }
 }
 
+impl<DB: SqlDatabase, Own> SqlStore<DB, Own> {
+    /// Begins a transaction as the database's fenced writes want it
+    /// ([`SqlDatabase::begin`]: MySQL at `READ COMMITTED`).
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, DB>> {
+        DB::begin(&self.pool).await.map_err(|e| self.err(e))
+    }
+}
+
 /// What one database's relay store writes itself; the rest of
 /// [`RelayStore`] comes with it.
 #[async_trait::async_trait]

@@ -178,12 +178,7 @@ impl SqlRelay for SqliteRelayStore {
         limits: ClaimLimits,
     ) -> Result<Vec<OutboxRecord>> {
         // One read transaction: the payloads come from the same snapshot.
-        let mut tx = self
-            .store
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.store.err(e))?;
+        let mut tx = self.store.begin().await?;
         let rows = sqlx::query(composed(&self.store.sql.own.claim))
             .bind(json_array(partitions))
             .bind(hyphenated(relay))
