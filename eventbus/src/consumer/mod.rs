@@ -19,6 +19,7 @@ mod context;
 pub mod dead_letter;
 mod gate;
 mod given_back;
+mod group;
 mod handler;
 mod inbox_retention;
 mod metrics;
@@ -101,6 +102,8 @@ struct Shared<DB: sqlx::Database> {
     rate_limit: Option<u32>,
     pacer: Option<pace::Pacer>,
     batch_linger: Duration,
+    /// Group commit's bounds; `None` when off (and outside effectively-once).
+    group_commit: Option<group::GroupCommit>,
     inbox_table: TableName,
     /// How long inbox rows are kept, when a background sweep deletes them.
     inbox_retention: Option<Duration>,
@@ -269,7 +272,9 @@ where
     // Since when the lane has been waiting (idle or giving back) rather than
     // handling: only that time counts against what it awaits.
     let mut waiting_since = tokio::time::Instant::now();
-    while let Some(work) = lane.next(&shared).await {
+    // Group only while nothing given back is awaited: until it comes round,
+    // each message is weighed on its own.
+    while let Some(work) = lane.next(&shared, awaited.is_empty()).await {
         awaited.charge(waiting_since.elapsed());
         waiting_since = tokio::time::Instant::now();
         if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
@@ -287,6 +292,7 @@ where
             let messages = match &work {
                 batch::Work::One(_) => 1,
                 batch::Work::Batch(_, batch) => batch.len(),
+                batch::Work::Group(group) => group.len(),
             };
             if !pacer.turn(messages, shared.stopping.notified()).await {
                 work.release().await;
@@ -300,6 +306,11 @@ where
             }
             batch::Work::Batch(registration, batch) => {
                 awaited.extend(shared.handle_batch(registration, batch).await);
+            }
+            batch::Work::Group(group) => {
+                let handled = shared.handle_group(group).await;
+                awaited.extend(handled.given_back);
+                lane.put_back(handled.rest, handled.alone);
             }
         }
         waiting_since = tokio::time::Instant::now();
@@ -316,6 +327,17 @@ where
     /// Handles one message and settles it; what to await if it was given
     /// back to the broker.
     async fn handle(&self, message: Received) -> Option<given_back::GivenBack> {
+        self.handle_after(message, None).await
+    }
+
+    /// [`handle`](Self::handle) for a message whose first attempt was made
+    /// in a group commit and failed (`tried`: its span and failure), or for
+    /// a new message (`None`).
+    async fn handle_after(
+        &self,
+        message: Received,
+        tried: Option<(MessagingSpan, Failure)>,
+    ) -> Option<given_back::GivenBack> {
         let Received {
             destination,
             envelope,
@@ -339,6 +361,13 @@ where
             }
             Ok(envelope) => {
                 id = Some(given_back::GivenBack::of(&envelope, &info));
+                if let Some((span, failure)) = tried {
+                    // Counted as arrived by its group; effectively once only.
+                    let outcome = self
+                        .handle_event_in(&destination, envelope, false, span, Some(failure))
+                        .await;
+                    return self.settle_one(settle, outcome, id).await;
+                }
                 telemetry::arrived(&self.metrics, &envelope, &info);
                 if self.mode == DeliveryMode::AtMostOnce {
                     // Acknowledge first, durably: from here on the broker will
@@ -355,6 +384,16 @@ where
                     .await
             }
         };
+        self.settle_one(settle, outcome, id).await
+    }
+
+    /// Records `outcome` and settles its message; `id` if it was given back.
+    async fn settle_one(
+        &self,
+        settle: Box<dyn crate::transport::Settle>,
+        outcome: Outcome,
+        id: Option<given_back::GivenBack>,
+    ) -> Option<given_back::GivenBack> {
         self.metrics.record(&outcome);
         let released = matches!(outcome, Outcome::Released);
         let settled = if released {
@@ -380,13 +419,27 @@ where
         info: &MessageInfo,
     ) -> Outcome {
         let span = telemetry::process_span(&self.group, destination, &envelope, info);
+        self.handle_event_in(destination, envelope, once, span, None)
+            .await
+    }
+
+    /// [`handle_event`](Self::handle_event) in `span`; `prior` is the failure
+    /// of a first attempt made in a group commit, which the retries follow.
+    async fn handle_event_in(
+        &self,
+        destination: &str,
+        envelope: Envelope,
+        once: bool,
+        span: MessagingSpan,
+        prior: Option<Failure>,
+    ) -> Outcome {
         let started = std::time::Instant::now();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let outcome = span
             .scope(async {
                 let id = envelope.id.clone();
                 let outcome = self
-                    .run_handler(destination, envelope, once, &span, &attempts)
+                    .run_handler(destination, envelope, once, &span, &attempts, prior)
                     .await;
                 // Inside the span: the line carries the trace id.
                 tracing::debug!(group = %self.group, %id, outcome = telemetry::outcome_name(&outcome), "message settled");
@@ -407,6 +460,7 @@ where
         once: bool,
         span: &MessagingSpan,
         attempts: &std::sync::atomic::AtomicU32,
+        mut prior: Option<Failure>,
     ) -> Outcome {
         // Behind a parked message of its key: parked too, to keep the order.
         match self.key_is_held(&envelope).await {
@@ -466,25 +520,34 @@ where
         let mut attempt = 1;
         let mut first_here = true;
         loop {
-            let mut counted = Ok(None);
-            if durable {
-                match attempts::count(self, &envelope, first_here).await {
-                    Ok(attempts::Count::Go(n, guard)) => {
-                        attempt = n;
-                        counted = Ok(Some(guard));
+            let result = if let Some(failure) = prior.take() {
+                // Attempt 1 ran (and was counted) in a group commit and
+                // failed: the retries go on from it.
+                first_here = false;
+                attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
+                Err(failure)
+            } else {
+                let mut counted = Ok(None);
+                if durable {
+                    match attempts::count(self, &envelope, first_here).await {
+                        Ok(attempts::Count::Go(n, guard)) => {
+                            attempt = n;
+                            counted = Ok(Some(guard));
+                        }
+                        Ok(attempts::Count::UsedUp(n)) => {
+                            attempts.store(n, std::sync::atomic::Ordering::Relaxed);
+                            return attempts::give_up(self, destination, &envelope, n, span)
+                                .await;
+                        }
+                        Err(f) => counted = Err(f),
                     }
-                    Ok(attempts::Count::UsedUp(n)) => {
-                        attempts.store(n, std::sync::atomic::Ordering::Relaxed);
-                        return attempts::give_up(self, destination, &envelope, n, span).await;
-                    }
-                    Err(f) => counted = Err(f),
                 }
-            }
-            first_here = false;
-            attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
-            let result = match counted {
-                Ok(_guard) => self.attempt(&handler, &envelope, attempt).await,
-                Err(f) => Err(f),
+                first_here = false;
+                attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
+                match counted {
+                    Ok(_guard) => self.attempt(&handler, &envelope, attempt).await,
+                    Err(f) => Err(f),
+                }
             };
             let failure = match result {
                 Ok(outcome) => return outcome,
