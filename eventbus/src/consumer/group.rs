@@ -10,6 +10,7 @@
 //! commit acknowledges nothing: its messages go back to the lane, to be
 //! handled one by one.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
@@ -20,7 +21,7 @@ use super::handler::Failure;
 use super::{supervise, telemetry, Context, Outcome, Queued, Shared};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::inbox::{InboxDatabase, Savepoint};
+use crate::inbox::{InboxDatabase, InboxKey, Savepoint};
 use crate::outbox::OutboxDatabase;
 use crate::telemetry::span::MessagingSpan;
 use crate::transport::Received;
@@ -294,6 +295,21 @@ where
                 .await
                 .map_err(lost)?;
             outcomes.push(Outcome::Handled);
+        }
+        if failed.is_some() {
+            // The messages behind the failed one did not run: their counts
+            // are taken back, so that they come to their turn as new
+            // messages, not as suspects of a process death.
+            let done = outcomes.len();
+            let mut ran: HashSet<InboxKey> =
+                envelopes[..=done].iter().map(InboxKey::of).collect();
+            for envelope in &envelopes[done + 1..] {
+                if ran.insert(InboxKey::of(envelope)) {
+                    DB::uncount_attempt(&mut *tx, &self.inbox_table, &self.group, envelope)
+                        .await
+                        .map_err(lost)?;
+                }
+            }
         }
         tx.commit().await.map_err(|e| lost(e.into()))?;
         Ok((outcomes, failed))

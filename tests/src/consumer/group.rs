@@ -75,7 +75,8 @@ pub async fn group_commit_failure_scenario(broker: &Broker) {
     let tag = unique_name("group");
     let (destination, publisher) = broker.destination("group", 1).await;
     let group = unique_name("group");
-    broker.prepare_group(&group, &destination).await;
+    // Before publishing: on RabbitMQ it declares the group's queue.
+    let subscriber = broker.one_lane_subscriber(&group, &destination, 64).await;
     let (messages, copies) = backlog(&tag);
     publish(publisher.as_ref(), &destination, &messages).await;
     let failing: Vec<String> = [(1, 3), (5, 11), (2, 20)]
@@ -83,7 +84,6 @@ pub async fn group_commit_failure_scenario(broker: &Broker) {
         .map(|(k, seq)| format!("{tag}-{k}/{seq}"))
         .collect();
     let calls: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let subscriber = broker.one_lane_subscriber(&group, &destination, 64).await;
     let consumer = Consumer::builder(&group)
         .group_commit(32, Duration::from_millis(20))
         .on({
@@ -173,12 +173,13 @@ pub async fn group_commit_lost_acks_scenario(broker: &Broker) {
     let tag = unique_name("group_acks");
     let (destination, publisher) = broker.destination("group_acks", 1).await;
     let group = unique_name("group_acks");
-    broker.prepare_group(&group, &destination).await;
+    // Before publishing: on RabbitMQ it declares the group's queue.
+    let inner = broker.one_lane_subscriber(&group, &destination, 64).await;
     let (messages, _) = backlog(&tag);
     publish(publisher.as_ref(), &destination, &messages).await;
     let lost = Arc::new(AtomicUsize::new(LOST));
     let subscriber = Box::new(LosingAcks {
-        inner: broker.one_lane_subscriber(&group, &destination, 64).await,
+        inner,
         lost: Arc::clone(&lost),
     });
     let consumer = Consumer::builder(&group)
