@@ -195,8 +195,7 @@ async fn raw_kafka(ctx: &Ctx, n: usize, round: usize) -> Result<f64> {
             let Some(message) = stream.next().await else {
                 break;
             };
-            let message =
-                message.map_err(|e| BenchError::Broker(format!("raw consumer: {e}")))?;
+            let message = message.map_err(|e| BenchError::Broker(format!("raw consumer: {e}")))?;
             let envelope = envelope_from_message(&message)
                 .map_err(|e| BenchError::Broker(format!("not a CloudEvent: {e}")))?;
             let _tick: Tick = serde_json::from_slice(&envelope.data).map_err(BenchError::Json)?;

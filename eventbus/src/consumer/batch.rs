@@ -45,7 +45,12 @@ impl<DB: sqlx::Database> Arrival for Work<DB> {
                 .collect(),
             Work::Group(group) => group
                 .iter()
-                .filter_map(|(m, _)| m.envelope.as_ref().ok().map(|e| arrived(e, m.settle.as_ref())))
+                .filter_map(|(m, _)| {
+                    m.envelope
+                        .as_ref()
+                        .ok()
+                        .map(|e| arrived(e, m.settle.as_ref()))
+                })
                 .collect(),
         }
     }
@@ -129,7 +134,11 @@ impl Lane {
     /// that are queued (or arrive within the linger), up to the handler's
     /// maximum; or, with `may_group`, a group commit's messages (`group`
     /// module). `None` once the lane is closed and empty.
-    pub(super) async fn next<DB>(&mut self, shared: &Shared<DB>, may_group: bool) -> Option<Work<DB>>
+    pub(super) async fn next<DB>(
+        &mut self,
+        shared: &Shared<DB>,
+        may_group: bool,
+    ) -> Option<Work<DB>>
     where
         DB: InboxDatabase + OutboxDatabase,
     {
@@ -161,13 +170,12 @@ impl Lane {
                 None => match self.rx.try_recv() {
                     Ok(queued) => queued,
                     Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) => match self
-                        .linger(shared, shared.batch_linger, deadline)
-                        .await
-                    {
-                        Some(queued) => queued,
-                        None => break,
-                    },
+                    Err(TryRecvError::Empty) => {
+                        match self.linger(shared, shared.batch_linger, deadline).await {
+                            Some(queued) => queued,
+                            None => break,
+                        }
+                    }
                 },
             };
             let same_type = matches!(&next.0.envelope, Ok(e) if e.event_type == event_type)

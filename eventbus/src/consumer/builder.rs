@@ -465,7 +465,9 @@ where
                 rate_limit: self.rate_limit,
                 pacer: self.rate_limit.map(pace::Pacer::new),
                 batch_linger: self.batch_linger,
-                group_commit: self.group_commit.filter(|_| self.mode == DeliveryMode::EffectivelyOnce),
+                group_commit: self
+                    .group_commit
+                    .filter(|_| self.mode == DeliveryMode::EffectivelyOnce),
                 inbox_table: self.inbox_table,
                 inbox_retention: self.inbox_retention,
                 outbox: self.outbox,

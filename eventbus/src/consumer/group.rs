@@ -172,7 +172,8 @@ where
                 };
             }
         };
-        self.metrics.group_committed(outcomes.len() + usize::from(failed.is_some()));
+        self.metrics
+            .group_committed(outcomes.len() + usize::from(failed.is_some()));
         let took = started.elapsed();
         let mut spans = spans.into_iter();
         let mut members = group.into_iter();
@@ -301,7 +302,7 @@ where
             // are taken back, so that they come to their turn as new
             // messages, not as suspects of a process death.
             let done = outcomes.len();
-            let mut ran: HashSet<InboxKey> =
+            let mut ran: HashSet<InboxKey<'_>> =
                 envelopes[..=done].iter().map(InboxKey::of).collect();
             for envelope in &envelopes[done + 1..] {
                 if ran.insert(InboxKey::of(envelope)) {

@@ -406,5 +406,4 @@ where
         }
         id.filter(|_| released)
     }
-
 }

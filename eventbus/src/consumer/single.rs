@@ -145,8 +145,7 @@ where
                         }
                         Ok(attempts::Count::UsedUp(n)) => {
                             attempts.store(n, std::sync::atomic::Ordering::Relaxed);
-                            return attempts::give_up(self, destination, &envelope, n, span)
-                                .await;
+                            return attempts::give_up(self, destination, &envelope, n, span).await;
                         }
                         Err(f) => counted = Err(f),
                     }

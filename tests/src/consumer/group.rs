@@ -58,7 +58,10 @@ async fn assert_once_in_order(pool: &PgPool) {
     assert_eq!(by_key.len() as u64, KEYS, "keys with effects");
     let expected: Vec<i64> = (0..i64::try_from(STEPS).expect("small")).collect();
     for (key, seqs) in by_key {
-        assert_eq!(seqs, expected, "the effects of key {key}, in the order written");
+        assert_eq!(
+            seqs, expected,
+            "the effects of key {key}, in the order written"
+        );
     }
 }
 
