@@ -120,8 +120,8 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
          measured from the first handled message to the last, so joining the group is not counted; each \
          side runs twice on half the messages, in the order EO, EO without group commit, ALO, ALO, EO \
          without group commit, EO, and the rates are averaged. \
-         On Kafka a raw rdkafka consumer (assigned every partition from the beginning, no group, no \
-         database) reads and decodes (`envelope_from_message`, then the JSON payload) the same number of \
+         On Kafka a raw rdkafka consumer (a group of its own, from the earliest offset, no offset \
+         commits, no database) reads and decodes (`envelope_from_message`, then the JSON payload) the same number of \
          messages twice between the two ALO runs."
             .into(),
     );
