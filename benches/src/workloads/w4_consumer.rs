@@ -201,7 +201,7 @@ async fn raw_kafka(ctx: &Ctx, n: usize, round: usize) -> Result<f64> {
             let _tick: Tick = serde_json::from_slice(&envelope.data).map_err(BenchError::Json)?;
             first.get_or_insert_with(Instant::now);
             read += 1;
-            if read % 1_000 == 0 {
+            if read.is_multiple_of(1_000) {
                 bar.set_position(read as u64);
             }
         }

@@ -36,7 +36,7 @@ fn backlog(tag: &str) -> (Vec<Envelope>, usize) {
                 pad: String::new(),
             });
             messages.push(e.clone());
-            if messages.len() % 10 == 0 {
+            if messages.len().is_multiple_of(10) {
                 messages.push(e);
                 copies += 1;
             }
