@@ -216,6 +216,12 @@ where
     /// consumer adds no latency. Groups are never larger than
     /// [`max_in_flight`](Self::max_in_flight).
     ///
+    /// Handlers must read and write through [`Context::tx`] only: a read on
+    /// another connection (the pool) does not see the uncommitted writes of
+    /// the earlier messages of its group, and a lock taken there waits for
+    /// the group's transaction, which waits for the handler — forever. Turn
+    /// group commit off for such handlers.
+    ///
     /// Not grouped (handled alone, in order, as without group commit): batch
     /// handlers' types, saga steps, messages of a key a parked message holds,
     /// of a newer schema version than the handler's, of unknown types, and
