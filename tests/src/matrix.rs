@@ -416,6 +416,17 @@ macro_rules! matrix {
             mt a_delayed_retry_does_not_hold_the_partition {
                 $crate::consumer::delayed_retry_scenario(&$crate::consumer::Broker::kafka().await).await;
             }
+            /// Group commit: a backlog of 200 steps (and 20 copies) on one lane, three
+            /// handlers failing once after writing; only those three run again, every
+            /// effect once and per key in order, the copies skipped.
+            mt group_commit_retries_only_the_failed_message {
+                $crate::consumer::group_commit_failure_scenario(&$crate::consumer::Broker::kafka().await).await;
+            }
+            /// Group commit with 60 acknowledgements lost after their commit: the
+            /// redeliveries are absorbed by the inbox, every effect once.
+            mt group_commit_lost_acknowledgements_change_nothing {
+                $crate::consumer::group_commit_lost_acks_scenario(&$crate::consumer::Broker::kafka().await).await;
+            }
             /// Keys given back to the broker one after another each wait for their first message.
             mt given_back_keys_keep_their_order {
                 $crate::consumer::given_back_keys_keep_order_scenario(&$crate::consumer::Broker::kafka().await).await;
@@ -504,6 +515,17 @@ macro_rules! matrix {
             /// retry does not hold up 1,000 messages of other keys.
             mt a_delayed_retry_does_not_hold_the_lane {
                 $crate::consumer::delayed_retry_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
+            }
+            /// Group commit: a backlog of 200 steps (and 20 copies) on one lane, three
+            /// handlers failing once after writing; only those three run again, every
+            /// effect once and per key in order, the copies skipped.
+            mt group_commit_retries_only_the_failed_message {
+                $crate::consumer::group_commit_failure_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
+            }
+            /// Group commit with 60 acknowledgements lost after their commit: the
+            /// redeliveries are absorbed by the inbox, every effect once.
+            mt group_commit_lost_acknowledgements_change_nothing {
+                $crate::consumer::group_commit_lost_acks_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
             }
             /// Keys given back to the broker one after another each wait for their first message.
             mt given_back_keys_keep_their_order {

@@ -1,6 +1,7 @@
 //! W4, the consumer: a backlog of messages handled by the effectively-once
 //! consumer (inbox row + handler writes in one transaction) against the same
-//! consumer in at-least-once mode, doing the same handler work without an inbox.
+//! consumer in at-least-once mode, doing the same handler work without an inbox,
+//! and (Kafka) against a raw rdkafka consumer that only decodes the messages.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,36 +46,83 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         )
         .execute(&db.pool)
         .await?;
-        let mut rates = [0.0f64; 2];
-        // Alternate the modes twice (ABBA) to spread the machine's drift.
-        let order = [
-            DeliveryMode::EffectivelyOnce,
-            DeliveryMode::AtLeastOnce,
-            DeliveryMode::AtLeastOnce,
-            DeliveryMode::EffectivelyOnce,
+        // Effectively once (group commit), at least once, effectively once
+        // without group commit.
+        let mut rates = [0.0f64; 3];
+        let mut raw = 0.0f64;
+        // Alternate the sides (ABBA, the raw reader in the middle) to spread
+        // the machine's drift.
+        let mut order = vec![
+            Side::Eo,
+            Side::EoAlone,
+            Side::Alo,
+            Side::Alo,
+            Side::EoAlone,
+            Side::Eo,
         ];
-        for (round, mode) in order.into_iter().enumerate() {
-            let r = one_mode(ctx, &db, broker, mode, n / 2, round).await?;
-            rates[usize::from(mode == DeliveryMode::AtLeastOnce)] += r / 2.0;
+        if broker == Broker::Kafka {
+            order.splice(3..3, [Side::Raw, Side::Raw]);
+        }
+        for (round, side) in order.into_iter().enumerate() {
+            let (mode, grouped, slot) = match side {
+                Side::Eo => (DeliveryMode::EffectivelyOnce, true, 0),
+                Side::Alo => (DeliveryMode::AtLeastOnce, true, 1),
+                Side::EoAlone => (DeliveryMode::EffectivelyOnce, false, 2),
+                Side::Raw => {
+                    raw += raw_kafka(ctx, n / 2, round).await? / 2.0;
+                    continue;
+                }
+            };
+            let r = one_mode(ctx, &db, broker, (mode, grouped), n / 2, round).await?;
+            rates[slot] += r / 2.0;
         }
         let b = broker.name();
         ctx.progress.log(format!(
-            "W4 {b}: effectively-once {:.0}/s, at-least-once {:.0}/s",
-            rates[0], rates[1]
+            "W4 {b}: effectively-once {:.0}/s, at-least-once {:.0}/s, effectively-once without group commit {:.0}/s{}",
+            rates[0],
+            rates[1],
+            rates[2],
+            if raw > 0.0 {
+                format!(", raw consumer {raw:.0}/s")
+            } else {
+                String::new()
+            }
         ));
         report.rows.push(Row::throughput(
             format!("{b}: consumer"),
             rates[0],
             "at-least-once, no inbox",
             rates[1],
-            Some(0.7),
+            Some(0.9),
         ));
+        report.rows.push(Row::throughput(
+            format!("{b}: consumer vs no group commit"),
+            rates[0],
+            "effectively-once, a transaction per message",
+            rates[2],
+            None,
+        ));
+        if raw > 0.0 {
+            report.rows.push(Row::throughput(
+                format!("{b}: consumer vs raw"),
+                rates[0],
+                "raw rdkafka consumer, decode only, no database",
+                raw,
+                Some(0.25),
+            ));
+        }
     }
     report.notes.push(
         "Both modes run the same `Consumer` and handler (one insert into an `effects` table in the \
-         message's transaction); effectively-once adds the inbox insert to that transaction. The rate is \
+         message's transaction); effectively-once adds the inbox insert to that transaction, and groups consecutive messages of a \
+         lane into one transaction (a savepoint each; group commit, on by default), which it is also \
+         measured without. The rate is \
          measured from the first handled message to the last, so joining the group is not counted; each \
-         mode runs twice on half the messages, in the order EO, ALO, ALO, EO, and the rates are averaged."
+         side runs twice on half the messages, in the order EO, EO without group commit, ALO, ALO, EO \
+         without group commit, EO, and the rates are averaged. \
+         On Kafka a raw rdkafka consumer (a group of its own, from the earliest offset, no offset \
+         commits, no database) reads and decodes (`envelope_from_message`, then the JSON payload) the same number of \
+         messages twice between the two ALO runs."
             .into(),
     );
     if ctx.options.brokers.contains(&Broker::Kafka) {
@@ -87,22 +135,111 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
     Ok(())
 }
 
-/// Handles `n` pre-published messages in `mode`; returns messages per second.
+/// One side of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The effectively-once consumer.
+    Eo,
+    /// The at-least-once consumer.
+    Alo,
+    /// The effectively-once consumer without group commit.
+    EoAlone,
+    /// The raw rdkafka reader (Kafka only).
+    Raw,
+}
+
+/// Reads and decodes `n` pre-published messages with a plain rdkafka
+/// consumer, no database; returns messages per second, timed as
+/// [`one_mode`] times the consumer (first message to last).
+async fn raw_kafka(ctx: &Ctx, n: usize, round: usize) -> Result<f64> {
+    use eventbus::transport::kafka::{envelope_from_message, rdkafka};
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+
+    let label = format!("kafka_raw_{round}");
+    let destination = format!("bench_{}_w4_{label}_{}", ctx.run_id, Tick::DESTINATION);
+    Broker::Kafka.check(&ctx.services).await?;
+    let publisher = KafkaPublisher::builder(&ctx.services.kafka_brokers)
+        .set("batch.num.messages", "1")
+        .build()?;
+    publisher.ensure_destination(&destination).await?;
+    let events = ticks(n);
+    let msgs = messages(&events, &destination)?;
+    let bar = ctx.progress.bar(format!("W4 {label} publish"), n as u64);
+    for chunk in msgs.chunks(1_000) {
+        for result in publisher.publish_batch(chunk).await {
+            result?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    ctx.progress.done(&bar);
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &ctx.services.kafka_brokers)
+        .set("group.id", format!("bench_{}_w4_{label}", ctx.run_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", GROUP_TIMEOUT.as_millis().to_string())
+        .set("fetch.wait.max.ms", crate::raw::FETCH_WAIT_MS)
+        .create()
+        .map_err(|e| BenchError::Broker(format!("cannot create the raw consumer: {e}")))?;
+    consumer
+        .subscribe(&[destination.as_str()])
+        .map_err(|e| BenchError::Broker(format!("cannot subscribe to {destination}: {e}")))?;
+    let bar = ctx.progress.bar(format!("W4 {label} consume"), n as u64);
+    let timeout = Duration::from_secs(120 + n as u64 / 200);
+    let mut stream = consumer.stream();
+    let mut first: Option<Instant> = None;
+    let mut read = 0usize;
+    let read_all = async {
+        while read < n {
+            let Some(message) = stream.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| BenchError::Broker(format!("raw consumer: {e}")))?;
+            let envelope = envelope_from_message(&message)
+                .map_err(|e| BenchError::Broker(format!("not a CloudEvent: {e}")))?;
+            let _tick: Tick = serde_json::from_slice(&envelope.data).map_err(BenchError::Json)?;
+            first.get_or_insert_with(Instant::now);
+            read += 1;
+            if read.is_multiple_of(1_000) {
+                bar.set_position(read as u64);
+            }
+        }
+        Ok::<Instant, BenchError>(Instant::now())
+    };
+    let last = tokio::time::timeout(timeout, read_all)
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("W4 {label}: raw consumer"),
+            after: timeout,
+        })??;
+    ctx.progress.done(&bar);
+    if read < n {
+        return Err(BenchError::Broker(format!(
+            "W4 {label}: the raw consumer's stream ended after {read} of {n}"
+        )));
+    }
+    let first = first.unwrap_or(last);
+    Ok(rate(n.saturating_sub(1) as u64, last - first))
+}
+
+/// Handles `n` pre-published messages in `mode` (with group commit if
+/// `grouped`); returns messages per second.
 async fn one_mode(
     ctx: &Ctx,
     db: &BenchDb,
     broker: Broker,
-    mode: DeliveryMode,
+    (mode, grouped): (DeliveryMode, bool),
     n: usize,
     round: usize,
 ) -> Result<f64> {
     let label = format!(
         "{}_{}_{round}",
         broker.name(),
-        if mode == DeliveryMode::EffectivelyOnce {
-            "eo"
-        } else {
-            "alo"
+        match (mode, grouped) {
+            (DeliveryMode::EffectivelyOnce, true) => "eo",
+            (DeliveryMode::EffectivelyOnce, false) => "eo1",
+            _ => "alo",
         }
     );
     let destination = format!("bench_{}_w4_{label}_{}", ctx.run_id, Tick::DESTINATION);
@@ -145,9 +282,14 @@ async fn one_mode(
     }
     ctx.progress.done(&bar);
 
+    let builder = Consumer::builder(&group).mode(mode);
+    let builder = if grouped {
+        builder
+    } else {
+        builder.no_group_commit()
+    };
     let consumer = Arc::new(
-        Consumer::builder(&group)
-            .mode(mode)
+        builder
             .on(|ctx: Context<Postgres>, tick: Tick| async move {
                 let mut tx = ctx.tx().await?;
                 sqlx::query("INSERT INTO effects (key, pad_bytes) VALUES ($1, $2)")

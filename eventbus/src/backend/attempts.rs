@@ -79,6 +79,17 @@ macro_rules! attempts_database {
     ($db:ty, $dialect:expr, record = $record:path) => {
         #[async_trait::async_trait]
         impl $crate::inbox::AttemptsDatabase for $db {
+            async fn savepoint(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                step: $crate::inbox::Savepoint,
+            ) -> $crate::Result<()> {
+                sqlx::query(step.sql())
+                    .execute(conn)
+                    .await
+                    .map_err(|e| $crate::Error::from(e))?;
+                Ok(())
+            }
+
             async fn record_attempt(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 inbox: &$crate::TableName,

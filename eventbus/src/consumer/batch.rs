@@ -25,6 +25,9 @@ pub(super) enum Work<DB: sqlx::Database> {
     One(Box<Queued>),
     /// Handle consecutive messages of one batch-handled type together.
     Batch(BatchRegistration<DB>, Vec<Batched>),
+    /// Handle consecutive messages of single-event handlers in one
+    /// transaction (`group` module).
+    Group(Vec<Queued>),
 }
 
 impl<DB: sqlx::Database> Arrival for Work<DB> {
@@ -39,6 +42,15 @@ impl<DB: sqlx::Database> Arrival for Work<DB> {
             Work::Batch(_, batch) => batch
                 .iter()
                 .map(|b| arrived(&b.envelope, b.settle.as_ref()))
+                .collect(),
+            Work::Group(group) => group
+                .iter()
+                .filter_map(|(m, _)| {
+                    m.envelope
+                        .as_ref()
+                        .ok()
+                        .map(|e| arrived(e, m.settle.as_ref()))
+                })
                 .collect(),
         }
     }
@@ -59,6 +71,7 @@ impl<DB: sqlx::Database> Work<DB> {
         let settles: Vec<Box<dyn Settle>> = match self {
             Work::One(queued) => vec![queued.0.settle],
             Work::Batch(_, batch) => batch.into_iter().map(|b| b.settle).collect(),
+            Work::Group(group) => group.into_iter().map(|(m, _)| m.settle).collect(),
         };
         for settle in settles {
             if let Err(e) = settle.release().await {
@@ -91,8 +104,11 @@ pub(super) struct Batched {
 /// The queue of one lane, with the messages taken off it to look at but not
 /// handled yet (the first one after a batch, of another type).
 pub(super) struct Lane {
-    rx: mpsc::UnboundedReceiver<Queued>,
-    pending: VecDeque<Queued>,
+    pub(super) rx: mpsc::UnboundedReceiver<Queued>,
+    pub(super) pending: VecDeque<Queued>,
+    /// How many of the first pending messages go alone (what a group commit
+    /// that failed as a whole hands back).
+    alone: usize,
 }
 
 impl Lane {
@@ -100,14 +116,29 @@ impl Lane {
         Lane {
             rx,
             pending: VecDeque::new(),
+            alone: 0,
+        }
+    }
+
+    /// Puts `messages` back at the head of the queue, in order, the first
+    /// `alone` of them to be handled alone.
+    pub(super) fn put_back(&mut self, messages: Vec<Queued>, alone: usize) {
+        self.alone += alone.min(messages.len());
+        for queued in messages.into_iter().rev() {
+            self.pending.push_front(queued);
         }
     }
 
     /// The next message alone, or the next batch: the next message and, if its
     /// type has a batch handler, the messages of that type right behind it
     /// that are queued (or arrive within the linger), up to the handler's
-    /// maximum. `None` once the lane is closed and empty.
-    pub(super) async fn next<DB>(&mut self, shared: &Shared<DB>) -> Option<Work<DB>>
+    /// maximum; or, with `may_group`, a group commit's messages (`group`
+    /// module). `None` once the lane is closed and empty.
+    pub(super) async fn next<DB>(
+        &mut self,
+        shared: &Shared<DB>,
+        may_group: bool,
+    ) -> Option<Work<DB>>
     where
         DB: InboxDatabase + OutboxDatabase,
     {
@@ -115,7 +146,14 @@ impl Lane {
             Some(queued) => queued,
             None => self.rx.recv().await?,
         };
+        if self.alone > 0 {
+            self.alone -= 1;
+            return Some(Work::One(Box::new(first)));
+        }
         let Some(registration) = batch_handler(shared, &first.0).cloned() else {
+            if may_group {
+                return Some(self.group(shared, first).await);
+            }
             return Some(Work::One(Box::new(first)));
         };
         let first = match batched(first) {
@@ -132,10 +170,12 @@ impl Lane {
                 None => match self.rx.try_recv() {
                     Ok(queued) => queued,
                     Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) => match self.linger(shared, deadline).await {
-                        Some(queued) => queued,
-                        None => break,
-                    },
+                    Err(TryRecvError::Empty) => {
+                        match self.linger(shared, shared.batch_linger, deadline).await {
+                            Some(queued) => queued,
+                            None => break,
+                        }
+                    }
                 },
             };
             let same_type = matches!(&next.0.envelope, Ok(e) if e.event_type == event_type)
@@ -156,14 +196,16 @@ impl Lane {
         Some(Work::Batch(registration, batch))
     }
 
-    /// Waits for the next message until `deadline`; `None` if none came, the
+    /// Waits for the next message until `deadline` (`window` after the
+    /// first; zero waits not at all); `None` if none came, the
     /// lane closed, or the consumer is stopping.
-    async fn linger<DB: sqlx::Database>(
+    pub(super) async fn linger<DB: sqlx::Database>(
         &mut self,
         shared: &Shared<DB>,
+        window: std::time::Duration,
         deadline: tokio::time::Instant,
     ) -> Option<Queued> {
-        if shared.batch_linger.is_zero() {
+        if window.is_zero() {
             return None;
         }
         let stopping = shared.stopping.notified();
@@ -440,7 +482,7 @@ where
     /// (and nothing counted) if one of them was attempted before and not
     /// finished — by a process that died — or the count failed: then they go
     /// one by one.
-    async fn count_batch(&self, envelopes: &[Envelope]) -> bool {
+    pub(super) async fn count_batch(&self, envelopes: &[Envelope]) -> bool {
         let Ok(mut tx) = self.pool.begin().await else {
             return false;
         };
@@ -465,7 +507,7 @@ where
     /// The partition keys of `envelopes` that a parked message holds; `None`
     /// when the parked table cannot be read (then every message takes the
     /// single-message path, which decides for itself).
-    async fn held_keys(&self, envelopes: &[Envelope]) -> Option<HashSet<String>> {
+    pub(super) async fn held_keys(&self, envelopes: &[Envelope]) -> Option<HashSet<String>> {
         let mut seen = HashSet::new();
         let mut held = HashSet::new();
         for envelope in envelopes {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::group::GroupCommit;
 use super::handler::Registry;
 use super::{
     inbox_retention, pace, BatchContext, Consumer, ConsumerMetrics, Context, DeadLetterKeys,
@@ -65,6 +66,7 @@ pub struct ConsumerBuilder<DB: sqlx::Database> {
     max_in_flight: usize,
     rate_limit: Option<u32>,
     batch_linger: Duration,
+    group_commit: Option<GroupCommit>,
     inbox_table: TableName,
     inbox_retention: Option<Duration>,
     outbox: Outbox,
@@ -95,6 +97,7 @@ where
             max_in_flight: 64,
             rate_limit: None,
             batch_linger: Duration::ZERO,
+            group_commit: Some(GroupCommit::DEFAULT),
             inbox_table: crate::inbox::default_table(),
             inbox_retention: None,
             outbox,
@@ -188,6 +191,56 @@ where
     /// with the backlog and an idle consumer adds no latency).
     pub fn batch_linger(mut self, linger: Duration) -> Self {
         self.batch_linger = linger;
+        self
+    }
+
+    /// Group commit (effectively-once mode, on by default with 64 messages
+    /// and a 2 ms window): a lane handles up to `max_messages` consecutive
+    /// messages of single-event handlers ([`on`](Self::on)) in one database
+    /// transaction, each message (its inbox row and its handler) inside a
+    /// savepoint of its own, and acknowledges them after the one commit. A
+    /// handler that fails rolls back only its savepoint: the messages before
+    /// it commit and are acknowledged, it goes through the
+    /// [retry policy](Self::retry) as a message handled alone would, and the
+    /// messages behind it are handled after it, so per-key order holds.
+    ///
+    /// A group is what the lane has queued, plus what arrives within `window`
+    /// of its first message. Throughput rises (one commit, one flush to disk,
+    /// per group instead of per message) at the price of latency: a message
+    /// is acknowledged, and its effects become visible to other
+    /// transactions, only when its group commits — up to `window` plus the
+    /// handling time of the messages grouped with it later than it would be
+    /// alone; locks a handler takes are held until then too. An idle lane
+    /// adds up to `window` to a lone message. Zero `window` groups only what
+    /// is queued already, so groups grow with the backlog and an idle
+    /// consumer adds no latency. Groups are never larger than
+    /// [`max_in_flight`](Self::max_in_flight).
+    ///
+    /// Handlers must read and write through [`Context::tx`] only: a read on
+    /// another connection (the pool) does not see the uncommitted writes of
+    /// the earlier messages of its group, and a lock taken there waits for
+    /// the group's transaction, which waits for the handler — forever. Turn
+    /// group commit off for such handlers.
+    ///
+    /// Not grouped (handled alone, in order, as without group commit): batch
+    /// handlers' types, saga steps, messages of a key a parked message holds,
+    /// of a newer schema version than the handler's, of unknown types, and
+    /// what follows a message given back to the broker until it comes round.
+    /// `max_messages` below 2 turns group commit off, as
+    /// [`no_group_commit`](Self::no_group_commit) does. Other delivery modes
+    /// never group.
+    pub fn group_commit(mut self, max_messages: usize, window: Duration) -> Self {
+        self.group_commit = (max_messages > 1).then_some(GroupCommit {
+            max: max_messages,
+            window,
+        });
+        self
+    }
+
+    /// Turns [group commit](Self::group_commit) off: every message is
+    /// handled and committed in a transaction of its own.
+    pub fn no_group_commit(mut self) -> Self {
+        self.group_commit = None;
         self
     }
 
@@ -418,6 +471,9 @@ where
                 rate_limit: self.rate_limit,
                 pacer: self.rate_limit.map(pace::Pacer::new),
                 batch_linger: self.batch_linger,
+                group_commit: self
+                    .group_commit
+                    .filter(|_| self.mode == DeliveryMode::EffectivelyOnce),
                 inbox_table: self.inbox_table,
                 inbox_retention: self.inbox_retention,
                 outbox: self.outbox,
@@ -452,6 +508,11 @@ impl<DB: SagaDatabase> ConsumerBuilder<DB> {
             return self;
         }
         self.sagas.push(S::NAME);
+        // A step locks and rewrites its instance's row: it commits alone,
+        // not held open by a group.
+        for event_type in saga.event_types() {
+            self.registry.ungroup(event_type);
+        }
         saga.register_with(self)
     }
 }

@@ -110,6 +110,11 @@ pub(super) struct Awaited {
 }
 
 impl Awaited {
+    /// Whether nothing given back is awaited.
+    pub(super) fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.rewind.is_none()
+    }
+
     /// Records messages the lane handled and then gave back. Each was the
     /// first of its key (or its key awaited nothing), so it goes first.
     pub(super) fn extend(&mut self, given_back: impl IntoIterator<Item = GivenBack>) {

@@ -106,6 +106,8 @@ fn decode<E: Event>(envelope: &Envelope, upcasters: &Upcasters) -> Result<E, Fai
 /// Handlers by CloudEvents type, and the upcasters their decoding applies.
 pub(crate) struct Registry<DB: sqlx::Database> {
     by_type: HashMap<String, Handler<DB>>,
+    /// Types whose messages are never group-committed (saga steps).
+    ungrouped: std::collections::HashSet<String>,
     pub(crate) upcasters: Upcasters,
     /// The first upcaster that could not be registered, reported by `build`.
     pub(crate) invalid_upcaster: Option<SchemaError>,
@@ -124,6 +126,7 @@ impl<DB: sqlx::Database> Default for Registry<DB> {
     fn default() -> Self {
         Registry {
             by_type: HashMap::new(),
+            ungrouped: std::collections::HashSet::new(),
             upcasters: Upcasters::new(),
             invalid_upcaster: None,
         }
@@ -216,6 +219,20 @@ impl<DB: sqlx::Database> Registry<DB> {
     pub(crate) fn batch(&self, event_type: &str) -> Option<&BatchRegistration<DB>> {
         match self.by_type.get(event_type) {
             Some(Handler::Batch(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Keeps messages of `event_type` out of group commits.
+    pub(crate) fn ungroup(&mut self, event_type: &str) {
+        self.ungrouped.insert(event_type.to_owned());
+    }
+
+    /// The single-event handler of `event_type`, if one may run in a group
+    /// commit.
+    pub(crate) fn groupable(&self, event_type: &str) -> Option<&Registration<DB>> {
+        match self.by_type.get(event_type) {
+            Some(Handler::One(r)) if !self.ungrouped.contains(event_type) => Some(r),
             _ => None,
         }
     }

@@ -93,6 +93,8 @@ pub struct ConsumerMetrics {
     batched: AtomicU64,
     largest_batch: AtomicU64,
     batch_splits: AtomicU64,
+    group_commits: AtomicU64,
+    grouped: AtomicU64,
     version_gated: AtomicU64,
     recorded: Recorded,
 }
@@ -164,6 +166,8 @@ impl ConsumerMetrics {
             batched: AtomicU64::new(0),
             largest_batch: AtomicU64::new(0),
             batch_splits: AtomicU64::new(0),
+            group_commits: AtomicU64::new(0),
+            grouped: AtomicU64::new(0),
             version_gated: AtomicU64::new(0),
         }
     }
@@ -213,6 +217,12 @@ impl ConsumerMetrics {
         self.largest_batch.fetch_max(size, Ordering::Relaxed);
         self.recorded.batches.increment(1);
         self.recorded.batch_size.record(size as f64);
+    }
+
+    /// A group commit of `size` messages committed.
+    pub(super) fn group_committed(&self, size: usize) {
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
+        self.grouped.fetch_add(size as u64, Ordering::Relaxed);
     }
 
     pub(super) fn batch_split(&self) {
@@ -274,6 +284,19 @@ impl ConsumerMetrics {
     /// The largest batch so far.
     pub fn largest_batch(&self) -> u64 {
         self.largest_batch.load(Ordering::Relaxed)
+    }
+
+    /// Group commits that committed (see
+    /// [`ConsumerBuilder::group_commit`](super::ConsumerBuilder::group_commit)).
+    pub fn group_commits(&self) -> u64 {
+        self.group_commits.load(Ordering::Relaxed)
+    }
+
+    /// Messages whose first attempt ran in a group commit that committed
+    /// (a handler that failed there included); divided by
+    /// [`group_commits`](Self::group_commits), the mean group size.
+    pub fn grouped_messages(&self) -> u64 {
+        self.grouped.load(Ordering::Relaxed)
     }
 
     /// Times a failed batch was split in two to isolate the failing event.

@@ -19,12 +19,14 @@ mod context;
 pub mod dead_letter;
 mod gate;
 mod given_back;
+mod group;
 mod handler;
 mod inbox_retention;
 mod metrics;
 mod pace;
 mod parking;
 mod retry;
+mod single;
 mod supervise;
 mod telemetry;
 
@@ -35,14 +37,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::inbox::InboxDatabase;
-use crate::inbox::ParkedState;
 use crate::outbox::{Outbox, OutboxDatabase};
 use crate::table::TableName;
 use crate::telemetry::span::MessagingSpan;
-use crate::transport::{MessageInfo, Publisher, Received, Subscriber};
+use crate::transport::{Publisher, Received, Subscriber};
 
 pub use builder::ConsumerBuilder;
 pub use context::{BatchContext, Context, TransactionGuard};
@@ -51,7 +51,7 @@ pub use gate::NewerVersions;
 pub use metrics::ConsumerMetrics;
 pub use retry::RetryPolicy;
 
-use handler::{Failure, Handler, Registry};
+use handler::{Failure, Registry};
 
 /// When the broker is told a message is done, relative to the handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,8 @@ struct Shared<DB: sqlx::Database> {
     rate_limit: Option<u32>,
     pacer: Option<pace::Pacer>,
     batch_linger: Duration,
+    /// Group commit's bounds; `None` when off (and outside effectively-once).
+    group_commit: Option<group::GroupCommit>,
     inbox_table: TableName,
     /// How long inbox rows are kept, when a background sweep deletes them.
     inbox_retention: Option<Duration>,
@@ -269,7 +271,9 @@ where
     // Since when the lane has been waiting (idle or giving back) rather than
     // handling: only that time counts against what it awaits.
     let mut waiting_since = tokio::time::Instant::now();
-    while let Some(work) = lane.next(&shared).await {
+    // Group only while nothing given back is awaited: until it comes round,
+    // each message is weighed on its own.
+    while let Some(work) = lane.next(&shared, awaited.is_empty()).await {
         awaited.charge(waiting_since.elapsed());
         waiting_since = tokio::time::Instant::now();
         if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
@@ -287,6 +291,7 @@ where
             let messages = match &work {
                 batch::Work::One(_) => 1,
                 batch::Work::Batch(_, batch) => batch.len(),
+                batch::Work::Group(group) => group.len(),
             };
             if !pacer.turn(messages, shared.stopping.notified()).await {
                 work.release().await;
@@ -300,6 +305,11 @@ where
             }
             batch::Work::Batch(registration, batch) => {
                 awaited.extend(shared.handle_batch(registration, batch).await);
+            }
+            batch::Work::Group(group) => {
+                let handled = shared.handle_group(group).await;
+                awaited.extend(handled.given_back);
+                lane.put_back(handled.rest, handled.alone);
             }
         }
         waiting_since = tokio::time::Instant::now();
@@ -316,6 +326,17 @@ where
     /// Handles one message and settles it; what to await if it was given
     /// back to the broker.
     async fn handle(&self, message: Received) -> Option<given_back::GivenBack> {
+        self.handle_after(message, None).await
+    }
+
+    /// [`handle`](Self::handle) for a message whose first attempt was made
+    /// in a group commit and failed (`tried`: its span and failure), or for
+    /// a new message (`None`).
+    async fn handle_after(
+        &self,
+        message: Received,
+        tried: Option<(MessagingSpan, Failure)>,
+    ) -> Option<given_back::GivenBack> {
         let Received {
             destination,
             envelope,
@@ -339,6 +360,13 @@ where
             }
             Ok(envelope) => {
                 id = Some(given_back::GivenBack::of(&envelope, &info));
+                if let Some((span, failure)) = tried {
+                    // Counted as arrived by its group; effectively once only.
+                    let outcome = self
+                        .handle_event_in(&destination, envelope, false, span, Some(failure))
+                        .await;
+                    return self.settle_one(settle, outcome, id).await;
+                }
                 telemetry::arrived(&self.metrics, &envelope, &info);
                 if self.mode == DeliveryMode::AtMostOnce {
                     // Acknowledge first, durably: from here on the broker will
@@ -355,6 +383,16 @@ where
                     .await
             }
         };
+        self.settle_one(settle, outcome, id).await
+    }
+
+    /// Records `outcome` and settles its message; `id` if it was given back.
+    async fn settle_one(
+        &self,
+        settle: Box<dyn crate::transport::Settle>,
+        outcome: Outcome,
+        id: Option<given_back::GivenBack>,
+    ) -> Option<given_back::GivenBack> {
         self.metrics.record(&outcome);
         let released = matches!(outcome, Outcome::Released);
         let settled = if released {
@@ -367,252 +405,5 @@ where
             tracing::warn!(group = %self.group, error = %e, "settling a message failed");
         }
         id.filter(|_| released)
-    }
-
-    /// Runs the handler with retries inside the message's `process` span
-    /// (whose context is active for the handler); dead-letters what cannot be
-    /// handled.
-    async fn handle_event(
-        &self,
-        destination: &str,
-        envelope: Envelope,
-        once: bool,
-        info: &MessageInfo,
-    ) -> Outcome {
-        let span = telemetry::process_span(&self.group, destination, &envelope, info);
-        let started = std::time::Instant::now();
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let outcome = span
-            .scope(async {
-                let id = envelope.id.clone();
-                let outcome = self
-                    .run_handler(destination, envelope, once, &span, &attempts)
-                    .await;
-                // Inside the span: the line carries the trace id.
-                tracing::debug!(group = %self.group, %id, outcome = telemetry::outcome_name(&outcome), "message settled");
-                outcome
-            })
-            .await;
-        self.metrics.handling(started.elapsed());
-        telemetry::finish(span, &outcome, attempts.into_inner());
-        outcome
-    }
-
-    /// The retry loop of [`handle_event`](Self::handle_event); counts the
-    /// attempts made into `attempts`.
-    async fn run_handler(
-        &self,
-        destination: &str,
-        envelope: Envelope,
-        once: bool,
-        span: &MessagingSpan,
-        attempts: &std::sync::atomic::AtomicU32,
-    ) -> Outcome {
-        // Behind a parked message of its key: parked too, to keep the order.
-        match self.key_is_held(&envelope).await {
-            Ok(false) => {}
-            Ok(true) => {
-                let outcome = self
-                    .park(
-                        &envelope,
-                        destination,
-                        ParkedState::Waiting,
-                        0,
-                        Duration::ZERO,
-                        None,
-                        true,
-                        Outcome::Parked,
-                    )
-                    .await;
-                if self.mode == DeliveryMode::EffectivelyOnce {
-                    // A count a batch left for it: the parked row counts now.
-                    attempts::forget(self, &envelope, &outcome).await;
-                }
-                return outcome;
-            }
-            Err(e) => {
-                tracing::error!(group = %self.group, id = %envelope.id, error = %e, "cannot read the parked table; giving the message back");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return Outcome::Released;
-            }
-        }
-        let Some(handler) = self.registry.get(&envelope.event_type).cloned() else {
-            return match self.unknown {
-                UnknownTypes::Skip => Outcome::Handled,
-                UnknownTypes::DeadLetter => {
-                    let reason = format!("no handler for event type `{}`", envelope.event_type);
-                    span.fail("no_handler", &reason);
-                    self.dead_letter(&envelope, destination, 0, &reason).await
-                }
-            };
-        };
-        let version = envelope.schema_version().unwrap_or(1);
-        if version > handler.version() {
-            return self
-                .gate(
-                    destination,
-                    &envelope,
-                    version,
-                    handler.version(),
-                    once,
-                    span,
-                )
-                .await;
-        }
-        // Effectively once, every attempt (immediate retries too: a process
-        // can die in any of them) is counted in the database before it
-        // starts, so the count survives the process (`attempts` module).
-        let durable = self.mode == DeliveryMode::EffectivelyOnce;
-        let mut attempt = 1;
-        let mut first_here = true;
-        loop {
-            let mut counted = Ok(None);
-            if durable {
-                match attempts::count(self, &envelope, first_here).await {
-                    Ok(attempts::Count::Go(n, guard)) => {
-                        attempt = n;
-                        counted = Ok(Some(guard));
-                    }
-                    Ok(attempts::Count::UsedUp(n)) => {
-                        attempts.store(n, std::sync::atomic::Ordering::Relaxed);
-                        return attempts::give_up(self, destination, &envelope, n, span).await;
-                    }
-                    Err(f) => counted = Err(f),
-                }
-            }
-            first_here = false;
-            attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
-            let result = match counted {
-                Ok(_guard) => self.attempt(&handler, &envelope, attempt).await,
-                Err(f) => Err(f),
-            };
-            let failure = match result {
-                Ok(outcome) => return outcome,
-                Err(f) => f,
-            };
-            let (reason, permanent) = match failure {
-                Failure::Permanent(r) => (r, true),
-                Failure::Transient(r) => (r, false),
-            };
-            tracing::warn!(group = %self.group, id = %envelope.id, attempt, error = %reason, "handling failed");
-            if durable {
-                attempts::note_failure(self, &envelope, attempt, &reason).await;
-            }
-            let delay = if permanent || once {
-                None
-            } else {
-                self.retry.delay_before(attempt + 1)
-            };
-            let Some(delay) = delay else {
-                let kind = if permanent {
-                    "undecodable"
-                } else {
-                    "handler_failed"
-                };
-                span.fail(kind, &reason);
-                let outcome = self
-                    .dead_letter(&envelope, destination, attempt, &reason)
-                    .await;
-                if durable {
-                    attempts::forget(self, &envelope, &outcome).await;
-                }
-                return outcome;
-            };
-            span.failed_attempt(attempt, &reason);
-            self.metrics.retried();
-            if attempt > self.retry.immediate {
-                // A delayed retry: parked, so that the lane's other keys go
-                // on meanwhile; its own key waits behind it.
-                let outcome = self
-                    .park(
-                        &envelope,
-                        destination,
-                        ParkedState::Retry,
-                        attempt,
-                        delay,
-                        Some(&reason),
-                        true,
-                        Outcome::Parked,
-                    )
-                    .await;
-                if durable {
-                    attempts::forget(self, &envelope, &outcome).await;
-                }
-                return outcome;
-            }
-            attempt += 1;
-            let stopping = self.stopping.notified();
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stopping => return Outcome::Released,
-            }
-            if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                return Outcome::Released;
-            }
-        }
-    }
-
-    /// One attempt: transaction, inbox row (effectively once), handler, commit.
-    async fn attempt(
-        &self,
-        handler: &Handler<DB>,
-        envelope: &Envelope,
-        attempt: u32,
-    ) -> std::result::Result<Outcome, Failure> {
-        let registration = match handler {
-            Handler::One(registration) => registration,
-            Handler::Batch(registration) => {
-                // A batch of one: an event left alone after its batch failed,
-                // or one that came without neighbours of its type.
-                let mut outcomes = self
-                    .attempt_batch(registration, std::slice::from_ref(envelope), attempt)
-                    .await?;
-                // Its attempt count went with the batch's transaction.
-                return outcomes.pop().ok_or_else(|| {
-                    Failure::Transient("a batch of one ended without an outcome".into())
-                });
-            }
-        };
-        let transient = |e: Error| Failure::Transient(e.to_string());
-        let mut tx = self.pool.begin().await.map_err(|e| transient(e.into()))?;
-        if self.mode == DeliveryMode::EffectivelyOnce {
-            let fresh = DB::try_record(&mut *tx, &self.inbox_table, &self.group, envelope)
-                .await
-                .map_err(transient)?;
-            // The attempt count goes with the inbox row: gone if this commits
-            // (handled, or found a duplicate), back if it rolls back.
-            DB::forget_attempts(&mut *tx, &self.inbox_table, &self.group, envelope)
-                .await
-                .map_err(transient)?;
-            if !fresh {
-                // Nothing but the count's deletion to keep; should it fail,
-                // a later delivery deletes it.
-                let _ = tx.commit().await;
-                return Ok(Outcome::Duplicate);
-            }
-        }
-        // The `process` span active around us: follow-up events are its children.
-        let trace = crate::telemetry::span::current();
-        let ctx = Context::new(envelope.clone(), attempt, self.outbox.clone(), tx, trace);
-        let result = supervise::supervised(self.handler_timeout, || {
-            (registration.call)(ctx.clone(), envelope, &self.registry.upcasters)
-        })
-        .await;
-        if let Err(f) = result {
-            // Failed, panicked or timed out: nothing of the attempt stays.
-            if let Some(tx) = ctx.abandon() {
-                let _ = tx.rollback().await;
-            }
-            return Err(f);
-        }
-        match ctx.finish().await.map_err(transient)? {
-            Some(tx) => {
-                tx.commit().await.map_err(|e| transient(e.into()))?;
-                Ok(Outcome::Handled)
-            }
-            None => Err(Failure::Transient(
-                "the handler's transaction vanished".into(),
-            )),
-        }
     }
 }

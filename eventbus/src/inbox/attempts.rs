@@ -17,6 +17,30 @@ use crate::table::TableName;
 /// `eventbus_inbox`.
 pub const ATTEMPTS_SUFFIX: &str = "_attempts";
 
+/// A step of the savepoint each message of a group commit is handled in
+/// (see [`ConsumerBuilder::group_commit`](crate::consumer::ConsumerBuilder::group_commit)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Savepoint {
+    /// `SAVEPOINT`: before the message's inbox row and handler.
+    Set,
+    /// `RELEASE SAVEPOINT`: the message is done; it commits with the group.
+    Release,
+    /// `ROLLBACK TO SAVEPOINT`: the handler failed; nothing of it stays.
+    RollBack,
+}
+
+impl Savepoint {
+    /// The statement, the same on every supported database.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Savepoint::Set => "SAVEPOINT eventbus_group_message",
+            Savepoint::Release => "RELEASE SAVEPOINT eventbus_group_message",
+            Savepoint::RollBack => "ROLLBACK TO SAVEPOINT eventbus_group_message",
+        }
+    }
+}
+
 /// A database that keeps durable attempt counts next to the inbox (table
 /// `<inbox>_attempts`, created by the migrations). Implemented for each
 /// compiled-in backend.
@@ -68,4 +92,8 @@ pub trait AttemptsDatabase: sqlx::Database {
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<()>;
+
+    /// Runs `step` of a group commit's per-message savepoint on `conn`,
+    /// which is in the group's transaction.
+    async fn savepoint(conn: &mut Self::Connection, step: Savepoint) -> Result<()>;
 }

@@ -14,7 +14,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::table::TableName;
 
-pub use attempts::{AttemptsDatabase, ATTEMPTS_SUFFIX};
+pub use attempts::{AttemptsDatabase, Savepoint, ATTEMPTS_SUFFIX};
 pub use key::{InboxKey, UUID_SCOPE};
 pub use parked::{
     message_key, ParkRequest, Parked, ParkedDatabase, ParkedState, Reschedule, PARKED_SUFFIX,

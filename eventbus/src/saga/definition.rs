@@ -208,6 +208,11 @@ impl<S: Saga, DB: SagaDatabase> SagaDefinition<S, DB> {
         builder
     }
 
+    /// The event types registered.
+    pub(crate) fn event_types(&self) -> &[&'static str] {
+        &self.events
+    }
+
     /// Whether no event type is registered.
     pub(crate) fn is_empty(&self) -> bool {
         self.registrations.is_empty()

@@ -127,7 +127,7 @@ impl Settle for CountedSettle {
 
 /// A placeholder while a settle handle is being wrapped.
 #[derive(Debug)]
-struct Nothing;
+pub(super) struct Nothing;
 
 impl Settle for Nothing {
     fn ack<'async_trait>(self: Box<Self>) -> Boxed<'async_trait, eventbus::Result<()>>

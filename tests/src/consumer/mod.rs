@@ -12,6 +12,7 @@
 //! | `parking` | parked messages: key order behind newer versions and delayed retries, refused dead letters |
 //! | `poison` | dead letters and re-driving them |
 //! | `given_back` | messages given back to the broker keep their keys' order |
+//! | `group` | group commit: a failure inside a group, acknowledgements lost after the commit |
 //! | `flow` | the in-flight bound, point-to-point and publish-subscribe groups |
 
 use crate::composed;
@@ -31,6 +32,7 @@ mod counting;
 mod crash;
 mod flow;
 mod given_back;
+mod group;
 mod parking;
 mod poison;
 
@@ -41,6 +43,7 @@ pub use crash::{
 };
 pub use flow::{backpressure_scenario, groups_scenario, SlowRun};
 pub use given_back::given_back_keys_keep_order_scenario;
+pub use group::{group_commit_failure_scenario, group_commit_lost_acks_scenario};
 pub use parking::{
     delayed_retry_scenario, newer_version_keeps_key_order, newer_version_keeps_key_order_scenario,
     refused_dead_letter_scenario, Refusal, StepV2,
