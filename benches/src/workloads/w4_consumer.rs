@@ -283,8 +283,9 @@ async fn one_mode(
     ctx.progress.done(&bar);
 
     let builder = Consumer::builder(&group).mode(mode);
+    // Group commit is opt-in; the handler below writes through `ctx.tx()` only.
     let builder = if grouped {
-        builder
+        builder.group_commit(64, Duration::from_millis(2))
     } else {
         builder.no_group_commit()
     };

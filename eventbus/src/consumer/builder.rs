@@ -97,7 +97,7 @@ where
             max_in_flight: 64,
             rate_limit: None,
             batch_linger: Duration::ZERO,
-            group_commit: Some(GroupCommit::DEFAULT),
+            group_commit: None,
             inbox_table: crate::inbox::default_table(),
             inbox_retention: None,
             outbox,
@@ -194,8 +194,8 @@ where
         self
     }
 
-    /// Group commit (effectively-once mode, on by default with 64 messages
-    /// and a 2 ms window): a lane handles up to `max_messages` consecutive
+    /// Turns group commit on (effectively-once mode; off by default, see
+    /// below; 64 messages and a 2 ms window are a good start): a lane handles up to `max_messages` consecutive
     /// messages of single-event handlers ([`on`](Self::on)) in one database
     /// transaction, each message (its inbox row and its handler) inside a
     /// savepoint of its own, and acknowledges them after the one commit. A
@@ -219,8 +219,9 @@ where
     /// Handlers must read and write through [`Context::tx`] only: a read on
     /// another connection (the pool) does not see the uncommitted writes of
     /// the earlier messages of its group, and a lock taken there waits for
-    /// the group's transaction, which waits for the handler — forever. Turn
-    /// group commit off for such handlers.
+    /// the group's transaction, which waits for the handler — forever. That
+    /// cannot be told from a handler's signature, which is why group commit
+    /// is off until turned on here.
     ///
     /// Not grouped (handled alone, in order, as without group commit): batch
     /// handlers' types, saga steps, messages of a key a parked message holds,

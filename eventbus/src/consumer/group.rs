@@ -34,14 +34,6 @@ pub(super) struct GroupCommit {
     pub(super) window: Duration,
 }
 
-impl GroupCommit {
-    /// 64 messages, 2 ms.
-    pub(super) const DEFAULT: GroupCommit = GroupCommit {
-        max: 64,
-        window: Duration::from_millis(2),
-    };
-}
-
 /// What handling a group leaves to its lane.
 pub(super) struct Handled {
     /// The messages given back to the broker, to be awaited.
