@@ -7,40 +7,28 @@
 //! | --- | --- |
 //! | `backlog` | the backlog written by one `INSERT … SELECT`, checked against the SDK's row |
 //! | `claim` | timing the relay store's `claim` on a standing backlog |
+//! | `drain` | relay processes: started, sharing the partitions, timed while draining |
 
 mod backlog;
 mod claim;
+mod drain;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use sqlx::PgPool;
-
+use self::drain::{drain_rate, peak_rss_mib, stop_all, Setup};
 use super::{Broker, Ctx};
-use crate::env::BenchDb;
-use crate::error::{BenchError, Result};
+use crate::error::Result;
 use crate::event::PAYLOAD_BYTES;
 use crate::plot::{cost_curves, Axes, Curve};
-use crate::relay_process::{locate, RelayProcess};
+use crate::relay_process::locate;
 use crate::report::{number, Row, WorkloadReport};
-use crate::stats::rate;
 
 /// The broker of every drain here.
-const BROKER: Broker = Broker::Kafka;
+pub(super) const BROKER: Broker = Broker::Kafka;
 
 /// Target: the median claim at the largest backlog ÷ at the smallest.
 const CLAIM_GROWTH_TARGET: f64 = 2.0;
 
 /// Target: the relay's peak RSS, MiB, at every payload size.
 const RSS_TARGET_MIB: f64 = 64.0;
-
-/// How often the drains are polled (`/metrics`) and the leases watched.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Time allowed for one drain of `rows`.
-fn drain_timeout(rows: usize) -> Duration {
-    Duration::from_secs(120 + rows as u64 / 500)
-}
 
 /// One point of the backlog curve.
 #[derive(Debug, Clone, Copy)]
@@ -53,46 +41,6 @@ struct BacklogPoint {
     claim_p99: Option<f64>,
     /// Rows/s the relay process drained.
     drain: f64,
-}
-
-/// What one run needs from the context, for the three curves.
-struct Setup<'a> {
-    ctx: &'a Ctx,
-    relay_bin: &'a Path,
-    prefix: String,
-}
-
-impl Setup<'_> {
-    /// Starts `count` relay processes on `db`; their logs are
-    /// `relay-w6-<label>-<i>.log`.
-    async fn relays(&self, db: &BenchDb, label: &str, count: usize) -> Result<Vec<RelayProcess>> {
-        let mut relays = Vec::with_capacity(count);
-        for i in 1..=count {
-            let log = self.ctx.out.join(format!("relay-w6-{label}-{i}.log"));
-            relays.push(
-                RelayProcess::start(
-                    self.relay_bin,
-                    &db.url,
-                    &BROKER.relay_url(&self.ctx.services),
-                    &self.prefix,
-                    &log,
-                )
-                .await?,
-            );
-        }
-        Ok(relays)
-    }
-
-    /// A fresh database for one point of a curve.
-    async fn db(&self, label: &str) -> Result<BenchDb> {
-        BenchDb::migrated(
-            &self.ctx.services,
-            &self.ctx.run_id,
-            &format!("w6_{label}"),
-            4,
-        )
-        .await
-    }
 }
 
 /// Runs W6.
@@ -247,7 +195,8 @@ async fn backlog_curve(setup: &Setup<'_>, report: &mut WorkloadReport) -> Result
         ));
         report.rows.push(
             Row::throughput(&case, p.drain, at_smallest.clone(), base.drain, None)
-                .with_metric("drain rate"),
+                .with_metric("drain rate")
+                .with_unit("rows/s"),
         );
     }
     let growth_p50 = claim::growth(
@@ -382,7 +331,8 @@ async fn relays_curve(setup: &Setup<'_>, report: &mut WorkloadReport) -> Result<
                 base,
                 None,
             )
-            .with_metric("total drain rate"),
+            .with_metric("total drain rate")
+            .with_unit("rows/s"),
         );
     }
     report.notes.push(format!(
@@ -442,7 +392,8 @@ async fn payload_curve(setup: &Setup<'_>, report: &mut WorkloadReport) -> Result
         let case = format!("{size} B payloads");
         report.rows.push(
             Row::throughput(&case, drained, baseline.clone(), base_rate, None)
-                .with_metric("drain rate"),
+                .with_metric("drain rate")
+                .with_unit("rows/s"),
         );
         report.rows.push(
             Row::throughput(&case, mb, baseline.clone(), base_mb, None)
@@ -501,99 +452,6 @@ fn plot(
     cost_curves(&setup.ctx.out.join(file), axes, curves)?;
     report.plots.push(file.to_owned());
     Ok(())
-}
-
-/// Waits until `relays` together hold every partition, each some; then,
-/// with `fill` (payload bytes) writes `rows` rows and starts the clock at
-/// the commit, or without it starts the clock at once (the backlog stands).
-/// Returns rows/s until their published totals reach `rows`, and the wait.
-async fn drain_rate(
-    pool: &PgPool,
-    relays: &mut [RelayProcess],
-    rows: usize,
-    fill: Option<usize>,
-    bar: &indicatif::ProgressBar,
-) -> Result<(f64, Duration)> {
-    wait_shared(pool, relays).await?;
-    let started = match fill {
-        Some(bytes) => {
-            backlog::fill(pool, rows, bytes).await?;
-            Instant::now()
-        }
-        None => Instant::now(),
-    };
-    let relays = &*relays;
-    let finished = super::wait_for(
-        "relay drain",
-        rows as u64,
-        drain_timeout(rows),
-        POLL,
-        Some(bar),
-        || async move {
-            let mut total = 0;
-            for r in relays {
-                total += r.published_total().await?;
-            }
-            Ok(total)
-        },
-    )
-    .await?;
-    let elapsed = finished - started;
-    Ok((rate(rows as u64, elapsed), elapsed))
-}
-
-/// Waits (60 s at most) until every partition is held, by exactly as many
-/// owners as there are `relays`; fails early if one of them exits.
-async fn wait_shared(pool: &PgPool, relays: &mut [RelayProcess]) -> Result<()> {
-    let timeout = Duration::from_secs(60);
-    let deadline = Instant::now() + timeout;
-    loop {
-        for r in relays.iter_mut() {
-            r.check_alive()?;
-        }
-        let (held, all, owners): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE owner IS NOT NULL AND lease_expires_at > now()), count(*), \
-                    count(DISTINCT owner) FILTER (WHERE owner IS NOT NULL AND lease_expires_at > now()) \
-             FROM eventbus_outbox_partitions",
-        )
-        .fetch_one(pool)
-        .await?;
-        if all > 0 && held == all && owners == relays.len() as i64 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout {
-                what: format!(
-                    "{} relays sharing the partitions ({held}/{all} held by {owners})",
-                    relays.len()
-                ),
-                after: timeout,
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The largest peak RSS of `relays`, MiB (NaN if unreadable).
-fn peak_rss_mib(relays: &[RelayProcess]) -> f64 {
-    relays
-        .iter()
-        .filter_map(|r| r.peak_rss_bytes().ok())
-        .max()
-        .map_or(f64::NAN, |b| b as f64 / 1_048_576.0)
-}
-
-/// Stops every relay; the first failure is returned after all were asked.
-async fn stop_all(relays: Vec<RelayProcess>) -> Result<()> {
-    let mut first = Ok(());
-    for r in relays {
-        if let Err(e) = r.stop().await {
-            if first.is_ok() {
-                first = Err(e);
-            }
-        }
-    }
-    first
 }
 
 fn opt(x: Option<f64>) -> String {
