@@ -9,8 +9,9 @@
 //!
 //! ```text
 //! cargo run --release -p eventbus-bench -- all            # full run (about an hour)
-//! cargo run --release -p eventbus-bench -- all --quick    # smoke run (under 2 minutes)
+//! cargo run --release -p eventbus-bench -- all --quick    # smoke run (under 3 minutes)
 //! cargo run --release -p eventbus-bench -- w2 --w2-events 200000
+//! cargo run --release -p eventbus-bench -- w6 --w6-backlogs 10k,100k,1M,5M
 //! ```
 //!
 //! Output (default `target/bench/`): `results.json`, `summary.md`, PNG plots of
@@ -57,7 +58,7 @@ struct Cli {
     /// Workloads to run.
     #[arg(value_enum, required = true)]
     workloads: Vec<Which>,
-    /// Small counts and short durations (under 2 minutes in all): checks that
+    /// Small counts and short durations (under 3 minutes in all): checks that
     /// the benchmark runs, as CI does; the figures mean little.
     #[arg(long)]
     quick: bool,
