@@ -53,6 +53,9 @@ pub(crate) enum BenchError {
     /// compare different work.
     #[error("baseline differs from ours: {0}")]
     BaselineDiffers(String),
+    /// A command-line option out of range for the workload.
+    #[error("option: {0}")]
+    Options(String),
     /// A task of the workload panicked or was cancelled.
     #[error("task: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -112,11 +112,7 @@ impl RelayProcess {
     pub(crate) async fn wait_ready(&mut self, pool: &PgPool) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(BenchError::Relay(format!(
-                    "the relay exited early ({status}); see its log"
-                )));
-            }
+            self.check_alive()?;
             let (held, all): (i64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE owner IS NOT NULL AND lease_expires_at > now()), count(*) \
                  FROM eventbus_outbox_partitions",
@@ -133,6 +129,16 @@ impl RelayProcess {
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Fails if the relay has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(BenchError::Relay(format!(
+                "the relay exited early ({status}); see its log"
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -32,7 +32,7 @@ pub(crate) struct Report {
 /// The outcome of one workload.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct WorkloadReport {
-    /// `W1` … `W5`.
+    /// `W1` … `W6`.
     pub(crate) id: &'static str,
     /// What it measures.
     pub(crate) title: String,
@@ -147,6 +147,18 @@ impl Row {
             Some(name) => format!("{} {} ({name})", opt(self.ours), self.unit),
             None => format!("{} {}", opt(self.ours), self.unit),
         }
+    }
+
+    /// Names the metric (the constructors' default is generic).
+    pub(crate) fn with_metric(mut self, metric: impl Into<String>) -> Self {
+        self.metric = metric.into();
+        self
+    }
+
+    /// Sets the unit of `ours` and `baseline` (a throughput in MB/s).
+    pub(crate) fn with_unit(mut self, unit: impl Into<String>) -> Self {
+        self.unit = unit.into();
+        self
     }
 
     /// Overrides the target (text and verdict).

@@ -1,4 +1,4 @@
-//! The five workloads and what they share: options, the run context,
+//! The six workloads and what they share: options, the run context,
 //! brokers, filling an outbox, an in-process relay, a paced writer, waiting.
 //!
 //! | module | measures |
@@ -8,12 +8,14 @@
 //! | `w3_latency` | steady-state commit→ack and commit→handler latency, NOTIFY vs polling, vs a dual write |
 //! | `w4_consumer` | the effectively-once consumer vs the same consumer without an inbox |
 //! | `w5_peer` | the published peer `outbox-core` + `outbox-postgres` + `outbox-kafka` on W2 and W3 |
+//! | `w6_cost` | the relay's cost curve: claim time and drain rate against backlog, relay processes and payload size |
 
 pub(crate) mod w1_write;
 pub(crate) mod w2_drain;
 pub(crate) mod w3_latency;
 pub(crate) mod w4_consumer;
 pub(crate) mod w5_peer;
+pub(crate) mod w6_cost;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -63,6 +65,27 @@ pub(crate) struct Options {
     pub(crate) brokers: Vec<Broker>,
     /// Brokers for W3.
     pub(crate) w3_brokers: Vec<Broker>,
+    /// W6: sizes and counts of the cost curve.
+    pub(crate) w6: W6Options,
+}
+
+/// Sizes and counts of W6, the cost curve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct W6Options {
+    /// Backlog sizes (pending rows) of the first curve.
+    pub(crate) backlogs: Vec<usize>,
+    /// Timed claims per backlog size.
+    pub(crate) claims: usize,
+    /// Rows the relay drains from each backlog (at most the backlog).
+    pub(crate) drain_rows: usize,
+    /// Numbers of relay processes of the second curve.
+    pub(crate) relays: Vec<usize>,
+    /// The backlog they drain together.
+    pub(crate) relay_backlog: usize,
+    /// Payload sizes in bytes of the third curve.
+    pub(crate) payloads: Vec<usize>,
+    /// Rows drained per payload size.
+    pub(crate) payload_rows: usize,
 }
 
 /// What every workload gets.
