@@ -165,18 +165,8 @@ impl Lane {
         let mut batch = Vec::with_capacity(registration.max.min(64));
         batch.push(first);
         while batch.len() < registration.max {
-            let next = match self.pending.pop_front() {
-                Some(queued) => queued,
-                None => match self.rx.try_recv() {
-                    Ok(queued) => queued,
-                    Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) => {
-                        match self.linger(shared, shared.batch_linger, deadline).await {
-                            Some(queued) => queued,
-                            None => break,
-                        }
-                    }
-                },
+            let Some(next) = self.following(shared, shared.batch_linger, deadline).await else {
+                break;
             };
             let same_type = matches!(&next.0.envelope, Ok(e) if e.event_type == event_type)
                 && batch_handler(shared, &next.0).is_some();
@@ -196,15 +186,24 @@ impl Lane {
         Some(Work::Batch(registration, batch))
     }
 
-    /// Waits for the next message until `deadline` (`window` after the
-    /// first; zero waits not at all); `None` if none came, the
-    /// lane closed, or the consumer is stopping.
-    pub(super) async fn linger<DB: sqlx::Database>(
+    /// The next message for a batch or group that has begun: one queued
+    /// already, or one arriving before `deadline` (`window` after the first;
+    /// zero waits not at all); `None` if none came, the lane closed, or the
+    /// consumer is stopping.
+    pub(super) async fn following<DB: sqlx::Database>(
         &mut self,
         shared: &Shared<DB>,
         window: std::time::Duration,
         deadline: tokio::time::Instant,
     ) -> Option<Queued> {
+        if let Some(queued) = self.pending.pop_front() {
+            return Some(queued);
+        }
+        match self.rx.try_recv() {
+            Ok(queued) => return Some(queued),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
         if window.is_zero() {
             return None;
         }

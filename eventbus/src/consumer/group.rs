@@ -13,8 +13,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::TryRecvError;
-
 use super::batch::{Lane, Work};
 use super::given_back::GivenBack;
 use super::handler::Failure;
@@ -72,18 +70,8 @@ impl Lane {
         let deadline = tokio::time::Instant::now() + bounds.window;
         let mut group = vec![first];
         while group.len() < bounds.max {
-            let next = match self.pending.pop_front() {
-                Some(queued) => queued,
-                None => match self.rx.try_recv() {
-                    Ok(queued) => queued,
-                    Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) => {
-                        match self.linger(shared, bounds.window, deadline).await {
-                            Some(queued) => queued,
-                            None => break,
-                        }
-                    }
-                },
+            let Some(next) = self.following(shared, bounds.window, deadline).await else {
+                break;
             };
             if !groupable(shared, &next.0) {
                 // It ends the group and is handled after it, in order.
