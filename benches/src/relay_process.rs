@@ -80,6 +80,7 @@ impl RelayProcess {
         broker: &str,
         prefix: &str,
         log: &Path,
+        extra: &[&str],
     ) -> Result<Self> {
         let port = try_free_port().map_err(|e| BenchError::io("127.0.0.1:0", e))?;
         let http = format!("127.0.0.1:{port}");
@@ -95,6 +96,7 @@ impl RelayProcess {
                 "--name",
                 "bench",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out)

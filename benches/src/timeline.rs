@@ -202,8 +202,9 @@ impl RelayStore for PollingOnly {
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> eventbus::Result<Vec<OutboxRecord>> {
-        self.0.claim(relay, partitions, limits).await
+        self.0.claim(relay, partitions, limits, skip).await
     }
     async fn acknowledge(
         &self,

@@ -72,9 +72,14 @@ pub(crate) struct RunArgs {
     pub(crate) batch_size: Option<u32>,
 
     /// Payload bytes per batch, measured in the database before loading
-    /// (at least one row per batch) [default: 16777216].
+    /// (at least one row per batch) [default: 4194304].
     #[arg(long, env = "EVENTBUS_CLAIM_BYTES")]
     pub(crate) claim_bytes: Option<usize>,
+
+    /// Claim the next batch while one is sent, and acknowledge sent rows in
+    /// the background: `true` or `false` [default: true].
+    #[arg(long, env = "EVENTBUS_PIPELINE")]
+    pub(crate) pipeline: Option<bool>,
 
     /// Fallback poll interval: `200ms`, `1s`; a bare number is milliseconds [default: 1s].
     #[arg(long, visible_alias = "poll-interval", env = "EVENTBUS_POLL_INTERVAL_MS", value_parser = duration::millis)]
@@ -163,6 +168,7 @@ pub(crate) struct FileConfig {
     pub(crate) name: Option<String>,
     pub(crate) batch_size: Option<u32>,
     pub(crate) claim_bytes: Option<usize>,
+    pub(crate) pipeline: Option<bool>,
     /// Durations: `"500ms"`, `"5s"`, `"2m"`, or a bare number in the unit
     /// of the key's old name; the key may also be written without that unit.
     #[serde(
@@ -455,6 +461,9 @@ pub(crate) fn resolve(common: &Common, run: &RunArgs, file: FileConfig) -> Resul
     }
     if let Some(v) = run.claim_bytes.or(file.claim_bytes) {
         relay.claim_bytes = v;
+    }
+    if let Some(v) = run.pipeline.or(file.pipeline) {
+        relay.pipeline = v;
     }
     if let Some(v) = run.poll_interval_ms.or(file.poll_interval_ms) {
         relay.poll_interval = v;

@@ -124,6 +124,7 @@ fn file_values_fill_what_flags_leave_open() {
         name: None,
         batch_size: Some(7),
         claim_bytes: None,
+        pipeline: Some(false),
         poll_interval_ms: None,
         lease_ttl_ms: None,
         max_attempts: None,
@@ -139,6 +140,7 @@ fn file_values_fill_what_flags_leave_open() {
     assert_eq!(r.database_url.expose(), "postgres://db");
     assert_eq!(r.relay.batch_size, 7, "flag beats file");
     assert_eq!(r.relay.claim_bytes, 4096, "from the file");
+    assert!(!r.relay.pipeline, "flag beats the default");
     assert_eq!(r.relay.broker_destination("orders"), "shop.orders");
     let properties = &r.broker.properties.0;
     assert!(properties.contains(&("linger.ms".into(), "5".into())));

@@ -24,6 +24,7 @@ pub struct FailsOnce {
     state: Mutex<State>,
     next_batch: Notify,
     resume: Semaphore,
+    slow_failing_batch: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +32,7 @@ struct State {
     failed: bool,
     gate_passed: bool,
     later_in_failing_batch: Vec<u64>,
+    next_batch: Vec<(String, u64)>,
 }
 
 impl FailsOnce {
@@ -44,7 +46,16 @@ impl FailsOnce {
             state: Mutex::new(State::default()),
             next_batch: Notify::new(),
             resume: Semaphore::new(0),
+            slow_failing_batch: Duration::ZERO,
         }
+    }
+
+    /// Reports the failing batch's results only after `delay`: a slow
+    /// broker, so that whatever the relay does meanwhile (claiming the next
+    /// batch) is done before it learns of the failure.
+    pub fn slow_failing_batch(mut self, delay: Duration) -> Self {
+        self.slow_failing_batch = delay;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -67,6 +78,11 @@ impl FailsOnce {
     /// The later events of the failing key sent in the failing batch.
     pub fn later_in_failing_batch(&self) -> Vec<u64> {
         self.state().later_in_failing_batch.clone()
+    }
+
+    /// (key, seq) of the events in the batch after the failing one.
+    pub fn next_batch(&self) -> Vec<(String, u64)> {
+        self.state().next_batch.clone()
     }
 
     /// (key, seq) of a message carrying a [`Step`].
@@ -98,6 +114,7 @@ impl FailsOnce {
                 }
                 _ if state.failed && !state.gate_passed => {
                     state.gate_passed = true;
+                    state.next_batch = steps.iter().flatten().cloned().collect();
                     (None, true)
                 }
                 _ => (None, false),
@@ -119,6 +136,7 @@ impl FailsOnce {
             .map(|(_, m)| m.clone())
             .collect();
         let mut sent = self.inner.publish_batch(&rest).await.into_iter();
+        tokio::time::sleep(self.slow_failing_batch).await;
         (0..messages.len())
             .map(|i| {
                 if i == failing {

@@ -15,6 +15,7 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 pub mod backend;
 pub mod consumer;
 pub mod failing_publisher;
+pub mod failing_store;
 pub mod harness;
 pub mod history;
 pub mod kafka;

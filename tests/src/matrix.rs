@@ -194,6 +194,26 @@ macro_rules! matrix {
             mt random_interleavings_keep_commit_order_per_key {
                 $crate::suites::commit_order::random_interleavings_keep_commit_order_per_key::<$crate::TestDb>(5).await;
             }
+            mt a_batch_claimed_ahead_holds_back_the_keys_left_pending {
+                let run = $crate::suites::pipeline::a_batch_claimed_ahead_holds_back_the_keys_left_pending::<$crate::TestDb>(::eventbus::relay::Defects::default()).await;
+                $crate::suites::pipeline::assert_held_back(<$crate::TestDb as $crate::backend::TestDatabase>::NAME, &run);
+            }
+            mt a_failed_acknowledgement_is_retried_not_resent {
+                let (failed, verdict) = $crate::suites::pipeline::a_failed_acknowledgement_is_retried_not_resent::<$crate::TestDb>(::eventbus::relay::Defects::default()).await;
+                $crate::suites::pipeline::assert_acknowledged_once(<$crate::TestDb as $crate::backend::TestDatabase>::NAME, &failed, &verdict);
+            }
+            /// Negative control: with the claimed-ahead rows of a pending key kept.
+            mt control_a_batch_claimed_ahead_sending_a_pending_key_is_caught {
+                let defects = ::eventbus::relay::Defects { keep_prefetched_rows_of_pending_keys: true, ..Default::default() };
+                let run = $crate::suites::pipeline::a_batch_claimed_ahead_holds_back_the_keys_left_pending::<$crate::TestDb>(defects).await;
+                $crate::suites::pipeline::assert_caught_ahead(<$crate::TestDb as $crate::backend::TestDatabase>::NAME, &run);
+            }
+            /// Negative control: with failed acknowledgements forgotten.
+            mt control_a_forgotten_acknowledgement_is_caught {
+                let defects = ::eventbus::relay::Defects { forget_failed_acknowledgements: true, ..Default::default() };
+                let (_, verdict) = $crate::suites::pipeline::a_failed_acknowledgement_is_retried_not_resent::<$crate::TestDb>(defects).await;
+                $crate::suites::pipeline::assert_caught_resent(<$crate::TestDb as $crate::backend::TestDatabase>::NAME, &verdict);
+            }
             mt a_rejection_reported_late_holds_back_the_rest_of_its_key {
                 let failure = ::eventbus::transport::PublishError::Rejected("nacked".into());
                 $crate::suites::commit_order::a_failure_reported_late_holds_back_the_rest_of_its_key::<$crate::TestDb>(failure).await;
@@ -287,6 +307,14 @@ macro_rules! matrix {
             mt random_interleavings_keep_commit_order_per_key {
                 $crate::suites::commit_order::random_interleavings_keep_commit_order_per_key::<$crate::mysql::TestMySql>(5).await;
             }
+            mt a_batch_claimed_ahead_holds_back_the_keys_left_pending {
+                let run = $crate::suites::pipeline::a_batch_claimed_ahead_holds_back_the_keys_left_pending::<$crate::mysql::TestMySql>(::eventbus::relay::Defects::default()).await;
+                $crate::suites::pipeline::assert_held_back(<$crate::mysql::TestMySql as $crate::backend::TestDatabase>::NAME, &run);
+            }
+            mt a_failed_acknowledgement_is_retried_not_resent {
+                let (failed, verdict) = $crate::suites::pipeline::a_failed_acknowledgement_is_retried_not_resent::<$crate::mysql::TestMySql>(::eventbus::relay::Defects::default()).await;
+                $crate::suites::pipeline::assert_acknowledged_once(<$crate::mysql::TestMySql as $crate::backend::TestDatabase>::NAME, &failed, &verdict);
+            }
         }
     };
     (relay_sqlite) => {
@@ -333,6 +361,14 @@ macro_rules! matrix {
             // concurrent writers: not SQLite's.
             mt random_interleavings_keep_commit_order_per_key {
                 $crate::suites::commit_order::random_interleavings_keep_commit_order_per_key::<$crate::sqlite::TestSqlite>(3).await;
+            }
+            mt a_batch_claimed_ahead_holds_back_the_keys_left_pending {
+                let run = $crate::suites::pipeline::a_batch_claimed_ahead_holds_back_the_keys_left_pending::<$crate::sqlite::TestSqlite>(::eventbus::relay::Defects::default()).await;
+                $crate::suites::pipeline::assert_held_back(<$crate::sqlite::TestSqlite as $crate::backend::TestDatabase>::NAME, &run);
+            }
+            mt a_failed_acknowledgement_is_retried_not_resent {
+                let (failed, verdict) = $crate::suites::pipeline::a_failed_acknowledgement_is_retried_not_resent::<$crate::sqlite::TestSqlite>(::eventbus::relay::Defects::default()).await;
+                $crate::suites::pipeline::assert_acknowledged_once(<$crate::sqlite::TestSqlite as $crate::backend::TestDatabase>::NAME, &failed, &verdict);
             }
         }
     };

@@ -66,77 +66,15 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             }
         }
 
-        // Ours: the relay process.
-        let db = BenchDb::migrated(
-            &ctx.services,
-            &ctx.run_id,
-            &format!("w2_{}", broker.name()),
-            4,
-        )
-        .await?;
-        let log = ctx.out.join(format!("relay-w2-{}.log", broker.name()));
-        let mut relay = RelayProcess::start(
-            &relay_bin,
-            &db.url,
-            &broker.relay_url(&ctx.services),
-            &prefix,
-            &log,
-        )
-        .await?;
-        relay.wait_ready(&db.pool).await?;
+        // Ours: the relay process, pipelined (the default), then one stage
+        // after the other (`--pipeline false`) on a fresh copy of the backlog.
+        let piped = drain(ctx, broker, &relay_bin, &prefix, n, true).await?;
+        let sequential = drain(ctx, broker, &relay_bin, &prefix, n, false).await?;
+        let ours = piped.rate;
+        let (cpu, rss, publishing, batches, left) =
+            (piped.cpu, piped.rss, piped.publishing, piped.batches, piped.left);
+        let drain_elapsed = piped.elapsed;
         let events = ticks(n);
-        let bar = ctx.progress.bar(
-            format!("W2 {} fill (one transaction)", broker.name()),
-            n as u64,
-        );
-        fill_outbox(&db.pool, &events, &bar).await?;
-        ctx.progress.done(&bar);
-        let cpu_before = relay.cpu_seconds()?;
-        let started = Instant::now();
-        let bar = ctx
-            .progress
-            .bar(format!("W2 {} relay drain", broker.name()), n as u64);
-        let finished = super::wait_for(
-            "relay drain",
-            n as u64,
-            drain_timeout(n),
-            Duration::from_millis(50),
-            Some(&bar),
-            || relay.published_total(),
-        )
-        .await;
-        ctx.progress.done(&bar);
-        let finished = match finished {
-            Ok(at) => at,
-            Err(e) => {
-                let _ = relay.stop().await;
-                return Err(e);
-            }
-        };
-        let cpu = relay.cpu_seconds()? - cpu_before;
-        let rss = relay.peak_rss_bytes()?;
-        // Where the drain time went: waiting for the broker vs the rest
-        // (claiming, acknowledging in the database, building messages).
-        let publishing = relay
-            .metric("eventbus_relay_publish_latency_seconds_sum")
-            .await
-            .unwrap_or(f64::NAN);
-        let batches = relay
-            .metric("eventbus_relay_batches_total")
-            .await
-            .unwrap_or(f64::NAN);
-        relay.stop().await?;
-        let drain_elapsed = finished - started;
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM eventbus_outbox")
-            .fetch_one(&db.pool)
-            .await?;
-        drop(db);
-        let ours = rate(n as u64, drain_elapsed);
-        ctx.progress.log(format!(
-            "W2 {} relay: {ours:.0}/s, {cpu:.1} CPU s, peak RSS {:.1} MiB, {left} rows left",
-            broker.name(),
-            rss as f64 / 1_048_576.0
-        ));
 
         // (a) The raw producer, same messages, same durability.
         let msgs = messages(&events, &destination)?;
@@ -205,6 +143,20 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             None,
         ));
         report.rows.push(Row::throughput(
+            format!("{b}: sequential relay (--pipeline false) ÷ raw producer"),
+            sequential.rate,
+            "raw producer",
+            raw_rate,
+            None,
+        ));
+        report.rows.push(Row::throughput(
+            format!("{b}: pipelined ÷ sequential relay"),
+            ours,
+            "the same relay, --pipeline false",
+            sequential.rate,
+            None,
+        ));
+        report.rows.push(Row::throughput(
             format!("{b}: database-only loop alone"),
             ours,
             "claim + delete, no broker",
@@ -229,12 +181,16 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         ));
         report.notes.push(format!(
             "{}: the relay drained {n} events in {:.1} s in {batches:.0} batches; {:.1} s of it \
-             ({:.0}%) waiting for the broker's acknowledgements, the rest claiming and deleting rows \
-             and building messages, one batch after the other.",
+             ({:.0}%) waiting for the broker's acknowledgements (claims and deletes overlap the \
+             sends). Sequential (`--pipeline false`): {:.1} s, {:.1} s ({:.0}%) waiting for the \
+             broker, the rest claiming, deleting and building messages one batch after the other.",
             broker.name(),
             drain_elapsed.as_secs_f64(),
             publishing,
-            100.0 * publishing / drain_elapsed.as_secs_f64()
+            100.0 * publishing / drain_elapsed.as_secs_f64(),
+            sequential.elapsed.as_secs_f64(),
+            sequential.publishing,
+            100.0 * sequential.publishing / sequential.elapsed.as_secs_f64(),
         ));
         if left != 0 {
             report.notes.push(format!(
@@ -254,6 +210,113 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             .into(),
     );
     Ok(())
+}
+
+/// One relay drain of a fresh backlog of `n` events.
+struct Drained {
+    rate: f64,
+    elapsed: Duration,
+    cpu: f64,
+    rss: u64,
+    /// Seconds spent waiting for the broker's acknowledgements.
+    publishing: f64,
+    batches: f64,
+    /// Rows left in the outbox after the drain.
+    left: i64,
+}
+
+/// Starts the relay process (`pipeline` on or off) on a fresh database,
+/// writes `n` events in one transaction and times the drain from the commit.
+async fn drain(
+    ctx: &Ctx,
+    broker: Broker,
+    relay_bin: &std::path::Path,
+    prefix: &str,
+    n: usize,
+    pipeline: bool,
+) -> Result<Drained> {
+    let side = if pipeline { "pipelined" } else { "sequential" };
+    let db = BenchDb::migrated(
+        &ctx.services,
+        &ctx.run_id,
+        &format!("w2_{}_{side}", broker.name()),
+        4,
+    )
+    .await?;
+    let log = ctx.out.join(format!("relay-w2-{}-{side}.log", broker.name()));
+    let flag = if pipeline { "true" } else { "false" };
+    let mut relay = RelayProcess::start(
+        relay_bin,
+        &db.url,
+        &broker.relay_url(&ctx.services),
+        prefix,
+        &log,
+        &["--pipeline", flag],
+    )
+    .await?;
+    relay.wait_ready(&db.pool).await?;
+    let events = ticks(n);
+    let bar = ctx.progress.bar(
+        format!("W2 {} fill (one transaction)", broker.name()),
+        n as u64,
+    );
+    fill_outbox(&db.pool, &events, &bar).await?;
+    drop(events);
+    ctx.progress.done(&bar);
+    let cpu_before = relay.cpu_seconds()?;
+    let started = Instant::now();
+    let bar = ctx
+        .progress
+        .bar(format!("W2 {} relay drain ({side})", broker.name()), n as u64);
+    let finished = super::wait_for(
+        "relay drain",
+        n as u64,
+        drain_timeout(n),
+        Duration::from_millis(50),
+        Some(&bar),
+        || relay.published_total(),
+    )
+    .await;
+    ctx.progress.done(&bar);
+    let finished = match finished {
+        Ok(at) => at,
+        Err(e) => {
+            let _ = relay.stop().await;
+            return Err(e);
+        }
+    };
+    let cpu = relay.cpu_seconds()? - cpu_before;
+    let rss = relay.peak_rss_bytes()?;
+    // Where the drain time went: waiting for the broker vs the rest
+    // (claiming, acknowledging in the database, building messages).
+    let publishing = relay
+        .metric("eventbus_relay_publish_latency_seconds_sum")
+        .await
+        .unwrap_or(f64::NAN);
+    let batches = relay
+        .metric("eventbus_relay_batches_total")
+        .await
+        .unwrap_or(f64::NAN);
+    relay.stop().await?;
+    let elapsed = finished - started;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM eventbus_outbox")
+        .fetch_one(&db.pool)
+        .await?;
+    let rate = rate(n as u64, elapsed);
+    ctx.progress.log(format!(
+        "W2 {} relay ({side}): {rate:.0}/s, {cpu:.1} CPU s, peak RSS {:.1} MiB, {left} rows left",
+        broker.name(),
+        rss as f64 / 1_048_576.0
+    ));
+    Ok(Drained {
+        rate,
+        elapsed,
+        cpu,
+        rss,
+        publishing,
+        batches,
+        left,
+    })
 }
 
 /// Baseline (b): claim and delete the backlog with plain SQL, no broker.

@@ -76,6 +76,30 @@ pub struct RelayConfig {
     pub allowed_destinations: Option<BTreeSet<String>>,
     /// How often backlog statistics are refreshed.
     pub stats_interval: Duration,
+    /// Pipeline the relay (default `true`): while a full batch is sent, the
+    /// next one is claimed, and a sent batch's rows are deleted (or marked)
+    /// in the background while the next is sent. Per-key order, fencing and
+    /// at-least-once hold either way (ADR 14); off, the relay claims, sends
+    /// and acknowledges one batch after the other, with one database
+    /// connection busy at a time.
+    pub pipeline: bool,
+    /// Deliberate defects, for the project's negative controls only: tests
+    /// switch one on to see their check fail. Leave at the default.
+    #[doc(hidden)]
+    pub defects: Defects,
+}
+
+/// Deliberate defects of the relay, each breaking one promise, so that a
+/// test can show its check catches it. All off by default.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Defects {
+    /// Send a claimed-ahead batch's rows even when an earlier row of their
+    /// key from the batch before stayed pending.
+    pub keep_prefetched_rows_of_pending_keys: bool,
+    /// Give up a failed background acknowledgement at once, so its rows are
+    /// claimed and sent again while this relay holds their lease.
+    pub forget_failed_acknowledgements: bool,
 }
 
 impl Default for RelayConfig {
@@ -102,6 +126,8 @@ impl Default for RelayConfig {
             create_destinations: true,
             allowed_destinations: None,
             stats_interval: Duration::from_secs(2),
+            pipeline: true,
+            defects: Defects::default(),
         }
     }
 }
@@ -183,8 +209,10 @@ impl RelayConfig {
     }
 }
 
-/// Payload bytes claimed per batch unless configured: 16 MiB.
-pub(crate) const DEFAULT_CLAIM_BYTES: usize = 16 * 1024 * 1024;
+/// Payload bytes claimed per batch unless configured: 4 MiB. The pipelined
+/// relay holds up to two batches (one sent, one claimed ahead), and 4 MiB
+/// is still thousands of the usual small events per batch.
+pub(crate) const DEFAULT_CLAIM_BYTES: usize = 4 * 1024 * 1024;
 
 fn default_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());

@@ -9,7 +9,9 @@
 //! `max_attempts`), on a broker-wide outage pause with backoff without counting
 //! attempts. Every row write is fenced on the partition lease.
 
+mod acks;
 mod admin;
+mod batch;
 mod config;
 mod key_gate;
 mod membership;
@@ -20,17 +22,16 @@ mod store;
 mod telemetry;
 mod wakeup;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::outbox::OutboxRecord;
-use crate::transport::{OutgoingMessage, PublishError, Publisher};
+use crate::transport::{PublishError, Publisher};
 
 #[cfg(feature = "mysql")]
 #[doc(inline)]
@@ -42,8 +43,12 @@ pub use crate::backend::postgres::PgRelayStore;
 #[doc(inline)]
 pub use crate::backend::sqlite::SqliteRelayStore;
 use crate::backoff::exponential;
+use acks::Acknowledger;
 pub use admin::{AdminStore, FailedRow, OutboxAdmin, Status};
+#[doc(hidden)]
+pub use config::Defects;
 pub use config::{RelayConfig, Retention};
+use batch::{BatchOutcome, Claimed};
 pub(crate) use key_gate::KeyGate;
 use membership::Membership;
 pub use metrics::{RelayMetrics, Snapshot};
@@ -219,6 +224,13 @@ impl Relay {
 
     /// The claim → publish → acknowledge loop; ends on a stop request or a
     /// fatal broker error.
+    ///
+    /// Pipelined (ADR 14): while a full batch is sent, the next one is
+    /// claimed, passing over the rows in flight; once the sent batch's
+    /// outcome is known, the claimed-ahead rows of every key with a row left
+    /// pending are dropped (they stay pending, behind it), and the sent rows
+    /// are acknowledged in the background while the next batch goes out.
+    /// Sends never overlap.
     async fn work(
         &self,
         membership: Arc<Membership>,
@@ -228,64 +240,97 @@ impl Relay {
     ) -> std::result::Result<(), PublishError> {
         let mut known_destinations: HashSet<String> = HashSet::new();
         let mut outage_step = 0u32;
-        loop {
-            // Hand back partitions a rebalance gave to others, between batches so
-            // no batch of theirs is in flight.
+        let mut acks = Acknowledger::new(
+            self.id,
+            Arc::clone(&self.store),
+            Arc::clone(&membership),
+            Arc::clone(&self.config),
+        );
+        let mut ahead: Option<Claimed> = None;
+        let outcome = loop {
+            // Hand back partitions a rebalance gave to others with nothing of
+            // theirs in flight: the claimed-ahead rows stay pending, and the
+            // acknowledgement finishes first.
             let to_release = membership.to_release();
             if !to_release.is_empty() {
+                ahead = None;
+                acks.drain().await;
                 match self.store.release(self.id, &to_release).await {
                     Ok(()) => membership.released(&to_release),
                     Err(e) => tracing::warn!(error = %e, "releasing partitions failed"),
                 }
             }
-            let owned = membership.usable();
-            let mut full_batch = false;
-            let mut found_rows = false;
-            if !owned.is_empty() {
-                match self.store.claim(self.id, &owned, self.claim_limits()).await {
-                    Ok(rows) => {
-                        full_batch = rows.len() as u64 >= u64::from(self.config.batch_size)
-                            || self.cut_by_bytes(&rows);
-                        found_rows = !rows.is_empty();
-                        if !rows.is_empty() {
-                            match self
-                                .relay_batch(rows, &membership, &mut known_destinations)
-                                .await
-                            {
-                                BatchOutcome::Done => outage_step = 0,
-                                BatchOutcome::BrokerDown => {
-                                    let pause = exponential(
-                                        self.config.outage_initial,
-                                        self.config.outage_max,
-                                        outage_step,
-                                    );
-                                    outage_step = outage_step.saturating_add(1);
-                                    tracing::info!(?pause, "pausing until the broker is back");
-                                    if sleep_or_stop(pause, &stop).await {
-                                        return Ok(());
-                                    }
-                                    continue;
-                                }
-                                BatchOutcome::Fatal(e) => {
-                                    tracing::error!(error = %e, "fatal broker error; the relay stops");
-                                    return Err(e);
-                                }
-                            }
-                        }
-                    }
+            let batch = match ahead.take() {
+                Some(batch) => batch,
+                None => match self.claim(&membership, acks.in_flight()).await {
+                    Ok(batch) => batch,
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
                         if sleep_or_stop(self.config.poll_interval, &stop).await {
-                            return Ok(());
+                            break Ok(());
                         }
                         continue;
                     }
+                },
+            };
+            let found_rows = !batch.rows.is_empty();
+            if found_rows {
+                // More may be waiting: claim it while this batch is sent.
+                let claim_ahead = (batch.more && self.config.pipeline).then(|| {
+                    let mut skip = batch.ids();
+                    skip.extend_from_slice(acks.in_flight());
+                    skip
+                });
+                let (sent, next) = tokio::join!(
+                    self.relay_batch(&batch, &membership, &mut known_destinations),
+                    async {
+                        match claim_ahead {
+                            Some(skip) => Some(self.claim(&membership, &skip).await),
+                            None => None,
+                        }
+                    }
+                );
+                let outcome = sent.outcome;
+                let held = batch.left_pending(&sent.acked);
+                acks.start(sent.acked).await;
+                if !self.config.pipeline {
+                    acks.drain().await;
+                }
+                match outcome {
+                    BatchOutcome::Done => {
+                        outage_step = 0;
+                        ahead = match next {
+                            Some(Ok(next)) => Some(self.behind(next, &held)),
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "claiming outbox rows ahead failed");
+                                None
+                            }
+                            None => None,
+                        };
+                    }
+                    BatchOutcome::BrokerDown => {
+                        let pause = exponential(
+                            self.config.outage_initial,
+                            self.config.outage_max,
+                            outage_step,
+                        );
+                        outage_step = outage_step.saturating_add(1);
+                        tracing::info!(?pause, "pausing until the broker is back");
+                        if sleep_or_stop(pause, &stop).await {
+                            break Ok(());
+                        }
+                        continue;
+                    }
+                    BatchOutcome::Fatal(e) => {
+                        tracing::error!(error = %e, "fatal broker error; the relay stops");
+                        break Err(e);
+                    }
                 }
             }
-            if full_batch {
+            if batch.more {
                 // More is waiting: go again, unless asked to stop.
                 if stop_requested(&stop) {
-                    return Ok(());
+                    break Ok(());
                 }
                 continue;
             }
@@ -305,262 +350,13 @@ impl Relay {
                 // competing with the writers.
                 () = written.notified(), if !found_rows => {}
                 () = tokio::time::sleep(next_look) => {}
-                () = stop.notified() => return Ok(()),
-            }
-        }
-    }
-
-    /// Publishes one claimed batch and records the outcome of every row.
-    async fn relay_batch(
-        &self,
-        rows: Vec<OutboxRecord>,
-        membership: &Membership,
-        known_destinations: &mut HashSet<String>,
-    ) -> BatchOutcome {
-        // The tenure the rows were claimed in: every write about them is
-        // fenced on it, and the send must finish while it is trusted.
-        let partitions: Vec<i32> = rows
-            .iter()
-            .map(|r| r.partition)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let leases = membership.leases(&partitions);
-        let mut rejections: Vec<Rejection> = Vec::new();
-        // Once a row of a key is refused here, no later row of that key is
-        // sent in this batch: they wait behind it, in order.
-        let mut refused = KeyGate::default();
-        let mut sendable: Vec<(&OutboxRecord, OutgoingMessage)> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if refused.is_stopped(row) {
-                continue;
-            }
-            match self.prepare(row) {
-                Ok(message) => sendable.push((row, message)),
-                Err(reason) => {
-                    refused.stop(row);
-                    rejections.push(self.rejection(row, reason.error, reason.permanent));
-                }
-            }
-        }
-
-        if self.config.create_destinations {
-            for (_, m) in &sendable {
-                if known_destinations.contains(&m.destination) {
-                    continue;
-                }
-                match self.publisher.ensure_destination(&m.destination).await {
-                    Ok(()) => {
-                        known_destinations.insert(m.destination.clone());
-                    }
-                    Err(PublishError::Unavailable(e)) => {
-                        tracing::warn!(destination = %m.destination, error = %e, "broker unavailable");
-                        self.broker_state(false);
-                        return BatchOutcome::BrokerDown;
-                    }
-                    Err(e) if e.is_fatal() => return BatchOutcome::Fatal(e),
-                    // A destination that cannot be created fails its messages below.
-                    Err(e) => {
-                        tracing::warn!(destination = %m.destination, error = %e, "cannot create destination")
-                    }
-                }
-            }
-        }
-
-        // Fencing: publish only while every lease of the batch is still ours,
-        // in the tenure the rows were claimed in.
-        if leases.len() != partitions.len()
-            || membership
-                .trusted_until(&leases)
-                .is_none_or(|until| until <= Instant::now())
-        {
-            tracing::info!("lease expired before publishing; dropping the batch");
-            return BatchOutcome::Done;
-        }
-        // One `send` span per row; the message carries its trace context.
-        let system = self.publisher.system();
-        let spans: Vec<_> = sendable
-            .iter_mut()
-            .map(|(row, message)| telemetry::start_send(system, row, message))
-            .collect();
-        // Moved, not cloned: a copy of every message was a tenth of the relay's CPU.
-        let (sent_rows, messages): (Vec<&OutboxRecord>, Vec<OutgoingMessage>) =
-            sendable.into_iter().unzip();
-        let started = Instant::now();
-        let results = if messages.is_empty() {
-            Vec::new()
-        } else {
-            // The send is bounded by the leases: if one lapses first (this
-            // process was paused, or cut off from the database while the
-            // broker is slow), another relay may already publish these keys,
-            // so nothing more of this batch may go out.
-            tokio::select! {
-                results = self.publisher.publish_batch(&messages) => results,
-                () = membership.lapse(&leases) => {
-                    self.publisher.abandon().await;
-                    self.metrics.lease_lapsed();
-                    tracing::warn!(
-                        rows = messages.len(),
-                        "lease lapsed while the batch was being sent; abandoned it, \
-                         its rows stay pending for the partitions' next owner"
-                    );
-                    return BatchOutcome::Done;
-                }
+                () = stop.notified() => break Ok(()),
             }
         };
-        let latency = started.elapsed();
-        let acknowledged_at = chrono::Utc::now();
-
-        let mut acked: Vec<i64> = Vec::with_capacity(results.len());
-        // Keys whose send failed, from that row on (sent rows are in id
-        // order). Rows refused before sending were never sent with their
-        // followers, so this starts afresh.
-        let mut failed = KeyGate::default();
-        let mut unavailable: Option<crate::transport::Cause> = None;
-        let mut fatal: Option<PublishError> = None;
-        for ((row, result), span) in sent_rows.into_iter().zip(results).zip(spans) {
-            if let Some(waited) = telemetry::finish_send(span, row, &result, acknowledged_at) {
-                self.metrics.outbox_wait(waited);
-            }
-            // An earlier row of this key failed. This one may have reached
-            // the broker anyway (sends are pipelined), but it stays pending and
-            // goes again after that row: acknowledging it now would let the
-            // earlier row follow it for good.
-            if failed.is_stopped(row) {
-                continue;
-            }
-            match result {
-                Ok(delivered) => {
-                    if delivered.unroutable {
-                        let destination = self.config.broker_destination(&row.destination);
-                        tracing::info!(id = row.id, event_type = %row.event_type, %destination, "no queue is bound for the event; dropped (unroutable policy `drop`)");
-                        self.metrics.unroutable(&destination);
-                    }
-                    acked.push(row.id);
-                }
-                Err(PublishError::Unavailable(e)) => {
-                    tracing::debug!(id = row.id, error = %e, "broker unavailable");
-                    failed.stop(row);
-                    unavailable.get_or_insert(e);
-                }
-                // Stays pending, behind its key's rejected row; no attempt used.
-                Err(PublishError::NotSent(_)) => failed.stop(row),
-                // Stays pending; the relay stops once the batch is recorded.
-                Err(e) if e.is_fatal() => {
-                    failed.stop(row);
-                    fatal.get_or_insert(e);
-                }
-                Err(e) => {
-                    failed.stop(row);
-                    rejections.push(self.rejection(row, e.to_string(), false));
-                }
-            }
-        }
-        if !messages.is_empty() {
-            self.metrics.batch(latency, messages.len());
-        }
-        self.metrics.published(acked.len() as u64);
-        self.metrics.rejected(rejections.len() as u64);
-        self.metrics
-            .parked(rejections.iter().filter(|r| r.park).count() as u64);
-
-        if !acked.is_empty() {
-            if let Err(e) = self
-                .store
-                .acknowledge(self.id, &leases, &acked, self.config.retention)
-                .await
-            {
-                // The events reached the broker; they will be sent again, and the
-                // consumers' inbox absorbs the duplicates.
-                tracing::warn!(error = %e, rows = acked.len(), "acknowledging published rows failed");
-            }
-        }
-        if !rejections.is_empty() {
-            for r in &rejections {
-                let trace_id = rows
-                    .iter()
-                    .find(|row| row.id == r.id)
-                    .and_then(telemetry::trace_id);
-                tracing::warn!(id = r.id, trace_id = trace_id.as_deref(), parked = r.park, error = %r.error, "event rejected");
-            }
-            if let Err(e) = self.store.reject(self.id, &leases, &rejections).await {
-                tracing::warn!(error = %e, "recording rejected rows failed");
-            }
-        }
-        self.broker_state(unavailable.is_none() && fatal.is_none());
-        if let Some(e) = fatal {
-            BatchOutcome::Fatal(e)
-        } else if let Some(reason) = unavailable {
-            tracing::warn!(%reason, "broker unavailable");
-            self.metrics.outage();
-            BatchOutcome::BrokerDown
-        } else {
-            BatchOutcome::Done
-        }
-    }
-
-    /// Checks a row and builds its message; a row that can never be sent is
-    /// refused here without bothering the broker.
-    fn prepare(&self, row: &OutboxRecord) -> std::result::Result<OutgoingMessage, Refusal> {
-        // Before anything reaches the broker, or creates a destination there.
-        if let Err(error) = self.config.check_destination(&row.destination) {
-            return Err(Refusal {
-                error,
-                permanent: true,
-            });
-        }
-        if row.payload.len() > self.config.max_message_bytes {
-            return Err(Refusal {
-                error: format!(
-                    "event is {} bytes, more than max_message_bytes = {}",
-                    row.payload.len(),
-                    self.config.max_message_bytes
-                ),
-                permanent: false,
-            });
-        }
-        let envelope = row
-            .to_envelope(&self.config.default_source)
-            .map_err(|e| Refusal {
-                error: format!("cannot build CloudEvent: {e}"),
-                permanent: true,
-            })?;
-        Ok(OutgoingMessage {
-            destination: self.config.broker_destination(&row.destination),
-            envelope,
-        })
-    }
-
-    /// The claim's limits from the configuration.
-    fn claim_limits(&self) -> ClaimLimits {
-        ClaimLimits {
-            rows: self.config.batch_size,
-            bytes: self.config.claim_bytes as u64,
-            max_message_bytes: self.config.max_message_bytes as u64,
-        }
-    }
-
-    /// Whether the byte budget may have ended this claim early: then more
-    /// rows may be waiting, as after a full batch.
-    fn cut_by_bytes(&self, rows: &[OutboxRecord]) -> bool {
-        let loaded: usize = rows.iter().map(|r| r.payload.len()).sum();
-        // A row left out did not fit: it is at most `max_message_bytes`.
-        loaded.saturating_add(self.config.max_message_bytes) > self.config.claim_bytes
-    }
-
-    fn rejection(&self, row: &OutboxRecord, error: String, permanent: bool) -> Rejection {
-        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
-        Rejection {
-            id: row.id,
-            park: permanent || attempts >= self.config.max_attempts,
-            retry_in: self.config.retry_delay(attempts),
-            error,
-        }
-    }
-
-    fn broker_state(&self, available: bool) {
-        self.metrics
-            .update_snapshot(|s| s.broker_available = available);
+        // Nothing is left half done: the last acknowledgement finishes
+        // before the partitions are released.
+        acks.drain().await;
+        outcome
     }
 }
 
@@ -593,20 +389,6 @@ async fn watch_backlog(
         let took = started.elapsed();
         tokio::time::sleep(config.stats_interval.max(took * 10)).await;
     }
-}
-
-/// Why [`Relay::prepare`] refused a row.
-struct Refusal {
-    error: String,
-    /// Retrying cannot help (park at once).
-    permanent: bool,
-}
-
-enum BatchOutcome {
-    Done,
-    BrokerDown,
-    /// The publisher cannot go on: the relay stops with this error.
-    Fatal(PublishError),
 }
 
 /// Sleeps for `d`; `true` if a stop was requested meanwhile.

@@ -184,11 +184,16 @@ pub trait RelayStore: Send + Sync + std::fmt::Debug + 'static {
     /// not behind a failed, retrying or not yet safe row of the same key. A
     /// row whose payload is over `limits.max_message_bytes` comes without it,
     /// marked with a [`defect`](OutboxRecord::defect) naming its size.
+    ///
+    /// Rows whose ids are in `skip` are passed over as if they were not
+    /// there (they do not count against `limits`): the relay's batches still
+    /// in flight or being acknowledged, claimed before and not yet deleted.
     async fn claim(
         &self,
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>>;
 
     /// Deletes or marks published the acknowledged rows; returns how many.

@@ -8,6 +8,7 @@ pub mod commit_order;
 pub mod consumer;
 pub mod inbox;
 pub mod outbox;
+pub mod pipeline;
 pub mod relay;
 pub mod saga;
 pub mod scheduled;

@@ -87,6 +87,7 @@ async fn claim_once<D: TestDatabase>(db: &D) -> Vec<OutboxRecord> {
             relay,
             &partitions,
             eventbus::relay::ClaimLimits::rows(100_000),
+            &[],
         )
         .await
         .expect("claim");

@@ -60,7 +60,7 @@ pub(crate) async fn time_claims(
     }
     let limits = default_limits();
     let timed = time_each(claims, bar, || async {
-        let claimed = store.claim(relay, &partitions, limits).await?;
+        let claimed = store.claim(relay, &partitions, limits, &[]).await?;
         if claimed.len() != expected {
             return Err(BenchError::Relay(format!(
                 "a claim returned {} rows, expected {expected}",

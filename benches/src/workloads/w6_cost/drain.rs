@@ -47,6 +47,7 @@ impl Setup<'_> {
                     &BROKER.relay_url(&self.ctx.services),
                     &self.prefix,
                     &log,
+                    &[],
                 )
                 .await?,
             );

@@ -89,10 +89,12 @@ fn statements(table: &TableName) -> RelaySql<Own> {
         // A row may be touched only in the partitions this relay holds
         // (`held`, read just before, bound as a list).
         let fence = "FIND_IN_SET(o.`partition`, ?)";
-        // Publishable rows of the listed partitions: due, and not behind a
-        // failed or retrying row of their key.
+        // Publishable rows of the listed partitions: due, not among the ids
+        // passed over (the relay's own batches in flight, a JSON array), and
+        // not behind a failed or retrying row of their key.
         let publishable = format!(
             "o.state = 'pending' AND FIND_IN_SET(o.`partition`, ?) \
+             AND o.id NOT IN (SELECT s.id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) s) \
              AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= {NOW}) \
              AND NOT EXISTS (SELECT 1 FROM {t} b WHERE b.blocks_key = 1 \
                  AND b.`partition` = o.`partition` AND b.partition_key = o.partition_key \
@@ -229,6 +231,7 @@ impl SqlRelay for MySqlRelayStore {
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>> {
         let mut tx = self.store.begin().await?;
         let held = self.held(&mut tx, relay).await?;
@@ -242,12 +245,14 @@ impl SqlRelay for MySqlRelayStore {
             return Ok(Vec::new());
         }
         let list = int_list(&partitions);
+        let skip = json_array(skip);
         // The locking read skips rows another session holds: uncommitted
         // inserts (a writer holds their partition's write lock, so nothing
         // older in that partition is left behind) and rows being changed by
         // someone else, e.g. a fenced-out relay's late acknowledgement.
         let rows = sqlx::query(composed(&self.store.sql.own.claim))
             .bind(&list)
+            .bind(&skip)
             .bind(i64::from(limits.rows))
             .fetch_all(&mut *tx)
             .await
@@ -264,6 +269,7 @@ impl SqlRelay for MySqlRelayStore {
         // waits for the next round rather than going out of order.
         let publishable: i64 = sqlx::query_scalar(composed(&self.store.sql.own.claimable_count))
             .bind(&list)
+            .bind(&skip)
             .bind(last)
             .fetch_one(&mut *tx)
             .await
@@ -272,6 +278,7 @@ impl SqlRelay for MySqlRelayStore {
             let claimable: Vec<(i64, i32, Vec<u8>)> =
                 sqlx::query_as(composed(&self.store.sql.own.claimable))
                     .bind(&list)
+                    .bind(&skip)
                     .bind(last)
                     .fetch_all(&mut *tx)
                     .await

@@ -68,6 +68,8 @@ fn statements(table: &TableName) -> RelaySql<Own> {
             // prints after each `,` and `:` (compact JSON, as the publisher
             // measured it; a `, ` inside a string loses its space too, so the
             // size errs low, and `prepare` still checks what is loaded).
+            //
+            // $6: ids of the relay's own batches in flight, passed over.
             claim: format!(
                 "SELECT w.id, w.event_id, w.source, w.destination, w.partition_key, w.partition, \
                         w.event_type, w.schema_version, w.subject, w.headers, \
@@ -86,6 +88,7 @@ fn statements(table: &TableName) -> RelaySql<Own> {
                        WHERE {p}.partition = ANY($1) AND {p}.owner = $2 \
                          AND {p}.lease_expires_at > now())) \
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+                   AND o.id <> ALL($6::int8[]) \
                    AND NOT EXISTS (SELECT 1 FROM {t} b \
                        WHERE b.partition = o.partition AND b.partition_key = o.partition_key \
                          AND b.id < o.id \
@@ -177,6 +180,7 @@ impl SqlRelay for PgRelayStore {
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>> {
         // The claim must walk the pending index in id order and stop after
         // `limit` rows. Without fresh statistics (a large backlog written
@@ -198,6 +202,7 @@ impl SqlRelay for PgRelayStore {
             .bind(i64::from(limits.rows))
             .bind(i64::try_from(limits.bytes).unwrap_or(i64::MAX))
             .bind(i64::try_from(limits.max_message_bytes).unwrap_or(i64::MAX))
+            .bind(skip)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.store.err(e))?;

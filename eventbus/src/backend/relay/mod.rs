@@ -88,6 +88,7 @@ pub(crate) trait SqlRelay: Send + Sync + Debug + 'static {
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>>;
 
     /// As [`RelayStore::acknowledge`].
@@ -255,11 +256,12 @@ where
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>> {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
-        SqlRelay::claim(self, relay, partitions, limits).await
+        SqlRelay::claim(self, relay, partitions, limits, skip).await
     }
 
     async fn acknowledge(

@@ -94,6 +94,7 @@ fn statements(table: &TableName) -> RelaySql<Own> {
                  FROM {t} o \
                  WHERE o.state = 'pending' AND o.\"partition\" IN {partitions} \
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= {NOW}) \
+                   AND o.id NOT IN {skip} \
                    AND NOT EXISTS (SELECT 1 FROM {t} b \
                        WHERE b.partition_key = o.partition_key \
                          AND b.\"partition\" = o.\"partition\" AND b.id < o.id \
@@ -101,6 +102,7 @@ fn statements(table: &TableName) -> RelaySql<Own> {
                    AND {fence} \
                  ORDER BY o.id LIMIT ?3",
                 partitions = list(1),
+                skip = list(4),
             ),
             payloads: format!(
                 "SELECT o.id, CAST(o.payload AS BLOB) AS payload FROM {t} o WHERE o.id IN {ids}",
@@ -176,6 +178,7 @@ impl SqlRelay for SqliteRelayStore {
         relay: Uuid,
         partitions: &[i32],
         limits: ClaimLimits,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>> {
         // One read transaction: the payloads come from the same snapshot.
         let mut tx = self.store.begin().await?;
@@ -183,6 +186,7 @@ impl SqlRelay for SqliteRelayStore {
             .bind(json_array(partitions))
             .bind(hyphenated(relay))
             .bind(i64::from(limits.rows))
+            .bind(json_array(skip))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.store.err(e))?;

@@ -6,7 +6,7 @@ use super::*;
 /// The (id, key, seq) of claimed rows, in claim order.
 async fn claim(store: &dyn RelayStore, relay: Uuid, partitions: &[i32]) -> Vec<(i64, String, u64)> {
     store
-        .claim(relay, partitions, ClaimLimits::rows(100))
+        .claim(relay, partitions, ClaimLimits::rows(100), &[])
         .await
         .expect("claim")
         .iter()
@@ -93,7 +93,7 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     assert_eq!(names(&rows), ["a0", "b0", "a1", "b1", "a2"], "id order");
     assert!(
         store
-            .claim(r2, &all, ClaimLimits::rows(100))
+            .claim(r2, &all, ClaimLimits::rows(100), &[])
             .await
             .expect("claim")
             .is_empty(),
@@ -198,7 +198,7 @@ pub async fn store_claims_in_order_behind_failures_and_fences_every_write<D: Tes
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let again = store
-        .claim(r1, &all, ClaimLimits::rows(100))
+        .claim(r1, &all, ClaimLimits::rows(100), &[])
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);

@@ -1,0 +1,368 @@
+//! One batch: [`Claimed`] rows with the tenure they were claimed in, checked
+//! and built into messages, sent while every lease is trusted, and each
+//! row's outcome recorded: rejections written at once, acknowledged rows
+//! handed back for the (background) acknowledgement.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Instant;
+
+use super::acks::Acked;
+use super::membership::Membership;
+use super::store::{ClaimLimits, Lease, Rejection};
+use super::{telemetry, KeyGate, Relay};
+use crate::outbox::OutboxRecord;
+use crate::transport::{OutgoingMessage, PublishError};
+
+/// Rows claimed in one statement, with the tenure they were claimed in:
+/// every write about them is fenced on it, and their send must finish while
+/// it is trusted.
+#[derive(Debug, Default)]
+pub(super) struct Claimed {
+    /// In id order.
+    pub(super) rows: Vec<OutboxRecord>,
+    /// The leases of the rows' partitions, as held right after the claim.
+    pub(super) leases: Vec<Lease>,
+    /// The claim may have left rows behind (a full batch, or cut by the byte
+    /// budget): claim again at once.
+    pub(super) more: bool,
+}
+
+impl Claimed {
+    /// The claimed ids.
+    pub(super) fn ids(&self) -> Vec<i64> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+
+    /// The keys with a row of this batch that was not acknowledged (`acked`):
+    /// refused, rejected, not sent, or the whole batch dropped. Their later
+    /// rows must wait behind it.
+    pub(super) fn left_pending(&self, acked: &Acked) -> KeyGate {
+        let acked: HashSet<i64> = acked.rows.iter().map(|(id, _)| *id).collect();
+        let mut held = KeyGate::default();
+        for row in self.rows.iter().filter(|r| !acked.contains(&r.id)) {
+            held.stop(row);
+        }
+        held
+    }
+}
+
+/// What became of a sent batch.
+pub(super) struct Sent {
+    pub(super) outcome: BatchOutcome,
+    /// The rows the broker acknowledged (in id order), for the database.
+    pub(super) acked: Acked,
+}
+
+impl Sent {
+    /// Nothing was sent (nor acknowledged).
+    fn nothing(outcome: BatchOutcome) -> Self {
+        Sent {
+            outcome,
+            acked: Acked::default(),
+        }
+    }
+}
+
+pub(super) enum BatchOutcome {
+    Done,
+    BrokerDown,
+    /// The publisher cannot go on: the relay stops with this error.
+    Fatal(PublishError),
+}
+
+impl Relay {
+    /// Claims rows of the partitions usable now, passing over `skip`.
+    pub(super) async fn claim(
+        &self,
+        membership: &Membership,
+        skip: &[i64],
+    ) -> crate::Result<Claimed> {
+        let owned = membership.usable();
+        if owned.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let rows = self
+            .store
+            .claim(self.id, &owned, self.claim_limits(), skip)
+            .await?;
+        let partitions: Vec<i32> = rows
+            .iter()
+            .map(|r| r.partition)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Ok(Claimed {
+            more: rows.len() as u64 >= u64::from(self.config.batch_size)
+                || self.cut_by_bytes(&rows),
+            leases: membership.leases(&partitions),
+            rows,
+        })
+    }
+
+    /// `next`, claimed while the batch before it was in flight, without the
+    /// rows of keys `held` there: they stay pending and go after the row
+    /// that held them, in a later claim.
+    pub(super) fn behind(&self, mut next: Claimed, held: &KeyGate) -> Claimed {
+        if !self.config.defects.keep_prefetched_rows_of_pending_keys {
+            next.rows.retain(|row| !held.is_stopped(row));
+        }
+        next
+    }
+
+    /// Publishes one claimed batch and records the outcome of every row:
+    /// rejections at once, acknowledged rows handed back.
+    pub(super) async fn relay_batch(
+        &self,
+        batch: &Claimed,
+        membership: &Membership,
+        known_destinations: &mut HashSet<String>,
+    ) -> Sent {
+        let rows = &batch.rows;
+        let leases = &batch.leases;
+        let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
+        let mut rejections: Vec<Rejection> = Vec::new();
+        // Once a row of a key is refused here, no later row of that key is
+        // sent in this batch: they wait behind it, in order.
+        let mut refused = KeyGate::default();
+        let mut sendable: Vec<(&OutboxRecord, OutgoingMessage)> = Vec::with_capacity(rows.len());
+        for row in rows {
+            if refused.is_stopped(row) {
+                continue;
+            }
+            match self.prepare(row) {
+                Ok(message) => sendable.push((row, message)),
+                Err(reason) => {
+                    refused.stop(row);
+                    rejections.push(self.rejection(row, reason.error, reason.permanent));
+                }
+            }
+        }
+
+        if self.config.create_destinations {
+            for (_, m) in &sendable {
+                if known_destinations.contains(&m.destination) {
+                    continue;
+                }
+                match self.publisher.ensure_destination(&m.destination).await {
+                    Ok(()) => {
+                        known_destinations.insert(m.destination.clone());
+                    }
+                    Err(PublishError::Unavailable(e)) => {
+                        tracing::warn!(destination = %m.destination, error = %e, "broker unavailable");
+                        self.broker_state(false);
+                        return Sent::nothing(BatchOutcome::BrokerDown);
+                    }
+                    Err(e) if e.is_fatal() => return Sent::nothing(BatchOutcome::Fatal(e)),
+                    // A destination that cannot be created fails its messages below.
+                    Err(e) => {
+                        tracing::warn!(destination = %m.destination, error = %e, "cannot create destination")
+                    }
+                }
+            }
+        }
+
+        // Fencing: publish only while every lease of the batch is still ours,
+        // in the tenure the rows were claimed in.
+        if leases.len() != partitions.len()
+            || membership
+                .trusted_until(leases)
+                .is_none_or(|until| until <= Instant::now())
+        {
+            tracing::info!("lease expired before publishing; dropping the batch");
+            return Sent::nothing(BatchOutcome::Done);
+        }
+        // One `send` span per row; the message carries its trace context.
+        let system = self.publisher.system();
+        let spans: Vec<_> = sendable
+            .iter_mut()
+            .map(|(row, message)| telemetry::start_send(system, row, message))
+            .collect();
+        // Moved, not cloned: a copy of every message was a tenth of the relay's CPU.
+        let (sent_rows, messages): (Vec<&OutboxRecord>, Vec<OutgoingMessage>) =
+            sendable.into_iter().unzip();
+        let started = Instant::now();
+        let results = if messages.is_empty() {
+            Vec::new()
+        } else {
+            // The send is bounded by the leases: if one lapses first (this
+            // process was paused, or cut off from the database while the
+            // broker is slow), another relay may already publish these keys,
+            // so nothing more of this batch may go out.
+            tokio::select! {
+                results = self.publisher.publish_batch(&messages) => results,
+                () = membership.lapse(leases) => {
+                    self.publisher.abandon().await;
+                    self.metrics.lease_lapsed();
+                    tracing::warn!(
+                        rows = messages.len(),
+                        "lease lapsed while the batch was being sent; abandoned it, \
+                         its rows stay pending for the partitions' next owner"
+                    );
+                    return Sent::nothing(BatchOutcome::Done);
+                }
+            }
+        };
+        let latency = started.elapsed();
+        let acknowledged_at = chrono::Utc::now();
+
+        let mut acked: Vec<(i64, i32)> = Vec::with_capacity(results.len());
+        // Keys whose send failed, from that row on (sent rows are in id
+        // order). Rows refused before sending were never sent with their
+        // followers, so this starts afresh.
+        let mut failed = KeyGate::default();
+        let mut unavailable: Option<crate::transport::Cause> = None;
+        let mut fatal: Option<PublishError> = None;
+        for ((row, result), span) in sent_rows.into_iter().zip(results).zip(spans) {
+            if let Some(waited) = telemetry::finish_send(span, row, &result, acknowledged_at) {
+                self.metrics.outbox_wait(waited);
+            }
+            // An earlier row of this key failed. This one may have reached
+            // the broker anyway (sends are pipelined), but it stays pending and
+            // goes again after that row: acknowledging it now would let the
+            // earlier row follow it for good.
+            if failed.is_stopped(row) {
+                continue;
+            }
+            match result {
+                Ok(delivered) => {
+                    if delivered.unroutable {
+                        let destination = self.config.broker_destination(&row.destination);
+                        tracing::info!(id = row.id, event_type = %row.event_type, %destination, "no queue is bound for the event; dropped (unroutable policy `drop`)");
+                        self.metrics.unroutable(&destination);
+                    }
+                    acked.push((row.id, row.partition));
+                }
+                Err(PublishError::Unavailable(e)) => {
+                    tracing::debug!(id = row.id, error = %e, "broker unavailable");
+                    failed.stop(row);
+                    unavailable.get_or_insert(e);
+                }
+                // Stays pending, behind its key's rejected row; no attempt used.
+                Err(PublishError::NotSent(_)) => failed.stop(row),
+                // Stays pending; the relay stops once the batch is recorded.
+                Err(e) if e.is_fatal() => {
+                    failed.stop(row);
+                    fatal.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.stop(row);
+                    rejections.push(self.rejection(row, e.to_string(), false));
+                }
+            }
+        }
+        if !messages.is_empty() {
+            self.metrics.batch(latency, messages.len());
+        }
+        self.metrics.published(acked.len() as u64);
+        self.metrics.rejected(rejections.len() as u64);
+        self.metrics
+            .parked(rejections.iter().filter(|r| r.park).count() as u64);
+
+        if !rejections.is_empty() {
+            for r in &rejections {
+                let trace_id = rows
+                    .iter()
+                    .find(|row| row.id == r.id)
+                    .and_then(telemetry::trace_id);
+                tracing::warn!(id = r.id, trace_id = trace_id.as_deref(), parked = r.park, error = %r.error, "event rejected");
+            }
+            // Written before the next batch is sent: the claims after it
+            // hold the rest of the key behind the rejected row.
+            if let Err(e) = self.store.reject(self.id, leases, &rejections).await {
+                tracing::warn!(error = %e, "recording rejected rows failed");
+            }
+        }
+        self.broker_state(unavailable.is_none() && fatal.is_none());
+        let outcome = if let Some(e) = fatal {
+            BatchOutcome::Fatal(e)
+        } else if let Some(reason) = unavailable {
+            tracing::warn!(%reason, "broker unavailable");
+            self.metrics.outage();
+            BatchOutcome::BrokerDown
+        } else {
+            BatchOutcome::Done
+        };
+        Sent {
+            outcome,
+            // The events reached the broker; if acknowledging them in the
+            // database fails for good, they are sent again and the
+            // consumers' inbox absorbs the duplicates.
+            acked: Acked {
+                rows: acked,
+                leases: leases.clone(),
+            },
+        }
+    }
+
+    /// Checks a row and builds its message; a row that can never be sent is
+    /// refused here without bothering the broker.
+    fn prepare(&self, row: &OutboxRecord) -> std::result::Result<OutgoingMessage, Refusal> {
+        // Before anything reaches the broker, or creates a destination there.
+        if let Err(error) = self.config.check_destination(&row.destination) {
+            return Err(Refusal {
+                error,
+                permanent: true,
+            });
+        }
+        if row.payload.len() > self.config.max_message_bytes {
+            return Err(Refusal {
+                error: format!(
+                    "event is {} bytes, more than max_message_bytes = {}",
+                    row.payload.len(),
+                    self.config.max_message_bytes
+                ),
+                permanent: false,
+            });
+        }
+        let envelope = row
+            .to_envelope(&self.config.default_source)
+            .map_err(|e| Refusal {
+                error: format!("cannot build CloudEvent: {e}"),
+                permanent: true,
+            })?;
+        Ok(OutgoingMessage {
+            destination: self.config.broker_destination(&row.destination),
+            envelope,
+        })
+    }
+
+    /// The claim's limits from the configuration.
+    fn claim_limits(&self) -> ClaimLimits {
+        ClaimLimits {
+            rows: self.config.batch_size,
+            bytes: self.config.claim_bytes as u64,
+            max_message_bytes: self.config.max_message_bytes as u64,
+        }
+    }
+
+    /// Whether the byte budget may have ended this claim early: then more
+    /// rows may be waiting, as after a full batch.
+    fn cut_by_bytes(&self, rows: &[OutboxRecord]) -> bool {
+        let loaded: usize = rows.iter().map(|r| r.payload.len()).sum();
+        // A row left out did not fit: it is at most `max_message_bytes`.
+        loaded.saturating_add(self.config.max_message_bytes) > self.config.claim_bytes
+    }
+
+    fn rejection(&self, row: &OutboxRecord, error: String, permanent: bool) -> Rejection {
+        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        Rejection {
+            id: row.id,
+            park: permanent || attempts >= self.config.max_attempts,
+            retry_in: self.config.retry_delay(attempts),
+            error,
+        }
+    }
+
+    fn broker_state(&self, available: bool) {
+        self.metrics
+            .update_snapshot(|s| s.broker_available = available);
+    }
+}
+
+/// Why [`Relay::prepare`] refused a row.
+struct Refusal {
+    error: String,
+    /// Retrying cannot help (park at once).
+    permanent: bool,
+}
+
