@@ -45,13 +45,23 @@ impl RelayStore for AckFailsOnce {
     async fn partitions(&self) -> eventbus::Result<Vec<i32>> {
         self.inner.partitions().await
     }
-    async fn heartbeat(&self, relay: Uuid, name: &str, dead: Duration) -> eventbus::Result<Vec<Uuid>> {
+    async fn heartbeat(
+        &self,
+        relay: Uuid,
+        name: &str,
+        dead: Duration,
+    ) -> eventbus::Result<Vec<Uuid>> {
         self.inner.heartbeat(relay, name, dead).await
     }
     async fn renew(&self, relay: Uuid, ps: &[i32], ttl: Duration) -> eventbus::Result<Vec<Lease>> {
         self.inner.renew(relay, ps, ttl).await
     }
-    async fn acquire(&self, relay: Uuid, ps: &[i32], ttl: Duration) -> eventbus::Result<Vec<Lease>> {
+    async fn acquire(
+        &self,
+        relay: Uuid,
+        ps: &[i32],
+        ttl: Duration,
+    ) -> eventbus::Result<Vec<Lease>> {
         self.inner.acquire(relay, ps, ttl).await
     }
     async fn release(&self, relay: Uuid, ps: &[i32]) -> eventbus::Result<()> {
@@ -97,7 +107,11 @@ impl RelayStore for AckFailsOnce {
     async fn expired_published(&self, keep: Duration) -> eventbus::Result<u64> {
         self.inner.expired_published(keep).await
     }
-    async fn release_due(&self, now: chrono::DateTime<chrono::Utc>, limit: u32) -> eventbus::Result<u64> {
+    async fn release_due(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> eventbus::Result<u64> {
         self.inner.release_due(now, limit).await
     }
     async fn scheduled(&self) -> eventbus::Result<ScheduledStats> {

@@ -40,7 +40,10 @@ async fn claim(
     partitions: &[i32],
     limits: ClaimLimits,
 ) -> Vec<OutboxRecord> {
-    store.claim(relay, partitions, limits, &[]).await.expect("claim")
+    store
+        .claim(relay, partitions, limits, &[])
+        .await
+        .expect("claim")
 }
 
 async fn claims_stop_at_the_byte_budget_and_withhold_oversized_payloads<D: TestDatabase>() {

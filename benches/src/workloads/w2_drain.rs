@@ -71,8 +71,13 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         let piped = drain(ctx, broker, &relay_bin, &prefix, n, true).await?;
         let sequential = drain(ctx, broker, &relay_bin, &prefix, n, false).await?;
         let ours = piped.rate;
-        let (cpu, rss, publishing, batches, left) =
-            (piped.cpu, piped.rss, piped.publishing, piped.batches, piped.left);
+        let (cpu, rss, publishing, batches, left) = (
+            piped.cpu,
+            piped.rss,
+            piped.publishing,
+            piped.batches,
+            piped.left,
+        );
         let drain_elapsed = piped.elapsed;
         let events = ticks(n);
 
@@ -243,7 +248,9 @@ async fn drain(
         4,
     )
     .await?;
-    let log = ctx.out.join(format!("relay-w2-{}-{side}.log", broker.name()));
+    let log = ctx
+        .out
+        .join(format!("relay-w2-{}-{side}.log", broker.name()));
     let flag = if pipeline { "true" } else { "false" };
     let mut relay = RelayProcess::start(
         relay_bin,
@@ -265,9 +272,10 @@ async fn drain(
     ctx.progress.done(&bar);
     let cpu_before = relay.cpu_seconds()?;
     let started = Instant::now();
-    let bar = ctx
-        .progress
-        .bar(format!("W2 {} relay drain ({side})", broker.name()), n as u64);
+    let bar = ctx.progress.bar(
+        format!("W2 {} relay drain ({side})", broker.name()),
+        n as u64,
+    );
     let finished = super::wait_for(
         "relay drain",
         n as u64,

@@ -365,4 +365,3 @@ struct Refusal {
     /// Retrying cannot help (park at once).
     permanent: bool,
 }
-

@@ -45,10 +45,10 @@ pub use crate::backend::sqlite::SqliteRelayStore;
 use crate::backoff::exponential;
 use acks::Acknowledger;
 pub use admin::{AdminStore, FailedRow, OutboxAdmin, Status};
+use batch::{BatchOutcome, Claimed};
 #[doc(hidden)]
 pub use config::Defects;
 pub use config::{RelayConfig, Retention};
-use batch::{BatchOutcome, Claimed};
 pub(crate) use key_gate::KeyGate;
 use membership::Membership;
 pub use metrics::{RelayMetrics, Snapshot};
@@ -281,15 +281,27 @@ impl Relay {
                     skip.extend_from_slice(acks.in_flight());
                     skip
                 });
-                let (sent, next) = tokio::join!(
-                    self.relay_batch(&batch, &membership, &mut known_destinations),
-                    async {
-                        match claim_ahead {
-                            Some(skip) => Some(self.claim(&membership, &skip).await),
-                            None => None,
-                        }
-                    }
-                );
+                // On a task of its own, so that decoding the claimed rows runs
+                // on another thread than building and sending this batch.
+                let claiming = claim_ahead.map(|skip| {
+                    let relay = self.clone();
+                    let membership = Arc::clone(&membership);
+                    AbortOnDrop(tokio::spawn(async move {
+                        relay.claim(&membership, &skip).await
+                    }))
+                });
+                let sent = self
+                    .relay_batch(&batch, &membership, &mut known_destinations)
+                    .await;
+                let next = match claiming {
+                    Some(mut task) => Some(match (&mut task.0).await {
+                        Ok(claimed) => claimed,
+                        Err(e) => Err(crate::Error::InvalidState(format!(
+                            "the claim ahead did not finish: {e}"
+                        ))),
+                    }),
+                    None => None,
+                };
                 let outcome = sent.outcome;
                 let held = batch.left_pending(&sent.acked);
                 acks.start(sent.acked).await;

@@ -518,6 +518,25 @@ async fn long_writer<D: Interleavings>(
 
 // ------------------------------------------------------------ late failure
 
+/// Commits `events` in one transaction; returns the history's committed half.
+pub(crate) async fn commit_at_once<D: TestDatabase>(db: &D, events: &[Step]) -> History {
+    let outbox = Outbox::new("urn:test:commit-order");
+    let mut tx = db.pool().begin().await.expect("begin");
+    let ids = outbox
+        .publish_all(&mut tx, events, &eventbus::Metadata::default())
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+    History {
+        committed: events
+            .iter()
+            .zip(&ids)
+            .map(|(s, id)| Event::new(s.key.clone(), s.seq, id.to_string()))
+            .collect(),
+        delivered: Vec::new(),
+    }
+}
+
 /// Issue 15, item 2. Key `k` has events 0..6 and key `other` 0..3, claimed
 /// in one batch; the broker reports `failure` for `k#2` (the first time
 /// only) while `k#3..` of the same batch are accepted. After that batch,
@@ -537,21 +556,7 @@ pub async fn a_failure_reported_late_holds_back_the_rest_of_its_key<D: TestDatab
         .map(|s| step("k", s))
         .chain((0..3).map(|s| step("other", s)))
         .collect();
-    let outbox = Outbox::new("urn:test:commit-order");
-    let mut tx = db.pool().begin().await.expect("begin");
-    let ids = outbox
-        .publish_all(&mut tx, &events, &eventbus::Metadata::default())
-        .await
-        .expect("publish");
-    tx.commit().await.expect("commit");
-    let mut history = History {
-        committed: events
-            .iter()
-            .zip(&ids)
-            .map(|(s, id)| Event::new(s.key.clone(), s.seq, id.to_string()))
-            .collect(),
-        delivered: Vec::new(),
-    };
+    let mut history = commit_at_once(&db, &events).await;
 
     let relay = relay_on(
         &db,

@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use eventbus::relay::{Defects, RelayConfig};
 use eventbus::transport::PublishError;
-use eventbus::Outbox;
 
 use crate::backend::TestDatabase;
 use crate::failing_publisher::FailsOnce;
 use crate::failing_store::AckFailsOnce;
-use crate::history::{check, Event, History, Verdict};
+use crate::history::{check, Verdict};
 use crate::relay::{spawn_relay_on, test_config, Step};
-use crate::suites::commit_order::{rabbit, read_until_quiet, step};
+use crate::suites::commit_order::{commit_at_once, rabbit, read_until_quiet, step};
 use crate::suites::relay::wait_drained;
 
 /// Rows per batch: small, so one commit fills several batches and the
@@ -31,25 +30,6 @@ fn config(prefix: &str, defects: Defects) -> RelayConfig {
         batch_size: BATCH,
         defects,
         ..test_config(prefix)
-    }
-}
-
-/// Commits `events` in one transaction; returns the history's committed half.
-async fn commit<D: TestDatabase>(db: &D, events: &[Step]) -> History {
-    let outbox = Outbox::new("urn:test:pipeline");
-    let mut tx = db.pool().begin().await.expect("begin");
-    let ids = outbox
-        .publish_all(&mut tx, events, &eventbus::Metadata::default())
-        .await
-        .expect("publish");
-    tx.commit().await.expect("commit");
-    History {
-        committed: events
-            .iter()
-            .zip(&ids)
-            .map(|(s, id)| Event::new(s.key.clone(), s.seq, id.to_string()))
-            .collect(),
-        delivered: Vec::new(),
     }
 }
 
@@ -78,13 +58,14 @@ pub async fn a_batch_claimed_ahead_holds_back_the_keys_left_pending<D: TestDatab
     // Slow to report the failure: the claim ahead has read `k#4` and `k#5`
     // before `k#2`'s rejection is written (which would hold them back in
     // the database, and leave the negative control nothing to catch).
-    let publisher =
-        Arc::new(FailsOnce::new(inner, "k", 2, failure).slow_failing_batch(Duration::from_millis(500)));
+    let publisher = Arc::new(
+        FailsOnce::new(inner, "k", 2, failure).slow_failing_batch(Duration::from_millis(500)),
+    );
     let events: Vec<Step> = (0..6)
         .map(|s| step("k", s))
         .chain((0..3).map(|s| step("other", s)))
         .collect();
-    let mut history = commit(&db, &events).await;
+    let mut history = commit_at_once(&db, &events).await;
     let relay = spawn_relay_on(
         D::relay_store(db.pool()),
         Arc::clone(&publisher) as Arc<dyn eventbus::Publisher>,
@@ -121,7 +102,7 @@ pub async fn a_failed_acknowledgement_is_retried_not_resent<D: TestDatabase>(
     let (publisher, prefix, mut queue) = rabbit("failed_ack").await;
     let store = Arc::new(AckFailsOnce::new(D::relay_store(db.pool())));
     let events: Vec<Step> = (0..8).map(|s| step("k", s)).collect();
-    let mut history = commit(&db, &events).await;
+    let mut history = commit_at_once(&db, &events).await;
     let relay = spawn_relay_on(
         Arc::clone(&store) as Arc<dyn eventbus::relay::RelayStore>,
         publisher,
