@@ -33,6 +33,36 @@ impl Claimed {
         self.rows.iter().map(|r| r.id).collect()
     }
 
+    /// This batch, claimed while `sent` was in flight, without the rows of
+    /// keys `held` there: they stay pending and go after the row that held
+    /// them, in a later claim. Without the rows of a partition claimed in
+    /// another tenure than `sent`, either: the partition changed hands in
+    /// between, so `sent`'s delete is refused by its fence and its rows come
+    /// back; they must go again before anything newer of their keys.
+    pub(super) fn behind(mut self, sent: &Claimed, held: &KeyGate) -> Claimed {
+        let changed_hands: BTreeSet<i32> = self
+            .leases
+            .iter()
+            .filter(|lease| {
+                sent.leases
+                    .iter()
+                    .any(|l| l.partition == lease.partition && l.epoch != lease.epoch)
+            })
+            .map(|lease| lease.partition)
+            .collect();
+        self.retain(|row| !held.is_stopped(row) && !changed_hands.contains(&row.partition));
+        self
+    }
+
+    /// Keeps the rows `keep` accepts, and the leases of their partitions
+    /// only (a lease without rows would fail the batch's fencing check).
+    fn retain(&mut self, keep: impl Fn(&OutboxRecord) -> bool) {
+        self.rows.retain(|row| keep(row));
+        let rows = &self.rows;
+        self.leases
+            .retain(|lease| rows.iter().any(|row| row.partition == lease.partition));
+    }
+
     /// The keys with a row of this batch that was not acknowledged (`acked`):
     /// refused, rejected, not sent, or the whole batch dropped. Their later
     /// rows must wait behind it.
@@ -99,14 +129,13 @@ impl Relay {
         })
     }
 
-    /// `next`, claimed while the batch before it was in flight, without the
-    /// rows of keys `held` there: they stay pending and go after the row
-    /// that held them, in a later claim.
-    pub(super) fn behind(&self, mut next: Claimed, held: &KeyGate) -> Claimed {
-        if !self.config.defects.keep_prefetched_rows_of_pending_keys {
-            next.rows.retain(|row| !held.is_stopped(row));
+    /// `next`, claimed while `sent` was in flight, made safe to send after
+    /// it ([`Claimed::behind`]).
+    pub(super) fn behind(&self, next: Claimed, sent: &Claimed, held: &KeyGate) -> Claimed {
+        if self.config.defects.keep_prefetched_rows_of_pending_keys {
+            return next;
         }
-        next
+        next.behind(sent, held)
     }
 
     /// Publishes one claimed batch and records the outcome of every row:
@@ -364,4 +393,73 @@ struct Refusal {
     error: String,
     /// Retrying cannot help (park at once).
     permanent: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(rows: &[(i64, i32, &str)], epochs: &[(i32, i64)]) -> Claimed {
+        Claimed {
+            rows: rows
+                .iter()
+                .map(|(id, partition, key)| OutboxRecord::sample(*id, *partition, key))
+                .collect(),
+            leases: epochs
+                .iter()
+                .map(|(partition, epoch)| Lease {
+                    partition: *partition,
+                    epoch: *epoch,
+                })
+                .collect(),
+            more: true,
+        }
+    }
+
+    fn ids(batch: &Claimed) -> Vec<i64> {
+        batch.ids()
+    }
+
+    #[test]
+    fn rows_of_keys_left_pending_wait_and_their_leases_go_with_them() {
+        let sent = claimed(&[(1, 0, "k"), (2, 1, "j")], &[(0, 1), (1, 1)]);
+        // `k#1` was not acknowledged; `j#2` was.
+        let acked = Acked {
+            rows: vec![(2, 1)],
+            leases: sent.leases.clone(),
+        };
+        let held = sent.left_pending(&acked);
+        let next = claimed(&[(3, 0, "k"), (4, 1, "j"), (5, 0, "k")], &[(0, 1), (1, 1)]);
+        let next = next.behind(&sent, &held);
+        assert_eq!(ids(&next), [4], "k waits behind k#1; j goes on");
+        assert_eq!(
+            next.leases,
+            [Lease {
+                partition: 1,
+                epoch: 1
+            }],
+            "no lease is left without rows (the fencing check counts them)"
+        );
+    }
+
+    #[test]
+    fn a_partition_claimed_in_another_tenure_waits_for_the_rows_sent_in_the_first() {
+        let sent = claimed(&[(1, 0, "k"), (2, 1, "j")], &[(0, 1), (1, 1)]);
+        let acked = Acked {
+            rows: vec![(1, 0), (2, 1)],
+            leases: sent.leases.clone(),
+        };
+        let held = sent.left_pending(&acked);
+        // Partition 0 was lost and taken again (epoch 2) while `sent` was out.
+        let next = claimed(&[(3, 0, "k"), (4, 1, "j"), (5, 0, "m")], &[(0, 2), (1, 1)]);
+        let next = next.behind(&sent, &held);
+        assert_eq!(ids(&next), [4]);
+        assert_eq!(
+            next.leases,
+            [Lease {
+                partition: 1,
+                epoch: 1
+            }]
+        );
+    }
 }

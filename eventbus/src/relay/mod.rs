@@ -312,7 +312,7 @@ impl Relay {
                     BatchOutcome::Done => {
                         outage_step = 0;
                         ahead = match next {
-                            Some(Ok(next)) => Some(self.behind(next, &held)),
+                            Some(Ok(next)) => Some(self.behind(next, &batch, &held)),
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "claiming outbox rows ahead failed");
                                 None
