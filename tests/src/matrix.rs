@@ -135,6 +135,13 @@ macro_rules! matrix {
     };
     (relay_kafka) => {
         $crate::__matrix_tests! {
+            /// A pipelined relay killed mid-drain (20_000 events over 200 keys,
+            /// batches of 500) and replaced: nothing lost, per key in order, at
+            /// most two batches twice.
+            mt a_pipelined_relay_killed_mid_drain_loses_nothing_kafka {
+                let run = $crate::suites::relay::a_relay_killed_mid_drain_loses_nothing::<$crate::TestDb>($crate::suites::relay::Sink::Kafka, 20_000, 200, 500).await;
+                println!("PostgreSQL → Kafka, relay killed mid-drain: {run:?}");
+            }
             mt relays_100k_events_over_1000_keys_in_order {
                 let took = $crate::suites::relay::volume_over_kafka::<$crate::TestDb>(100_000, 1_000).await;
                 println!("PostgreSQL → Kafka: 100,000 events relayed in {took:?}");
@@ -226,6 +233,13 @@ macro_rules! matrix {
     };
     (relay_sqs) => {
         $crate::__matrix_tests! {
+            /// A pipelined relay killed mid-drain (2_000 events over 100 keys,
+            /// batches of 100) and replaced: nothing lost, per key in order, at
+            /// most two batches twice.
+            mt a_pipelined_relay_killed_mid_drain_loses_nothing_sqs {
+                let run = $crate::suites::relay::a_relay_killed_mid_drain_loses_nothing::<$crate::TestDb>($crate::suites::relay::Sink::Sqs, 2_000, 100, 100).await;
+                println!("PostgreSQL → SQS, relay killed mid-drain: {run:?}");
+            }
             /// The shared relay suite's volume run on SQS: 2,000 events over 100 keys
             /// (scaled down from the 100,000 of the Kafka and RabbitMQ runs, for the
             /// local SQS server) into a FIFO queue: each arrives once, per key in order.
@@ -238,6 +252,20 @@ macro_rules! matrix {
     };
     (relay_mysql) => {
         $crate::__matrix_tests! {
+            /// A pipelined relay killed mid-drain (20_000 events over 200 keys,
+            /// batches of 500) and replaced: nothing lost, per key in order, at
+            /// most two batches twice.
+            mt a_pipelined_relay_killed_mid_drain_loses_nothing_kafka {
+                let run = $crate::suites::relay::a_relay_killed_mid_drain_loses_nothing::<$crate::mysql::TestMySql>($crate::suites::relay::Sink::Kafka, 20_000, 200, 500).await;
+                println!("MySQL → Kafka, relay killed mid-drain: {run:?}");
+            }
+            /// A pipelined relay killed mid-drain (1_000 events over 50 keys,
+            /// batches of 100) and replaced: nothing lost, per key in order, at
+            /// most two batches twice.
+            mt a_pipelined_relay_killed_mid_drain_loses_nothing_sqs {
+                let run = $crate::suites::relay::a_relay_killed_mid_drain_loses_nothing::<$crate::mysql::TestMySql>($crate::suites::relay::Sink::Sqs, 1_000, 50, 100).await;
+                println!("MySQL → SQS, relay killed mid-drain: {run:?}");
+            }
             mt a_scheduled_event_waits_for_its_time_and_goes_once {
                 $crate::suites::scheduled::a_scheduled_event_waits_for_its_time_and_goes_once::<$crate::mysql::TestMySql>().await;
             }
@@ -319,6 +347,20 @@ macro_rules! matrix {
     };
     (relay_sqlite) => {
         $crate::__matrix_tests! {
+            /// A pipelined relay killed mid-drain (20_000 events over 200 keys,
+            /// batches of 500) and replaced: nothing lost, per key in order, at
+            /// most two batches twice.
+            mt a_pipelined_relay_killed_mid_drain_loses_nothing_rabbitmq {
+                let run = $crate::suites::relay::a_relay_killed_mid_drain_loses_nothing::<$crate::sqlite::TestSqlite>($crate::suites::relay::Sink::RabbitMq, 20_000, 200, 500).await;
+                println!("SQLite → RabbitMQ, relay killed mid-drain: {run:?}");
+            }
+            /// A pipelined relay killed mid-drain (1_000 events over 50 keys,
+            /// batches of 100) and replaced: nothing lost, per key in order, at
+            /// most two batches twice.
+            mt a_pipelined_relay_killed_mid_drain_loses_nothing_sqs {
+                let run = $crate::suites::relay::a_relay_killed_mid_drain_loses_nothing::<$crate::sqlite::TestSqlite>($crate::suites::relay::Sink::Sqs, 1_000, 50, 100).await;
+                println!("SQLite → SQS, relay killed mid-drain: {run:?}");
+            }
             mt a_scheduled_event_waits_for_its_time_and_goes_once {
                 $crate::suites::scheduled::a_scheduled_event_waits_for_its_time_and_goes_once::<$crate::sqlite::TestSqlite>().await;
             }
@@ -385,6 +427,12 @@ macro_rules! matrix {
             /// (all 22,000 messages committed) ~15 s later, with exactly 20,000 effects.
             mt effectively_once_under_redeliveries_and_a_crash {
                 $crate::consumer::effectively_once_scenario::<$crate::TestDb>(&$crate::consumer::Broker::kafka().await, env!("CARGO_BIN_EXE_consumer_worker")).await;
+            }
+            /// The same with group commit on in the worker: a SIGKILL between a
+            /// group's commit and its acknowledgements leaves redeliveries the
+            /// inbox absorbs; every (key, seq) takes effect exactly once.
+            mt group_commit_effectively_once_under_redeliveries_and_a_crash {
+                $crate::consumer::effectively_once_grouped_scenario::<$crate::TestDb>(&$crate::consumer::Broker::kafka().await, env!("CARGO_BIN_EXE_consumer_worker")).await;
             }
             /// At least once with a SIGKILL: nothing is missing, and the messages handled
             /// after the last offset commit before the crash are handled again (offsets
@@ -463,6 +511,12 @@ macro_rules! matrix {
             mt group_commit_lost_acknowledgements_change_nothing {
                 $crate::consumer::group_commit_lost_acks_scenario(&$crate::consumer::Broker::kafka().await).await;
             }
+            /// Group commit whose transaction fails at commit (a deferred foreign key
+            /// one handler broke): nothing of the group stays, its messages run again
+            /// one by one, every effect once and per key in order.
+            mt group_commit_a_failed_commit_applies_nothing_twice {
+                $crate::consumer::group_commit_failed_commit_scenario(&$crate::consumer::Broker::kafka().await).await;
+            }
             /// Keys given back to the broker one after another each wait for their first message.
             mt given_back_keys_keep_their_order {
                 $crate::consumer::given_back_keys_keep_order_scenario(&$crate::consumer::Broker::kafka().await).await;
@@ -482,6 +536,12 @@ macro_rules! matrix {
             /// once, with one inbox row.
             mt effectively_once_under_redeliveries_and_a_crash {
                 $crate::consumer::effectively_once_scenario::<$crate::TestDb>(&$crate::consumer::Broker::rabbitmq().await, env!("CARGO_BIN_EXE_consumer_worker")).await;
+            }
+            /// The same with group commit on in the worker: a SIGKILL between a
+            /// group's commit and its acknowledgements leaves redeliveries the
+            /// inbox absorbs; every (key, seq) takes effect exactly once.
+            mt group_commit_effectively_once_under_redeliveries_and_a_crash {
+                $crate::consumer::effectively_once_grouped_scenario::<$crate::TestDb>(&$crate::consumer::Broker::rabbitmq().await, env!("CARGO_BIN_EXE_consumer_worker")).await;
             }
             /// At least once under a crash: no effect missing (those handled but not yet
             /// acknowledged when the process died, if any, are handled again).
@@ -562,6 +622,12 @@ macro_rules! matrix {
             /// redeliveries are absorbed by the inbox, every effect once.
             mt group_commit_lost_acknowledgements_change_nothing {
                 $crate::consumer::group_commit_lost_acks_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
+            }
+            /// Group commit whose transaction fails at commit (a deferred foreign key
+            /// one handler broke): nothing of the group stays, its messages run again
+            /// one by one, every effect once and per key in order.
+            mt group_commit_a_failed_commit_applies_nothing_twice {
+                $crate::consumer::group_commit_failed_commit_scenario(&$crate::consumer::Broker::rabbitmq().await).await;
             }
             /// Keys given back to the broker one after another each wait for their first message.
             mt given_back_keys_keep_their_order {

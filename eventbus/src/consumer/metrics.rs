@@ -40,6 +40,14 @@ const BATCH_SPLITS: Describe = Describe::new(
     "eventbus_consumer_batch_splits_total",
     "Failed batches split in two to isolate the failing event.",
 );
+const GROUP_COMMITS: Describe = Describe::new(
+    "eventbus_consumer_group_commits_total",
+    "Group commits that committed: several messages' handlers in one database transaction.",
+);
+const GROUPED: Describe = Describe::new(
+    "eventbus_consumer_grouped_total",
+    "Messages whose first attempt ran in a group commit that committed; divided by the group commits, the mean group size.",
+);
 const VERSION_GATED: Describe = Describe::new(
     "eventbus_consumer_version_gated_total",
     "Messages of a schema version newer than their handler knows, set aside for an upgraded consumer.",
@@ -110,6 +118,8 @@ struct Recorded {
     retries: Counter,
     batches: Counter,
     batch_splits: Counter,
+    group_commits: Counter,
+    grouped: Counter,
     version_gated: Counter,
     handling: metrics::Histogram,
     broker_wait: metrics::Histogram,
@@ -129,6 +139,8 @@ impl Recorded {
             retries: RETRIES.counter(&l),
             batches: BATCHES.counter(&l),
             batch_splits: BATCH_SPLITS.counter(&l),
+            group_commits: GROUP_COMMITS.counter(&l),
+            grouped: GROUPED.counter(&l),
             version_gated: VERSION_GATED.counter(&l),
             handling: HANDLING.histogram(&l),
             broker_wait: BROKER_WAIT.histogram(&l),
@@ -223,6 +235,8 @@ impl ConsumerMetrics {
     pub(super) fn group_committed(&self, size: usize) {
         self.group_commits.fetch_add(1, Ordering::Relaxed);
         self.grouped.fetch_add(size as u64, Ordering::Relaxed);
+        self.recorded.group_commits.increment(1);
+        self.recorded.grouped.increment(size as u64);
     }
 
     pub(super) fn batch_split(&self) {
@@ -337,6 +351,8 @@ impl ConsumerMetrics {
             (RETRIES, self.retries()),
             (BATCHES, self.batches()),
             (BATCH_SPLITS, self.batch_splits()),
+            (GROUP_COMMITS, self.group_commits()),
+            (GROUPED, self.grouped_messages()),
             (VERSION_GATED, self.version_gated()),
         ];
         for (d, value) in counters {

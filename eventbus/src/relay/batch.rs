@@ -111,10 +111,11 @@ impl Relay {
         if owned.is_empty() {
             return Ok(Claimed::default());
         }
-        let rows = self
-            .store
-            .claim(self.id, &owned, self.claim_limits(), skip)
-            .await?;
+        let limits = self.claim_limits();
+        let asked = limits.rows;
+        let rows = self.store.claim(self.id, &owned, limits, skip).await?;
+        let cut_by_bytes = self.cut_by_bytes(&rows);
+        self.row_limit.observe(asked, rows.len(), cut_by_bytes);
         let partitions: Vec<i32> = rows
             .iter()
             .map(|r| r.partition)
@@ -122,8 +123,7 @@ impl Relay {
             .into_iter()
             .collect();
         Ok(Claimed {
-            more: rows.len() as u64 >= u64::from(self.config.batch_size)
-                || self.cut_by_bytes(&rows),
+            more: rows.len() as u64 >= u64::from(asked) || cut_by_bytes,
             leases: membership.leases(&partitions),
             rows,
         })
@@ -358,7 +358,7 @@ impl Relay {
     /// The claim's limits from the configuration.
     fn claim_limits(&self) -> ClaimLimits {
         ClaimLimits {
-            rows: self.config.batch_size,
+            rows: self.row_limit.get(),
             bytes: self.config.claim_bytes as u64,
             max_message_bytes: self.config.max_message_bytes as u64,
         }

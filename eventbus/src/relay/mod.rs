@@ -17,6 +17,7 @@ mod key_gate;
 mod membership;
 mod metrics;
 mod retention;
+mod row_limit;
 mod scheduled;
 mod store;
 mod telemetry;
@@ -52,6 +53,7 @@ pub use config::{RelayConfig, Retention};
 pub(crate) use key_gate::KeyGate;
 use membership::Membership;
 pub use metrics::{RelayMetrics, Snapshot};
+use row_limit::RowLimit;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use store::leases;
 pub use store::{ClaimLimits, Lease, Rejection, RelayStore};
@@ -88,6 +90,8 @@ pub struct Relay {
     publisher: Arc<dyn Publisher>,
     config: Arc<RelayConfig>,
     metrics: Arc<RelayMetrics>,
+    /// Shared with the claims made ahead on their own tasks.
+    row_limit: Arc<RowLimit>,
 }
 
 impl Relay {
@@ -107,6 +111,7 @@ impl Relay {
             id: Uuid::now_v7(),
             store,
             publisher,
+            row_limit: Arc::new(RowLimit::new(config.batch_size)),
             config: Arc::new(config),
             metrics: Arc::new(metrics),
         })

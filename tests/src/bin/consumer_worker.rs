@@ -5,7 +5,8 @@
 //! `consumer_worker <database-url> <broker-url> <group> <destination> <mode> <max-in-flight> [handler-sleep-ms]`
 //! with a `postgres://`, `mysql://` or `sqlite://` database, a `kafka://`,
 //! `amqp://` or `sqs+http://` broker (SQS: FIFO queues at `SQS_ENDPOINT`) and mode
-//! `effectively-once`, `at-least-once` or `at-most-once`. Prints `ready` on
+//! `effectively-once`, `effectively-once-grouped` (group commit on: 64
+//! messages, 2 ms), `at-least-once` or `at-most-once`. Prints `ready` on
 //! stdout once consuming.
 
 use std::time::Duration;
@@ -36,8 +37,9 @@ async fn main() -> Result<()> {
 /// Consumes until SIGINT with the database `D` of `args[1]`.
 async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
     let (db, broker, group, destination) = (&args[1], &args[2], &args[3], &args[4]);
+    let grouped = args[5] == "effectively-once-grouped";
     let mode = match args[5].as_str() {
-        "effectively-once" => DeliveryMode::EffectivelyOnce,
+        "effectively-once" | "effectively-once-grouped" => DeliveryMode::EffectivelyOnce,
         "at-least-once" => DeliveryMode::AtLeastOnce,
         "at-most-once" => DeliveryMode::AtMostOnce,
         other => panic!("unknown mode {other}"),
@@ -48,7 +50,13 @@ async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
     let pool = worker::pool::<D::DB>(db).await?;
     let (subscriber, dead_letters) =
         worker::connections(broker, group, destination, max_in_flight).await?;
-    let consumer = Consumer::builder(group.clone())
+    let builder = Consumer::builder(group.clone());
+    let builder = if grouped {
+        builder.group_commit(64, Duration::from_millis(2))
+    } else {
+        builder
+    };
+    let consumer = builder
         .mode(mode)
         .max_in_flight(max_in_flight)
         .retry(RetryPolicy::none())

@@ -231,20 +231,30 @@ pub async fn effectively_once_scenario<D: TestDatabase>(
     broker: &Broker,
     bin: &str,
 ) -> CrashOutcome {
+    effectively_once_crash::<D>(broker, bin, "eo_crash", "effectively-once").await
+}
+
+/// [`effectively_once_scenario`] with group commit on in the worker (64
+/// messages, 2 ms): the kill lands between a group's commit and its
+/// acknowledgements as readily as inside a group, and the copies of every
+/// tenth event sit in the same groups as their originals. Every event still
+/// has exactly one effect and one inbox row.
+pub async fn effectively_once_grouped_scenario<D: TestDatabase>(
+    broker: &Broker,
+    bin: &str,
+) -> CrashOutcome {
+    effectively_once_crash::<D>(broker, bin, "eog_crash", "effectively-once-grouped").await
+}
+
+async fn effectively_once_crash<D: TestDatabase>(
+    broker: &Broker,
+    bin: &str,
+    tag: &str,
+    mode: &str,
+) -> CrashOutcome {
     let count = broker.scale(20_000);
     let kill_at = usize::try_from(count / 3).expect("fits");
-    let outcome = crash_run::<D>(
-        broker,
-        bin,
-        "eo_crash",
-        count,
-        200,
-        Some(10),
-        "effectively-once",
-        0,
-        kill_at,
-    )
-    .await;
+    let outcome = crash_run::<D>(broker, bin, tag, count, 200, Some(10), mode, 0, kill_at).await;
     assert_eq!(outcome.messages, outcome.events * 11 / 10, "{outcome:?}");
     assert_eq!(
         outcome.distinct, outcome.events,

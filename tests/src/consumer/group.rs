@@ -155,11 +155,123 @@ pub async fn group_commit_failure_scenario(broker: &Broker) {
         m.group_commits(),
         m.grouped_messages()
     );
+    let text = m.render_prometheus();
+    for (name, value) in [
+        ("eventbus_consumer_group_commits_total", m.group_commits()),
+        ("eventbus_consumer_grouped_total", m.grouped_messages()),
+    ] {
+        let line = format!("{name}{{group=\"{group}\"}} {value}");
+        assert!(text.contains(&line), "/metrics lacks `{line}`:\n{text}");
+    }
     eprintln!(
         "group commit on {}: {} groups, {} messages in them",
         broker.name(),
         m.group_commits(),
         m.grouped_messages()
+    );
+    broker.clean_up(&[&group], &[&destination]).await;
+}
+
+/// A group whose transaction cannot commit: one handler, on its first
+/// attempt, writes a row that breaks a foreign key checked only at commit
+/// (`DEFERRABLE INITIALLY DEFERRED`), so every handler of its group succeeds
+/// and the commit fails. Nothing of that group may stay applied or be
+/// acknowledged: its messages are handled again one by one, the culprit's
+/// second attempt writes nothing wrong, and every step's effect ends up
+/// exactly once, per key in order.
+pub async fn group_commit_failed_commit_scenario(broker: &Broker) {
+    let db = TestDb::migrated().await;
+    create_effects(&db.pool).await;
+    for ddl in [
+        "CREATE TABLE commit_parent (id bigint PRIMARY KEY)",
+        "CREATE TABLE commit_child (parent bigint REFERENCES commit_parent (id) \
+         DEFERRABLE INITIALLY DEFERRED)",
+    ] {
+        sqlx::query(ddl)
+            .execute(&db.pool)
+            .await
+            .expect("create the deferred foreign key");
+    }
+    let tag = unique_name("group_commit_fails");
+    let (destination, publisher) = broker.destination("group_commit_fails", 1).await;
+    let group = unique_name("group_commit_fails");
+    let subscriber = broker.one_lane_subscriber(&group, &destination, 64).await;
+    let (messages, copies) = backlog(&tag);
+    publish(publisher.as_ref(), &destination, &messages).await;
+    let culprit = format!("{tag}-3/7");
+    let calls: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let consumer = Consumer::builder(&group)
+        .group_commit(32, Duration::from_millis(20))
+        .on({
+            let calls = Arc::clone(&calls);
+            let culprit = culprit.clone();
+            move |ctx: Context<Postgres>, step: Step| {
+                let calls = Arc::clone(&calls);
+                let id = format!("{}/{}", step.key, step.seq);
+                let breaks_the_commit = id == culprit;
+                async move {
+                    let n = {
+                        let mut calls = calls.lock().map_err(|e| e.to_string())?;
+                        let n = calls.entry(id).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    record(&ctx, "c", &step).await?;
+                    if breaks_the_commit && n == 1 {
+                        let mut tx = ctx.tx().await?;
+                        sqlx::query("INSERT INTO commit_child (parent) VALUES (42)")
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    Ok::<(), BoxError>(())
+                }
+            }
+        })
+        .build(db.pool.clone(), subscriber, publisher.clone())
+        .expect("consumer");
+    let running = run(consumer);
+    let total = i64::try_from(KEYS * STEPS).expect("small");
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM effects",
+        total,
+        Duration::from_secs(60),
+    )
+    .await;
+    let metrics = Arc::clone(&running.consumer);
+    wait_until("every message settled", Duration::from_secs(30), || {
+        metrics.metrics().handled() + metrics.metrics().duplicates() >= messages.len() as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let consumer = running.stop().await;
+    assert_once_in_order(&db.pool).await;
+    let children: i64 = sqlx::query_scalar("SELECT count(*) FROM commit_child")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(children, 0, "the failed commit left nothing behind");
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(calls.len() as u64, KEYS * STEPS, "steps handled");
+    assert_eq!(
+        calls.get(&culprit),
+        Some(&2),
+        "the culprit ran in its group, then alone"
+    );
+    let again = calls.values().filter(|n| **n == 2).count();
+    assert!(
+        again >= 2 && calls.values().all(|n| *n <= 2),
+        "the failed group's messages ran once more each, nothing else did: {again} ran twice"
+    );
+    let m = consumer.metrics();
+    assert_eq!(m.handled(), KEYS * STEPS, "handled");
+    assert_eq!(m.duplicates(), copies as u64, "duplicates");
+    assert_eq!(m.dead_lettered(), 0, "dead letters");
+    assert!(m.group_commits() > 0, "groups formed");
+    eprintln!(
+        "failed group commit on {}: {again} messages ran again, {} groups committed",
+        broker.name(),
+        m.group_commits()
     );
     broker.clean_up(&[&group], &[&destination]).await;
 }

@@ -39,11 +39,15 @@ mod poison;
 pub use broker::{Broker, DeadLetters};
 pub use counting::{Counting, Gauge};
 pub use crash::{
-    at_least_once_scenario, at_most_once_scenario, effectively_once_scenario, CrashOutcome,
+    at_least_once_scenario, at_most_once_scenario, effectively_once_grouped_scenario,
+    effectively_once_scenario, CrashOutcome,
 };
 pub use flow::{backpressure_scenario, groups_scenario, SlowRun};
 pub use given_back::given_back_keys_keep_order_scenario;
-pub use group::{group_commit_failure_scenario, group_commit_lost_acks_scenario};
+pub use group::{
+    group_commit_failed_commit_scenario, group_commit_failure_scenario,
+    group_commit_lost_acks_scenario,
+};
 pub use parking::{
     delayed_retry_scenario, newer_version_keeps_key_order, newer_version_keeps_key_order_scenario,
     refused_dead_letter_scenario, Refusal, StepV2,

@@ -184,3 +184,167 @@ pub async fn three_relays_one_killed_lose_nothing_and_keep_order<D: TestDatabase
         took,
     }
 }
+
+/// The broker a relay sends to in [`a_relay_killed_mid_drain_loses_nothing`].
+#[derive(Debug, Clone, Copy)]
+pub enum Sink {
+    /// A durable RabbitMQ queue bound to the destination.
+    RabbitMq,
+    /// A 4-partition Kafka topic.
+    Kafka,
+    /// An SQS FIFO queue on the local SQS-compatible server.
+    Sqs,
+}
+
+/// A publisher to `sink` and what reads everything it received, duplicates
+/// included, once the outbox is drained.
+enum Reader {
+    RabbitMq(Box<crate::rabbitmq::TestQueue>),
+    Kafka { brokers: String, topic: String },
+    Sqs(Box<dyn eventbus::transport::Subscriber>, String),
+}
+
+impl Sink {
+    async fn open(self, tag: &str) -> (Arc<dyn Publisher>, String, Reader) {
+        match self {
+            Sink::RabbitMq => {
+                let (publisher, prefix, queue) = rabbit(tag).await;
+                (publisher, prefix, Reader::RabbitMq(Box::new(queue)))
+            }
+            Sink::Kafka => {
+                let (publisher, prefix, topic, brokers) = kafka(tag).await;
+                (publisher, prefix, Reader::Kafka { brokers, topic })
+            }
+            Sink::Sqs => {
+                let prefix = format!("{}.", unique_name(tag));
+                let destination = format!("{prefix}{}", Step::DESTINATION);
+                let publisher = Arc::new(crate::sqs::publisher(true).await);
+                let subscriber = crate::sqs::subscriber(&[&destination], true, 100).await;
+                (publisher, prefix, Reader::Sqs(subscriber, destination))
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// Everything that arrived: at least `at_least` messages, then until
+    /// nothing more comes for a few seconds.
+    async fn read(self, at_least: usize) -> Vec<Step> {
+        let timeout = Duration::from_secs(300);
+        match self {
+            Reader::RabbitMq(mut queue) => {
+                let mut received = decode_amqp(&queue.read(at_least, timeout).await);
+                loop {
+                    let more = decode_amqp(&queue.try_read(1_000, Duration::from_secs(3)).await);
+                    if more.is_empty() {
+                        break;
+                    }
+                    received.extend(more);
+                }
+                queue.delete().await;
+                received
+            }
+            Reader::Kafka { brokers, topic } => {
+                crate::kafka::read_steps(
+                    &brokers,
+                    &topic,
+                    at_least,
+                    Duration::from_secs(3),
+                    timeout,
+                )
+                .await
+            }
+            Reader::Sqs(mut subscriber, destination) => {
+                let received = crate::sqs::read_all(subscriber.as_mut(), at_least, timeout)
+                    .await
+                    .iter()
+                    .map(|(e, _)| serde_json::from_slice(&e.data).expect("a Step"))
+                    .collect();
+                subscriber.close().await.expect("close");
+                crate::sqs::delete_queues(&[&destination], &[], true).await;
+                received
+            }
+        }
+    }
+}
+
+/// A pipelined relay (the default) drains a backlog of `count` events over
+/// `keys` keys into `sink` in batches of `batch`; once a third is published
+/// it is killed (its task aborted: the batch in flight is not finished, the
+/// batch sent before it may not be deleted yet, no lease is released) and a
+/// new relay takes over when the leases expire. Every event arrives, per key
+/// in order; at most the two batches the killed relay had sent and not
+/// deleted arrive twice (none on SQS FIFO queues, which drop a repeated
+/// message id).
+pub async fn a_relay_killed_mid_drain_loses_nothing<D: TestDatabase>(
+    sink: Sink,
+    count: u64,
+    keys: u64,
+    batch: u32,
+) -> KillRun {
+    let db = D::migrated().await;
+    let (publisher, prefix, reader) = sink.open("kill1").await;
+    let config = || RelayConfig {
+        batch_size: batch,
+        ..test_config(&prefix)
+    };
+    assert!(config().pipeline, "the default relay is pipelined");
+    let events = steps(count, keys);
+    publish_steps(db.pool(), &events, 1_000).await;
+
+    // Each relay with a pool of its own, as a process has: the killed one's
+    // connections close with it, and their open transactions roll back.
+    let start = |pool: sqlx::Pool<D::DB>| {
+        spawn_relay_on(D::relay_store(&pool), publisher.clone(), config())
+    };
+    let started = Instant::now();
+    let first = start(db.connect().await);
+    let third = count / 3;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while first.metrics.published_total() < third {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} events published after 180 s",
+            first.metrics.published_total()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.abort().await;
+    let relayed_at_kill = i64::try_from(count).unwrap_or(i64::MAX) - pending(&db).await;
+    assert!(
+        relayed_at_kill < i64::try_from(count).unwrap_or(i64::MAX),
+        "the relay was killed mid-drain ({relayed_at_kill} of {count} gone)"
+    );
+
+    let second = start(db.connect().await);
+    wait_drained(&db, Duration::from_secs(240)).await;
+    let took = started.elapsed();
+    let received = reader.read(events.len()).await;
+    second.stop().await;
+
+    let want: HashSet<(&str, u64)> = events.iter().map(|s| (s.key.as_str(), s.seq)).collect();
+    let got: HashSet<(&str, u64)> = received.iter().map(|s| (s.key.as_str(), s.seq)).collect();
+    let missing = want.difference(&got).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} events never arrived ({} messages received)",
+        want.len(),
+        received.len()
+    );
+    assert!(got.is_subset(&want), "events nobody published arrived");
+    let duplicates = assert_per_key_order(&received);
+    assert_eq!(received.len(), want.len() + duplicates);
+    assert!(
+        duplicates <= 2 * batch as usize,
+        "{duplicates} duplicates: more than the two batches ({batch} rows each) a \
+         pipelined relay has sent and not yet deleted were sent twice"
+    );
+    KillRun {
+        events: events.len(),
+        relayed_at_kill,
+        received: received.len(),
+        duplicates,
+        took,
+    }
+}
