@@ -65,6 +65,40 @@ async fn assert_once_in_order(pool: &PgPool) {
     }
 }
 
+/// Counts one more call of the handler for step `id`; returns the count.
+fn count_call(calls: &Mutex<HashMap<String, u32>>, id: String) -> Result<u32, BoxError> {
+    let mut calls = calls.lock().map_err(|e| e.to_string())?;
+    let n = calls.entry(id).or_insert(0);
+    *n += 1;
+    Ok(*n)
+}
+
+/// Runs `consumer` until every step has its effect and all `messages` are
+/// settled (handled or skipped as duplicates), then a little longer, room
+/// for a wrong extra effect to show; returns it stopped.
+async fn run_until_settled(
+    pool: &PgPool,
+    consumer: Consumer<Postgres>,
+    messages: usize,
+) -> Arc<Consumer<Postgres>> {
+    let running = run(consumer);
+    let total = i64::try_from(KEYS * STEPS).expect("small");
+    wait_count(
+        pool,
+        "SELECT count(*) FROM effects",
+        total,
+        Duration::from_secs(60),
+    )
+    .await;
+    let metrics = Arc::clone(&running.consumer);
+    wait_until("every message settled", Duration::from_secs(30), || {
+        metrics.metrics().handled() + metrics.metrics().duplicates() >= messages as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await
+}
+
 /// One lane, a backlog of 200 steps (and 20 copies) waiting before the
 /// consumer starts, groups of up to 32. The handler writes its effect and
 /// then fails on the first attempt at three steps: each of those is rolled
@@ -97,12 +131,7 @@ pub async fn group_commit_failure_scenario(broker: &Broker) {
                 let id = format!("{}/{}", step.key, step.seq);
                 let fails = failing.contains(&id);
                 async move {
-                    let n = {
-                        let mut calls = calls.lock().map_err(|e| e.to_string())?;
-                        let n = calls.entry(id).or_insert(0);
-                        *n += 1;
-                        *n
-                    };
+                    let n = count_call(&calls, id)?;
                     // Written first: the savepoint must take it back.
                     record(&ctx, "c", &step).await?;
                     if fails && n == 1 {
@@ -121,23 +150,7 @@ pub async fn group_commit_failure_scenario(broker: &Broker) {
         })
         .build(db.pool.clone(), subscriber, publisher.clone())
         .expect("consumer");
-    let running = run(consumer);
-    let total = i64::try_from(KEYS * STEPS).expect("small");
-    wait_count(
-        &db.pool,
-        "SELECT count(*) FROM effects",
-        total,
-        Duration::from_secs(60),
-    )
-    .await;
-    let metrics = Arc::clone(&running.consumer);
-    wait_until("every message settled", Duration::from_secs(30), || {
-        metrics.metrics().handled() + metrics.metrics().duplicates() >= messages.len() as u64
-    })
-    .await;
-    // Room for a wrong extra effect to show.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let consumer = running.stop().await;
+    let consumer = run_until_settled(&db.pool, consumer, messages.len()).await;
     assert_once_in_order(&db.pool).await;
     let calls = calls.lock().expect("calls").clone();
     for (id, n) in &calls {
@@ -210,12 +223,7 @@ pub async fn group_commit_failed_commit_scenario(broker: &Broker) {
                 let id = format!("{}/{}", step.key, step.seq);
                 let breaks_the_commit = id == culprit;
                 async move {
-                    let n = {
-                        let mut calls = calls.lock().map_err(|e| e.to_string())?;
-                        let n = calls.entry(id).or_insert(0);
-                        *n += 1;
-                        *n
-                    };
+                    let n = count_call(&calls, id)?;
                     record(&ctx, "c", &step).await?;
                     if breaks_the_commit && n == 1 {
                         let mut tx = ctx.tx().await?;
@@ -229,22 +237,7 @@ pub async fn group_commit_failed_commit_scenario(broker: &Broker) {
         })
         .build(db.pool.clone(), subscriber, publisher.clone())
         .expect("consumer");
-    let running = run(consumer);
-    let total = i64::try_from(KEYS * STEPS).expect("small");
-    wait_count(
-        &db.pool,
-        "SELECT count(*) FROM effects",
-        total,
-        Duration::from_secs(60),
-    )
-    .await;
-    let metrics = Arc::clone(&running.consumer);
-    wait_until("every message settled", Duration::from_secs(30), || {
-        metrics.metrics().handled() + metrics.metrics().duplicates() >= messages.len() as u64
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let consumer = running.stop().await;
+    let consumer = run_until_settled(&db.pool, consumer, messages.len()).await;
     assert_once_in_order(&db.pool).await;
     let children: i64 = sqlx::query_scalar("SELECT count(*) FROM commit_child")
         .fetch_one(&db.pool)

@@ -125,26 +125,7 @@ pub async fn three_relays_one_killed_lose_nothing_and_keep_order<D: TestDatabase
         }
         received.extend(batch);
     }
-    let want: HashSet<(&str, u64)> = events.iter().map(|s| (s.key.as_str(), s.seq)).collect();
-    let got: HashSet<(&str, u64)> = received.iter().map(|s| (s.key.as_str(), s.seq)).collect();
-    let missing = want.difference(&got).count();
-    assert_eq!(
-        missing,
-        0,
-        "{missing} of {} events never arrived ({} messages received)",
-        want.len(),
-        received.len()
-    );
-    assert!(got.is_subset(&want), "events nobody published arrived");
-    let duplicates = assert_per_key_order(&received);
-    assert_eq!(received.len(), want.len() + duplicates);
-    // The killed relay had at most two batches sent and not yet deleted:
-    // one whose delete ran in the background, one in flight (ADR 14).
-    assert!(
-        duplicates <= 2 * BATCH as usize,
-        "{duplicates} duplicates: more than the two batches ({BATCH} rows each) a \
-         pipelined relay has sent and not yet deleted were sent twice"
-    );
+    let duplicates = assert_killed_relay_run(&events, &received, BATCH);
 
     // The live relays share the partitions, the new one included.
     wait_owns(&a2.metrics, "relay-a2", Duration::from_secs(30)).await;
@@ -322,6 +303,22 @@ pub async fn a_relay_killed_mid_drain_loses_nothing<D: TestDatabase>(
     let received = reader.read(events.len()).await;
     second.stop().await;
 
+    let duplicates = assert_killed_relay_run(&events, &received, batch);
+    KillRun {
+        events: events.len(),
+        relayed_at_kill,
+        received: received.len(),
+        duplicates,
+        took,
+    }
+}
+
+/// The verdict on a run with a killed relay: every event of `events` in
+/// `received`, nothing else, per key in order, and at most the two batches
+/// of `batch` rows a pipelined relay has sent and not yet deleted (one in
+/// flight, one whose delete ran in the background; ADR 14) twice. Returns
+/// the duplicates.
+fn assert_killed_relay_run(events: &[Step], received: &[Step], batch: u32) -> usize {
     let want: HashSet<(&str, u64)> = events.iter().map(|s| (s.key.as_str(), s.seq)).collect();
     let got: HashSet<(&str, u64)> = received.iter().map(|s| (s.key.as_str(), s.seq)).collect();
     let missing = want.difference(&got).count();
@@ -333,18 +330,12 @@ pub async fn a_relay_killed_mid_drain_loses_nothing<D: TestDatabase>(
         received.len()
     );
     assert!(got.is_subset(&want), "events nobody published arrived");
-    let duplicates = assert_per_key_order(&received);
+    let duplicates = assert_per_key_order(received);
     assert_eq!(received.len(), want.len() + duplicates);
     assert!(
         duplicates <= 2 * batch as usize,
         "{duplicates} duplicates: more than the two batches ({batch} rows each) a \
          pipelined relay has sent and not yet deleted were sent twice"
     );
-    KillRun {
-        events: events.len(),
-        relayed_at_kill,
-        received: received.len(),
-        duplicates,
-        took,
-    }
+    duplicates
 }
