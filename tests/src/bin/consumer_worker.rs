@@ -37,11 +37,11 @@ async fn main() -> Result<()> {
 /// Consumes until SIGINT with the database `D` of `args[1]`.
 async fn work<D: TestDatabase>(args: &[String]) -> Result<()> {
     let (db, broker, group, destination) = (&args[1], &args[2], &args[3], &args[4]);
-    let grouped = args[5] == "effectively-once-grouped";
-    let mode = match args[5].as_str() {
-        "effectively-once" | "effectively-once-grouped" => DeliveryMode::EffectivelyOnce,
-        "at-least-once" => DeliveryMode::AtLeastOnce,
-        "at-most-once" => DeliveryMode::AtMostOnce,
+    let (mode, grouped) = match args[5].as_str() {
+        "effectively-once" => (DeliveryMode::EffectivelyOnce, false),
+        "effectively-once-grouped" => (DeliveryMode::EffectivelyOnce, true),
+        "at-least-once" => (DeliveryMode::AtLeastOnce, false),
+        "at-most-once" => (DeliveryMode::AtMostOnce, false),
         other => panic!("unknown mode {other}"),
     };
     let max_in_flight: usize = args[6].parse().expect("max-in-flight");
