@@ -27,6 +27,7 @@
 //! | `timeline` | commit / ack / handler instants; timed publisher, polling-only store |
 //! | `stats`, `report`, `plot` | percentiles, JSON + Markdown, PNG |
 
+mod cpu;
 mod env;
 mod error;
 mod event;

@@ -159,22 +159,8 @@ impl RelayProcess {
 
     /// User + system CPU seconds used so far (`/proc/<pid>/stat`).
     pub(crate) fn cpu_seconds(&self) -> Result<f64> {
-        let path = format!("/proc/{}/stat", self.pid);
-        let stat = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
-        // Fields after the `(comm)`, which may contain spaces: state is the
-        // 3rd field overall, utime the 14th and stime the 15th.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| BenchError::Relay(format!("unexpected {path}")))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<f64> {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| BenchError::Relay(format!("unexpected {path}")))
-        };
-        Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+        crate::cpu::process_seconds(self.pid)
+            .ok_or_else(|| BenchError::Relay(format!("cannot read /proc/{}/stat", self.pid)))
     }
 
     /// Peak resident set size in bytes (`VmHWM` of `/proc/<pid>/status`).
@@ -196,17 +182,4 @@ impl RelayProcess {
             }
         }
     }
-}
-
-/// `sysconf(_SC_CLK_TCK)` through `getconf`, 100 if that fails.
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }

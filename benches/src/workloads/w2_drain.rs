@@ -10,6 +10,7 @@ use eventbus::OutboxRecord;
 use sqlx::{PgPool, Row as _};
 
 use super::{fill_outbox, Broker, Ctx};
+use crate::cpu;
 use crate::env::BenchDb;
 use crate::error::{BenchError, Result};
 use crate::event::{messages, ticks, DEFAULT_SOURCE};
@@ -203,6 +204,17 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             sequential.publishing,
             100.0 * sequential.publishing / sequential.elapsed.as_secs_f64(),
         ));
+        report.notes.push(format!(
+            "{b}: CPU per event during the drain, pipelined: relay {:.1} µs, PostgreSQL {:.1} µs, \
+             broker {:.1} µs; sequential: relay {:.1} µs, PostgreSQL {:.1} µs, broker {:.1} µs \
+             (from `/proc`; PostgreSQL and the broker serve only this drain then).",
+            piped.cpu * 1e6 / n as f64,
+            piped.others.postgres,
+            piped.others.broker,
+            sequential.cpu * 1e6 / n as f64,
+            sequential.others.postgres,
+            sequential.others.broker,
+        ));
         if left != 0 {
             report.notes.push(format!(
                 "{b}: {left} rows were left in the outbox after the drain."
@@ -228,6 +240,8 @@ struct Drained {
     rate: f64,
     elapsed: Duration,
     cpu: f64,
+    /// CPU µs per event in PostgreSQL and the broker during the drain.
+    others: cpu::Sample,
     rss: u64,
     /// Seconds spent waiting for the broker's acknowledgements.
     publishing: f64,
@@ -277,6 +291,7 @@ async fn drain(
     drop(events);
     ctx.progress.done(&bar);
     let cpu_before = relay.cpu_seconds()?;
+    let others_before = cpu::Sample::now();
     let started = Instant::now();
     let bar = ctx.progress.bar(
         format!("W2 {} relay drain ({side})", broker.name()),
@@ -300,6 +315,7 @@ async fn drain(
         }
     };
     let cpu = relay.cpu_seconds()? - cpu_before;
+    let others = cpu::Sample::now().micros_per(&others_before, n as u64);
     let rss = relay.peak_rss_bytes()?;
     // Where the drain time went: waiting for the broker vs the rest
     // (claiming, acknowledging in the database, building messages).
@@ -318,14 +334,18 @@ async fn drain(
         .await?;
     let rate = rate(n as u64, elapsed);
     ctx.progress.log(format!(
-        "W2 {} relay ({side}): {rate:.0}/s, {cpu:.1} CPU s, peak RSS {:.1} MiB, {left} rows left",
+        "W2 {} relay ({side}): {rate:.0}/s, {cpu:.1} CPU s, peak RSS {:.1} MiB, {left} rows left; \
+         per event {:.1} µs CPU in PostgreSQL, {:.1} µs in the broker",
         broker.name(),
-        rss as f64 / 1_048_576.0
+        rss as f64 / 1_048_576.0,
+        others.postgres,
+        others.broker,
     ));
     Ok(Drained {
         rate,
         elapsed,
         cpu,
+        others,
         rss,
         publishing,
         batches,

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{latency_rows, paced, wait_for, Broker, Ctx, InProcessRelay};
+use crate::cpu;
 use crate::env::BenchDb;
 use crate::error::{BenchError, Result};
 use crate::event::{message, Tick};
@@ -100,8 +101,10 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             let mut series = Vec::new();
             let mut p99 = Vec::new();
             for wake in [Wake::Notify, Wake::Polling] {
-                let lat = ours(ctx, &db, &relay_pool, &consumer_pool, broker, rate, wake).await?;
+                let (lat, cost) =
+                    ours(ctx, &db, &relay_pool, &consumer_pool, broker, rate, wake).await?;
                 let case = format!("{} {rate}/s ours, {}", broker.name(), wake.name());
+                report.notes.push(format!("{case}: {cost}"));
                 let (ack, handled) = latency_rows(
                     &case,
                     "commit→handler",
@@ -180,7 +183,7 @@ async fn ours(
     broker: Broker,
     rate: u32,
     wake: Wake,
-) -> Result<Latencies> {
+) -> Result<(Latencies, String)> {
     let seconds = ctx.options.w3_seconds;
     let timeline = Arc::new(Timeline::default());
     let label = format!("{}_{rate}_{}", broker.name(), wake.name());
@@ -270,6 +273,7 @@ async fn ours(
 
         let total = u64::from(rate) * seconds;
         let bar = ctx.progress.bar(format!("W3 {label} writes"), total);
+        let cpu_before = cpu::Sample::now();
         let (pool, tl) = (db.pool.clone(), Arc::clone(&timeline));
         let outbox = Outbox::new("urn:bench:w3");
         paced(rate, seconds, writers_for(rate), &bar, move |_| {
@@ -285,6 +289,17 @@ async fn ours(
         })
         .await?;
         ctx.progress.done(&bar);
+        // What the steady state cost each party, and how far the consumer
+        // was behind when the writers stopped.
+        let cpu = cpu::Sample::now().micros_per(&cpu_before, total);
+        let cost = format!(
+            "per event {:.0} µs of CPU in this process (writers, relay, consumer), {:.0} µs in \
+             PostgreSQL, {:.0} µs in the broker; {} of {total} handled when the writers stopped",
+            cpu.own,
+            cpu.postgres,
+            cpu.broker,
+            timeline.handled()
+        );
         let bar = ctx.progress.bar(format!("W3 {label} stragglers"), total);
         // Stragglers beyond the grace period count as not delivered.
         let _ = wait_for(
@@ -297,7 +312,7 @@ async fn ours(
         )
         .await;
         ctx.progress.done(&bar);
-        Ok::<_, BenchError>(())
+        Ok::<_, BenchError>(cost)
     }
     .await;
     let stopped = relay.stop().await;
@@ -315,7 +330,7 @@ async fn ours(
         // The group's durable queue would outlive the run.
         raw::rabbit_delete_queue(&ctx.services.amqp_url, &group).await?;
     }
-    outcome?;
+    let cost = outcome?;
     stopped?;
     let lat = timeline.latencies();
     ctx.progress.log(format!(
@@ -324,7 +339,8 @@ async fn ours(
         lat.ack.len(),
         lat.handled.len()
     ));
-    Ok(lat)
+    ctx.progress.log(format!("W3 {label}: {cost}"));
+    Ok((lat, cost))
 }
 
 /// The baseline: commit a plain insert, then produce the message and await

@@ -15,6 +15,7 @@ use sqlx::Postgres;
 use tokio::sync::oneshot;
 
 use super::{Broker, Ctx};
+use crate::cpu;
 use crate::env::BenchDb;
 use crate::error::{BenchError, Result};
 use crate::event::{messages, ticks, Tick};
@@ -49,6 +50,7 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         // Effectively once (group commit), at least once, effectively once
         // without group commit.
         let mut rates = [0.0f64; 3];
+        let mut costs = [Cost::default(); 3];
         let mut raw = 0.0f64;
         // Alternate the sides (ABBA, the raw reader in the middle) to spread
         // the machine's drift.
@@ -73,8 +75,9 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
                     continue;
                 }
             };
-            let r = one_mode(ctx, &db, broker, (mode, grouped), n / 2, round).await?;
+            let (r, cost) = one_mode(ctx, &db, broker, (mode, grouped), n / 2, round).await?;
             rates[slot] += r / 2.0;
+            costs[slot].add_half(&cost);
         }
         let b = broker.name();
         ctx.progress.log(format!(
@@ -102,6 +105,15 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
             rates[2],
             None,
         ));
+        for (cost, side) in costs.iter().zip([
+            "effectively-once (group commit)",
+            "at-least-once",
+            "effectively-once without group commit",
+        ]) {
+            report
+                .notes
+                .push(format!("{b}, {side}: {}", cost.describe()));
+        }
         if raw > 0.0 {
             report.rows.push(Row::throughput(
                 format!("{b}: consumer vs raw"),
@@ -133,6 +145,54 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut WorkloadReport) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What one message cost each party of a run, averaged over its two runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    /// CPU µs per message in the benchmark's process (the consumer).
+    consumer_us: f64,
+    /// CPU µs per message in PostgreSQL.
+    postgres_us: f64,
+    /// CPU µs per message in the broker.
+    broker_us: f64,
+    /// Transactions committed per message.
+    commits: f64,
+    /// Rows inserted, updated or deleted per message, every table.
+    row_writes: f64,
+}
+
+impl Cost {
+    fn add_half(&mut self, other: &Self) {
+        self.consumer_us += other.consumer_us / 2.0;
+        self.postgres_us += other.postgres_us / 2.0;
+        self.broker_us += other.broker_us / 2.0;
+        self.commits += other.commits / 2.0;
+        self.row_writes += other.row_writes / 2.0;
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "per message {:.0} µs of CPU in the consumer, {:.0} µs in PostgreSQL, {:.0} µs in the \
+             broker; {:.2} transactions (an autocommit statement is one) and {:.2} row writes in the database (`pg_stat_database`, \
+             `pg_stat_user_tables`; CPU from `/proc`)",
+            self.consumer_us, self.postgres_us, self.broker_us, self.commits, self.row_writes
+        )
+    }
+}
+
+/// The database's counters of committed transactions and written rows.
+async fn db_counters(db: &BenchDb) -> Result<(f64, f64)> {
+    // Backends report their counters about once a second when idle: wait
+    // for the last ones of the consumer's pool.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (commits, writes): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), \
+                (SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables)",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    Ok((commits as f64, writes as f64))
 }
 
 /// One side of the comparison.
@@ -232,7 +292,7 @@ async fn one_mode(
     (mode, grouped): (DeliveryMode, bool),
     n: usize,
     round: usize,
-) -> Result<f64> {
+) -> Result<(f64, Cost)> {
     let label = format!(
         "{}_{}_{round}",
         broker.name(),
@@ -302,6 +362,7 @@ async fn one_mode(
             })
             .build(db.pool.clone(), subscriber, Arc::clone(&publisher))?,
     );
+    let counters_before = db_counters(db).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let running = Arc::clone(&consumer);
     let task = tokio::spawn(async move {
@@ -314,15 +375,15 @@ async fn one_mode(
     let bar = ctx.progress.bar(format!("W4 {label} consume"), n as u64);
     let timeout = Duration::from_secs(120 + n as u64 / 200);
     let deadline = Instant::now() + timeout;
-    let mut first: Option<Instant> = None;
+    let mut first: Option<(Instant, cpu::Sample)> = None;
     let outcome = loop {
         let handled = consumer.metrics().handled();
         bar.set_position(handled);
         if handled >= 1 && first.is_none() {
-            first = Some(Instant::now());
+            first = Some((Instant::now(), cpu::Sample::now()));
         }
         if handled >= n as u64 {
-            break Ok(Instant::now());
+            break Ok((Instant::now(), cpu::Sample::now()));
         }
         if Instant::now() > deadline {
             break Err(BenchError::Timeout {
@@ -341,5 +402,15 @@ async fn one_mode(
     }
     let last = outcome?;
     let first = first.unwrap_or(last);
-    Ok(rate(n.saturating_sub(1) as u64, last - first))
+    let (commits, writes) = db_counters(db).await?;
+    let messages = n.saturating_sub(1) as u64;
+    let cpu = last.1.micros_per(&first.1, messages);
+    let cost = Cost {
+        consumer_us: cpu.own,
+        postgres_us: cpu.postgres,
+        broker_us: cpu.broker,
+        commits: (commits - counters_before.0) / n.max(1) as f64,
+        row_writes: (writes - counters_before.1) / n.max(1) as f64,
+    };
+    Ok((rate(messages, last.0 - first.0), cost))
 }

@@ -82,6 +82,27 @@ impl OutboxRecord {
     /// type, a `time` header that is not a timestamp), or `created_at` lies
     /// outside the years 0000–9999.
     pub fn to_envelope(&self, default_source: &str) -> Result<Envelope, EnvelopeError> {
+        self.envelope_with(default_source, self.payload.clone())
+    }
+
+    /// [`to_envelope`](Self::to_envelope), moving the payload into the
+    /// envelope instead of copying it: the relay keeps a batch's rows until
+    /// the broker has acknowledged them, and their payloads would otherwise
+    /// sit in memory twice. The row keeps every other field; its payload is
+    /// left empty, also when this fails.
+    pub(crate) fn take_envelope(
+        &mut self,
+        default_source: &str,
+    ) -> Result<Envelope, EnvelopeError> {
+        let payload = std::mem::take(&mut self.payload);
+        self.envelope_with(default_source, payload)
+    }
+
+    fn envelope_with(
+        &self,
+        default_source: &str,
+        payload: String,
+    ) -> Result<Envelope, EnvelopeError> {
         if let Some(defect) = &self.defect {
             return Err(EnvelopeError::UnreadableRow(defect.clone()));
         }
@@ -146,8 +167,13 @@ impl OutboxRecord {
         // Whitespace around a JSON value is not part of it, and a structured
         // CloudEvent cannot carry it: dropped here, so every format sends
         // the same bytes.
-        let payload = self.payload.trim_matches([' ', '\t', '\n', '\r']);
-        let mut envelope = Envelope::from_attributes(attrs, payload.as_bytes().to_vec())?;
+        let trimmed = payload.trim_matches([' ', '\t', '\n', '\r']);
+        let data = if trimmed.len() == payload.len() {
+            payload.into_bytes()
+        } else {
+            trimmed.as_bytes().to_vec()
+        };
+        let mut envelope = Envelope::from_attributes(attrs, data)?;
         envelope.time = Some(self.created_at);
         Ok(envelope)
     }
@@ -199,6 +225,18 @@ mod tests {
             .expect("a representable date");
         let e = r.to_envelope("urn:relay").expect("year 9999 is fine");
         assert_eq!(Envelope::from_json(&e.to_json()).expect("decodes"), e);
+    }
+
+    #[test]
+    fn taking_the_envelope_moves_the_payload_and_builds_the_same_event() {
+        for payload in [r#"{"order_id":"o-1"}"#, " {\"order_id\": \"o-1\"}\n"] {
+            let mut r = record();
+            r.payload = payload.into();
+            let copied = r.to_envelope("urn:relay").expect("valid");
+            let taken = r.take_envelope("urn:relay").expect("valid");
+            assert_eq!(taken, copied);
+            assert!(r.payload.is_empty(), "the payload moved out of the row");
+        }
     }
 
     /// Found by the `outbox_row` fuzz target: a payload with whitespace

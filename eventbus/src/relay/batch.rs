@@ -139,33 +139,44 @@ impl Relay {
     }
 
     /// Publishes one claimed batch and records the outcome of every row:
-    /// rejections at once, acknowledged rows handed back.
+    /// rejections at once, acknowledged rows handed back. The payloads of
+    /// the rows move into the messages sent: the batch keeps every other
+    /// field of its rows, for acknowledging them and holding their keys.
     pub(super) async fn relay_batch(
         &self,
-        batch: &Claimed,
+        batch: &mut Claimed,
         membership: &Membership,
         known_destinations: &mut HashSet<String>,
     ) -> Sent {
-        let rows = &batch.rows;
-        let leases = &batch.leases;
-        let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
-        let mut rejections: Vec<Rejection> = Vec::new();
         // Once a row of a key is refused here, no later row of that key is
         // sent in this batch: they wait behind it, in order.
         let mut refused = KeyGate::default();
-        let mut sendable: Vec<(&OutboxRecord, OutgoingMessage)> = Vec::with_capacity(rows.len());
-        for row in rows {
-            if refused.is_stopped(row) {
-                continue;
-            }
-            match self.prepare(row) {
-                Ok(message) => sendable.push((row, message)),
-                Err(reason) => {
-                    refused.stop(row);
-                    rejections.push(self.rejection(row, reason.error, reason.permanent));
+        let mut rejections: Vec<Rejection> = Vec::new();
+        let prepared: Vec<Option<OutgoingMessage>> = batch
+            .rows
+            .iter_mut()
+            .map(|row| {
+                if refused.is_stopped(row) {
+                    return None;
                 }
-            }
-        }
+                match self.prepare(row) {
+                    Ok(message) => Some(message),
+                    Err(reason) => {
+                        refused.stop(row);
+                        rejections.push(self.rejection(row, reason.error, reason.permanent));
+                        None
+                    }
+                }
+            })
+            .collect();
+        let rows = &batch.rows;
+        let leases = &batch.leases;
+        let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
+        let mut sendable: Vec<(&OutboxRecord, OutgoingMessage)> = rows
+            .iter()
+            .zip(prepared)
+            .filter_map(|(row, message)| Some((row, message?)))
+            .collect();
 
         if self.config.create_destinations {
             for (_, m) in &sendable {
@@ -325,7 +336,7 @@ impl Relay {
 
     /// Checks a row and builds its message; a row that can never be sent is
     /// refused here without bothering the broker.
-    fn prepare(&self, row: &OutboxRecord) -> std::result::Result<OutgoingMessage, Refusal> {
+    fn prepare(&self, row: &mut OutboxRecord) -> std::result::Result<OutgoingMessage, Refusal> {
         // Before anything reaches the broker, or creates a destination there.
         if let Err(error) = self.config.check_destination(&row.destination) {
             return Err(Refusal {
@@ -344,7 +355,7 @@ impl Relay {
             });
         }
         let envelope = row
-            .to_envelope(&self.config.default_source)
+            .take_envelope(&self.config.default_source)
             .map_err(|e| Refusal {
                 error: format!("cannot build CloudEvent: {e}"),
                 permanent: true,

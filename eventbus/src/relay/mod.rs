@@ -265,7 +265,7 @@ impl Relay {
                     Err(e) => tracing::warn!(error = %e, "releasing partitions failed"),
                 }
             }
-            let batch = match ahead.take() {
+            let mut batch = match ahead.take() {
                 Some(batch) => batch,
                 None => match self.claim(&membership, acks.in_flight()).await {
                     Ok(batch) => batch,
@@ -296,7 +296,7 @@ impl Relay {
                     }))
                 });
                 let sent = self
-                    .relay_batch(&batch, &membership, &mut known_destinations)
+                    .relay_batch(&mut batch, &membership, &mut known_destinations)
                     .await;
                 let next = match claiming {
                     Some(mut task) => Some(match (&mut task.0).await {
