@@ -60,6 +60,8 @@ pub mod saga;
 pub mod schema;
 mod table;
 pub mod telemetry;
+#[cfg(test)]
+mod test_rng;
 pub mod transport;
 
 #[cfg(feature = "mysql")]

@@ -33,6 +33,15 @@ impl ClusterOptions {
         self
     }
 
+    /// What logical decoding needs (the log relay's mode): `wal_level =
+    /// logical`, and room for the slots and readers of a test.
+    #[must_use]
+    pub fn logical(self) -> Self {
+        self.set("wal_level", "logical")
+            .set("max_replication_slots", "16")
+            .set("max_wal_senders", "16")
+    }
+
     /// The whole `pg_hba.conf`.
     #[must_use]
     pub fn hba(mut self, text: &str) -> Self {

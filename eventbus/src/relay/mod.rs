@@ -14,6 +14,8 @@ mod admin;
 mod batch;
 mod config;
 mod key_gate;
+#[cfg(feature = "postgres")]
+mod log;
 mod membership;
 mod metrics;
 mod retention;

@@ -4,6 +4,8 @@
 
 mod attempts;
 mod inbox;
+#[doc(hidden)]
+pub mod log;
 mod migrate;
 mod outbox;
 mod relay;

@@ -135,7 +135,7 @@ impl PgRelayStore {
 /// between tokens, none elsewhere), without the whitespace between tokens:
 /// what `serde_json` prints for the same value. Strings are copied as they
 /// are, escapes included.
-fn compact(json: &str) -> String {
+pub(super) fn compact(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let mut in_string = false;
     let mut escaped = false;
