@@ -60,7 +60,8 @@ pub mod saga;
 pub mod schema;
 mod table;
 pub mod telemetry;
-#[cfg(test)]
+// Used by the tests of the log relay's decoders, which need PostgreSQL.
+#[cfg(all(test, feature = "postgres"))]
 mod test_rng;
 pub mod transport;
 
