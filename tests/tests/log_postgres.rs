@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use eventbus::backend::postgres::log::{ensure_publication, peek_outbox_records};
+use eventbus::backend::postgres::log::{
+    ensure_publication, peek_outbox_records, slot_status, SlotLock,
+};
 use eventbus::{Metadata, Outbox, OutboxRecord, TableName};
 use eventbus_tests::postgres_cluster::{ClusterOptions, PostgresCluster};
 use eventbus_tests::suites::outbox::order;
@@ -94,14 +96,7 @@ async fn plain_insert(tx: &mut sqlx::PgConnection, key: &str, payload: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_carries_committed_outbox_rows_whole_and_in_commit_order() {
-    let cluster = PostgresCluster::start_with(ClusterOptions::default().logical())
-        .await
-        .expect("a private PostgreSQL cluster with wal_level = logical (needs the server binaries under /usr/lib/postgresql)");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&cluster.url())
-        .await
-        .expect("connect to the private cluster");
+    let (_cluster, pool) = logical_cluster().await;
     eventbus::migrate::migrate(&pool).await.expect("migrate");
     let table = TableName::parse("eventbus_outbox").expect("valid");
     let publication = ensure_publication(&pool, &table)
@@ -246,4 +241,133 @@ async fn the_publication_needs_a_table_name_postgresql_can_keep() {
         .await
         .expect_err("too long a name");
     assert!(err.to_string().contains("longer than PostgreSQL"), "{err}");
+}
+
+async fn logical_cluster() -> (PostgresCluster, PgPool) {
+    let cluster = PostgresCluster::start_with(ClusterOptions::default().logical())
+        .await
+        .expect("a private PostgreSQL cluster with wal_level = logical (needs the server binaries under /usr/lib/postgresql)");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&cluster.url())
+        .await
+        .expect("connect to the private cluster");
+    (cluster, pool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_reports_the_wal_it_holds_back_until_it_is_confirmed() {
+    let (_cluster, pool) = logical_cluster().await;
+    eventbus::migrate::migrate(&pool).await.expect("migrate");
+    assert_eq!(
+        slot_status(&pool, SLOT).await.expect("status"),
+        None,
+        "no slot yet"
+    );
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+        .bind(SLOT)
+        .execute(&pool)
+        .await
+        .expect("slot");
+    let fresh = slot_status(&pool, SLOT)
+        .await
+        .expect("status")
+        .expect("the slot");
+    assert!(!fresh.active && fresh.active_pid.is_none(), "{fresh:?}");
+    assert_eq!(fresh.wal_status.as_deref(), Some("reserved"));
+    assert_eq!(
+        fresh.safe_wal_size, None,
+        "max_slot_wal_keep_size is unlimited"
+    );
+    sqlx::query(
+        "INSERT INTO eventbus_outbox (destination, partition_key, event_type, payload) \
+         SELECT 'orders', 'k-' || g, 'com.example.bulk', jsonb_build_object('pad', repeat('x', 1000)) \
+         FROM generate_series(1, 2000) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("writes");
+    let behind = slot_status(&pool, SLOT)
+        .await
+        .expect("status")
+        .expect("the slot");
+    assert!(
+        behind.lag_bytes > 2_000_000 && behind.retained_bytes >= behind.lag_bytes,
+        "2,000 rows of 1 kB are behind the slot: {behind:?}"
+    );
+    assert_eq!(
+        behind.confirmed_flush, fresh.confirmed_flush,
+        "nothing confirmed"
+    );
+    sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
+        .bind(SLOT)
+        .execute(&pool)
+        .await
+        .expect("advance");
+    let caught_up = slot_status(&pool, SLOT)
+        .await
+        .expect("status")
+        .expect("the slot");
+    assert!(
+        caught_up.confirmed_flush > behind.confirmed_flush,
+        "{caught_up:?}"
+    );
+    assert!(
+        caught_up.lag_bytes < 100_000,
+        "confirmed to the end of the WAL (give or take the server's own writes): {caught_up:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_holds_a_slot_and_the_next_takes_over_when_its_session_dies() {
+    let (_cluster, pool) = logical_cluster().await;
+    let mut holder = SlotLock::try_acquire(&pool, SLOT)
+        .await
+        .expect("try")
+        .expect("the first contender holds the slot");
+    assert!(
+        SlotLock::try_acquire(&pool, SLOT)
+            .await
+            .expect("try")
+            .is_none(),
+        "a second contender stands by"
+    );
+    assert!(
+        SlotLock::try_acquire(&pool, "another_slot")
+            .await
+            .expect("try")
+            .is_some(),
+        "another slot is another lock"
+    );
+    assert!(holder.alive().await);
+    // The holder's session dies (its process killed, its connection cut).
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(holder.backend_pid())
+        .fetch_one(&pool)
+        .await
+        .expect("terminate");
+    assert!(killed);
+    let started = std::time::Instant::now();
+    let next = loop {
+        if let Some(lock) = SlotLock::try_acquire(&pool, SLOT).await.expect("try") {
+            break lock;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "the lock outlived its session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        !holder.alive().await,
+        "the old holder knows it lost the slot"
+    );
+    next.release().await.expect("release");
+    assert!(
+        SlotLock::try_acquire(&pool, SLOT)
+            .await
+            .expect("try")
+            .is_some(),
+        "released, the slot is free"
+    );
 }

@@ -16,6 +16,7 @@ mod peek;
 mod pgoutput;
 mod publication;
 mod record;
+mod slot;
 mod value;
 
 use sqlx::PgPool;
@@ -25,6 +26,7 @@ use crate::outbox::OutboxRecord;
 use crate::TableName;
 
 pub(crate) use lsn::Lsn;
+pub use slot::{SlotLock, SlotStatus};
 
 /// Creates (or resets) the publication of `table`'s events and returns its
 /// name: inserts only, the outbox's columns only. Needs PostgreSQL 15.
@@ -55,4 +57,14 @@ pub async fn peek_outbox_records(
     table: &TableName,
 ) -> Result<Vec<OutboxRecord>> {
     peek::peek_outbox_records(pool, slot, publication, table).await
+}
+
+/// What PostgreSQL reports of slot `slot` of the current database, with its
+/// lag and the WAL it keeps in bytes; `None` when there is no such slot.
+///
+/// # Errors
+///
+/// [`Error::Database`](crate::Error::Database) when the query fails.
+pub async fn slot_status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>> {
+    slot::slot_status(pool, slot).await
 }
