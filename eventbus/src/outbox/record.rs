@@ -82,7 +82,7 @@ impl OutboxRecord {
     /// type, a `time` header that is not a timestamp), or `created_at` lies
     /// outside the years 0000–9999.
     pub fn to_envelope(&self, default_source: &str) -> Result<Envelope, EnvelopeError> {
-        self.envelope_with(default_source, self.payload.clone())
+        self.envelope_with(default_source, trimmed(&self.payload).to_owned())
     }
 
     /// [`to_envelope`](Self::to_envelope), moving the payload into the
@@ -167,16 +167,19 @@ impl OutboxRecord {
         // Whitespace around a JSON value is not part of it, and a structured
         // CloudEvent cannot carry it: dropped here, so every format sends
         // the same bytes.
-        let trimmed = payload.trim_matches([' ', '\t', '\n', '\r']);
-        let data = if trimmed.len() == payload.len() {
-            payload.into_bytes()
-        } else {
-            trimmed.as_bytes().to_vec()
+        let data = match trimmed(&payload) {
+            t if t.len() == payload.len() => payload.into_bytes(),
+            t => t.as_bytes().to_vec(),
         };
         let mut envelope = Envelope::from_attributes(attrs, data)?;
         envelope.time = Some(self.created_at);
         Ok(envelope)
     }
+}
+
+/// A JSON value without the whitespace around it.
+fn trimmed(payload: &str) -> &str {
+    payload.trim_matches([' ', '\t', '\n', '\r'])
 }
 
 #[cfg(test)]

@@ -13,13 +13,15 @@ use crate::TableName;
 
 /// The inserts into `table` that slot `slot` (plugin `pgoutput`) holds for
 /// publication `publication`, in commit order, read without consuming them.
+/// Each record's `partition` is 0: the log does not carry the generated
+/// column.
 ///
 /// # Errors
 ///
 /// [`Error::Database`] when the slot or publication does not exist or the
 /// server cannot decode; [`Error::InvalidState`] for a frame that is not
 /// valid `pgoutput` or an insert without a readable id.
-pub(crate) async fn peek_outbox_records(
+pub async fn peek_outbox_records(
     pool: &PgPool,
     slot: &str,
     publication: &str,

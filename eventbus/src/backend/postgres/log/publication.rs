@@ -43,9 +43,9 @@ pub(crate) fn publication_name(table: &TableName) -> Result<String> {
 /// # Errors
 ///
 /// [`Error::Config`] on PostgreSQL before 15 or for a table name too long
-/// (see [`publication_name`]); [`Error::Database`] when a statement fails
+/// (`<schema>_<table>_log` past 63 bytes); [`Error::Database`] when a statement fails
 /// (the role must own the table to publish it).
-pub(crate) async fn ensure_publication(pool: &PgPool, table: &TableName) -> Result<String> {
+pub async fn ensure_publication(pool: &PgPool, table: &TableName) -> Result<String> {
     let name = publication_name(table)?;
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
         .fetch_one(pool)

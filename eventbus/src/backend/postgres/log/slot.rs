@@ -41,7 +41,7 @@ pub struct SlotStatus {
 ///
 /// [`Error::Database`] when the query fails; [`Error::InvalidState`] for a
 /// position PostgreSQL printed in a form it does not print.
-pub(crate) async fn slot_status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>> {
+pub async fn slot_status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>> {
     let Some(row) = sqlx::query(
         "SELECT active, active_pid, confirmed_flush_lsn::text AS confirmed_flush, wal_status, \
                 safe_wal_size, \
